@@ -3,7 +3,7 @@ two that multiprocess metrics need.
 
 PROMETHEUS_MULTIPROC_DIR, an empty directory, makes counters add up across workers: the
 Procfile and the chart give one; without it (the image's command run as it is) the master makes
-one as it starts, before any worker imports prometheus_client, which reads the variable as it
+one once it listens, before any worker imports prometheus_client, which reads the variable as it
 is imported (service.startup.ensure_metrics_dir). The master itself never imports it before.
 """
 
@@ -78,7 +78,6 @@ def on_starting(server):
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
-    startup.ensure_metrics_dir()  # inherited by every worker it forks
     startup.hold_spool_live()  # for the master's whole life (workers.adapters.spool_live)
     startup.warn_if_evicting()  # once per start, not on each reload
     # A master that USR2 re-executed (GUNICORN_PID, set by arbiter.reexec) shares the old
@@ -89,6 +88,24 @@ def on_starting(server):
         for name in os.listdir(directory):
             if name.endswith(".db"):
                 os.remove(os.path.join(directory, name))
+
+
+def when_ready(server):
+    """The listeners bound, no worker forked yet: the metrics directory made now when none is
+    given (service.startup.ensure_metrics_dir), inherited by every worker. Not in on_starting:
+    a start that then cannot bind exits from gunicorn's start with no on_exit (sock.
+    create_sockets: sys.exit), and left the directory under /tmp on every try."""
+    from service import startup
+
+    startup.ensure_metrics_dir()
+
+
+def pre_exec(server):
+    """USR2, in the new master's process before its exec: it shares the old master's metrics
+    directory, also one made in when_ready (service.startup.pass_metrics_dir)."""
+    from service import startup
+
+    startup.pass_metrics_dir(server)
 
 
 def on_reload(server):

@@ -143,6 +143,19 @@ def ensure_metrics_dir() -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[METRICS_DIR_MADE_ENV] = made
 
 
+def pass_metrics_dir(server) -> None:
+    """The metrics directory ensure_metrics_dir made, passed on to the master a USR2 execs: it
+    gets the environment gunicorn kept when it read its config (arbiter.reexec:
+    cfg.env_orig), taken before when_ready made it, so the new master made another. The two
+    masters' workers, serving side by side, then counted apart (a counter reset for Prometheus
+    at each switch between them), and the old master, ending with its re-executed child
+    (server.reexec_pid), left its own for good. Called in the forked child (pre_exec), so the
+    old master's own is untouched; a SIGHUP's new Config already took it."""
+    for name in ("PROMETHEUS_MULTIPROC_DIR", METRICS_DIR_MADE_ENV):
+        if os.environ.get(name):
+            server.cfg.env_orig[name] = os.environ[name]
+
+
 def discard_metrics_dir(server) -> None:
     """The metrics directory made for this web, removed as its last gunicorn master exits: each
     start made another under /tmp (one file per worker that ever ran in each), never removed.

@@ -3,9 +3,11 @@ runs as many jobs at once as its concurrency and leaves the rest queued, RQ list
 job, and a job fails, retries and times out as under RQ's serial SimpleWorker."""
 
 import threading
+import time
 
 import pytest
 from rq import Queue, Retry, SimpleWorker, Worker
+from rq.job import JobStatus
 from rq.worker import WorkerStatus
 
 from tests.support import jobs as test_jobs
@@ -186,3 +188,32 @@ def test_its_teardown_is_not_held_by_rqs_command_channel(redis_conn):
     stopper.start()
     stopper.join(5)
     assert not stopper.is_alive(), "the worker's unsubscribe was still waiting after 5 s"
+
+
+def test_another_workers_cleanup_leaves_a_job_running_until_its_timeout_alone(redis_conn):
+    """Nothing renews a running job's entry in the started registry on a PoolWorker (RQ's
+    forking Worker renews it from monitor_work_horse every job_monitoring_interval; a thread
+    has no such loop): what keeps the job from being failed as abandoned, and retried while it
+    still runs, by another worker's maintenance (StartedJobRegistry.cleanup, every 10 minutes
+    and at each worker's start) is that SimpleWorker gives the entry the job's whole timeout
+    plus 60 s (rq/worker/worker_classes.py get_heartbeat_ttl), where BaseWorker's is at most
+    job_monitoring_interval + 60 (90 s). Checked with two real worker processes: a 150 s job
+    of the first was left alone by the second's maintenance at 100 s. Held here at the last
+    second of the job's timeout."""
+    queue = Queue("pool-long-job", connection=redis_conn)
+    test_jobs.new_gate("long-job")
+    job = queue.enqueue("tests.support.jobs.wait_at_gate", gate="long-job", job_timeout=300,
+                        retry=Retry(max=2))
+
+    def look() -> tuple:
+        wait_until(lambda: test_jobs.GATES["long-job"].active == 1, timeout=GATE_WAIT_SECONDS,
+                   what="the job running")
+        started = job.get_status(refresh=True)
+        # RQ's own cleanup, as another worker's maintenance runs it 299 s after the start
+        queue.started_job_registry.cleanup(timestamp=time.time() + 299)
+        return started, job.get_status(refresh=True), queue.count
+    seen = work_while(PoolWorker([queue], connection=redis_conn, concurrency=2),
+                      test_jobs.GATES["long-job"], look)
+    assert seen == (JobStatus.STARTED, JobStatus.STARTED, 0)  # not abandoned, not retried
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
+    assert queue.finished_job_registry.count == 1 and queue.failed_job_registry.count == 0

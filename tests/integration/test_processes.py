@@ -6,6 +6,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -250,6 +251,29 @@ def test_the_gunicorn_master_makes_no_metric_values_its_workers_would_inherit():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_images_gunicorn_command_leaves_no_metrics_dir_when_it_cannot_listen(
+        redis_url, tmp_path):
+    """gunicorn that cannot bind its address (the port taken: a second web on a host network,
+    an old process not gone yet) exits 1 from its start, past on_starting and with no on_exit
+    (gunicorn sock.create_sockets: sys.exit). The metrics directory made in on_starting was
+    left under /tmp on every such start, a container restarted in a loop gathering one a
+    try; it is made once the sockets are bound (when_ready), before the first worker."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = _env(REDIS_URL=redis_url, CI_AUTOSCALER_CONFIG=str(EXAMPLE_CONFIG),
+                   GITLAB_WEBHOOK_TOKEN=GITLAB_TOKEN, JENKINS_WEBHOOK_TOKEN=JENKINS_TOKEN,
+                   CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", TMPDIR=str(temp))
+        result = subprocess.run([sys.executable, "-m", "gunicorn", "-c",
+                                 "service/gunicorn.conf.py", "service.wsgi:app"],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Connection in use" in result.stderr, result.stderr[-1500:]
+    assert list(temp.glob("ci-autoscaler-metrics-*")) == []
 
 
 def test_web_refuses_to_start_on_a_bad_config_file(tmp_path):

@@ -192,3 +192,58 @@ def test_a_metrics_directory_given_to_the_web_is_left_in_place(redis_url, tmp_pa
     with web_process(command, env, port, tmp_path / "web.log"):
         pass
     assert given.is_dir()
+
+
+# The Dockerfile's CMD (its `gunicorn` script, which a USR2 execs again as it was started).
+IMAGE_COMMAND = "exec gunicorn -c service/gunicorn.conf.py service.wsgi:app"
+
+
+def _new_master(old: int) -> int | None:
+    """The master that a USR2 forked from `old` and exec'd (GUNICORN_PID in its environment)."""
+    for pid in Path(f"/proc/{old}/task/{old}/children").read_text().split():
+        if b"GUNICORN_PID=" in Path(f"/proc/{pid}/environ").read_bytes():
+            return int(pid)
+    return None
+
+
+def _gone(pid: int) -> bool:
+    """Ended (reaped, or a zombie of a parent that is not this test)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_master_re_executed_on_usr2_shares_the_metrics_directory_the_image_command_made(
+        redis_url, tmp_path):
+    """The image's command (gunicorn with the shipped config, no PROMETHEUS_MULTIPROC_DIR) makes
+    its metrics directory in on_starting, after gunicorn took its Config's env_orig; a USR2
+    execs the new master with env_orig (gunicorn arbiter.reexec), so it made a second one: the
+    two masters' workers, serving side by side, each counted apart (a counter reset for
+    Prometheus at each switch), and the old master, ending with a re-executed child
+    (server.reexec_pid), left its own directory under /tmp for good."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    port = free_port()
+    env = web_env(redis_url, PORT=str(port), WEB_CONCURRENCY="1", TMPDIR=str(temp))
+    log = tmp_path / "web.log"
+    new = None
+    try:
+        with web_process(IMAGE_COMMAND, env, port, log) as web:
+            [made] = temp.glob("ci-autoscaler-metrics-*")
+            os.kill(web.pid, signal.SIGUSR2)
+            new = wait_until(lambda: log.read_text().count("Booting worker") >= 2
+                             and _new_master(web.pid), timeout=30,
+                             what="the new master's worker")
+            assert list(temp.glob("ci-autoscaler-metrics-*")) == [made], \
+                log.read_text()[-1500:]
+            os.kill(web.pid, signal.SIGTERM)  # the old master stopped, as after a USR2 upgrade
+            web.wait(timeout=30)
+            wait_until(lambda: "Master has been promoted" in log.read_text(), timeout=30,
+                       what="the new master promoted")
+            assert made.is_dir() and answers(port)  # the new master's, serving
+    finally:
+        if new is not None:
+            os.kill(new, signal.SIGTERM)
+            wait_until(lambda: _gone(new), timeout=30, what="the new master ended")
+    assert list(temp.glob("ci-autoscaler-metrics-*")) == [], log.read_text()[-1500:]
