@@ -160,6 +160,12 @@ def stop_late_triggers(rt: runtime.Runtime, queue: list[QueueItem]) -> set[int]:
         if own_item is None or own_item == str(item.id) or key in unsure or (
                 item.run is not None and own_run == str(item.run.number)):
             continue  # not a build of ours that has its item, or that item (its run's block)
+        if item.run is not None and not own_run:
+            # A run's abort sends its COMPLETED with the build's key: until the build's own
+            # run is recorded (its STARTED lost or not applied yet) that would be taken for
+            # the build's end (run_confirm.confirmed) and release the agent its own block
+            # runs on. The late block waits on that busy agent meanwhile: the next pass.
+            continue
         if not (_late_run(rt, item.run, key, own_item) if item.run is not None
                 else item.parameters.get(BUILD_KEY_PARAMETER) == key):
             continue
