@@ -167,6 +167,27 @@ def test_trigger_build_returns_the_queue_id_from_location_and_sends_the_paramete
     jenkins_fake.start_build(first)  # buildable at once
 
 
+def test_queue_items_and_runs_carry_who_queued_them_read_through_the_tree(jenkins_fake):
+    """Each item's and run's CauseAction, read through the queue's and the run's `tree`
+    (hudson.model.Api exports only what it names: the causes are there only because the
+    tree asks for them): our trigger is our API user's Cause$UserIdCause
+    (ParameterizedJobMixIn.getBuildCause without a build token), a timer's names no one."""
+    jenkins_fake.add_job("app/build", parameters=["COMMIT"])
+    adapter = adapter_for(jenkins_fake)
+    ours = adapter.trigger_build("app/build", {"COMMIT": "abc123"})
+    timer = jenkins_fake.queue_build("app/build", label="", parameters={"COMMIT": "d"})
+
+    causes = {item.id: item.causes for item in adapter.queue_items()}
+    assert causes == {ours: (("hudson.model.Cause$UserIdCause", jenkins_fake.user),),
+                      timer.queue_id: (("hudson.triggers.TimerTrigger$TimerTriggerCause", ""),)}
+    run = jenkins_fake.start_build(ours)
+    assert adapter.run_info("app/build", run.number).causes == causes[ours]
+    bare = requests.get(f"{jenkins_fake.url}/queue/api/json?tree=items[id]",
+                        auth=(jenkins_fake.user, jenkins_fake.token), timeout=5).json()
+    assert bare["items"] == [{"_class": "hudson.model.Queue$BuildableItem",
+                              "id": timer.queue_id}]
+
+
 def test_the_fake_holds_a_build_asked_for_without_delay_in_the_quiet_period(jenkins_fake):
     """As Jenkins does (Queue.WaitingItem): what our trigger's delay=0sec avoids."""
     jenkins_fake.add_job("app/build", parameters=["COMMIT"])

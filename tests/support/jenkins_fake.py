@@ -1073,10 +1073,12 @@ class JenkinsFake:
                 build is not None and build.made > block.made) \
                 else _json(self._node_block_item(block))
         if path == "/queue/api/json":
-            return _json({"_class": "hudson.model.Queue", "discoverableItems": [],
-                          "items": [self._queued(b) for b in self.builds if b.state == "queued"]
-                          + [self._node_block_item(b) for b in self.node_blocks
-                             if b.state == "queued"]})
+            queue = {"_class": "hudson.model.Queue", "discoverableItems": [],
+                     "items": [self._queued(b) for b in self.builds if b.state == "queued"]
+                     + [self._node_block_item(b) for b in self.node_blocks
+                        if b.state == "queued"]}
+            tree = request.args.get("tree")  # hudson.model.Api: only what the tree names
+            return _json(_tree(queue, tree) if tree else queue)
         if m := re.fullmatch(r"/((?:job/[^/]+/)+)(?:(\d+)/)?api/json", path):
             job = "/".join(m.group(1).strip("/").split("/")[1::2])
             folder = next((f for f in self._folders() if f.lower() == job.lower()), None)
