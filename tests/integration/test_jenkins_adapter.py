@@ -188,6 +188,21 @@ def test_queue_items_and_runs_carry_who_queued_them_read_through_the_tree(jenkin
                               "id": timer.queue_id}]
 
 
+def test_a_build_an_anonymous_request_queued_names_no_user():
+    """A Jenkins whose anonymous user may build: the item's UserIdCause has no userId
+    (Cause.UserIdCause(): User.current() is null), "anonymous" its userName; not a timer's."""
+    with JenkinsFake(user=None) as fake:
+        fake.add_job("app", parameters=["A"])
+        adapter = JenkinsAdapter(url=fake.url, user="", token="", backoff=ONE_CALL)
+        adapter.trigger_build("app", {"A": "1"})
+
+        [item] = adapter.queue_items()
+        assert item.causes == (("hudson.model.Cause$UserIdCause", ""),)
+        raw = requests.get(f"{fake.url}/queue/api/json", timeout=5).json()
+        [cause] = [c for a in raw["items"][0]["actions"] for c in a.get("causes", [])]
+        assert cause["userId"] is None and cause["userName"] == "anonymous"
+
+
 def test_the_fake_holds_a_build_asked_for_without_delay_in_the_quiet_period(jenkins_fake):
     """As Jenkins does (Queue.WaitingItem): what our trigger's delay=0sec avoids."""
     jenkins_fake.add_job("app/build", parameters=["COMMIT"])
