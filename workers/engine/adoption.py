@@ -140,8 +140,10 @@ def stop_late_triggers(rt: runtime.Runtime, queue: list[QueueItem]) -> set[int]:
     Rebuild or Replay), with the build key of the agent whose label it waits on, while that
     build's record names another item: a job's item is cancelled; a Pipeline's run, started
     on the controller at once (its node block waits on the label), is aborted. Adopted, or
-    handed the agent once the build's own work was done, the push was built twice. The ids of
-    their items, never adopted; a stop that failed is tried again by the next pass."""
+    handed the agent once the build's own work was done, the push was built twice. Not
+    judged yet: a build whose item may be lost (_items_unsure), and a Pipeline's late run
+    while the build's own run is not recorded. The ids of their items, never adopted; a stop
+    that failed is tried again by the next pass."""
     user = rt.settings.jenkins_user
     waiting = [(item, label) for item, label in items_waiting_on_agents(queue)
                if item.run is not None or queued_by_only(item.causes, user)]
