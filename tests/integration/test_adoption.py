@@ -172,6 +172,7 @@ def test_a_late_trigger_of_a_pipeline_started_its_run_which_is_aborted_not_given
     agent = build.parameters[AGENT_PARAMETER]
     jenkins_fake.start_pipeline(build.queue_id)
     assert notify(client, build, "STARTED").status_code in (200, 202)
+    work(world)  # the intake's mover records the build's run
     jenkins_fake.connect_agent(agent)
     jenkins_fake.dispatch()
     late = jenkins_fake.queue_build(build.job, label=agent, parameters=build.parameters,
@@ -180,6 +181,43 @@ def test_a_late_trigger_of_a_pipeline_started_its_run_which_is_aborted_not_given
 
     assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 0
     assert jenkins_fake.stopped_builds == [(late.job, late.number)]
+    assert build.state == "running" and agents(jenkins_fake) == [agent]
+
+
+def test_a_late_pipeline_run_is_aborted_only_once_the_build_has_its_own_run(
+        world, kube, jenkins_fake):
+    """The late run's abort ends it: the Notification plugin sends its COMPLETED (ABORTED),
+    with the build's key. Until the build's own run is recorded (its STARTED lost: the
+    plugin ignores a 503, or not applied yet) that COMPLETED would be taken for the build's
+    end (run_confirm: the key is the build's, no other run named) and release the agent the
+    build's own block runs on. So the late run is left waiting on the busy agent until the
+    build's run is known, and aborted then; its COMPLETED is refused."""
+    client, rt = world.test_client(), runtime.current()
+    key = push(client, "delivery-1").json["build_key"]
+    work(world)
+    (build,) = jenkins_fake.builds
+    agent = build.parameters[AGENT_PARAMETER]
+    jenkins_fake.start_pipeline(build.queue_id)  # its STARTED is lost
+    jenkins_fake.connect_agent(agent)
+    jenkins_fake.dispatch()
+    late = jenkins_fake.queue_build(build.job, label=agent, parameters=build.parameters,
+                                    started_by=jenkins_fake.user)
+    jenkins_fake.start_pipeline(late.queue_id)
+
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 0
+    # what an abort would send (refused while the run goes on: Jenkins says it has not ended)
+    assert notify(client, late, status="ABORTED").status_code in (200, 202)
+    work(world)
+    assert rt.state.get_build(key)["status"] == BuildStatus.TRIGGERED
+    assert agents(jenkins_fake) == [agent] and late.state == "running"
+
+    assert notify(client, build, "STARTED").status_code in (200, 202)
+    work(world)
+    reconcile.reconcile_once(rt)
+    assert jenkins_fake.stopped_builds == [(late.job, late.number)]
+    assert notify(client, late, status="ABORTED").status_code in (200, 202)
+    work(world)
+    assert rt.state.get_build(key)["status"] == BuildStatus.RUNNING
     assert build.state == "running" and agents(jenkins_fake) == [agent]
 
 

@@ -167,6 +167,42 @@ def test_trigger_build_returns_the_queue_id_from_location_and_sends_the_paramete
     jenkins_fake.start_build(first)  # buildable at once
 
 
+def test_queue_items_and_runs_carry_who_queued_them_read_through_the_tree(jenkins_fake):
+    """Each item's and run's CauseAction, read through the queue's and the run's `tree`
+    (hudson.model.Api exports only what it names: the causes are there only because the
+    tree asks for them): our trigger is our API user's Cause$UserIdCause
+    (ParameterizedJobMixIn.getBuildCause without a build token), a timer's names no one."""
+    jenkins_fake.add_job("app/build", parameters=["COMMIT"])
+    adapter = adapter_for(jenkins_fake)
+    ours = adapter.trigger_build("app/build", {"COMMIT": "abc123"})
+    timer = jenkins_fake.queue_build("app/build", label="", parameters={"COMMIT": "d"})
+
+    causes = {item.id: item.causes for item in adapter.queue_items()}
+    assert causes == {ours: (("hudson.model.Cause$UserIdCause", jenkins_fake.user),),
+                      timer.queue_id: (("hudson.triggers.TimerTrigger$TimerTriggerCause", ""),)}
+    run = jenkins_fake.start_build(ours)
+    assert adapter.run_info("app/build", run.number).causes == causes[ours]
+    bare = requests.get(f"{jenkins_fake.url}/queue/api/json?tree=items[id]",
+                        auth=(jenkins_fake.user, jenkins_fake.token), timeout=5).json()
+    assert bare["items"] == [{"_class": "hudson.model.Queue$BuildableItem",
+                              "id": timer.queue_id}]
+
+
+def test_a_build_an_anonymous_request_queued_names_no_user():
+    """A Jenkins whose anonymous user may build: the item's UserIdCause has no userId
+    (Cause.UserIdCause(): User.current() is null), "anonymous" its userName; not a timer's."""
+    with JenkinsFake(user=None) as fake:
+        fake.add_job("app", parameters=["A"])
+        adapter = JenkinsAdapter(url=fake.url, user="", token="", backoff=ONE_CALL)
+        adapter.trigger_build("app", {"A": "1"})
+
+        [item] = adapter.queue_items()
+        assert item.causes == (("hudson.model.Cause$UserIdCause", ""),)
+        raw = requests.get(f"{fake.url}/queue/api/json", timeout=5).json()
+        [cause] = [c for a in raw["items"][0]["actions"] for c in a.get("causes", [])]
+        assert cause["userId"] is None and cause["userName"] == "anonymous"
+
+
 def test_the_fake_holds_a_build_asked_for_without_delay_in_the_quiet_period(jenkins_fake):
     """As Jenkins does (Queue.WaitingItem): what our trigger's delay=0sec avoids."""
     jenkins_fake.add_job("app/build", parameters=["COMMIT"])

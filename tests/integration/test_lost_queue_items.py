@@ -197,6 +197,37 @@ def test_a_retrigger_that_stopped_half_way_makes_no_second_build(
     assert build[lost_triggers.FIELD] == jenkins_fake.session
 
 
+def test_a_retrigger_whose_answer_was_lost_is_not_cancelled_as_a_late_second_trigger(
+        app, kube, jenkins_fake, jenkins_proxy):
+    """As above, but another item took the lost item's id first (a build started by hand
+    after the restart), so the retrigger's item has an id the record does not name yet. The
+    pass goes on after the retrigger's 502 (a step's own error) to the queue: that item, our
+    API user's with the build's key on its agent's label, is the build's only one, its record
+    still naming the item the crash lost, not a late duplicate of a build that ran. It is
+    found by the next pass, not cancelled and triggered again."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    rt, state = runtime.current(), state_of(app)
+    restart(rt, jenkins_fake, time.time() + 5, hard=True)
+    other = jenkins_fake.queue_build("build", label="", parameters={AGENT: "someone-else"})
+    assert other.queue_id == item
+    jenkins_fake.begin_start(other.queue_id)
+    through_proxy = dataclasses.replace(rt, jenkins=JenkinsAdapter(
+        url=jenkins_proxy.url, user=jenkins_fake.user or "", token=jenkins_fake.token,
+        timeout=5, backoff=Backoff(attempts=1, base_seconds=0)))
+    jenkins_proxy.fail_next("POST", "/job/build/buildWithParameters", status=502, after=True)
+
+    with pytest.raises(RetryableError):
+        reconcile.reconcile_once(through_proxy, now=time.time() + 10)
+    [taken] = jenkins_fake.build_with(AGENT, agent)
+    assert taken.queue_id != item and taken.state == "queued"
+    assert jenkins_fake.cancelled_items == []
+
+    passed = reconcile.reconcile_once(through_proxy, now=time.time() + 20)
+    assert passed["lost_builds_retriggered"] == 0
+    assert jenkins_fake.build_with(AGENT, agent) == [taken] and taken.state == "queued"
+    assert int(state.get_build(key)["queue_item"]) == taken.queue_id
+
+
 def test_the_fake_loses_on_a_kill_what_it_had_not_saved_and_gives_those_ids_again(
         jenkins_fake):
     """The adapter reads X-Jenkins-Session (every API page has it, a new one on every start;

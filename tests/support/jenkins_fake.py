@@ -220,7 +220,8 @@ class FakeBuild:
     agent_errors: int = 0
     # Who queued it: the user a request came from (buildWithParameters with our API user's
     # token), its item's CauseAction a Cause$UserIdCause naming them (ParameterizedJobMixIn.
-    # getBuildCause: no build token, so `new Cause.UserIdCause()`); None: Jenkins itself
+    # getBuildCause: no build token, so `new Cause.UserIdCause()`); ANONYMOUS: a request
+    # with no user (User.current() null: a UserIdCause of no userId); None: Jenkins itself
     # (a timer: TimerTrigger$TimerTriggerCause).
     started_by: str | None = None
 
@@ -1073,10 +1074,12 @@ class JenkinsFake:
                 build is not None and build.made > block.made) \
                 else _json(self._node_block_item(block))
         if path == "/queue/api/json":
-            return _json({"_class": "hudson.model.Queue", "discoverableItems": [],
-                          "items": [self._queued(b) for b in self.builds if b.state == "queued"]
-                          + [self._node_block_item(b) for b in self.node_blocks
-                             if b.state == "queued"]})
+            queue = {"_class": "hudson.model.Queue", "discoverableItems": [],
+                     "items": [self._queued(b) for b in self.builds if b.state == "queued"]
+                     + [self._node_block_item(b) for b in self.node_blocks
+                        if b.state == "queued"]}
+            tree = request.args.get("tree")  # hudson.model.Api: only what the tree names
+            return _json(_tree(queue, tree) if tree else queue)
         if m := re.fullmatch(r"/((?:job/[^/]+/)+)(?:(\d+)/)?api/json", path):
             job = "/".join(m.group(1).strip("/").split("/")[1::2])
             folder = next((f for f in self._folders() if f.lower() == job.lower()), None)
@@ -1270,7 +1273,7 @@ class JenkinsFake:
             else int(re.sub(r"secs?$", "", delay.strip()) or 0)
         build = FakeBuild(name, parameters, self._take_queue_id(),
                           quiet_until=time.time() + quiet if quiet > 0 else 0.0,
-                          started_by=self.user)
+                          started_by=ANONYMOUS if self.user is None else self.user)
         self.builds.append(build)
         if self.start_on_arrival:
             self.start_build(build.queue_id)
@@ -2104,17 +2107,22 @@ def _stack_trace(status: int, exception: str, message: str) -> Response:
 
 def _cause_action(user: str | None) -> dict[str, Any]:
     """An item's hudson.model.CauseAction as the API exports it: a request's user
-    (Cause$UserIdCause: shortDescription, userId, userName), or a timer's cause."""
+    (Cause$UserIdCause: shortDescription, userId, userName; an anonymous request's has
+    userId null and userName "anonymous", jenkins core Cause.UserIdCause.getUserName), or a
+    timer's cause."""
     if user is None:
         cause = {"_class": "hudson.triggers.TimerTrigger$TimerTriggerCause",
                  "shortDescription": "Started by timer"}
     else:
+        name = user or "anonymous"
         cause = {"_class": "hudson.model.Cause$UserIdCause",
-                 "shortDescription": f"Started by user {user}", "userId": user,
-                 "userName": user}
+                 "shortDescription": f"Started by user {name}", "userId": user or None,
+                 "userName": name}
     return {"_class": "hudson.model.CauseAction", "causes": [cause]}
 
 
+# FakeBuild.started_by of a request Jenkins took from no user (anonymous may build)
+ANONYMOUS = ""
 _Tree = dict[str, tuple["_Tree | None", "slice | None"]]
 # A job's `builds` are its 100 newest runs (Job.getNewBuilds: getBuilds().limit(100), exported
 # as "builds"); a range in the tree applies after that limit ({100,200} is empty).

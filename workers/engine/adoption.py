@@ -140,8 +140,10 @@ def stop_late_triggers(rt: runtime.Runtime, queue: list[QueueItem]) -> set[int]:
     Rebuild or Replay), with the build key of the agent whose label it waits on, while that
     build's record names another item: a job's item is cancelled; a Pipeline's run, started
     on the controller at once (its node block waits on the label), is aborted. Adopted, or
-    handed the agent once the build's own work was done, the push was built twice. The ids of
-    their items, never adopted; a stop that failed is tried again by the next pass."""
+    handed the agent once the build's own work was done, the push was built twice. Not
+    judged yet: a build whose item may be lost (_items_unsure), and a Pipeline's late run
+    while the build's own run is not recorded. The ids of their items, never adopted; a stop
+    that failed is tried again by the next pass."""
     user = rt.settings.jenkins_user
     waiting = [(item, label) for item, label in items_waiting_on_agents(queue)
                if item.run is not None or queued_by_only(item.causes, user)]
@@ -149,15 +151,23 @@ def stop_late_triggers(rt: runtime.Runtime, queue: list[QueueItem]) -> set[int]:
         return set()
     owners = rt.state.builds_for_agents(sorted({label for _item, label in waiting}))
     keys = sorted(set(owners.values()))
-    rows = dict(zip(keys, rt.state.build_fields(keys, "queue_item", "jenkins_build")))
+    rows = dict(zip(keys, rt.state.build_fields(keys, "queue_item", "jenkins_build",
+                                                "status", jenkins_sessions.FIELD)))
+    unsure = _items_unsure(rt, rows)
     found = set()
     for item, label in waiting:
         run_bound.checkpoint()
         key = owners.get(label)
-        own_item, own_run = rows.get(key or "", (None, None))
-        if own_item is None or own_item == str(item.id) or (
+        own_item, own_run, _status, _session = rows.get(key or "", (None,) * 4)
+        if own_item is None or own_item == str(item.id) or key in unsure or (
                 item.run is not None and own_run == str(item.run.number)):
             continue  # not a build of ours that has its item, or that item (its run's block)
+        if item.run is not None and not own_run:
+            # A run's abort sends its COMPLETED with the build's key: until the build's own
+            # run is recorded (its STARTED lost or not applied yet) that would be taken for
+            # the build's end (run_confirm.confirmed) and release the agent its own block
+            # runs on. The late block waits on that busy agent meanwhile: the next pass.
+            continue
         if not (_late_run(rt, item.run, key, own_item) if item.run is not None
                 else item.parameters.get(BUILD_KEY_PARAMETER) == key):
             continue
@@ -176,6 +186,20 @@ def stop_late_triggers(rt: runtime.Runtime, queue: list[QueueItem]) -> set[int]:
         log.warning("stopped a late second trigger of a build (Jenkins took a timed out "
                     "request after its retry)", extra=extra)
     return found
+
+
+def _items_unsure(rt: runtime.Runtime, rows: dict[str, list[str | None]]) -> set[str]:
+    """The builds whose recorded item may not be theirs any more: triggered under an earlier
+    Jenkins session, not yet found again under this one (workers.engine.lost_triggers). A
+    crash may have lost that item, and the build's retrigger, whose answer was lost (a
+    proxy's 502 after Jenkins took it: the pass goes on to the queue), has an item the record
+    does not name yet: the build's only one, not a late second trigger."""
+    triggered = {key for key, (_item, _run, status, session) in rows.items()
+                 if status == BuildStatus.TRIGGERED and session}
+    if not triggered:
+        return set()
+    current = rt.jenkins.session(max_age=tasks.SESSION_MAX_AGE_SECONDS)
+    return {key for key in triggered if current and rows[key][3] != current}
 
 
 def _late_run(rt: runtime.Runtime, run: RunRef, key: str | None, own_item: str) -> bool:
