@@ -334,6 +334,29 @@ def test_daemon_requests_are_the_commonest_daemonset_sum_over_ready_nodes_kept_b
     assert watch.daemon_requests() == Resources()
 
 
+def test_daemon_requests_count_static_pods_and_leave_out_daemon_pods_being_deleted(
+        kube, watching):
+    """A node joining runs the static pods its kubelet reads from disk as well as the
+    DaemonSets' (GKE's kube-proxy is a static pod on every node; the API shows its mirror,
+    owned by the Node), and not a DaemonSet's pods being deleted: Cluster Autoscaler's
+    template node holds the example node's mirror and DaemonSet pods but those with a
+    deletionTimestamp (simulator/node_info_utils.go, podsExpectedOnFreshNode)."""
+    for name in ("a", "b", "c"):
+        kube.add_node(name)
+        kube.add_pod("kube-system", f"kube-proxy-{name}", node=name, mirror=True,
+                     requests=[{"cpu": "100m"}])
+        kube.add_pod("logging", f"fluent-bit-{name}", node=name, daemon_set="fluent-bit",
+                     requests=[{"cpu": "200m", "memory": "128Mi"}])
+    watch = watching()
+    assert watch.daemon_requests() == Resources(300, 128 * MI)
+
+    for name in ("a", "b", "c"):  # the DaemonSet deleted: its pods Terminating
+        kube.delete_held_by_finalizer("logging", f"fluent-bit-{name}")
+
+    eventually(watch.daemon_requests, lambda r: r == Resources(100, 0))
+    assert watch.daemon_requests() == Resources(100, 0)
+
+
 @pytest.mark.parametrize("as_status", [False, True], ids=["error-event", "http-410"])
 def test_after_410_gone_it_relists_and_forgets_pods_deleted_meanwhile(kube, watching, as_status):
     kube.add_node("node-a")

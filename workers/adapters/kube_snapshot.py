@@ -37,7 +37,7 @@ from kubernetes.client.exceptions import ApiException
 from workers.adapters.kube_errors import api_call, status_error
 from workers.adapters.kube_objects import (
     Obj, PodIndex, agent_ended, agent_usage, node_state, node_usage, object_key,
-    owned_by_daemon_set, parsed, pod_memory, pod_record)
+    on_every_node, parsed, pod_memory, pod_record)
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state_on_index
 from workers.core.cluster import ZERO, Holding, NodeState, Resources
 from workers.core.fit import NOTHING_HELD, Held
@@ -268,7 +268,7 @@ class ClusterWatch:
                                            per_node=per_node)
 
     def daemon_requests(self) -> Resources:
-        """What the DaemonSets' pods request on a typical Ready node (the commonest sum over
+        """What the DaemonSets' and static pods request on a typical Ready node (the commonest sum over
         the Ready nodes, ties to the larger; none before a node has one): what a node
         joining will hold before our builds (core.capacity.fresh_room)."""
         with self._lock:
@@ -405,7 +405,7 @@ class ClusterWatch:
         index, deleting, present, ended, agents_ended = PodIndex(), set(), set(), set(), set()
         for obj in items:
             index.put(object_key(obj), parsed("pod", self._pod_record, obj),
-                      owned_by_daemon_set(obj))
+                      on_every_node(obj))
             present.add(object_key(obj))
             if _being_deleted(obj):
                 deleting.add(object_key(obj))
@@ -430,7 +430,7 @@ class ClusterWatch:
                                  (self._ended, alive and _ended(obj)), (self._present, alive),
                                  (self._agent_ended, alive and agent_ended(obj))):
                 (known.add if holds else known.discard)(key)
-            nodes = self._pods.put(object_key(obj), record, owned_by_daemon_set(obj))
+            nodes = self._pods.put(object_key(obj), record, on_every_node(obj))
             for node in nodes:
                 self._views.pop(node, None)
             if nodes:
