@@ -46,7 +46,7 @@ from workers.core.errors import CIAutoscalerError, RetryableError
 from workers.core.models import PodTemplate
 from workers.core.placement import (
     DEFAULT_TARGET_UTILISATION, Decision, Placement, reservation_room)
-from workers.core.placement_index import NodeRow, PlacementIndex
+from workers.core.placement_index import NodeRow, PlacementIndex, template_key
 from workers.core.usage import (
     USAGE_HISTORY, expected_use, memory_over_requests, node_memory_fallback)
 
@@ -267,13 +267,19 @@ class ClusterWatch:
                                            target_utilisation=target_utilisation,
                                            per_node=per_node)
 
-    def daemon_requests(self) -> Resources:
-        """What the DaemonSets' and static pods request on a typical Ready node (the commonest sum over
-        the Ready nodes, ties to the larger; none before a node has one): what a node
-        joining will hold before our builds (core.capacity.fresh_room)."""
+    def daemon_requests(self, templates: Sequence[PodTemplate] = ()) -> Resources:
+        """What the DaemonSets' and static pods request on a typical node (the commonest sum,
+        ties to the larger; none before a node has one): what a node joining will hold
+        before our builds (core.capacity.fresh_room). Over the nodes one of `templates`
+        (the waiting builds') may use, as the reference shape is taken
+        (capacity.reference_shape); over every Ready node when none may. Over every Ready
+        node, a shared cluster's app nodes, more than the tainted CI pool and running
+        DaemonSets that tolerate no taint, gave a CI node added their DaemonSets."""
+        unique = {template_key(t): t for t in templates}.values()
         with self._lock:
-            sums = Counter(self._pods.daemons.get(name, ZERO) for name, node in
-                           self._nodes.items() if node.ready)
+            names = {name for t in unique for name, _ in self._index.in_name_order(t)} or [
+                name for name, node in self._nodes.items() if node.ready]
+            sums = Counter(self._pods.daemons.get(name, ZERO) for name in names)
         if not sums:
             return ZERO
         return max(sums, key=lambda r: (sums[r], r.cpu_millis, r.memory_bytes))
