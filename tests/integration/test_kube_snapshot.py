@@ -335,6 +335,62 @@ def test_daemon_requests_are_the_commonest_daemonset_sum_over_ready_nodes_kept_b
     assert watch.daemon_requests() == Resources()
 
 
+def test_daemon_requests_count_static_pods_and_leave_out_daemon_pods_being_deleted(
+        kube, watching):
+    """A node joining runs the static pods its kubelet reads from disk as well as the
+    DaemonSets' (GKE's kube-proxy is a static pod on every node; the API shows its mirror,
+    owned by the Node), and not a DaemonSet's pods being deleted: Cluster Autoscaler's
+    template node holds the example node's mirror and DaemonSet pods but those with a
+    deletionTimestamp (simulator/node_info_utils.go, podsExpectedOnFreshNode)."""
+    for name in ("a", "b", "c"):
+        kube.add_node(name)
+        kube.add_pod("kube-system", f"kube-proxy-{name}", node=name, mirror=True,
+                     requests=[{"cpu": "100m"}])
+        kube.add_pod("logging", f"fluent-bit-{name}", node=name, daemon_set="fluent-bit",
+                     requests=[{"cpu": "200m", "memory": "128Mi"}])
+    watch = watching()
+    assert watch.daemon_requests() == Resources(300, 128 * MI)
+
+    for name in ("a", "b", "c"):  # the DaemonSet deleted: its pods Terminating
+        kube.delete_held_by_finalizer("logging", f"fluent-bit-{name}")
+
+    eventually(watch.daemon_requests, lambda r: r == Resources(100, 0))
+    assert watch.daemon_requests() == Resources(100, 0)
+
+
+def test_daemon_requests_are_those_of_the_nodes_the_waiting_templates_may_use(
+        kube, watching):
+    """A shared cluster: three app nodes run a monitoring agent (a DaemonSet that tolerates
+    no taint), two tainted CI nodes do not (the DaemonSet controller places a pod only where
+    its tolerations and nodeSelector allow: pkg/controller/daemon NodeShouldRunDaemonPod);
+    kube-proxy runs on all. The node added for CI builds is a CI node, as the reference
+    shape is taken from the nodes the templates may use (capacity.reference_shape): its
+    DaemonSets are the CI nodes', not the app nodes' that outnumber them; every Ready node's
+    when no template may use any."""
+    taint = {"key": "ci", "value": "true", "effect": "NoSchedule"}
+    for name in ("app-a", "app-b", "app-c", "ci-a", "ci-b"):
+        ci = name.startswith("ci-")
+        kube.add_node(name, labels={"pool": "ci" if ci else "app"},
+                      taints=[taint] if ci else [])
+        kube.add_pod("kube-system", f"kube-proxy-{name}", node=name, daemon_set="kube-proxy",
+                     requests=[{"cpu": "100m", "memory": "64Mi"}])
+        if not ci:
+            kube.add_pod("monitoring", f"agent-{name}", node=name, daemon_set="agent",
+                         requests=[{"cpu": "500m", "memory": "512Mi"}])
+    watch = watching()
+    ci_builds = PodTemplate(cpu=CpuRange(min="1", default="1", max="1"),
+                            memory=MemoryRange(min=GI, default=GI, max=GI),
+                            node_selector={"pool": "ci"},
+                            tolerations=[Toleration(key="ci", operator="Equal", value="true",
+                                                    effect="NoSchedule")])
+    assert watch.daemon_requests([ci_builds]) == Resources(100, 64 * MI)
+    nowhere = PodTemplate(cpu=CpuRange(min="1", default="1", max="1"),
+                          memory=MemoryRange(min=GI, default=GI, max=GI),
+                          node_selector={"pool": "gpu"})
+    assert watch.daemon_requests([nowhere]) == Resources(600, 576 * MI)
+    assert watch.daemon_requests() == Resources(600, 576 * MI)
+
+
 @pytest.mark.parametrize("as_status", [False, True], ids=["error-event", "http-410"])
 def test_after_410_gone_it_relists_and_forgets_pods_deleted_meanwhile(kube, watching, as_status):
     kube.add_node("node-a")

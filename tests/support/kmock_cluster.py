@@ -1110,11 +1110,13 @@ def pod_object(namespace: str, name: str, *, node: str | None = None,
                requests: Iterable[dict[str, str]] = ({"cpu": "100m", "memory": "128Mi"},),
                init_requests: Iterable[dict[str, str]] = (), overhead: dict[str, str] | None = None,
                phase: str | None = "Running", labels: dict[str, str] | None = None,
-               daemon_set: str | None = None) -> dict[str, Any]:
+               daemon_set: str | None = None, mirror: bool = False) -> dict[str, Any]:
     """A pod with one container per entry of ``requests`` (and one init container per entry
     of ``init_requests``), bound to ``node`` when given, in ``phase`` as a kubelet would set;
     ``daemon_set``: the DaemonSet that owns it (its controller ownerReference, as the
-    DaemonSet controller sets it)."""
+    DaemonSet controller sets it); ``mirror``: the mirror of a static pod of ``node``'s
+    kubelet (pkg/kubelet/pod/mirror_client.go CreateMirrorPod: the kubernetes.io/config.mirror
+    annotation holding the pod's hash, and the Node as its controller owner)."""
     def containers(prefix: str, all_requests: Iterable[dict[str, str]]) -> list[dict[str, Any]]:
         return [{"name": f"{prefix}{i}", "image": "busybox",
                  "resources": {"requests": dict(r)}} for i, r in enumerate(all_requests)]
@@ -1136,6 +1138,11 @@ def pod_object(namespace: str, name: str, *, node: str | None = None,
         pod["metadata"]["ownerReferences"] = [{
             "apiVersion": "apps/v1", "kind": "DaemonSet", "name": daemon_set,
             "uid": f"uid-{daemon_set}", "controller": True, "blockOwnerDeletion": True}]
+    if mirror:
+        pod["metadata"]["annotations"] = {"kubernetes.io/config.mirror": f"hash-{name}"}
+        pod["metadata"]["ownerReferences"] = [{
+            "apiVersion": "v1", "kind": "Node", "name": node, "uid": f"uid-{node}",
+            "controller": True}]
     if phase is not None:
         pod["status"] = {"phase": phase}
     return pod

@@ -44,14 +44,15 @@ class PodIndex:
         self.held: dict[str, Held] = {}
         self.by_node: dict[str, set[tuple[str, str]]] = {}
         self.by_build_key: dict[str, set[tuple[str, str]]] = {}
-        # the requests of the DaemonSets' pods, per node (what a node joining holds too)
+        # the requests of the DaemonSets' and static pods, per node (what a node joining
+        # holds too: on_every_node)
         self.daemons: dict[str, Resources] = {}
         self._daemon_keys: set[tuple[str, str]] = set()
 
     def put(self, key: tuple[str, str], record: PodRecord | None,
             daemon: bool = False) -> list[str]:
-        """Set (None: forget) a pod's record (`daemon`: a DaemonSet's pod); returns the
-        nodes whose sums changed."""
+        """Set (None: forget) a pod's record (`daemon`: one a node joining runs too,
+        on_every_node); returns the nodes whose sums changed."""
         old = self.pods.pop(key, None)
         if record is not None:
             self.pods[key] = record
@@ -103,11 +104,23 @@ class PodIndex:
             self.daemons[node] = total
 
 
-def owned_by_daemon_set(obj: Obj) -> bool:
-    """The pod is a DaemonSet's (its controller owner): one runs on each node it selects,
-    a node joining included."""
-    return any(ref.get("kind") == "DaemonSet" and ref.get("controller")
-               for ref in (obj.get("metadata") or {}).get("ownerReferences") or ())
+# The annotation the kubelet puts on a static pod's mirror (pkg/kubelet/types
+# ConfigMirrorAnnotationKey; pkg/kubelet/pod/mirror_client.go CreateMirrorPod)
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+
+
+def on_every_node(obj: Obj) -> bool:
+    """The pod is one a node joining runs too: a DaemonSet's (its controller owner), or the
+    mirror of a static pod (kube-proxy on GKE's nodes; the kubelet runs it from its own
+    disk), and not being deleted; as Cluster Autoscaler fills its template node
+    (simulator/node_info_utils.go podsExpectedOnFreshNode: IsMirrorPod or IsDaemonSetPod,
+    no deletionTimestamp)."""
+    meta = obj.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return False
+    return MIRROR_ANNOTATION in (meta.get("annotations") or {}) or any(
+        ref.get("kind") == "DaemonSet" and ref.get("controller")
+        for ref in meta.get("ownerReferences") or ())
 
 
 def node_state(obj: Obj) -> NodeState:

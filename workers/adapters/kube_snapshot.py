@@ -37,7 +37,7 @@ from kubernetes.client.exceptions import ApiException
 from workers.adapters.kube_errors import api_call, status_error
 from workers.adapters.kube_objects import (
     Obj, PodIndex, agent_ended, agent_usage, node_state, node_usage, object_key,
-    owned_by_daemon_set, parsed, pod_memory, pod_record)
+    on_every_node, parsed, pod_memory, pod_record)
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state_on_index
 from workers.core.cluster import ZERO, Holding, NodeState, Resources
 from workers.core.fit import NOTHING_HELD, Held
@@ -46,7 +46,7 @@ from workers.core.errors import CIAutoscalerError, RetryableError
 from workers.core.models import PodTemplate
 from workers.core.placement import (
     DEFAULT_TARGET_UTILISATION, Decision, Placement, reservation_room)
-from workers.core.placement_index import NodeRow, PlacementIndex
+from workers.core.placement_index import NodeRow, PlacementIndex, template_key
 from workers.core.usage import (
     USAGE_HISTORY, expected_use, memory_over_requests, node_memory_fallback)
 
@@ -267,13 +267,19 @@ class ClusterWatch:
                                            target_utilisation=target_utilisation,
                                            per_node=per_node)
 
-    def daemon_requests(self) -> Resources:
-        """What the DaemonSets' pods request on a typical Ready node (the commonest sum over
-        the Ready nodes, ties to the larger; none before a node has one): what a node
-        joining will hold before our builds (core.capacity.fresh_room)."""
+    def daemon_requests(self, templates: Sequence[PodTemplate] = ()) -> Resources:
+        """What the DaemonSets' and static pods request on a typical node (the commonest sum,
+        ties to the larger; none before a node has one): what a node joining will hold
+        before our builds (core.capacity.fresh_room). Over the nodes one of `templates`
+        (the waiting builds') may use, as the reference shape is taken
+        (capacity.reference_shape); over every Ready node when none may. Over every Ready
+        node, a shared cluster's app nodes, more than the tainted CI pool and running
+        DaemonSets that tolerate no taint, gave a CI node added their DaemonSets."""
+        unique = {template_key(t): t for t in templates}.values()
         with self._lock:
-            sums = Counter(self._pods.daemons.get(name, ZERO) for name, node in
-                           self._nodes.items() if node.ready)
+            names = {name for t in unique for name, _ in self._index.in_name_order(t)} or [
+                name for name, node in self._nodes.items() if node.ready]
+            sums = Counter(self._pods.daemons.get(name, ZERO) for name in names)
         if not sums:
             return ZERO
         return max(sums, key=lambda r: (sums[r], r.cpu_millis, r.memory_bytes))
@@ -405,7 +411,7 @@ class ClusterWatch:
         index, deleting, present, ended, agents_ended = PodIndex(), set(), set(), set(), set()
         for obj in items:
             index.put(object_key(obj), parsed("pod", self._pod_record, obj),
-                      owned_by_daemon_set(obj))
+                      on_every_node(obj))
             present.add(object_key(obj))
             if _being_deleted(obj):
                 deleting.add(object_key(obj))
@@ -430,7 +436,7 @@ class ClusterWatch:
                                  (self._ended, alive and _ended(obj)), (self._present, alive),
                                  (self._agent_ended, alive and agent_ended(obj))):
                 (known.add if holds else known.discard)(key)
-            nodes = self._pods.put(object_key(obj), record, owned_by_daemon_set(obj))
+            nodes = self._pods.put(object_key(obj), record, on_every_node(obj))
             for node in nodes:
                 self._views.pop(node, None)
             if nodes:

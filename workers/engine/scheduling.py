@@ -385,13 +385,14 @@ def largest_node(rt: Runtime, template: PodTemplate) -> Resources | None:
 class DaemonView(Protocol):
     """A ClusterView that knows what the DaemonSets' pods request on a node (ClusterWatch)."""
 
-    def daemon_requests(self) -> Resources: ...
+    def daemon_requests(self, templates: Sequence[PodTemplate] = ()) -> Resources: ...
 
 
-def daemons(rt: Runtime) -> Resources:
-    """What a node joining will hold before our builds (its DaemonSets' pods), when the
-    view can tell (the simulator's nodes run none)."""
-    return rt.view.daemon_requests() if isinstance(rt.view, DaemonView) else ZERO
+def daemons(rt: Runtime, planned: Sequence[WaitingBuild]) -> Resources:
+    """What a node joining for the `planned` builds will hold before them (its DaemonSets'
+    and static pods), when the view can tell (the simulator's nodes run none)."""
+    return rt.view.daemon_requests([w.template for w in planned]) \
+        if isinstance(rt.view, DaemonView) else ZERO
 
 
 def warm_room(rt: Runtime, builds: int = 0) -> list[WaitingBuild]:
@@ -433,7 +434,7 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
     waiting, reasons, paused, held = waiting_builds(rt)
     planned = waiting + warm_room(rt, len(waiting))  # nodes_needed counts the pools up to their min
     # what a node added would hold before our builds (nothing to plan: not read)
-    per_node = daemons(rt) if planned else ZERO
+    per_node = daemons(rt, planned) if planned else ZERO
     if isinstance(rt.view, IndexedView):
         reserved = rt.capacity.reservations()
         state = rt.view.capacity_state(planned, reserved=reserved,
