@@ -13,6 +13,9 @@ from urllib.parse import unquote
 
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,18})[ \t]*\r\n", re.I)
+# A Content-Length this scan reads: str.isdigit() takes latin-1's superscripts ("²") and
+# int() refuses them, and more than 4300 digits (int_max_str_digits); past 18 it is past any limit.
+_DIGITS = re.compile(r"[0-9]{1,18}")
 _TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding:", re.I)
 # A chunk-size line longer than this without its end is not a chunk-size line.
 CHUNK_LINE_BYTES = 4096
@@ -73,7 +76,7 @@ def body_wait(environ: dict[str, str], start: int) -> BodyWait | None:
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         return BodyWait(start, None, start)
     length = environ.get("HTTP_CONTENT_LENGTH", "")
-    if not length.isdigit() or int(length) == 0:
+    if not _DIGITS.fullmatch(length) or int(length) == 0:
         return None
     return BodyWait(start, start + int(length), start)
 
