@@ -19,6 +19,11 @@ _DIGITS = re.compile(r"[0-9]{1,18}")
 _TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding:", re.I)
 # A chunk-size line longer than this without its end is not a chunk-size line.
 CHUNK_LINE_BYTES = 4096
+# Trailers this long without their end end the scan (to a thread, where gunicorn reads them):
+# they were scanned line by line from the last chunk at each read, and a token holder sending
+# a body's worth of short trailer lines a few bytes at a time kept the main loop busy. GitLab
+# and the Jenkins Notification plugin send none.
+TRAILER_BYTES = 64 * 1024
 
 
 @dataclass
@@ -93,10 +98,10 @@ def chunked_end(buffer: bytearray, pos: int) -> tuple[int | None, int]:
         if not _HEX.fullmatch(size):
             return pos, pos
         if int(size, 16) == 0:  # the last chunk: trailer lines up to a blank one
-            line = eol + 2
-            while (end := buffer.find(b"\r\n", line)) > line:
-                line = end + 2
-            return (end + 2 if end == line else None), pos
+            end = buffer.find(b"\r\n\r\n", eol, eol + TRAILER_BYTES)
+            if end >= 0:
+                return end + 4, pos
+            return (None, pos) if len(buffer) - eol < TRAILER_BYTES else (pos, pos)
         nxt = eol + 2 + int(size, 16) + 2
         if len(buffer) < nxt:
             return None, pos
