@@ -96,6 +96,24 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(gunicorn, redis_
     assert text.index("Handling signal: term") < text.index("Worker exiting")
 
 
+def test_sigterm_lets_a_body_the_main_loop_holds_arrive_and_be_stored(gunicorn, redis_conn):
+    """Issue 16 (no push lost) with issue 17's worker: a push's body arriving is held by the
+    worker's main loop, not a thread; on SIGTERM gunicorn 27's gthread goes on polling while
+    connections are open (its run(): `while self.nr_conns > 0`, up to graceful_timeout), so
+    the rest of the body is read, the push stored and answered, then the worker exits."""
+    head = _head(str(len(PUSH))).replace(b"Connection: close", b"Idempotency-Key: held")
+    with socket.create_connection(("127.0.0.1", gunicorn.port), timeout=30) as sock:
+        sock.sendall(head + PUSH[:100])
+        gunicorn.send_signal(signal.SIGTERM)
+        wait_until(lambda: "Handling signal: term" in gunicorn.log_path.read_text(),
+                   timeout=30, what="gunicorn handling SIGTERM")
+        sock.sendall(PUSH[100:])
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 202 "), reply[:300]
+    assert gunicorn.wait(timeout=30) == 0
+    assert redis_conn.exists("cia:delivery:gitlab:held")
+
+
 def _raw(port: int, head: bytes, body: bytes = b"") -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(head + body)
