@@ -367,10 +367,10 @@ class Worker(ThreadWorker):
         limit = wanted(environ)
         expects = environ.get("HTTP_EXPECT", "").lower() == "100-continue" \
             and environ["SERVER_PROTOCOL"] == "HTTP/1.1"
-        if limit is None:  # refused unread (no token), or a path that reads no body:
-            conn.continued = expects  # its answer, not a 100 (RFC 9110 10.1.1), to send it
-            return None
-        if wait.over(conn.head, limit) or self.buffered + len(conn.head) > BODIES_BUFFERED_BYTES:
+        if limit is None or wait.over(conn.head, limit):  # refused unread (no token), a path
+            conn.continued = expects  # that reads no body, or past the limit (ignored): its
+            return None  # answer, not a 100 (RFC 9110 10.1.1), to send the body
+        if self.buffered + len(conn.head) > BODIES_BUFFERED_BYTES:
             return None
         conn.limit, conn.continued = limit, expects
         return wait

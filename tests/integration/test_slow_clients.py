@@ -259,6 +259,20 @@ def test_expect_100_continue_without_the_token_gets_its_401_and_no_100(web):
         sock.close()
 
 
+def test_expect_100_continue_over_the_limit_gets_its_answer_and_no_100(web):
+    """A Content-Length past the limit is answered 200 ignored without its body read: with
+    Expect: 100-continue the client was still told to send it (gunicorn's 100, before the app
+    ran), up to GitLab's 25 MB that the main loop then read for nothing for up to 10 s. The
+    answer now comes instead of the 100 (RFC 9110 10.1.1), as a refusal without the token."""
+    sock = _half_open(web.port, _push_head(DEFAULT_MAX_BODY_BYTES + 1, "Expect: 100-continue\r\n"))
+    try:
+        sock.settimeout(ANSWER_WITHIN_SECONDS)
+        reply = sock.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200 ") and b'"ignored"' in reply, reply
+    finally:
+        sock.close()
+
+
 def test_heads_over_the_buffer_are_refused_at_once_without_a_thread(web):
     """A head still without its end past the worker's buffer was handed to a thread, which
     waited out the head's deadline: THREADS such clients, with no token, held every thread for
