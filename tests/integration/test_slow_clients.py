@@ -273,6 +273,56 @@ def test_expect_100_continue_over_the_limit_gets_its_answer_and_no_100(web):
         sock.close()
 
 
+def _replies(sock: socket.socket, count: int) -> list[bytes]:
+    """`count` answers read off a kept-alive connection, each by its Content-Length."""
+    data, replies = b"", []
+    while len(replies) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            length = int(data[:head_end].lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            if len(data) >= head_end + 4 + length:
+                replies.append(data[:head_end + 4 + length])
+                data = data[head_end + 4 + length:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, (replies, data)
+        data += chunk
+    return replies
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_a_body_in_many_reads_then_a_pipelined_request_are_each_answered_in_turn(
+        web, redis_conn, chunked):
+    """The main loop reads a token holder's body over as many reads as it takes, and the
+    request that follows it on the connection (sent with the body's last bytes) is the next
+    one answered, on the same connection: the bytes reach gunicorn's parser as they came
+    (RFC 9112 9.3.2), chunk extensions and trailers included."""
+    sha = hashlib.sha1(f"pipelined-{chunked}".encode()).hexdigest()
+    body = json.dumps({**json.loads(PUSH), "after": sha, "checkout_sha": sha}).encode()
+    if chunked:
+        head = _push_head(0, "Transfer-Encoding: chunked\r\n").replace(
+            b"Content-Length: 0\r\n", b"")
+        body = b"".join(b"%x;ext=\"a b\"\r\n%s\r\n" % (len(body[i:i + 700]), body[i:i + 700])
+                        for i in range(0, len(body), 700)) + b"0\r\nX-Trailer: 1\r\n\r\n"
+    else:
+        head = _push_head(len(body))
+    pieces = [body[i:i + 500] for i in range(0, len(body), 500)]
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
+        sock.sendall(head)
+        for piece in pieces[:-1]:
+            sock.sendall(piece)
+            # no event says the server has read it: a pause, so that each is likely a read
+            # of its own (the test holds either way); no answer comes before the last
+            select.select([sock], [], [], 0.01)
+        sock.sendall(pieces[-1] + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        push, health = _replies(sock, 2)
+        assert push.startswith(b"HTTP/1.1 202 ") and b'"queued"' in push, push
+        assert health.startswith(b"HTTP/1.1 200 "), health
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert _replies(sock, 1)[0].startswith(b"HTTP/1.1 200 ")  # kept alive after both
+    assert redis_conn.llen("cia:intake") == 1
+
+
 def test_heads_over_the_buffer_are_refused_at_once_without_a_thread(web):
     """A head still without its end past the worker's buffer was handed to a thread, which
     waited out the head's deadline: THREADS such clients, with no token, held every thread for
