@@ -27,7 +27,7 @@ from tests.support.app import GITLAB_TOKEN
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture_bytes
 from tests.support.redis_server import free_port
-from tests.support.web_process import GUNICORN, ROOT, web_env, web_process
+from tests.support.web_process import GUNICORN, ROOT, accept_queue, web_env, web_process
 from workers.config.settings import DEFAULT_MAX_BODY_BYTES
 
 PUSH = fixture_bytes("gitlab_push_real_lrz.json")
@@ -267,7 +267,7 @@ def test_expect_100_continue_over_the_limit_gets_its_answer_and_no_100(web):
     sock = _half_open(web.port, _push_head(DEFAULT_MAX_BODY_BYTES + 1, "Expect: 100-continue\r\n"))
     try:
         sock.settimeout(ANSWER_WITHIN_SECONDS)
-        reply = sock.recv(65536)
+        reply = b"".join(iter(lambda: sock.recv(65536), b""))  # to the server's end (close)
         assert reply.startswith(b"HTTP/1.1 200 ") and b'"ignored"' in reply, reply
     finally:
         sock.close()
@@ -365,23 +365,13 @@ def test_a_push_whose_body_is_arriving_is_not_closed_to_make_room(web):
     try:
         for _ in range(gunicorn.config.Config().worker_connections + 20):
             held.append(_half_open(web.port, b"GET /healthz HTTP/1.1\r\nX-Wait"))
-        wait_until(lambda: _accept_queue(web.port) == 0, timeout=20, what="all accepted")
+        wait_until(lambda: accept_queue(web.port) == 0, timeout=20, what="all accepted")
         push.sendall(PUSH[100:])
         push.settimeout(5)
         assert push.recv(65536).startswith(b"HTTP/1.1 202 ")
     finally:
         for sock in [push, *held]:
             sock.close()
-
-
-def _accept_queue(port: int) -> int:
-    """Connections the kernel holds for the listener on `port`, not yet accepted (a LISTEN
-    socket's rx_queue in /proc/net/tcp)."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
-            return int(fields[4].split(":")[1], 16)
-    raise AssertionError(f"no listener on port {port}")
 
 
 def _worker_pid(web) -> int:
@@ -405,13 +395,13 @@ def test_a_connection_closed_to_make_room_with_bytes_in_the_same_poll_ends_nothi
     try:
         for _ in range(gunicorn.config.Config().worker_connections - 1):
             held.append(_half_open(web.port, b"GET /healthz HTTP/1.1\r\n"))
-        wait_until(lambda: _accept_queue(web.port) == 0, timeout=20, what="all accepted")
+        wait_until(lambda: accept_queue(web.port) == 0, timeout=20, what="all accepted")
         worker = _worker_pid(web)
         os.kill(worker, signal.SIGSTOP)  # so that both events come in one poll, in this order
         try:
             wait_until(lambda: _state(worker) == "T", timeout=5, what="the worker stopped")
             newcomer = _half_open(web.port, b"GET /healthz HTTP/1.1\r\n")
-            wait_until(lambda: _accept_queue(web.port) == 1, timeout=5, what="the newcomer")
+            wait_until(lambda: accept_queue(web.port) == 1, timeout=5, what="the newcomer")
             held[0].sendall(b"Host: x\r\n")
         finally:
             os.kill(worker, signal.SIGCONT)

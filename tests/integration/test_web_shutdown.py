@@ -17,6 +17,7 @@ from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
 from tests.support.monitoring import wait_until
 from tests.support.payloads import EXAMPLE_CONFIG, fixture_bytes
 from tests.support.redis_server import free_port
+from tests.support.web_process import accept_queue
 
 ROOT = Path(__file__).resolve().parents[2]
 PUSH = fixture_bytes("gitlab_push_real_lrz.json")
@@ -104,6 +105,8 @@ def test_sigterm_lets_a_body_the_main_loop_holds_arrive_and_be_stored(gunicorn, 
     head = _head(str(len(PUSH))).replace(b"Connection: close", b"Idempotency-Key: held")
     with socket.create_connection(("127.0.0.1", gunicorn.port), timeout=30) as sock:
         sock.sendall(head + PUSH[:100])
+        # accepted first: one still in the listen backlog is reset when the listener closes
+        wait_until(lambda: accept_queue(gunicorn.port) == 0, timeout=10, what="accepted")
         gunicorn.send_signal(signal.SIGTERM)
         wait_until(lambda: "Handling signal: term" in gunicorn.log_path.read_text(),
                    timeout=30, what="gunicorn handling SIGTERM")

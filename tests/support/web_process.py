@@ -20,6 +20,16 @@ ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = f"{shlex.quote(sys.executable)} -m gunicorn -c service/gunicorn.conf.py service.wsgi:app"
 
 
+def accept_queue(port: int) -> int:
+    """Connections the kernel holds for the listener on `port`, not yet accepted (a LISTEN
+    socket's rx_queue in /proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"no listener on port {port}")
+
+
 def web_env(redis_url: str, **extra: str) -> dict[str, str]:
     """The environment of a web process: the service's settings, none of the caller's
     PROMETHEUS_* or bind settings, the venv's bin first on PATH (where `gunicorn` is)."""
