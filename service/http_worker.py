@@ -15,7 +15,8 @@ A head that outgrows HEAD_BUFFER_BYTES without its end is refused there and then
 gthread's `worker_connections`, where it would stop accepting, the oldest head still arriving,
 else the oldest idle kept-alive connection, else the oldest body arriving, is closed to make
 room for the new one. A body past the app's limit that it drops unread (service.edge's
-SERVER_DRAINS) is read after the answer by the connection's lingering close.
+SERVER_DRAINS) is read after the answer by the connection's lingering close. A thread reads
+its request through service.deadline_reader, within the same deadlines.
 """
 
 import errno
@@ -28,10 +29,10 @@ from functools import partial
 from typing import Any
 
 from gunicorn import util
-from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from service.body_wait import BodyWait, arrived, body_wait, head_environ
+from service.deadline_reader import DeadlineReader, ReadTimedOut, address, cut_off
 from service.edge import SERVER_DRAINS
 from service.refused_requests import hide_queries
 
@@ -67,82 +68,6 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 BODIES_BUFFERED_BYTES = 32 * 2**20
 
 log = logging.getLogger("ci_autoscaler.web")
-
-
-class ReadTimedOut(NoMoreData, TimeoutError):
-    """A client too slow. gunicorn's parser takes it as a client gone (it closes the
-    connection, answers nothing); the app's body read sees a TimeoutError (service.edge: 408;
-    a NoMoreData that is none, a client gone, is 400)."""
-
-    def __init__(self, phase: str, seconds: float):
-        super().__init__()
-        self.phase, self.seconds = phase, seconds
-
-    def __str__(self) -> str:
-        return f"the request's {self.phase} did not arrive within {self.seconds:g} s"
-
-
-def _address(client: Any) -> str:
-    return client[0] if isinstance(client, tuple) else str(client)
-
-
-def _cut_off(phase: str, seconds: float, client: Any) -> None:
-    log.warning("slow client cut off", extra={
-        "phase": phase, "seconds": seconds, "remote_addr": _address(client)})
-
-
-class DeadlineReader:
-    """The socket as gunicorn's parser reads it (recv, and the timeout its body drain sets),
-    with one deadline for the whole head, then for the whole body: a client that sends a byte
-    a second never resets a per-read timeout. What the main loop read of the body comes
-    first (`pending`): given to gunicorn's unreader, it was copied whole at each of its reads
-    (+8 MiB at the peak for a body of 4 MiB)."""
-
-    def __init__(self, sock: socket.socket, client: Any):
-        self.sock, self.client = sock, client
-        self.deadline: float | None = None
-        self.phase, self.seconds = "head", 0.0
-        self.pending: bytearray | None = None
-        self.taken = 0
-
-    def give(self, pending: bytearray) -> None:
-        self.pending, self.taken = pending, 0
-
-    def start(self, phase: str, seconds: float, deadline: float | None = None) -> None:
-        self.phase, self.seconds = phase, seconds
-        self.deadline = deadline if deadline is not None else time.monotonic() + seconds
-
-    def recv(self, size: int) -> bytes:
-        if self.pending is not None:
-            with memoryview(self.pending) as view:
-                data = bytes(view[self.taken:self.taken + size])
-            self.taken += len(data)
-            if self.taken >= len(self.pending):
-                self.pending = None
-            return data
-        if self.deadline is None:
-            return self.sock.recv(size)
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            _cut_off(self.phase, self.seconds, self.client)
-            raise ReadTimedOut(self.phase, self.seconds)
-        timeout = self.sock.gettimeout()
-        if timeout is not None and timeout <= remaining:  # the caller's own, shorter timeout
-            return self.sock.recv(size)
-        self.sock.settimeout(remaining)
-        try:
-            return self.sock.recv(size)
-        except socket.timeout:
-            _cut_off(self.phase, self.seconds, self.client)
-            raise ReadTimedOut(self.phase, self.seconds) from None
-        finally:
-            self.sock.settimeout(timeout)
-
-    def gettimeout(self) -> float | None:
-        return self.sock.gettimeout()
-
-    def settimeout(self, timeout: float | None) -> None:
-        self.sock.settimeout(timeout)
 
 
 class Conn(TConn):
@@ -234,7 +159,7 @@ class Worker(ThreadWorker):
             self._unpark(oldest)
             log.warning("idle client closed to make room", extra={
                 "phase": "head" if oldest.wait is None else "body",
-                "connections": self.worker_connections, "remote_addr": _address(oldest.client)})
+                "connections": self.worker_connections, "remote_addr": address(oldest.client)})
             self._drop(oldest)
         elif self.keepalived_conns:
             idle = self.keepalived_conns.popleft()
@@ -244,7 +169,7 @@ class Worker(ThreadWorker):
                 pass
             log.warning("idle client closed to make room", extra={
                 "phase": "keep-alive", "connections": self.worker_connections,
-                "remote_addr": _address(idle.client)})
+                "remote_addr": address(idle.client)})
             self.nr_conns -= 1
             idle.close()
 
@@ -329,7 +254,7 @@ class Worker(ThreadWorker):
         """431, as gunicorn's parser answers a head over its limits, then a lingering close."""
         log.warning("request head too large", extra={
             "bytes": len(conn.head), "limit": HEAD_BUFFER_BYTES,
-            "remote_addr": _address(conn.client)})
+            "remote_addr": address(conn.client)})
         self.nr_conns -= 1
         try:
             util.write_error(conn.sock, 431, "Request Header Fields Too Large",
@@ -430,7 +355,7 @@ class Worker(ThreadWorker):
             if conn.wait is not None:  # the body's deadline: the app answers 408
                 self._dispatch(conn)
             elif conn.head is not None:
-                _cut_off("head", HEADER_READ_TIMEOUT_SECONDS, conn.client)
+                cut_off("head", HEADER_READ_TIMEOUT_SECONDS, conn.client)
                 self._drop(conn)
             else:
                 util.close(conn.sock)
