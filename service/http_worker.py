@@ -62,7 +62,8 @@ CLOSE_LINGER_BYTES = 64 * 1024
 # The response to Expect: 100-continue, sent by the main loop when it reads the body (curl sends
 # the header with a body over 1 MiB and waits a second for it before sending the body anyway).
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-# The bodies the main loop holds while they arrive, in all: 8 at the default limit of 4 MiB
+# The bodies the main loop read, in all, from their first byte until their request is done
+# (arriving, then waiting for a free thread, then on it): 8 at the default limit of 4 MiB
 # (what the 8 threads held reading them); past it a body is read on a thread, as before, so
 # token holders cannot grow the worker without bound (the chart gives 2 workers 384 MiB).
 BODIES_BUFFERED_BYTES = 32 * 2**20
@@ -83,6 +84,7 @@ class Conn(TConn):
         self.limit = 0  # the app's limit for that body
         self.drain = 0  # body bytes the app left to read and drop after its answer
         self.lingered = 0  # bytes read while lingering
+        self.held = 0  # what the main loop read of its request for the body (in `buffered`)
 
     def drain_after_answer(self, size: int) -> None:
         """The app's SERVER_DRAINS (service.edge): the connection closes after the answer,
@@ -105,7 +107,7 @@ class Worker(ThreadWorker):
         # Connections the poller holds for us, with their deadline: heads arriving (counted in
         # nr_conns) and closes lingering (no longer counted, as in gthread).
         self.parked: dict[Conn, float] = {}
-        self.buffered = 0  # bytes held by the connections whose body the main loop reads
+        self.buffered = 0  # bytes held by the connections whose body the main loop read (`held`)
         self.serving = threading.local()  # the connection each thread serves (`serve`)
         hide_queries(self.log.error_log)  # a refused request line is logged without its query
 
@@ -269,7 +271,7 @@ class Worker(ThreadWorker):
         if wait is None:
             return self._dispatch(conn)
         conn.wait, conn.body_deadline = wait, time.monotonic() + BODY_READ_TIMEOUT_SECONDS
-        self.buffered += len(conn.head)
+        self._hold(conn, len(conn.head))
         if conn.continued:
             try:
                 conn.sock.send(CONTINUE)
@@ -305,7 +307,7 @@ class Worker(ThreadWorker):
         if data is None:
             return
         conn.head += data
-        self.buffered += len(data)
+        self._hold(conn, len(data))
         if data and not conn.wait.complete(conn.head) and not conn.wait.over(
                 conn.head, conn.limit) and self.buffered <= BODIES_BUFFERED_BYTES:
             return
@@ -330,8 +332,25 @@ class Worker(ThreadWorker):
         super().enqueue_req(conn)
 
     def _drop(self, conn: Conn) -> None:
+        self._release(conn)
         self.nr_conns -= 1
         util.close(conn.sock)
+
+    def _hold(self, conn: Conn, size: int) -> None:
+        conn.held += size
+        self.buffered += size
+
+    def _release(self, conn: Conn) -> None:
+        """The body's bytes, out of the budget: its request is done, or it was closed. Handed to
+        the thread pool, they still count: with every thread busy (a Redis that is slow to
+        answer), bodies all here queued uncounted, up to the limit each, for as many
+        connections as the worker takes."""
+        self.buffered -= conn.held
+        conn.held = 0
+
+    def finish_request(self, conn: Conn, fs: Any) -> None:
+        self._release(conn)
+        super().finish_request(conn, fs)
 
     def _park(self, conn: Conn, seconds: float, callback: Any) -> None:
         self.parked[conn] = time.monotonic() + seconds
@@ -339,8 +358,6 @@ class Worker(ThreadWorker):
 
     def _unpark(self, conn: Conn) -> None:
         del self.parked[conn]
-        if conn.wait is not None:
-            self.buffered -= len(conn.head)
         try:
             self.poller.unregister(conn.sock)
         except (KeyError, ValueError, OSError):

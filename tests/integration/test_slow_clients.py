@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gunicorn.config
@@ -27,7 +28,8 @@ from tests.support.app import GITLAB_TOKEN
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture_bytes
 from tests.support.redis_server import free_port
-from tests.support.web_process import GUNICORN, ROOT, accept_queue, web_env, web_process
+from tests.support.web_process import (
+    GUNICORN, ROOT, accept_queue, redis_writes_held, unread, web_env, web_process)
 from workers.config.settings import DEFAULT_MAX_BODY_BYTES
 
 PUSH = fixture_bytes("gitlab_push_real_lrz.json")
@@ -321,6 +323,57 @@ def test_a_body_in_many_reads_then_a_pipelined_request_are_each_answered_in_turn
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert _replies(sock, 1)[0].startswith(b"HTTP/1.1 200 ")  # kept alive after both
     assert redis_conn.llen("cia:intake") == 1
+
+
+def _filling(room: int) -> int:
+    """The length of a body whose head (_push_head) and itself are `room` bytes."""
+    length = room - len(_push_head(0))
+    return length - (len(_push_head(length)) - len(_push_head(0)))
+
+
+def test_bodies_read_for_busy_threads_count_against_the_main_loop_s_budget(
+        redis_url, redis_conn, tmp_path):
+    """The bodies the main loop holds are bounded by BODIES_BUFFERED_BYTES, so that token
+    holders cannot grow the worker without bound. A body all here was no longer counted once
+    handed on, though it waits in memory until a thread is free: with every thread held
+    (Redis slow: each store waits up to its timeout), bodies of up to the limit (4 MiB) each
+    queued for up to worker_connections (1000) connections, where threads that read them held
+    THREADS x 4 MiB. They count until their request is done; past the budget a new body is
+    left in the socket for its thread (whose gunicorn sends the 100 of an Expect)."""
+    port = free_port()
+    env = web_env(redis_url, CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1",
+                  CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS="30")
+    budget, sent, held = http_worker.BODIES_BUFFERED_BYTES, 0, []
+    with web_process(GUNICORN, env, port, tmp_path / "web.log"), \
+            ThreadPoolExecutor(THREADS) as pool:
+        redis_conn.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+        try:
+            pushes = [pool.submit(_push, port, f"held-{i}") for i in range(THREADS)]
+            wait_until(lambda: redis_writes_held(redis_conn) == THREADS, timeout=30,
+                       what="every thread's store held back by Redis")
+            for i in range(9):  # 8 bodies just under budget / 8, then one to 1 byte past it
+                length = budget // 8 - 4096 if i < 8 else _filling(budget + 1 - sent)
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                held.append(sock)
+                for part in (_push_head(length), b" " * length):  # a head, then its body
+                    sock.sendall(part)
+                    wait_until(lambda: unread(port, sock.getsockname()[1]) == 0, timeout=10,
+                               what="the worker read it")
+                    sent += len(part)
+            assert sent == budget + 1
+            probe = _half_open(port, _push_head(len(PUSH), "Expect: 100-continue\r\n"))
+            held.append(probe)
+            ready, _, _ = select.select([probe], [], [], ANSWER_WITHIN_SECONDS)
+            assert not ready, probe.recv(65536)  # not a 100 from the main loop
+        finally:
+            redis_conn.execute_command("CLIENT", "UNPAUSE")
+        try:
+            assert all(push.result(timeout=30)[0] == 202 for push in pushes)
+            probe.settimeout(30)
+            assert probe.recv(65536) == http_worker.CONTINUE  # gunicorn's, from a thread
+        finally:
+            for sock in held:
+                sock.close()
 
 
 def test_heads_over_the_buffer_are_refused_at_once_without_a_thread(web):

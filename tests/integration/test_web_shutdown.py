@@ -11,13 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import redis
 
 from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
 from tests.support.monitoring import wait_until
 from tests.support.payloads import EXAMPLE_CONFIG, fixture_bytes
 from tests.support.redis_server import free_port
-from tests.support.web_process import accept_queue
+from tests.support.web_process import accept_queue, redis_writes_held
 
 ROOT = Path(__file__).resolve().parents[2]
 PUSH = fixture_bytes("gitlab_push_real_lrz.json")
@@ -64,19 +63,13 @@ def _push(port: int) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
-def _held_back(conn: redis.Redis) -> bool:
-    # the intake's function (FCALL), or its loading (FUNCTION LOAD) into this fresh Redis
-    return any("b" in c["flags"] and c["cmd"].startswith(("fcall", "function"))
-               for c in conn.client_list())
-
-
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(gunicorn, redis_conn):
     log = gunicorn.log_path
     redis_conn.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")  # the enqueue will wait
     try:
         with ThreadPoolExecutor(1) as pool:
             answer = pool.submit(_push, gunicorn.port)
-            wait_until(lambda: _held_back(redis_conn), timeout=30,
+            wait_until(lambda: redis_writes_held(redis_conn) >= 1, timeout=30,
                        what="the webhook's enqueue waiting in Redis")
             gunicorn.send_signal(signal.SIGTERM)
             # The master logs this, then sends SIGTERM to its worker at once.
