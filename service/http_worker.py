@@ -342,9 +342,9 @@ class Worker(ThreadWorker):
 
     def _release(self, conn: Conn) -> None:
         """The body's bytes, out of the budget: its request is done, or it was closed. Handed to
-        the thread pool, they still count: with every thread busy (a Redis that is slow to
-        answer), bodies all here queued uncounted, up to the limit each, for as many
-        connections as the worker takes."""
+        the thread pool they still count, as they wait there in memory for a free thread (when
+        they stopped counting there, with every thread held by a slow Redis, bodies of up to
+        the limit each queued for as many connections as the worker takes)."""
         self.buffered -= conn.held
         conn.held = 0
 
