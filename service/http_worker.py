@@ -13,9 +13,10 @@ app then answers 408); a thread read it before, and THREADS token holders sendin
 held every thread (tests/integration/test_slow_clients.py).
 A head that outgrows HEAD_BUFFER_BYTES without its end is refused there and then (431). At
 gthread's `worker_connections`, where it would stop accepting, the oldest head still arriving,
-else the oldest idle kept-alive connection, else the oldest body arriving, is closed to make
-room for the new one. A body past the app's limit that it drops unread (service.edge's
-SERVER_DRAINS) is read after the answer by the connection's lingering close. A thread reads
+else the oldest idle kept-alive connection, else the oldest body arriving, else the oldest
+drain, is closed to make room for the new one. A body past the app's limit that it drops
+unread (service.edge's SERVER_DRAINS) is read after the answer by the connection's lingering
+close, which counts as a connection until then (a graceful stop waits for it). A thread reads
 its request through service.deadline_reader, within the same deadlines.
 """
 
@@ -152,12 +153,18 @@ class Worker(ThreadWorker):
         webhook in the listen backlog for up to their 5 s. Close the oldest head still
         arriving, else the oldest idle kept-alive connection (HTTP lets a server close an idle
         one at any time; RFC 9112 9.3), else the oldest body arriving (only token holders get
-        that far: a push's body was closed for a newcomer's head); a connection a thread
-        serves is never touched."""
+        that far: a push's body was closed for a newcomer's head), else the oldest drain of
+        an answered body (`Conn.drain`); a connection a thread serves is never touched."""
         oldest = next((c for c in self.parked if c.head is not None and c.wait is None), None)
         if oldest is None and not self.keepalived_conns:
-            oldest = next((c for c in self.parked if c.wait is not None), None)
-        if oldest is not None:
+            oldest = next((c for c in self.parked if c.wait is not None), None) or next(
+                (c for c in self.parked if c.head is None and c.drain), None)
+        if oldest is not None and oldest.head is None:
+            log.warning("idle client closed to make room", extra={
+                "phase": "drain", "connections": self.worker_connections,
+                "remote_addr": address(oldest.client)})
+            self._unlinger(oldest)
+        elif oldest is not None:
             self._unpark(oldest)
             log.warning("idle client closed to make room", extra={
                 "phase": "head" if oldest.wait is None else "body",
@@ -375,12 +382,14 @@ class Worker(ThreadWorker):
                 cut_off("head", HEADER_READ_TIMEOUT_SECONDS, conn.client)
                 self._drop(conn)
             else:
-                util.close(conn.sock)
+                self._unlinger(conn, parked=False)
 
     def linger(self, conn: Conn) -> None:
         """Close as util.close_graceful does (FIN, then read until the client's end closes),
         with the reads in the poller instead of a blocking loop; a body the app left to drain
-        (`Conn.drain`) is read too, within the body's deadline."""
+        (`Conn.drain`) is read too, within the body's deadline, and counts as a connection
+        (nr_conns): gthread's graceful stop waits for those, and the worker exited under a
+        drain, the client (GitLab, still sending) reset, a failed delivery."""
         conn.head = conn.wait = None
         try:
             conn.sock.shutdown(socket.SHUT_WR)
@@ -388,8 +397,15 @@ class Worker(ThreadWorker):
         except OSError:
             util.close(conn.sock)
             return
+        self.nr_conns += 1 if conn.drain else 0
         self._park(conn, BODY_READ_TIMEOUT_SECONDS if conn.drain else CLOSE_LINGER_SECONDS,
                    self._on_linger_readable)
+
+    def _unlinger(self, conn: Conn, parked: bool = True) -> None:
+        if parked:
+            self._unpark(conn)
+        self.nr_conns -= 1 if conn.drain else 0
+        util.close(conn.sock)
 
     def _on_linger_readable(self, conn: Conn, sock: socket.socket) -> None:
         try:
@@ -400,8 +416,7 @@ class Worker(ThreadWorker):
             data = b""
         conn.lingered += len(data)
         if not data or conn.lingered >= conn.drain + CLOSE_LINGER_BYTES:
-            self._unpark(conn)
-            util.close(sock)
+            self._unlinger(conn)
 
     def handle_request(self, req: Any, conn: Conn) -> bool:
         self.serving.conn, conn.drain = conn, 0

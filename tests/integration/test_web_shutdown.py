@@ -110,6 +110,24 @@ def test_sigterm_lets_a_body_the_main_loop_holds_arrive_and_be_stored(gunicorn, 
     assert redis_conn.exists("cia:delivery:gitlab:held")
 
 
+def test_sigterm_lets_the_drain_of_an_ignored_push_end_before_the_worker_exits(gunicorn):
+    """A push past the limit is answered 200 ignored at once, and the main loop reads the rest
+    of its body and drops it (for up to 10 s), so that GitLab gets the answer rather than a
+    reset. That drain was not an open connection to gthread's graceful stop (run(): while
+    nr_conns > 0): on SIGTERM the worker exited under it, and GitLab, still sending, got a
+    reset, a failed delivery (four disable the hook; REALITY.md)."""
+    length = 4 * 2**20
+    with socket.create_connection(("127.0.0.1", gunicorn.port), timeout=30) as sock:
+        sock.sendall(_head(str(length)) + b" " * 100)
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))  # to the server's FIN
+        assert answer.startswith(b"HTTP/1.1 200 ") and b'"ignored"' in answer, answer
+        gunicorn.send_signal(signal.SIGTERM)
+        wait_until(lambda: "Handling signal: term" in gunicorn.log_path.read_text(),
+                   timeout=30, what="gunicorn handling SIGTERM")
+        sock.sendall(b" " * (length - 100))  # BrokenPipeError when the worker had gone
+    assert gunicorn.wait(timeout=30) == 0
+
+
 def _raw(port: int, head: bytes, body: bytes = b"") -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(head + body)
