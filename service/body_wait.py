@@ -19,9 +19,17 @@ from urllib.parse import unquote
 SERVER_DRAINS = "ci_autoscaler.drain_after_answer"
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,18})[ \t]*\r\n", re.I)
+# A Content-Length this scan reads: str.isdigit() takes latin-1's superscripts ("²") and
+# int() refuses them, and more than 4300 digits (int_max_str_digits); past 18 it is past any limit.
+_DIGITS = re.compile(r"[0-9]{1,18}")
 _TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding:", re.I)
 # A chunk-size line longer than this without its end is not a chunk-size line.
 CHUNK_LINE_BYTES = 4096
+# Trailers this long without their end end the scan (to a thread, where gunicorn reads them):
+# they were scanned line by line from the last chunk at each read, and a token holder sending
+# a body's worth of short trailer lines a few bytes at a time kept the main loop busy. GitLab
+# and the Jenkins Notification plugin send none.
+TRAILER_BYTES = 64 * 1024
 
 
 @dataclass
@@ -79,7 +87,7 @@ def body_wait(environ: dict[str, str], start: int) -> BodyWait | None:
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         return BodyWait(start, None, start)
     length = environ.get("HTTP_CONTENT_LENGTH", "")
-    if not length.isdigit() or int(length) == 0:
+    if not _DIGITS.fullmatch(length) or int(length) == 0:
         return None
     return BodyWait(start, start + int(length), start)
 
@@ -96,10 +104,10 @@ def chunked_end(buffer: bytearray, pos: int) -> tuple[int | None, int]:
         if not _HEX.fullmatch(size):
             return pos, pos
         if int(size, 16) == 0:  # the last chunk: trailer lines up to a blank one
-            line = eol + 2
-            while (end := buffer.find(b"\r\n", line)) > line:
-                line = end + 2
-            return (end + 2 if end == line else None), pos
+            end = buffer.find(b"\r\n\r\n", eol, eol + TRAILER_BYTES)
+            if end >= 0:
+                return end + 4, pos
+            return (None, pos) if len(buffer) - eol < TRAILER_BYTES else (pos, pos)
         nxt = eol + 2 + int(size, 16) + 2
         if len(buffer) < nxt:
             return None, pos

@@ -13,9 +13,11 @@ app then answers 408); a thread read it before, and THREADS token holders sendin
 held every thread (tests/integration/test_slow_clients.py).
 A head that outgrows HEAD_BUFFER_BYTES without its end is refused there and then (431). At
 gthread's `worker_connections`, where it would stop accepting, the oldest head still arriving,
-else the oldest idle kept-alive connection, else the oldest body arriving, is closed to make
-room for the new one. A body past the app's limit that it drops unread (service.edge's
-SERVER_DRAINS) is read after the answer by the connection's lingering close.
+else the oldest idle kept-alive connection, else the oldest body arriving, else the oldest
+drain, is closed to make room for the new one. A body past the app's limit that it drops
+unread (service.edge's SERVER_DRAINS) is read after the answer by the connection's lingering
+close, which counts as a connection until then (a graceful stop waits for it). A thread reads
+its request through service.deadline_reader, within the same deadlines.
 """
 
 import errno
@@ -28,10 +30,10 @@ from functools import partial
 from typing import Any
 
 from gunicorn import util
-from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from service.body_wait import SERVER_DRAINS, BodyWait, arrived, body_wait, head_environ
+from service.deadline_reader import DeadlineReader, ReadTimedOut, address, cut_off
 from service.refused_requests import hide_queries
 
 # A request's head (request line and headers) must have arrived this long after the first
@@ -60,88 +62,13 @@ CLOSE_LINGER_BYTES = 64 * 1024
 # The response to Expect: 100-continue, sent by the main loop when it reads the body (curl sends
 # the header with a body over 1 MiB and waits a second for it before sending the body anyway).
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-# The bodies the main loop holds while they arrive, in all: 8 at the default limit of 4 MiB
+# The bodies the main loop read, in all, from their first byte until their request is done
+# (arriving, then waiting for a free thread, then on it): 8 at the default limit of 4 MiB
 # (what the 8 threads held reading them); past it a body is read on a thread, as before, so
 # token holders cannot grow the worker without bound (the chart gives 2 workers 384 MiB).
 BODIES_BUFFERED_BYTES = 32 * 2**20
 
 log = logging.getLogger("ci_autoscaler.web")
-
-
-class ReadTimedOut(NoMoreData, TimeoutError):
-    """A client too slow. gunicorn's parser takes it as a client gone (it closes the
-    connection, answers nothing); the app's body read sees a TimeoutError (service.edge: 408;
-    a NoMoreData that is none, a client gone, is 400)."""
-
-    def __init__(self, phase: str, seconds: float):
-        super().__init__()
-        self.phase, self.seconds = phase, seconds
-
-    def __str__(self) -> str:
-        return f"the request's {self.phase} did not arrive within {self.seconds:g} s"
-
-
-def _address(client: Any) -> str:
-    return client[0] if isinstance(client, tuple) else str(client)
-
-
-def _cut_off(phase: str, seconds: float, client: Any) -> None:
-    log.warning("slow client cut off", extra={
-        "phase": phase, "seconds": seconds, "remote_addr": _address(client)})
-
-
-class DeadlineReader:
-    """The socket as gunicorn's parser reads it (recv, and the timeout its body drain sets),
-    with one deadline for the whole head, then for the whole body: a client that sends a byte
-    a second never resets a per-read timeout. What the main loop read of the body comes
-    first (`pending`): given to gunicorn's unreader, it was copied whole at each of its reads
-    (+8 MiB at the peak for a body of 4 MiB)."""
-
-    def __init__(self, sock: socket.socket, client: Any):
-        self.sock, self.client = sock, client
-        self.deadline: float | None = None
-        self.phase, self.seconds = "head", 0.0
-        self.pending: bytearray | None = None
-        self.taken = 0
-
-    def give(self, pending: bytearray) -> None:
-        self.pending, self.taken = pending, 0
-
-    def start(self, phase: str, seconds: float, deadline: float | None = None) -> None:
-        self.phase, self.seconds = phase, seconds
-        self.deadline = deadline if deadline is not None else time.monotonic() + seconds
-
-    def recv(self, size: int) -> bytes:
-        if self.pending is not None:
-            with memoryview(self.pending) as view:
-                data = bytes(view[self.taken:self.taken + size])
-            self.taken += len(data)
-            if self.taken >= len(self.pending):
-                self.pending = None
-            return data
-        if self.deadline is None:
-            return self.sock.recv(size)
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            _cut_off(self.phase, self.seconds, self.client)
-            raise ReadTimedOut(self.phase, self.seconds)
-        timeout = self.sock.gettimeout()
-        if timeout is not None and timeout <= remaining:  # the caller's own, shorter timeout
-            return self.sock.recv(size)
-        self.sock.settimeout(remaining)
-        try:
-            return self.sock.recv(size)
-        except socket.timeout:
-            _cut_off(self.phase, self.seconds, self.client)
-            raise ReadTimedOut(self.phase, self.seconds) from None
-        finally:
-            self.sock.settimeout(timeout)
-
-    def gettimeout(self) -> float | None:
-        return self.sock.gettimeout()
-
-    def settimeout(self, timeout: float | None) -> None:
-        self.sock.settimeout(timeout)
 
 
 class Conn(TConn):
@@ -157,6 +84,7 @@ class Conn(TConn):
         self.limit = 0  # the app's limit for that body
         self.drain = 0  # body bytes the app left to read and drop after its answer
         self.lingered = 0  # bytes read while lingering
+        self.held = 0  # what the main loop read of its request for the body (in `buffered`)
 
     def drain_after_answer(self, size: int) -> None:
         """The app's SERVER_DRAINS (service.edge): the connection closes after the answer,
@@ -179,7 +107,7 @@ class Worker(ThreadWorker):
         # Connections the poller holds for us, with their deadline: heads arriving (counted in
         # nr_conns) and closes lingering (no longer counted, as in gthread).
         self.parked: dict[Conn, float] = {}
-        self.buffered = 0  # bytes held by the connections whose body the main loop reads
+        self.buffered = 0  # bytes held by the connections whose body the main loop read (`held`)
         self.serving = threading.local()  # the connection each thread serves (`serve`)
         hide_queries(self.log.error_log)  # a refused request line is logged without its query
 
@@ -224,16 +152,22 @@ class Worker(ThreadWorker):
         webhook in the listen backlog for up to their 5 s. Close the oldest head still
         arriving, else the oldest idle kept-alive connection (HTTP lets a server close an idle
         one at any time; RFC 9112 9.3), else the oldest body arriving (only token holders get
-        that far: a push's body was closed for a newcomer's head); a connection a thread
-        serves is never touched."""
+        that far: a push's body was closed for a newcomer's head), else the oldest drain of
+        an answered body (`Conn.drain`); a connection a thread serves is never touched."""
         oldest = next((c for c in self.parked if c.head is not None and c.wait is None), None)
         if oldest is None and not self.keepalived_conns:
-            oldest = next((c for c in self.parked if c.wait is not None), None)
-        if oldest is not None:
+            oldest = next((c for c in self.parked if c.wait is not None), None) or next(
+                (c for c in self.parked if c.head is None and c.drain), None)
+        if oldest is not None and oldest.head is None:
+            log.warning("idle client closed to make room", extra={
+                "phase": "drain", "connections": self.worker_connections,
+                "remote_addr": address(oldest.client)})
+            self._unlinger(oldest)
+        elif oldest is not None:
             self._unpark(oldest)
             log.warning("idle client closed to make room", extra={
                 "phase": "head" if oldest.wait is None else "body",
-                "connections": self.worker_connections, "remote_addr": _address(oldest.client)})
+                "connections": self.worker_connections, "remote_addr": address(oldest.client)})
             self._drop(oldest)
         elif self.keepalived_conns:
             idle = self.keepalived_conns.popleft()
@@ -243,7 +177,7 @@ class Worker(ThreadWorker):
                 pass
             log.warning("idle client closed to make room", extra={
                 "phase": "keep-alive", "connections": self.worker_connections,
-                "remote_addr": _address(idle.client)})
+                "remote_addr": address(idle.client)})
             self.nr_conns -= 1
             idle.close()
 
@@ -328,7 +262,7 @@ class Worker(ThreadWorker):
         """431, as gunicorn's parser answers a head over its limits, then a lingering close."""
         log.warning("request head too large", extra={
             "bytes": len(conn.head), "limit": HEAD_BUFFER_BYTES,
-            "remote_addr": _address(conn.client)})
+            "remote_addr": address(conn.client)})
         self.nr_conns -= 1
         try:
             util.write_error(conn.sock, 431, "Request Header Fields Too Large",
@@ -343,7 +277,7 @@ class Worker(ThreadWorker):
         if wait is None:
             return self._dispatch(conn)
         conn.wait, conn.body_deadline = wait, time.monotonic() + BODY_READ_TIMEOUT_SECONDS
-        self.buffered += len(conn.head)
+        self._hold(conn, len(conn.head))
         if conn.continued:
             try:
                 conn.sock.send(CONTINUE)
@@ -366,10 +300,10 @@ class Worker(ThreadWorker):
         limit = wanted(environ)
         expects = environ.get("HTTP_EXPECT", "").lower() == "100-continue" \
             and environ["SERVER_PROTOCOL"] == "HTTP/1.1"
-        if limit is None:  # refused unread (no token), or a path that reads no body:
-            conn.continued = expects  # its answer, not a 100 (RFC 9110 10.1.1), to send it
-            return None
-        if wait.over(conn.head, limit) or self.buffered + len(conn.head) > BODIES_BUFFERED_BYTES:
+        if limit is None or wait.over(conn.head, limit):  # refused unread (no token), a path
+            conn.continued = expects  # that reads no body, or past the limit (ignored): its
+            return None  # answer, not a 100 (RFC 9110 10.1.1), to send the body
+        if self.buffered + len(conn.head) > BODIES_BUFFERED_BYTES:
             return None
         conn.limit, conn.continued = limit, expects
         return wait
@@ -379,7 +313,7 @@ class Worker(ThreadWorker):
         if data is None:
             return
         conn.head += data
-        self.buffered += len(data)
+        self._hold(conn, len(data))
         if data and not conn.wait.complete(conn.head) and not conn.wait.over(
                 conn.head, conn.limit) and self.buffered <= BODIES_BUFFERED_BYTES:
             return
@@ -404,8 +338,25 @@ class Worker(ThreadWorker):
         super().enqueue_req(conn)
 
     def _drop(self, conn: Conn) -> None:
+        self._release(conn)
         self.nr_conns -= 1
         util.close(conn.sock)
+
+    def _hold(self, conn: Conn, size: int) -> None:
+        conn.held += size
+        self.buffered += size
+
+    def _release(self, conn: Conn) -> None:
+        """The body's bytes, out of the budget: its request is done, or it was closed. Handed to
+        the thread pool they still count, as they wait there in memory for a free thread (when
+        they stopped counting there, with every thread held by a slow Redis, bodies of up to
+        the limit each queued for as many connections as the worker takes)."""
+        self.buffered -= conn.held
+        conn.held = 0
+
+    def finish_request(self, conn: Conn, fs: Any) -> None:
+        self._release(conn)
+        super().finish_request(conn, fs)
 
     def _park(self, conn: Conn, seconds: float, callback: Any) -> None:
         self.parked[conn] = time.monotonic() + seconds
@@ -413,8 +364,6 @@ class Worker(ThreadWorker):
 
     def _unpark(self, conn: Conn) -> None:
         del self.parked[conn]
-        if conn.wait is not None:
-            self.buffered -= len(conn.head)
         try:
             self.poller.unregister(conn.sock)
         except (KeyError, ValueError, OSError):
@@ -429,15 +378,17 @@ class Worker(ThreadWorker):
             if conn.wait is not None:  # the body's deadline: the app answers 408
                 self._dispatch(conn)
             elif conn.head is not None:
-                _cut_off("head", HEADER_READ_TIMEOUT_SECONDS, conn.client)
+                cut_off("head", HEADER_READ_TIMEOUT_SECONDS, conn.client)
                 self._drop(conn)
             else:
-                util.close(conn.sock)
+                self._unlinger(conn, parked=False)
 
     def linger(self, conn: Conn) -> None:
         """Close as util.close_graceful does (FIN, then read until the client's end closes),
         with the reads in the poller instead of a blocking loop; a body the app left to drain
-        (`Conn.drain`) is read too, within the body's deadline."""
+        (`Conn.drain`) is read too, within the body's deadline, and counts as a connection
+        (nr_conns): gthread's graceful stop waits for those, and the worker exited under a
+        drain, the client (GitLab, still sending) reset, a failed delivery."""
         conn.head = conn.wait = None
         try:
             conn.sock.shutdown(socket.SHUT_WR)
@@ -445,8 +396,15 @@ class Worker(ThreadWorker):
         except OSError:
             util.close(conn.sock)
             return
+        self.nr_conns += 1 if conn.drain else 0
         self._park(conn, BODY_READ_TIMEOUT_SECONDS if conn.drain else CLOSE_LINGER_SECONDS,
                    self._on_linger_readable)
+
+    def _unlinger(self, conn: Conn, parked: bool = True) -> None:
+        if parked:
+            self._unpark(conn)
+        self.nr_conns -= 1 if conn.drain else 0
+        util.close(conn.sock)
 
     def _on_linger_readable(self, conn: Conn, sock: socket.socket) -> None:
         try:
@@ -457,8 +415,7 @@ class Worker(ThreadWorker):
             data = b""
         conn.lingered += len(data)
         if not data or conn.lingered >= conn.drain + CLOSE_LINGER_BYTES:
-            self._unpark(conn)
-            util.close(sock)
+            self._unlinger(conn)
 
     def handle_request(self, req: Any, conn: Conn) -> bool:
         self.serving.conn, conn.drain = conn, 0

@@ -103,3 +103,18 @@ def test_a_chunked_body_its_client_cut_short_is_400_not_a_timeout(web, head):
     answer = json.loads(reply.split(b"\r\n\r\n", 1)[1])
     assert answer == {"error": "bad_request",
                       "reason": "the chunked body ended before its last chunk"}, answer
+
+
+@pytest.mark.parametrize("length", [b"\xb2", b"\xb9\xb3", b"1" * 5000],
+                         ids=["superscript", "two", "5000-digits"])
+def test_a_content_length_int_refuses_is_400_and_the_worker_serves_on(web, length):
+    """Latin-1's superscripts are digits to str.isdigit() but not to int(), nor are more than
+    4300 digits (Python's int_max_str_digits): a head with a Transfer-Encoding (so its body is
+    not taken for arrived) and such a Content-Length raised ValueError in the worker's main
+    loop, before any token check, and the worker died with every request it held. gunicorn
+    answers such a head 400 (message.set_body_reader)."""
+    head = (b"POST /webhooks/gitlab HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n"
+            b"Content-Length: " + length + b"\r\n\r\n")
+    reply = _send(web.port, head, b"")
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:300]
+    assert "Exception in worker process" not in web.log.read_text()

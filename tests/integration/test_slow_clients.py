@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gunicorn.config
@@ -27,7 +28,8 @@ from tests.support.app import GITLAB_TOKEN
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture_bytes
 from tests.support.redis_server import free_port
-from tests.support.web_process import GUNICORN, ROOT, web_env, web_process
+from tests.support.web_process import (
+    GUNICORN, ROOT, accept_queue, redis_writes_held, unread, web_env, web_process)
 from workers.config.settings import DEFAULT_MAX_BODY_BYTES
 
 PUSH = fixture_bytes("gitlab_push_real_lrz.json")
@@ -259,6 +261,121 @@ def test_expect_100_continue_without_the_token_gets_its_401_and_no_100(web):
         sock.close()
 
 
+def test_expect_100_continue_over_the_limit_gets_its_answer_and_no_100(web):
+    """A Content-Length past the limit is answered 200 ignored without its body read: with
+    Expect: 100-continue the client was still told to send it (gunicorn's 100, before the app
+    ran), up to GitLab's 25 MB that the main loop then read for nothing for up to 10 s. The
+    answer now comes instead of the 100 (RFC 9110 10.1.1), as a refusal without the token."""
+    sock = _half_open(web.port, _push_head(DEFAULT_MAX_BODY_BYTES + 1, "Expect: 100-continue\r\n"))
+    try:
+        sock.settimeout(ANSWER_WITHIN_SECONDS)
+        reply = b"".join(iter(lambda: sock.recv(65536), b""))  # to the server's end (close)
+        assert reply.startswith(b"HTTP/1.1 200 ") and b'"ignored"' in reply, reply
+    finally:
+        sock.close()
+
+
+def _replies(sock: socket.socket, count: int) -> list[bytes]:
+    """`count` answers read off a kept-alive connection, each by its Content-Length."""
+    data, replies = b"", []
+    while len(replies) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            length = int(data[:head_end].lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            if len(data) >= head_end + 4 + length:
+                replies.append(data[:head_end + 4 + length])
+                data = data[head_end + 4 + length:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, (replies, data)
+        data += chunk
+    return replies
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_a_body_in_many_reads_then_a_pipelined_request_are_each_answered_in_turn(
+        web, redis_conn, chunked):
+    """The main loop reads a token holder's body over as many reads as it takes, and the
+    request that follows it on the connection (sent with the body's last bytes) is the next
+    one answered, on the same connection: the bytes reach gunicorn's parser as they came
+    (RFC 9112 9.3.2), chunk extensions and trailers included."""
+    sha = hashlib.sha1(f"pipelined-{chunked}".encode()).hexdigest()
+    body = json.dumps({**json.loads(PUSH), "after": sha, "checkout_sha": sha}).encode()
+    if chunked:
+        head = _push_head(0, "Transfer-Encoding: chunked\r\n").replace(
+            b"Content-Length: 0\r\n", b"")
+        body = b"".join(b"%x;ext=\"a b\"\r\n%s\r\n" % (len(body[i:i + 700]), body[i:i + 700])
+                        for i in range(0, len(body), 700)) + b"0\r\nX-Trailer: 1\r\n\r\n"
+    else:
+        head = _push_head(len(body))
+    pieces = [body[i:i + 500] for i in range(0, len(body), 500)]
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
+        sock.sendall(head)
+        for piece in pieces[:-1]:
+            sock.sendall(piece)
+            # no event says the server has read it: a pause, so that each is likely a read
+            # of its own (the test holds either way); no answer comes before the last
+            select.select([sock], [], [], 0.01)
+        sock.sendall(pieces[-1] + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        push, health = _replies(sock, 2)
+        assert push.startswith(b"HTTP/1.1 202 ") and b'"queued"' in push, push
+        assert health.startswith(b"HTTP/1.1 200 "), health
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert _replies(sock, 1)[0].startswith(b"HTTP/1.1 200 ")  # kept alive after both
+    assert redis_conn.llen("cia:intake") == 1
+
+
+def _filling(room: int) -> int:
+    """The length of a body whose head (_push_head) and itself are `room` bytes."""
+    length = room - len(_push_head(0))
+    return length - (len(_push_head(length)) - len(_push_head(0)))
+
+
+def test_bodies_read_for_busy_threads_count_against_the_main_loop_s_budget(
+        redis_url, redis_conn, tmp_path):
+    """The bodies the main loop holds are bounded by BODIES_BUFFERED_BYTES, so that token
+    holders cannot grow the worker without bound. A body all here was no longer counted once
+    handed on, though it waits in memory until a thread is free: with every thread held
+    (Redis slow: each store waits up to its timeout), bodies of up to the limit (4 MiB) each
+    queued for up to worker_connections (1000) connections, where threads that read them held
+    THREADS x 4 MiB. They count until their request is done; past the budget a new body is
+    left in the socket for its thread (whose gunicorn sends the 100 of an Expect)."""
+    port = free_port()
+    env = web_env(redis_url, CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1",
+                  CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS="30")
+    budget, sent, held = http_worker.BODIES_BUFFERED_BYTES, 0, []
+    with web_process(GUNICORN, env, port, tmp_path / "web.log"), \
+            ThreadPoolExecutor(THREADS) as pool:
+        redis_conn.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+        try:
+            pushes = [pool.submit(_push, port, f"held-{i}") for i in range(THREADS)]
+            wait_until(lambda: redis_writes_held(redis_conn) == THREADS, timeout=30,
+                       what="every thread's store held back by Redis")
+            for i in range(9):  # 8 bodies just under budget / 8, then one to 1 byte past it
+                length = budget // 8 - 4096 if i < 8 else _filling(budget + 1 - sent)
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                held.append(sock)
+                for part in (_push_head(length), b" " * length):  # a head, then its body
+                    sock.sendall(part)
+                    wait_until(lambda: unread(port, sock.getsockname()[1]) == 0, timeout=10,
+                               what="the worker read it")
+                    sent += len(part)
+            assert sent == budget + 1
+            probe = _half_open(port, _push_head(len(PUSH), "Expect: 100-continue\r\n"))
+            held.append(probe)
+            ready, _, _ = select.select([probe], [], [], ANSWER_WITHIN_SECONDS)
+            assert not ready, probe.recv(65536)  # not a 100 from the main loop
+        finally:
+            redis_conn.execute_command("CLIENT", "UNPAUSE")
+        try:
+            assert all(push.result(timeout=30)[0] == 202 for push in pushes)
+            probe.settimeout(30)
+            assert probe.recv(65536) == http_worker.CONTINUE  # gunicorn's, from a thread
+        finally:
+            for sock in held:
+                sock.close()
+
+
 def test_heads_over_the_buffer_are_refused_at_once_without_a_thread(web):
     """A head still without its end past the worker's buffer was handed to a thread, which
     waited out the head's deadline: THREADS such clients, with no token, held every thread for
@@ -301,23 +418,13 @@ def test_a_push_whose_body_is_arriving_is_not_closed_to_make_room(web):
     try:
         for _ in range(gunicorn.config.Config().worker_connections + 20):
             held.append(_half_open(web.port, b"GET /healthz HTTP/1.1\r\nX-Wait"))
-        wait_until(lambda: _accept_queue(web.port) == 0, timeout=20, what="all accepted")
+        wait_until(lambda: accept_queue(web.port) == 0, timeout=20, what="all accepted")
         push.sendall(PUSH[100:])
         push.settimeout(5)
         assert push.recv(65536).startswith(b"HTTP/1.1 202 ")
     finally:
         for sock in [push, *held]:
             sock.close()
-
-
-def _accept_queue(port: int) -> int:
-    """Connections the kernel holds for the listener on `port`, not yet accepted (a LISTEN
-    socket's rx_queue in /proc/net/tcp)."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
-            return int(fields[4].split(":")[1], 16)
-    raise AssertionError(f"no listener on port {port}")
 
 
 def _worker_pid(web) -> int:
@@ -341,13 +448,13 @@ def test_a_connection_closed_to_make_room_with_bytes_in_the_same_poll_ends_nothi
     try:
         for _ in range(gunicorn.config.Config().worker_connections - 1):
             held.append(_half_open(web.port, b"GET /healthz HTTP/1.1\r\n"))
-        wait_until(lambda: _accept_queue(web.port) == 0, timeout=20, what="all accepted")
+        wait_until(lambda: accept_queue(web.port) == 0, timeout=20, what="all accepted")
         worker = _worker_pid(web)
         os.kill(worker, signal.SIGSTOP)  # so that both events come in one poll, in this order
         try:
             wait_until(lambda: _state(worker) == "T", timeout=5, what="the worker stopped")
             newcomer = _half_open(web.port, b"GET /healthz HTTP/1.1\r\n")
-            wait_until(lambda: _accept_queue(web.port) == 1, timeout=5, what="the newcomer")
+            wait_until(lambda: accept_queue(web.port) == 1, timeout=5, what="the newcomer")
             held[0].sendall(b"Host: x\r\n")
         finally:
             os.kill(worker, signal.SIGCONT)

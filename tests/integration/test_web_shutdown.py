@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import redis
 
 from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
 from tests.support.monitoring import wait_until
 from tests.support.payloads import EXAMPLE_CONFIG, fixture_bytes
 from tests.support.redis_server import free_port
+from tests.support.web_process import accept_queue, redis_writes_held
 
 ROOT = Path(__file__).resolve().parents[2]
 PUSH = fixture_bytes("gitlab_push_real_lrz.json")
@@ -63,19 +63,13 @@ def _push(port: int) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
-def _held_back(conn: redis.Redis) -> bool:
-    # the intake's function (FCALL), or its loading (FUNCTION LOAD) into this fresh Redis
-    return any("b" in c["flags"] and c["cmd"].startswith(("fcall", "function"))
-               for c in conn.client_list())
-
-
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(gunicorn, redis_conn):
     log = gunicorn.log_path
     redis_conn.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")  # the enqueue will wait
     try:
         with ThreadPoolExecutor(1) as pool:
             answer = pool.submit(_push, gunicorn.port)
-            wait_until(lambda: _held_back(redis_conn), timeout=30,
+            wait_until(lambda: redis_writes_held(redis_conn) >= 1, timeout=30,
                        what="the webhook's enqueue waiting in Redis")
             gunicorn.send_signal(signal.SIGTERM)
             # The master logs this, then sends SIGTERM to its worker at once.
@@ -94,6 +88,44 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(gunicorn, redis_
     # the worker left.
     text = log.read_text()
     assert text.index("Handling signal: term") < text.index("Worker exiting")
+
+
+def test_sigterm_lets_a_body_the_main_loop_holds_arrive_and_be_stored(gunicorn, redis_conn):
+    """Issue 16 (no push lost) with issue 17's worker: a push's body arriving is held by the
+    worker's main loop, not a thread; on SIGTERM gunicorn 27's gthread goes on polling while
+    connections are open (its run(): `while self.nr_conns > 0`, up to graceful_timeout), so
+    the rest of the body is read, the push stored and answered, then the worker exits."""
+    head = _head(str(len(PUSH))).replace(b"Connection: close", b"Idempotency-Key: held")
+    with socket.create_connection(("127.0.0.1", gunicorn.port), timeout=30) as sock:
+        sock.sendall(head + PUSH[:100])
+        # accepted first: one still in the listen backlog is reset when the listener closes
+        wait_until(lambda: accept_queue(gunicorn.port) == 0, timeout=10, what="accepted")
+        gunicorn.send_signal(signal.SIGTERM)
+        wait_until(lambda: "Handling signal: term" in gunicorn.log_path.read_text(),
+                   timeout=30, what="gunicorn handling SIGTERM")
+        sock.sendall(PUSH[100:])
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 202 "), reply[:300]
+    assert gunicorn.wait(timeout=30) == 0
+    assert redis_conn.exists("cia:delivery:gitlab:held")
+
+
+def test_sigterm_lets_the_drain_of_an_ignored_push_end_before_the_worker_exits(gunicorn):
+    """A push past the limit is answered 200 ignored at once, and the main loop reads the rest
+    of its body and drops it (for up to 10 s), so that GitLab gets the answer rather than a
+    reset. That drain was not an open connection to gthread's graceful stop (run(): while
+    nr_conns > 0): on SIGTERM the worker exited under it, and GitLab, still sending, got a
+    reset, a failed delivery (four disable the hook; REALITY.md)."""
+    length = 4 * 2**20
+    with socket.create_connection(("127.0.0.1", gunicorn.port), timeout=30) as sock:
+        sock.sendall(_head(str(length)) + b" " * 100)
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))  # to the server's FIN
+        assert answer.startswith(b"HTTP/1.1 200 ") and b'"ignored"' in answer, answer
+        gunicorn.send_signal(signal.SIGTERM)
+        wait_until(lambda: "Handling signal: term" in gunicorn.log_path.read_text(),
+                   timeout=30, what="gunicorn handling SIGTERM")
+        sock.sendall(b" " * (length - 100))  # BrokenPipeError when the worker had gone
+    assert gunicorn.wait(timeout=30) == 0
 
 
 def _raw(port: int, head: bytes, body: bytes = b"") -> bytes:

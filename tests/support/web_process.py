@@ -20,6 +20,39 @@ ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = f"{shlex.quote(sys.executable)} -m gunicorn -c service/gunicorn.conf.py service.wsgi:app"
 
 
+def _tcp_sockets() -> Iterator[tuple[int, int, str, int]]:
+    """(local port, remote port, state, rx_queue) of each IPv4 TCP socket (/proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        yield (int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16), fields[3],
+               int(fields[4].split(":")[1], 16))
+
+
+def accept_queue(port: int) -> int:
+    """Connections the kernel holds for the listener on `port`, not yet accepted (a LISTEN
+    socket's rx_queue)."""
+    for local, _, state, queued in _tcp_sockets():
+        if state == "0A" and local == port:
+            return queued
+    raise AssertionError(f"no listener on port {port}")
+
+
+def unread(port: int, client_port: int) -> int:
+    """Bytes the server on `port` has not read yet of what the client at `client_port` sent
+    (the server's end's rx_queue)."""
+    for local, remote, _, queued in _tcp_sockets():
+        if local == port and remote == client_port:
+            return queued
+    raise AssertionError(f"no connection from {client_port} to {port}")
+
+
+def redis_writes_held(conn) -> int:
+    """How many web threads' stores Redis holds back (CLIENT PAUSE WRITE): the intake's
+    function (FCALL), or its loading (FUNCTION LOAD) into a fresh Redis."""
+    return sum("b" in c["flags"] and c["cmd"].startswith(("fcall", "function"))
+               for c in conn.client_list())
+
+
 def web_env(redis_url: str, **extra: str) -> dict[str, str]:
     """The environment of a web process: the service's settings, none of the caller's
     PROMETHEUS_* or bind settings, the venv's bin first on PATH (where `gunicorn` is)."""

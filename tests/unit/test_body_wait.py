@@ -31,6 +31,8 @@ def test_a_head_that_is_not_http1_is_not_read(line):
     (b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n", None),
     (b"zz\r\nhello\r\n", 0),  # not a chunk size: ends here, the parser answers 400
     (b"1" * 5000, 0),  # a chunk-size line without its end
+    (b"0\r\n" + b"X: 1\r\n" * 20000, 0),  # trailers without their end, past TRAILER_BYTES
+    (b"0\r\n" + b"X: 1\r\n" * 100, None),
 ])
 def test_a_chunked_body_ends_where_its_last_chunk_and_trailers_end(body, end):
     assert chunked_end(bytearray(body), 0)[0] == end
