@@ -830,6 +830,8 @@ def test_notes_give_both_webhook_urls_and_the_secret_holding_the_tokens(option_s
     assert f"{base}/webhooks/jenkins?token=<JENKINS_WEBHOOK_TOKEN>" in text
     assert f"Secret {secret}" in text
     assert "gitlab-webhook-token" in text and "jenkins-webhook-token" in text
+    # the two parameters every routed job declares (README, "The parameters a job must declare")
+    assert "CI_AUTOSCALER_AGENT" in text and "CI_AUTOSCALER_BUILD_KEY" in text
 
 
 # -- the bundled Jenkins controller ----------------------------------------------------------
