@@ -411,6 +411,18 @@ def test_an_empty_token_fails_the_render_naming_it(section, key, value_path):
     assert "openssl rand -hex 20" in str(err.value)  # says how to make one
 
 
+@pytest.mark.parametrize("key", ["url", "user"])
+def test_no_jenkins_fails_the_render_naming_it(key):
+    """Without jenkins.url (or the bundled controller) and jenkins.user, the worker and the
+    reconcile pods exit at start ("JENKINS_URL: required"), over and over (CrashLoopBackOff)
+    after an install that looked fine: the render fails instead, naming the value, as for a
+    missing token."""
+    values = _merged("minimal", jenkins={key: ""})
+    with pytest.raises(helm_python.HelmRenderError, match=re.escape(f"jenkins.{key} is required")):
+        render_files(values)
+    render_files(_merged("jenkins", jenkins={"url": ""}))  # the bundled controller's URL
+
+
 def test_an_existing_secret_or_the_bundled_jenkins_needs_no_token_in_values():
     # Your own Secret holds the tokens: none is required here.
     objs = render("external-redis")

@@ -149,6 +149,14 @@ files/alerts.yaml name it so. */}}
 {{- if and .Values.worker.keda.enabled .Values.redis.external.existingSecret (not .Values.worker.keda.redis.address) -}}
 {{- fail "worker.keda.redis.address (host:port) is required with redis.external.existingSecret" -}}
 {{- end -}}
+{{- /* the worker and reconcile pods exit at start without them ("JENKINS_URL: required"),
+over and over: the install looked fine, the pods crash-loop */ -}}
+{{- if not (include "ci-autoscaler.jenkinsUrl" .) -}}
+{{- fail "jenkins.url is required: Jenkins' URL for the API (e.g. https://jenkins.example.com), or jenkinsController.enabled=true for the bundled one" -}}
+{{- end -}}
+{{- if not .Values.jenkins.user -}}
+{{- fail "jenkins.user is required: the Jenkins user whose API token is secrets.jenkinsApiToken" -}}
+{{- end -}}
 {{- $np := .Values.networkPolicy -}}
 {{- if and $np.enabled $np.agents.enabled (not .Values.jenkinsController.enabled) (not $np.agents.jenkins.addresses) (not $np.agents.egress) -}}
 {{- fail "networkPolicy.agents.jenkins.addresses: give Jenkins' addresses as CIDRs (e.g. [10.20.0.15/32]): agents may reach only DNS, Jenkins and networkPolicy.agents.egress" -}}
