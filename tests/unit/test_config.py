@@ -523,3 +523,30 @@ def test_a_url_setting_that_is_no_http_url_is_refused_naming_it_not_its_value(
 def test_an_http_url_setting_is_taken_without_its_files_newline(monkeypatch, good):
     monkeypatch.setenv("JENKINS_URL", good)
     assert load_settings().jenkins_url == good.strip()
+
+
+def test_a_key_given_twice_is_refused_with_both_lines():
+    """YAML requires a mapping's keys to be unique; PyYAML keeps the last without a word, so a
+    template's second `env:` dropped the first's variables, and a template pasted again under
+    the same name replaced the first, its routes building on the other's image."""
+    text = """routes:
+  - {project: "*", ref: "refs/heads/*", job: build, template: maven}
+templates:
+  maven:
+    image: maven:3.9-eclipse-temurin-21
+    env: {HOME: /home/jenkins}
+    memory: {min: 1Gi, default: 2Gi, max: 8Gi}
+    env: {MAVEN_OPTS: -Xmx1g}
+  maven:
+    image: gradle:8
+    podSpecPatch: |
+      priorityClassName: ci
+      priorityClassName: ci-builds
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_file_config(text, source="ci.yaml")
+    assert err.value.problems == [
+        "ci.yaml:8: templates.maven.env: given twice (first on line 6): YAML keeps only the last",
+        "ci.yaml:9: templates.maven: given twice (first on line 4): YAML keeps only the last",
+        "ci.yaml:13: templates.maven.podSpecPatch.priorityClassName: given twice (first on line "
+        "12): YAML keeps only the last"]
