@@ -550,3 +550,34 @@ templates:
         "ci.yaml:9: templates.maven: given twice (first on line 4): YAML keeps only the last",
         "ci.yaml:13: templates.maven.podSpecPatch.priorityClassName: given twice (first on line "
         "12): YAML keeps only the last"]
+
+
+# The kubelet parses every container's image as a docker reference (distribution/reference's
+# ParseNormalizedNamed, in kubelet's applyDefaultImageTag); one it cannot parse leaves the pod
+# Pending as InvalidImageName, and every build of the template fails at start.
+@pytest.mark.parametrize("template,where", [
+    ("image: Maven:3.9", "spec.containers[0].image: 'Maven:3.9'"),
+    ("image: 'maven:3.9-eclipse temurin-21'", "containers[0].image: 'maven:3.9-eclipse temur"),
+    ("image: registry.example.com/ci/Agent-Maven:0.1.0", "image: 'registry.example.com/ci/A"),
+    ("image: https://registry.example.com/ci/agent:1", "image: 'https://"),
+    ("image: 'maven::3.9'", "image: 'maven::3.9'"),
+    ("agentImage: jenkins/inbound-agent:latest-JDK21!", "initContainers[0].image: 'jenkins/"),
+    ("containers: [{name: db, image: 'postgres:16 alpine'}]", "image: 'postgres:16 alpine'"),
+    ("podSpecPatch: {initContainers: [{name: setup, image: 'Busybox'}]}",
+     "templates.default.podSpecPatch.initContainers[0].image: 'Busybox'"),
+])
+def test_an_image_the_kubelet_cannot_parse_is_refused(template, where):
+    text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    {template}\n"
+    found = problems(text)
+    assert any(where in p and "is not an image reference" in p for p in found), found
+
+
+@pytest.mark.parametrize("image", [
+    "maven:3.9-eclipse-temurin-21", "jenkins/inbound-agent:3355.v388858a_47b_33-3-jdk21",
+    "registry.example.com:5000/ci/ci-autoscaler-agent-maven:0.1.0", "localhost:5000/a/b__c:x",
+    "Registry.Example.com/ci/agent", "CI/agent:1", "[fd00::1]:5000/ci/agent:1",
+    "docker.io/library/maven@sha256:" + "a" * 64, "maven:3.9@sha256:" + "0" * 64,
+    "gcr.io/distroless/java21-debian12:nonroot", "a.b-c_d/e---f:_tag.-1"])
+def test_an_image_reference_the_kubelet_takes_loads(image):
+    text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    image: '{image}'\n"
+    assert "default" in parse_file_config(text).templates
