@@ -420,7 +420,9 @@ def test_no_jenkins_fails_the_render_naming_it(key):
     values = _merged("minimal", jenkins={key: ""})
     with pytest.raises(helm_python.HelmRenderError, match=re.escape(f"jenkins.{key} is required")):
         render_files(values)
-    render_files(_merged("jenkins", jenkins={"url": ""}))  # the bundled controller's URL
+    # the bundled controller: its URL is the chart's, its user (as its token) made once it runs
+    render_files(_merged("jenkins", jenkins={"url": "", "user": ""},
+                         secrets={"jenkinsApiToken": ""}))
 
 
 def test_an_existing_secret_or_the_bundled_jenkins_needs_no_token_in_values():

@@ -154,7 +154,8 @@ over and over: the install looked fine, the pods crash-loop */ -}}
 {{- if not (include "ci-autoscaler.jenkinsUrl" .) -}}
 {{- fail "jenkins.url is required: Jenkins' URL for the API (e.g. https://jenkins.example.com), or jenkinsController.enabled=true for the bundled one" -}}
 {{- end -}}
-{{- if not .Values.jenkins.user -}}
+{{- /* the bundled controller's user, as its token, may be made once it runs */ -}}
+{{- if and (not .Values.jenkins.user) (not .Values.jenkinsController.enabled) -}}
 {{- fail "jenkins.user is required: the Jenkins user whose API token is secrets.jenkinsApiToken" -}}
 {{- end -}}
 {{- $np := .Values.networkPolicy -}}
