@@ -214,3 +214,17 @@ def test_the_dind_model_follows_the_images_entry_point():
         "--host=tcp://0.0.0.0:2375"
     assert dockerd_command({"args": ["dockerd", "-H=tcp://127.0.0.1:1"]}) == [
         "dockerd", "-H=tcp://127.0.0.1:1"]
+
+
+@pytest.mark.parametrize("name", ["maven", "maven-postgres"])
+def test_the_readmes_pod_templates_share_the_maven_cache_read_only(name):
+    """The README's first templates are the ones copied: a shared cache every build writes is
+    the poisoning the README's "Caches that builds cannot poison" warns of (issue 17)."""
+    config = parse_file_config(readme_templates(), source="README.md")
+    pod = sample_manifest(name, config.templates[name])
+    build = pod["spec"]["containers"][0]
+    mount = next(m for m in build["volumeMounts"] if m["mountPath"] == "/var/cache/maven")
+    args = next(e["value"] for e in build["env"] if e["name"] == "MAVEN_ARGS")
+    assert mount.get("readOnly") is True
+    assert "-Dmaven.repo.local.tail=/var/cache/maven" in args
+    assert "-Dmaven.repo.local=/home/jenkins/" in args
