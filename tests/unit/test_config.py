@@ -581,3 +581,20 @@ def test_an_image_the_kubelet_cannot_parse_is_refused(template, where):
 def test_an_image_reference_the_kubelet_takes_loads(image):
     text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    image: '{image}'\n"
     assert "default" in parse_file_config(text).templates
+
+
+@pytest.mark.parametrize("value,kind", [("true", "a boolean"), ("on", "a boolean"),
+                                        ("3", "a number"), ("1.10", "a number"),
+                                        ("", "null (nothing)")])
+def test_an_unquoted_value_yaml_reads_as_another_type_says_so_without_the_value(value, kind):
+    """`DEBUG: true`, `JAVA_VERSION: 1.10`, `SKIP: on` in env, parameters or a nodeSelector are
+    YAML booleans and numbers; "Input should be a valid string" left the operator looking at
+    what reads as a string. The value itself is not shown (an env value may be a secret)."""
+    text = (f"routes: [{{job: b, parameters: {{P: {value}}}}}]\ntemplates:\n  default:\n"
+            f"    env: {{E: {value}}}\n")
+    found = problems(text)
+    for field in ("routes[0].parameters.P", "templates.default.env.E"):
+        assert any(f"{field}: Input should be a valid string: YAML reads this unquoted value "
+                   f"as {kind}; quote it" in p for p in found), found
+    if value:
+        assert not any(f"{value!r}" in p or f" {value} " in p for p in found), found

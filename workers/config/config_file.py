@@ -127,7 +127,7 @@ def parse_file_config(text: str, *, source: str = "<config>") -> FileConfig:
             if bad_route and e["loc"] == ("routes",) and e["type"] == "too_short":
                 continue
             msg = "unknown field" if e["type"] == "extra_forbidden" \
-                else e["msg"].removeprefix("Value error, ")
+                else e["msg"].removeprefix("Value error, ") + _unquoted(e)
             loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
             if loc:
                 problems.append(_problem(source, root, loc, msg))
@@ -149,6 +149,17 @@ def parse_file_config(text: str, *, source: str = "<config>") -> FileConfig:
     if found:
         raise ConfigError([_problem(source, root, loc, reason) for loc, reason in found.items()])
     return config
+
+
+def _unquoted(error: Any) -> str:
+    """What YAML made of an unquoted value a string field got (`DEBUG: true`, `JAVA: 1.10`,
+    `SKIP: on`, `KEY:`), without the value itself: an env value may be a secret."""
+    if error["type"] != "string_type":
+        return ""
+    value = error.get("input")
+    kind = "a boolean" if isinstance(value, bool) else "a number" \
+        if isinstance(value, (int, float)) else "null (nothing)" if value is None else None
+    return f": YAML reads this unquoted value as {kind}; quote it" if kind else ""
 
 
 def _keys_given_twice(node: yaml.Node | None, loc: tuple[Any, ...] = (), offset: int = 0
