@@ -523,8 +523,30 @@ no longer reads since a STARTED's run page is checked by the worker (workers.eng
 {{- end -}}
 
 {{/* What the worker and the reconcile loop read: Jenkins, the agent namespace, placement. */}}
+{{/* caBundle: the operator's CAs for Jenkins' and GitLab's HTTPS, in the pods that call them
+(worker, reconcile): python-requests reads REQUESTS_CA_BUNDLE (python-jenkins, python-gitlab). */}}
+{{- define "ci-autoscaler.caBundleMount" -}}
+{{- if .Values.caBundle.configMap -}}
+- name: ca-bundle
+  mountPath: /etc/ci-autoscaler-ca
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
+{{- define "ci-autoscaler.caBundleVolume" -}}
+{{- if .Values.caBundle.configMap -}}
+- name: ca-bundle
+  configMap:
+    name: {{ .Values.caBundle.configMap }}
+{{- end -}}
+{{- end -}}
+
 {{- define "ci-autoscaler.engineEnv" -}}
 {{ include "ci-autoscaler.commonEnv" . }}
+{{- if .Values.caBundle.configMap }}
+- name: REQUESTS_CA_BUNDLE
+  value: {{ printf "/etc/ci-autoscaler-ca/%s" .Values.caBundle.key | quote }}
+{{- end }}
 - name: JENKINS_URL
   value: {{ include "ci-autoscaler.jenkinsUrl" . | quote }}
 {{- with .Values.jenkins.publicUrl }}
