@@ -18,8 +18,16 @@ DEBIAN_PACKAGES := redis-server redis-sentinel prometheus prometheus-alertmanage
 
 venv: $(VENV)/.installed
 
+# Debian's python3 makes no virtualenv before its pythonX.Y-venv package is installed (it
+# leaves ensurepip out): on a fresh machine `python3 -m venv` fails "ensurepip is not
+# available"; the package is installed then, and the virtualenv made again.
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { \
+	  rm -rf $(VENV); \
+	  package=python$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv; \
+	  echo "installing Debian package $$package"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $$package && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@

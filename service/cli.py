@@ -439,7 +439,7 @@ def _catch_up(args: argparse.Namespace) -> int:
         try:
             result = catchup.catch_up_once(cu)
         except (redis.RedisError, RetryableError) as err:
-            return _redis_failed(err)
+            return _redis_failed(err, settings)
         print(json.dumps(result))
         return 1 if catchup.pass_failed(result) else 0
     stop = threading.Event()
@@ -449,14 +449,18 @@ def _catch_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _redis_failed(err: Exception) -> int:
-    """One line for a command Redis failed, by the error's type (redis-py's text may name the
-    URL and its password), and exit 1. The state adapters raise RetryableError for a Redis
-    they cannot reach, its cause redis-py's error."""
+def _redis_failed(err: Exception, settings) -> int:
+    """One line for a command Redis failed: where it asked (settings.redis_target, no
+    password) and the error's type (redis-py's text may name the URL and its password), and
+    whether that was only the default; exit 1. The state adapters raise RetryableError for a
+    Redis they cannot reach, its cause redis-py's error."""
     import redis
 
     cause = err.__cause__ if isinstance(err.__cause__, redis.RedisError) else err
-    print(f"error: Redis: {type(cause).__name__}", file=sys.stderr)
+    default = "" if settings.redis_named else \
+        " (neither REDIS_URL nor REDIS_SENTINELS is set: this is the default)"
+    print(f"error: Redis at {settings.redis_target}: {type(cause).__name__}{default}",
+          file=sys.stderr)
     return 1
 
 
@@ -476,7 +480,7 @@ def _recommend(args: argparse.Namespace) -> int:
     try:
         table = report.rows(settings, config, state, now=time.time())
     except (redis.RedisError, RetryableError) as err:
-        return _redis_failed(err)
+        return _redis_failed(err, settings)
     print(report.as_json(table) if args.json else report.as_text(table))
     return 0
 

@@ -527,7 +527,7 @@ def test_the_catch_up_command_with_redis_away_says_so_in_one_line(gitlab_fake, t
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert result.stderr.splitlines()[-1] == "error: Redis: ConnectionError"
+    assert result.stderr.splitlines()[-1] == f"error: Redis at 127.0.0.1:{port}/0: ConnectionError"
     assert "hunter2-secret" not in result.stdout + result.stderr
 
 

@@ -411,6 +411,45 @@ def test_an_empty_token_fails_the_render_naming_it(section, key, value_path):
     assert "openssl rand -hex 20" in str(err.value)  # says how to make one
 
 
+@pytest.mark.parametrize("key", ["url", "user"])
+def test_no_jenkins_fails_the_render_naming_it(key):
+    """Without jenkins.url (or the bundled controller) and jenkins.user, the worker and the
+    reconcile pods exit at start ("JENKINS_URL: required"), over and over (CrashLoopBackOff)
+    after an install that looked fine: the render fails instead, naming the value, as for a
+    missing token."""
+    values = _merged("minimal", jenkins={key: ""})
+    with pytest.raises(helm_python.HelmRenderError, match=re.escape(f"jenkins.{key} is required")):
+        render_files(values)
+    # the bundled controller: its URL is the chart's, its user (as its token) made once it runs
+    render_files(_merged("jenkins", jenkins={"url": "", "user": ""},
+                         secrets={"jenkinsApiToken": ""}))
+
+
+def test_a_ca_bundle_of_ones_own_is_trusted_by_the_pods_that_call_jenkins_and_gitlab():
+    """A Jenkins or GitLab on an internal CA: every call of the worker and the reconcile loop
+    failed certificate verification (requests trusts certifi's list alone), and the chart had
+    no way to give them the CA. caBundle names a ConfigMap of the operator's; python-requests
+    (python-jenkins, python-gitlab) reads REQUESTS_CA_BUNDLE. The web calls neither."""
+    objs = objects_of(render_files(_values("minimal", caBundle={"configMap": "corp-ca",
+                                                                "key": "bundle.pem"})))
+    for component in ("worker", "reconcile"):
+        deployment = one(objs, "Deployment", component)
+        kubernetes_validate.validate(deployment, "1.29.0", strict=True)
+        spec = deployment["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        assert env_of(container)["REQUESTS_CA_BUNDLE"]["value"] == "/etc/ci-autoscaler-ca/bundle.pem"
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == "ca-bundle"]
+        assert mount == {"name": "ca-bundle", "mountPath": "/etc/ci-autoscaler-ca",
+                         "readOnly": True}
+        [volume] = [v for v in spec["volumes"] if v["name"] == "ca-bundle"]
+        assert volume["configMap"]["name"] == "corp-ca"
+    web = _container(objs, "web")
+    assert "REQUESTS_CA_BUNDLE" not in env_of(web)
+    default = render("minimal")
+    for component in ("worker", "reconcile", "web"):
+        assert "REQUESTS_CA_BUNDLE" not in env_of(_container(default, component))
+
+
 def test_an_existing_secret_or_the_bundled_jenkins_needs_no_token_in_values():
     # Your own Secret holds the tokens: none is required here.
     objs = render("external-redis")
@@ -830,6 +869,8 @@ def test_notes_give_both_webhook_urls_and_the_secret_holding_the_tokens(option_s
     assert f"{base}/webhooks/jenkins?token=<JENKINS_WEBHOOK_TOKEN>" in text
     assert f"Secret {secret}" in text
     assert "gitlab-webhook-token" in text and "jenkins-webhook-token" in text
+    # the two parameters every routed job declares (README, "The parameters a job must declare")
+    assert "CI_AUTOSCALER_AGENT" in text and "CI_AUTOSCALER_BUILD_KEY" in text
 
 
 # -- the bundled Jenkins controller ----------------------------------------------------------

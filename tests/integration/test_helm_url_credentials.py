@@ -17,7 +17,7 @@ KEYS = [("jenkins", "url", "JENKINS_URL"), ("jenkins", "agentUrl", "JENKINS_AGEN
 
 
 def _with(section: str, key: str, url: str) -> dict:
-    values = REQUIRED_VALUES | {section: {key: url}}
+    values = REQUIRED_VALUES | {section: {**REQUIRED_VALUES.get(section, {}), key: url}}
     if section == "gitlab":  # the catch-up's token, which gitlab.url asks for
         values["secrets"] = {**REQUIRED_VALUES["secrets"], "gitlabApiToken": "t" * 20}
     return values

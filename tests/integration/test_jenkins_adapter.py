@@ -729,3 +729,51 @@ def test_a_trigger_redirected_to_another_page_than_the_jobs_stays_retryable(jenk
 
     with pytest.raises(RetryableError, match="redirect to /job/other/, not a queue item"):
         adapter_for(jenkins_fake).trigger_build("app", {"A": "1"})
+
+
+def test_a_jenkins_on_an_internal_ca_is_trusted_through_requests_ca_bundle(tmp_path, monkeypatch):
+    """README (REQUESTS_CA_BUNDLE) and the chart's caBundle: the client that reads each host's
+    environment settings once (jenkins_client.Client._settings) still takes the CA bundle from
+    the environment, so a Jenkins whose certificate an internal CA signed is reached; without
+    the bundle, certificate verification fails, as on a real cluster."""
+    import http.server
+    import ssl
+    import subprocess
+    import threading
+
+    from workers.adapters.jenkins_client import Client
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+
+    class Me(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            body = json.dumps({"id": "ci-autoscaler"}).encode()
+            self.send_response(200 if self.path.startswith("/me/api/json") else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Me)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            monkeypatch.delenv(name, raising=False)
+        with pytest.raises(requests.exceptions.SSLError):
+            Client(url, username="ci-autoscaler", password="t0ken", timeout=5).get_whoami()
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        client = Client(url, username="ci-autoscaler", password="t0ken", timeout=5)
+        assert client.get_whoami()["id"] == "ci-autoscaler"
+    finally:
+        server.shutdown()
+        server.server_close()

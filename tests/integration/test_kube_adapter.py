@@ -360,6 +360,22 @@ def test_load_api_client_falls_back_to_the_KUBECONFIG_variable(kube, monkeypatch
     api_client.close()
 
 
+def test_a_kubeconfig_that_is_not_there_is_named_with_where_it_came_from(tmp_path, monkeypatch):
+    """A mistyped KUBECONFIG read "Invalid kube-config file. No configuration found." (the
+    client skips a path that does not exist): which file, and from where, was left to guess."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    missing = tmp_path / "no-such-kubeconfig"
+    monkeypatch.setenv("KUBECONFIG", str(missing))
+    with pytest.raises(ConfigError) as err:
+        load_api_client()
+    [problem] = err.value.problems
+    assert f"KUBECONFIG {missing}: no such file" in problem, problem
+    monkeypatch.delenv("KUBECONFIG")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config either
+    with pytest.raises(ConfigError, match=r"~/.kube/config: no such file, and KUBECONFIG is not set"):
+        load_api_client()
+
+
 def test_load_api_client_in_a_pod_uses_the_service_account(monkeypatch):
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")

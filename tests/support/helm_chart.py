@@ -29,8 +29,9 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 # What the chart refuses to render without (no secret is generated; agents' egress is denied
-# but for DNS, Jenkins and what is listed).
+# but for DNS, Jenkins and what is listed; the worker cannot start without a Jenkins).
 REQUIRED_VALUES: dict[str, Any] = {
+    "jenkins": {"url": "https://jenkins.example.com", "user": "ci-autoscaler"},
     "secrets": {"gitlabWebhookToken": "g" * 40, "jenkinsWebhookToken": "j" * 40,
                 "jenkinsApiToken": "a" * 34},
     "redis": {"password": "r" * 40},

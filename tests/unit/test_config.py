@@ -523,3 +523,78 @@ def test_a_url_setting_that_is_no_http_url_is_refused_naming_it_not_its_value(
 def test_an_http_url_setting_is_taken_without_its_files_newline(monkeypatch, good):
     monkeypatch.setenv("JENKINS_URL", good)
     assert load_settings().jenkins_url == good.strip()
+
+
+def test_a_key_given_twice_is_refused_with_both_lines():
+    """YAML requires a mapping's keys to be unique; PyYAML keeps the last without a word, so a
+    template's second `env:` dropped the first's variables, and a template pasted again under
+    the same name replaced the first, its routes building on the other's image."""
+    text = """routes:
+  - {project: "*", ref: "refs/heads/*", job: build, template: maven}
+templates:
+  maven:
+    image: maven:3.9-eclipse-temurin-21
+    env: {HOME: /home/jenkins}
+    memory: {min: 1Gi, default: 2Gi, max: 8Gi}
+    env: {MAVEN_OPTS: -Xmx1g}
+  maven:
+    image: gradle:8
+    podSpecPatch: |
+      priorityClassName: ci
+      priorityClassName: ci-builds
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_file_config(text, source="ci.yaml")
+    assert err.value.problems == [
+        "ci.yaml:8: templates.maven.env: given twice (first on line 6): YAML keeps only the last",
+        "ci.yaml:9: templates.maven: given twice (first on line 4): YAML keeps only the last",
+        "ci.yaml:13: templates.maven.podSpecPatch.priorityClassName: given twice (first on line "
+        "12): YAML keeps only the last"]
+
+
+# The kubelet parses every container's image as a docker reference (distribution/reference's
+# ParseNormalizedNamed, in kubelet's applyDefaultImageTag); one it cannot parse leaves the pod
+# Pending as InvalidImageName, and every build of the template fails at start.
+@pytest.mark.parametrize("template,where", [
+    ("image: Maven:3.9", "spec.containers[0].image: 'Maven:3.9'"),
+    ("image: 'maven:3.9-eclipse temurin-21'", "containers[0].image: 'maven:3.9-eclipse temur"),
+    ("image: registry.example.com/ci/Agent-Maven:0.1.0", "image: 'registry.example.com/ci/A"),
+    ("image: https://registry.example.com/ci/agent:1", "image: 'https://"),
+    ("image: 'maven::3.9'", "image: 'maven::3.9'"),
+    ("agentImage: jenkins/inbound-agent:latest-JDK21!", "initContainers[0].image: 'jenkins/"),
+    ("containers: [{name: db, image: 'postgres:16 alpine'}]", "image: 'postgres:16 alpine'"),
+    ("podSpecPatch: {initContainers: [{name: setup, image: 'Busybox'}]}",
+     "templates.default.podSpecPatch.initContainers[0].image: 'Busybox'"),
+])
+def test_an_image_the_kubelet_cannot_parse_is_refused(template, where):
+    text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    {template}\n"
+    found = problems(text)
+    assert any(where in p and "is not an image reference" in p for p in found), found
+
+
+@pytest.mark.parametrize("image", [
+    "maven:3.9-eclipse-temurin-21", "jenkins/inbound-agent:3355.v388858a_47b_33-3-jdk21",
+    "registry.example.com:5000/ci/ci-autoscaler-agent-maven:0.1.0", "localhost:5000/a/b__c:x",
+    "Registry.Example.com/ci/agent", "CI/agent:1", "[fd00::1]:5000/ci/agent:1",
+    "docker.io/library/maven@sha256:" + "a" * 64, "maven:3.9@sha256:" + "0" * 64,
+    "gcr.io/distroless/java21-debian12:nonroot", "a.b-c_d/e---f:_tag.-1"])
+def test_an_image_reference_the_kubelet_takes_loads(image):
+    text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    image: '{image}'\n"
+    assert "default" in parse_file_config(text).templates
+
+
+@pytest.mark.parametrize("value,kind", [("true", "a boolean"), ("on", "a boolean"),
+                                        ("3", "a number"), ("1.10", "a number"),
+                                        ("", "null (nothing)")])
+def test_an_unquoted_value_yaml_reads_as_another_type_says_so_without_the_value(value, kind):
+    """`DEBUG: true`, `JAVA_VERSION: 1.10`, `SKIP: on` in env, parameters or a nodeSelector are
+    YAML booleans and numbers; "Input should be a valid string" left the operator looking at
+    what reads as a string. The value itself is not shown (an env value may be a secret)."""
+    text = (f"routes: [{{job: b, parameters: {{P: {value}}}}}]\ntemplates:\n  default:\n"
+            f"    env: {{E: {value}}}\n")
+    found = problems(text)
+    for field in ("routes[0].parameters.P", "templates.default.env.E"):
+        assert any(f"{field}: Input should be a valid string: YAML reads this unquoted value "
+                   f"as {kind}; quote it" in p for p in found), found
+    if value:
+        assert not any(f"{value!r}" in p or f" {value} " in p for p in found), found

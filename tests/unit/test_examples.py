@@ -162,3 +162,69 @@ def test_the_readmes_docker_in_docker_template_is_the_examples():
     for field in ("containers", "pod_spec_patch"):
         assert getattr(readme, field) == getattr(example, field), field
     assert readme.env["DOCKER_HOST"] == example.env["DOCKER_HOST"]
+
+
+def dockerd_command(container: dict) -> list[str]:
+    """What the docker:*-dind image runs for this container, as its entry point decides
+    (docker-library/docker, dockerd-entrypoint.sh): a `command` replaces the entry point; a
+    first argument that is an option ("-..."), or none, gets `dockerd` and the entry point's
+    own listeners put before it: with DOCKER_TLS_CERTDIR set (the image sets /certs) the unix
+    socket and tcp://0.0.0.0:2376 with --tlsverify, which turns TLS on for every listener,
+    whatever --tls says (dockerd: "if they specify TLSVerify at all then we need to turn on
+    TLS"); with it empty, tcp://0.0.0.0:2375 without TLS, on every address of the pod. A first
+    argument `dockerd` runs it with the given arguments alone."""
+    if container.get("command"):
+        return list(container["command"]) + list(container.get("args") or [])
+    args = list(container.get("args") or [])
+    if args and not args[0].startswith("-"):
+        return args
+    env = {e["name"]: e.get("value") for e in container.get("env") or []}
+    if env.get("DOCKER_TLS_CERTDIR", "/certs"):
+        return ["dockerd", "--host=unix:///var/run/docker.sock", "--host=tcp://0.0.0.0:2376",
+                "--tlsverify", "--tlscacert", "/certs/server/ca.pem", *args]
+    return ["dockerd", "--host=unix:///var/run/docker.sock", "--host=tcp://0.0.0.0:2375", *args]
+
+
+@pytest.mark.parametrize("source", ["examples/ci-autoscaler.yaml", "README.md"])
+def test_the_docker_in_docker_service_listens_where_the_build_looks_for_it(source):
+    """The build's DOCKER_HOST is plain TCP on the pod's loopback: dockerd must listen there
+    without TLS, and nowhere else (a daemon that runs anything as root, on the pod's address,
+    is every pod's that reaches it). With the options alone as `args`, the image's entry point
+    added its TLS listener on 0.0.0.0:2376 and --tlsverify, so 127.0.0.1:2375 spoke TLS and
+    every `docker` call of the build failed ("Client sent an HTTP request to an HTTPS
+    server")."""
+    config = load_file_config(EXAMPLE_CONFIG) if source.startswith("examples") else \
+        parse_file_config(readme_templates(), source="README.md")
+    template = config.templates["maven-docker"]
+    pod = sample_manifest("maven-docker", template)
+    dind = next(c for c in pod["spec"]["containers"] if c["name"] == "dind")
+    command = dockerd_command(dind)
+    assert command[0] == "dockerd"
+    hosts = [a.split("=", 1)[1] for a in command if a.startswith(("--host=", "-H="))]
+    assert hosts == [template.env["DOCKER_HOST"]] == ["tcp://127.0.0.1:2375"]
+    assert "--tlsverify" not in command and "--tls=false" in command
+
+
+def test_the_dind_model_follows_the_images_entry_point():
+    assert dockerd_command({"args": ["--tls=false"]})[:4] == [
+        "dockerd", "--host=unix:///var/run/docker.sock", "--host=tcp://0.0.0.0:2376",
+        "--tlsverify"]
+    assert dockerd_command({"args": ["--tls=false"],
+                            "env": [{"name": "DOCKER_TLS_CERTDIR", "value": ""}]})[2] == \
+        "--host=tcp://0.0.0.0:2375"
+    assert dockerd_command({"args": ["dockerd", "-H=tcp://127.0.0.1:1"]}) == [
+        "dockerd", "-H=tcp://127.0.0.1:1"]
+
+
+@pytest.mark.parametrize("name", ["maven", "maven-postgres"])
+def test_the_readmes_pod_templates_share_the_maven_cache_read_only(name):
+    """The README's first templates are the ones copied: a shared cache every build writes is
+    the poisoning the README's "Caches that builds cannot poison" warns of (issue 17)."""
+    config = parse_file_config(readme_templates(), source="README.md")
+    pod = sample_manifest(name, config.templates[name])
+    build = pod["spec"]["containers"][0]
+    mount = next(m for m in build["volumeMounts"] if m["mountPath"] == "/var/cache/maven")
+    args = next(e["value"] for e in build["env"] if e["name"] == "MAVEN_ARGS")
+    assert mount.get("readOnly") is True
+    assert "-Dmaven.repo.local.tail=/var/cache/maven" in args
+    assert "-Dmaven.repo.local=/home/jenkins/" in args

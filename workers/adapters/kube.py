@@ -17,6 +17,7 @@ agent secret.
 import json
 import logging
 import os
+from pathlib import Path
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -52,6 +53,18 @@ T = TypeVar("T")
 WATCH_CONNECTIONS = 8
 
 
+def _kubeconfig_exists(path: str) -> None:
+    """The client skips a kubeconfig path that does not exist (KUBECONFIG may list several,
+    ':'-separated, as kubectl merges them), then says only "Invalid kube-config file. No
+    configuration found.": a mistyped path is named here, with where it came from."""
+    if any(Path(p).expanduser().exists() for p in path.split(os.pathsep) if p):
+        return
+    if path == "~/.kube/config":
+        raise ConfigError(["Kubernetes client configuration: ~/.kube/config: no such file, "
+                           "and KUBECONFIG is not set (in a pod, the in-cluster config is used)"])
+    raise ConfigError([f"Kubernetes client configuration: KUBECONFIG {path}: no such file"])
+
+
 def load_api_client(*, kubeconfig: str | None = None, threads: int = 1) -> ApiClient:
     """A fresh ApiClient: in-cluster service account when running in a pod and no kubeconfig is
     given, else the kubeconfig file (the argument, else $KUBECONFIG, else ~/.kube/config).
@@ -66,6 +79,7 @@ def load_api_client(*, kubeconfig: str | None = None, threads: int = 1) -> ApiCl
             kubernetes.config.load_incluster_config(client_configuration=configuration)
         else:
             path = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+            _kubeconfig_exists(path)
             kubernetes.config.load_kube_config(config_file=path, persist_config=False,
                                                client_configuration=configuration)
     except kubernetes.config.ConfigException as err:

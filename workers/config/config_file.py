@@ -109,6 +109,11 @@ def parse_file_config(text: str, *, source: str = "<config>") -> FileConfig:
         raise ConfigError([f"{where}: not valid YAML: {getattr(err, 'problem', err)}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the file must be a mapping with 'routes' and 'templates'"])
+    twice = [f"{source}:{line}: {_field(loc)}: given twice (first on line {first}): YAML keeps "
+             "only the last" for loc, line, first in sorted(_keys_given_twice(root),
+                                                        key=lambda f: f[1])]
+    if twice:
+        raise ConfigError(twice)
     data, written = _resolve_templates(data, source, root)
     try:
         config = FileConfig.model_validate(data)
@@ -122,7 +127,7 @@ def parse_file_config(text: str, *, source: str = "<config>") -> FileConfig:
             if bad_route and e["loc"] == ("routes",) and e["type"] == "too_short":
                 continue
             msg = "unknown field" if e["type"] == "extra_forbidden" \
-                else e["msg"].removeprefix("Value error, ")
+                else e["msg"].removeprefix("Value error, ") + _unquoted(e)
             loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
             if loc:
                 problems.append(_problem(source, root, loc, msg))
@@ -144,6 +149,47 @@ def parse_file_config(text: str, *, source: str = "<config>") -> FileConfig:
     if found:
         raise ConfigError([_problem(source, root, loc, reason) for loc, reason in found.items()])
     return config
+
+
+def _unquoted(error: Any) -> str:
+    """What YAML made of an unquoted value a string field got (`DEBUG: true`, `JAVA: 1.10`,
+    `SKIP: on`, `KEY:`), without the value itself: an env value may be a secret."""
+    if error["type"] != "string_type":
+        return ""
+    value = error.get("input")
+    kind = "a boolean" if isinstance(value, bool) else "a number" \
+        if isinstance(value, (int, float)) else "null (nothing)" if value is None else None
+    return f": YAML reads this unquoted value as {kind}; quote it" if kind else ""
+
+
+def _keys_given_twice(node: yaml.Node | None, loc: tuple[Any, ...] = (), offset: int = 0
+                      ) -> list[tuple[tuple[Any, ...], int, int]]:
+    """(path, line, line of the first) of each key a mapping gives again, in the file and in
+    a podSpecPatch written as a block of YAML. YAML requires a mapping's keys to be unique;
+    PyYAML keeps the last without a word: a template's second `env:` dropped the first's
+    variables, a template pasted again under its name replaced the first."""
+    found: list[tuple[tuple[Any, ...], int, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for key, value in node.value:
+            name, line = key.value, offset + key.start_mark.line + 1
+            if not isinstance(key, yaml.ScalarNode):  # a complex key (`? [a, b]`): left be
+                continue
+            if name in first:
+                found.append((loc + (name,), line, first[name]))
+            first.setdefault(name, line)
+            found += _keys_given_twice(value, loc + (name,), offset)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += _keys_given_twice(item, loc + (i,), offset)
+    elif isinstance(node, yaml.ScalarNode) and node.style in ("|", ">") \
+            and loc[-1:] == ("podSpecPatch",):
+        try:  # its lines follow the indicator's (as _line_of counts them)
+            found += _keys_given_twice(yaml.compose(node.value), loc,
+                                       offset + node.start_mark.line + 1)
+        except yaml.YAMLError:
+            pass  # refused as not valid YAML where the patch is parsed
+    return found
 
 
 def _resolve_templates(data: dict[str, Any], source: str, root: yaml.Node | None
@@ -183,9 +229,13 @@ def _loc(path: str) -> tuple[str | int, ...]:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.\[\]]+", path) if p)
 
 
-def _problem(source: str, root: yaml.Node | None, loc: tuple[Any, ...], msg: str) -> str:
+def _field(loc: tuple[Any, ...]) -> str:
     field = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc)
-    field = field.replace(".[", "[") or "(top level)"
+    return field.replace(".[", "[") or "(top level)"
+
+
+def _problem(source: str, root: yaml.Node | None, loc: tuple[Any, ...], msg: str) -> str:
+    field = _field(loc)
     line = _line_of(root, loc)
     return f"{source}:{line}: {field}: {msg}" if line else f"{source}: {field}: {msg}"
 

@@ -1,7 +1,8 @@
 """The names, labels, paths and modes in a template's pod that the API server refuses (422)
 though the schema takes any string or integer there: a volume named `mavenCache`, a service
 port named `postgres-primary`, a `nodeSelector` value with a space, a container without an
-image. Loaded, every build of the template failed at pod creation. From kubernetes
+image. Loaded, every build of the template failed at pod creation. Also an image the kubelet
+cannot parse (`Maven:3.9`), which the API server takes: every pod then fails to start. From kubernetes
 pkg/apis/core/validation/validation.go (ValidatePodSpec, validateVolumes,
 validateContainerPorts, validateEnv, validateContainerCommon, validateContainerOnlyForPod,
 ValidateVolumeMounts' validateLocalDescendingPath, validateTolerations,
@@ -22,6 +23,28 @@ _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 # at least one letter, no '-' at either end nor two in a row
 _PORT_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 _MAX_MODE = 0o777  # "must be a number between 0 and 0777 (octal), both inclusive"
+# A docker image reference, as the kubelet parses every container's image before it pulls
+# (distribution/reference's ParseNormalizedNamed in kubelet's applyDefaultImageTag; its
+# grammar in regexp.go): [host[:port]/]path[:tag][@digest], the path's components lower-case
+# letters and digits joined by '.', '_', '__' or dashes; the host any case, or [IPv6]. One it
+# cannot parse leaves the pod Pending as InvalidImageName: every build of the template fails.
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST = (r"(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+         r"(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*|\[[a-fA-F0-9:]+\])")
+_IMAGE_REFERENCE = re.compile(
+    rf"(?P<name>(?:{_HOST}(?::[0-9]+)?/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    r"(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:"
+    r"[0-9a-fA-F]{32,})?")
+_IMAGE_NAME_MAX = 255  # NameTotalLengthMax: the name before its tag and digest
+
+
+def _image_reference(image: str) -> str | None:
+    found = _IMAGE_REFERENCE.fullmatch(image)
+    if found and len(found["name"]) <= _IMAGE_NAME_MAX:
+        return None
+    return (f"{image!r} is not an image reference the kubelet can parse (InvalidImageName: "
+            "every pod of the template would fail to start): [registry/]path[:tag][@digest], "
+            "the path in lower-case letters, digits and '.', '_', '-'")
 
 
 def _dns_label(value: Any) -> str | None:
@@ -87,6 +110,8 @@ def name_rules(spec: dict[str, Any]) -> list[tuple[Loc, str]]:
                 found.append((at + ("image",), "required: every container needs an image"))
             elif isinstance(image, str) and image != image.strip():
                 found.append((at + ("image",), "must not have leading or trailing whitespace"))
+            elif isinstance(image, str) and (bad := _image_reference(image)):
+                found.append((at + ("image",), bad))
             for j, mount in enumerate(c.get("volumeMounts") or []):
                 for field in ("subPath", "subPathExpr"):  # validateLocalDescendingPath
                     sub = mount.get(field)

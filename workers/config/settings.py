@@ -262,6 +262,13 @@ class Settings(BaseSettings):
         rows would have become another owner's, never drained. (The fingerprint with the
         sentinel list was never released: no row of it to carry over; `ci-autoscaler spool
         adopt` takes any.)"""
+        target = f"{self.redis_target} {self.key_prefix}"
+        return hashlib.sha256(target.encode()).hexdigest()[:12]
+
+    @property
+    def redis_target(self) -> str:
+        """Where the service's Redis is, for people and the fingerprint: host:port/db, the
+        unix socket, or the Sentinel master's name; never a user or password."""
         url = parse_url(self.redis_url)
         if self.sentinels:
             where = "sentinel:" + self.redis_sentinel_master
@@ -269,8 +276,7 @@ class Settings(BaseSettings):
             where = "unix:" + url["path"]
         else:
             where = f"{url.get('host') or 'localhost'}:{url.get('port') or 6379}"
-        target = f"{where}/{url.get('db') or 0} {self.key_prefix}"
-        return hashlib.sha256(target.encode()).hexdigest()[:12]
+        return f"{where}/{url.get('db') or 0}"
 
     @property
     def spool_owner(self) -> str:

@@ -149,6 +149,15 @@ files/alerts.yaml name it so. */}}
 {{- if and .Values.worker.keda.enabled .Values.redis.external.existingSecret (not .Values.worker.keda.redis.address) -}}
 {{- fail "worker.keda.redis.address (host:port) is required with redis.external.existingSecret" -}}
 {{- end -}}
+{{- /* the worker and reconcile pods exit at start without them ("JENKINS_URL: required"),
+over and over: the install looked fine, the pods crash-loop */ -}}
+{{- if not (include "ci-autoscaler.jenkinsUrl" .) -}}
+{{- fail "jenkins.url is required: Jenkins' URL for the API (e.g. https://jenkins.example.com), or jenkinsController.enabled=true for the bundled one" -}}
+{{- end -}}
+{{- /* the bundled controller's user, as its token, may be made once it runs */ -}}
+{{- if and (not .Values.jenkins.user) (not .Values.jenkinsController.enabled) -}}
+{{- fail "jenkins.user is required: the Jenkins user whose API token is secrets.jenkinsApiToken" -}}
+{{- end -}}
 {{- $np := .Values.networkPolicy -}}
 {{- if and $np.enabled $np.agents.enabled (not .Values.jenkinsController.enabled) (not $np.agents.jenkins.addresses) (not $np.agents.egress) -}}
 {{- fail "networkPolicy.agents.jenkins.addresses: give Jenkins' addresses as CIDRs (e.g. [10.20.0.15/32]): agents may reach only DNS, Jenkins and networkPolicy.agents.egress" -}}
@@ -514,8 +523,30 @@ no longer reads since a STARTED's run page is checked by the worker (workers.eng
 {{- end -}}
 
 {{/* What the worker and the reconcile loop read: Jenkins, the agent namespace, placement. */}}
+{{/* caBundle: the operator's CAs for Jenkins' and GitLab's HTTPS, in the pods that call them
+(worker, reconcile): python-requests reads REQUESTS_CA_BUNDLE (python-jenkins, python-gitlab). */}}
+{{- define "ci-autoscaler.caBundleMount" -}}
+{{- if .Values.caBundle.configMap -}}
+- name: ca-bundle
+  mountPath: /etc/ci-autoscaler-ca
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
+{{- define "ci-autoscaler.caBundleVolume" -}}
+{{- if .Values.caBundle.configMap -}}
+- name: ca-bundle
+  configMap:
+    name: {{ .Values.caBundle.configMap }}
+{{- end -}}
+{{- end -}}
+
 {{- define "ci-autoscaler.engineEnv" -}}
 {{ include "ci-autoscaler.commonEnv" . }}
+{{- if .Values.caBundle.configMap }}
+- name: REQUESTS_CA_BUNDLE
+  value: {{ printf "/etc/ci-autoscaler-ca/%s" .Values.caBundle.key | quote }}
+{{- end }}
 - name: JENKINS_URL
   value: {{ include "ci-autoscaler.jenkinsUrl" . | quote }}
 {{- with .Values.jenkins.publicUrl }}
