@@ -598,3 +598,23 @@ def test_an_unquoted_value_yaml_reads_as_another_type_says_so_without_the_value(
                    f"as {kind}; quote it" in p for p in found), found
     if value:
         assert not any(f"{value!r}" in p or f" {value} " in p for p in found), found
+
+
+def test_merge_keys_and_aliases_are_no_key_given_twice():
+    """`<<: *a` then `<<: *b` in one mapping: PyYAML merges both (SafeConstructor
+    .flatten_mapping), the previous release loaded such a file; and a mapping that holds its
+    own alias is a recursive structure PyYAML loads, refused for its unknown field, not with
+    a RecursionError from the check for keys given twice."""
+    text = """routes: [{job: b, template: both}]
+templates:
+  java: &java {image: "maven:3.9", env: {A: "1"}}
+  big: &big {memory: {min: 1Gi, default: 2Gi, max: 8Gi}}
+  both:
+    <<: *java
+    <<: *big
+    env: {B: "2"}
+"""
+    both = parse_file_config(text).templates["both"]
+    assert (both.image, dict(both.env)) == ("maven:3.9", {"B": "2"})
+    assert problems("routes: [{job: b}]\ntemplates:\n  default: &d\n    again: *d\n") == [
+        "c.yaml:4: templates.default.again: unknown field"]

@@ -162,26 +162,40 @@ def _unquoted(error: Any) -> str:
     return f": YAML reads this unquoted value as {kind}; quote it" if kind else ""
 
 
-def _keys_given_twice(node: yaml.Node | None, loc: tuple[Any, ...] = (), offset: int = 0
-                      ) -> list[tuple[tuple[Any, ...], int, int]]:
+_MERGE_TAG = "tag:yaml.org,2002:merge"  # `<<`, YAML 1.1's merge key
+
+
+def _keys_given_twice(node: yaml.Node | None, loc: tuple[Any, ...] = (), offset: int = 0,
+                      seen: set[int] | None = None) -> list[tuple[tuple[Any, ...], int, int]]:
     """(path, line, line of the first) of each key a mapping gives again, in the file and in
     a podSpecPatch written as a block of YAML. YAML requires a mapping's keys to be unique;
     PyYAML keeps the last without a word: a template's second `env:` dropped the first's
-    variables, a template pasted again under its name replaced the first."""
+    variables, a template pasted again under its name replaced the first. A node an alias
+    repeats is looked at once (`seen`): an anchored mapping may hold its own alias, which
+    PyYAML loads (a recursive structure), and its keys are where the anchor is."""
     found: list[tuple[tuple[Any, ...], int, int]] = []
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return found
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         first: dict[Any, int] = {}
         for key, value in node.value:
             name, line = key.value, offset + key.start_mark.line + 1
             if not isinstance(key, yaml.ScalarNode):  # a complex key (`? [a, b]`): left be
                 continue
+            if key.tag == _MERGE_TAG:
+                # `<<: *a` then `<<: *b`: PyYAML merges both (SafeConstructor
+                # .flatten_mapping), nothing is dropped
+                found += _keys_given_twice(value, loc, offset, seen)
+                continue
             if name in first:
                 found.append((loc + (name,), line, first[name]))
             first.setdefault(name, line)
-            found += _keys_given_twice(value, loc + (name,), offset)
+            found += _keys_given_twice(value, loc + (name,), offset, seen)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            found += _keys_given_twice(item, loc + (i,), offset)
+            found += _keys_given_twice(item, loc + (i,), offset, seen)
     elif isinstance(node, yaml.ScalarNode) and node.style in ("|", ">") \
             and loc[-1:] == ("podSpecPatch",):
         try:  # its lines follow the indicator's (as _line_of counts them)
