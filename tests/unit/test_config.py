@@ -631,3 +631,18 @@ templates:
     assert (both.image, dict(both.env)) == ("maven:3.9", {"B": "2"})
     assert problems("routes: [{job: b}]\ntemplates:\n  default: &d\n    again: *d\n") == [
         "c.yaml:4: templates.default.again: unknown field"]
+
+
+@pytest.mark.parametrize("key,kind", [("on", "a boolean"), ("off", "a boolean"),
+                                      ("yes", "a boolean"), ("no", "a boolean"),
+                                      ("1.10", "a number"), ("~", "null (nothing)")])
+def test_a_key_yaml_reads_as_another_type_is_named_as_written_on_its_line(key, kind):
+    """A template named `on` (or an env variable `no`) is YAML's True (False): pydantic's
+    location gives it as 1 (0), which read `templates[1]`, a list index, on the line of
+    `templates:`. It is named as the file writes it, on its own line."""
+    text = (f"routes: [{{job: b}}]\ntemplates:\n  default:\n    env: {{{key}: x}}\n"
+            f"  {key}: {{}}\n")
+    found = problems(text)
+    hint = f"Input should be a valid string: YAML reads this unquoted value as {kind}; quote it"
+    assert f"c.yaml:4: templates.default.env.{key}: {hint}" in found, found
+    assert f"c.yaml:5: templates.{key}: {hint}" in found, found
