@@ -565,6 +565,15 @@ templates:
     ("containers: [{name: db, image: 'postgres:16 alpine'}]", "image: 'postgres:16 alpine'"),
     ("podSpecPatch: {initContainers: [{name: setup, image: 'Busybox'}]}",
      "templates.default.podSpecPatch.initContainers[0].image: 'Busybox'"),
+    # go-digest (algorithm.go) takes sha256, sha384 and sha512 only, in lower-case hex of
+    # exactly the hash's length; Go's \w in a tag is ASCII; ParseNormalizedNamed refuses a
+    # 64-hex name; the path alone, normalized (library/...), is at most 255 (reference.go)
+    ("image: 'maven@sha256:" + "a" * 40 + "'", "image: 'maven@sha256:"),
+    ("image: 'maven@md5:" + "a" * 32 + "'", "image: 'maven@md5:"),
+    ("image: 'maven@sha256:" + "A" * 64 + "'", "image: 'maven@sha256:"),
+    ("image: 'maven:3.9-jdk\u00e9'", "image: 'maven:3.9-jdk"),
+    ("image: '" + "a" * 64 + "'", "image: 'aaaa"),
+    ("image: '" + "m" * 250 + ":1'", "image: 'mmmm"),
 ])
 def test_an_image_the_kubelet_cannot_parse_is_refused(template, where):
     text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    {template}\n"
@@ -577,7 +586,11 @@ def test_an_image_the_kubelet_cannot_parse_is_refused(template, where):
     "registry.example.com:5000/ci/ci-autoscaler-agent-maven:0.1.0", "localhost:5000/a/b__c:x",
     "Registry.Example.com/ci/agent", "CI/agent:1", "[fd00::1]:5000/ci/agent:1",
     "docker.io/library/maven@sha256:" + "a" * 64, "maven:3.9@sha256:" + "0" * 64,
-    "gcr.io/distroless/java21-debian12:nonroot", "a.b-c_d/e---f:_tag.-1"])
+    "gcr.io/distroless/java21-debian12:nonroot", "a.b-c_d/e---f:_tag.-1",
+    "[::1]/agent", "localhost/agent", "maven:" + "T" * 128, "maven@sha384:" + "b" * 96,
+    "maven:3.9@sha512:" + "c" * 128,
+    # the 255 characters count the path alone (reference.go Parse), not the registry
+    "registry-" + "r" * 60 + ".example.com:5000/" + "p" * 250])
 def test_an_image_reference_the_kubelet_takes_loads(image):
     text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    image: '{image}'\n"
     assert "default" in parse_file_config(text).templates
@@ -598,3 +611,38 @@ def test_an_unquoted_value_yaml_reads_as_another_type_says_so_without_the_value(
                    f"as {kind}; quote it" in p for p in found), found
     if value:
         assert not any(f"{value!r}" in p or f" {value} " in p for p in found), found
+
+
+def test_merge_keys_and_aliases_are_no_key_given_twice():
+    """`<<: *a` then `<<: *b` in one mapping: PyYAML merges both (SafeConstructor
+    .flatten_mapping), the previous release loaded such a file; and a mapping that holds its
+    own alias is a recursive structure PyYAML loads, refused for its unknown field, not with
+    a RecursionError from the check for keys given twice."""
+    text = """routes: [{job: b, template: both}]
+templates:
+  java: &java {image: "maven:3.9", env: {A: "1"}}
+  big: &big {memory: {min: 1Gi, default: 2Gi, max: 8Gi}}
+  both:
+    <<: *java
+    <<: *big
+    env: {B: "2"}
+"""
+    both = parse_file_config(text).templates["both"]
+    assert (both.image, dict(both.env)) == ("maven:3.9", {"B": "2"})
+    assert problems("routes: [{job: b}]\ntemplates:\n  default: &d\n    again: *d\n") == [
+        "c.yaml:4: templates.default.again: unknown field"]
+
+
+@pytest.mark.parametrize("key,kind", [("on", "a boolean"), ("off", "a boolean"),
+                                      ("yes", "a boolean"), ("no", "a boolean"),
+                                      ("1.10", "a number"), ("~", "null (nothing)")])
+def test_a_key_yaml_reads_as_another_type_is_named_as_written_on_its_line(key, kind):
+    """A template named `on` (or an env variable `no`) is YAML's True (False): pydantic's
+    location gives it as 1 (0), which read `templates[1]`, a list index, on the line of
+    `templates:`. It is named as the file writes it, on its own line."""
+    text = (f"routes: [{{job: b}}]\ntemplates:\n  default:\n    env: {{{key}: x}}\n"
+            f"  {key}: {{}}\n")
+    found = problems(text)
+    hint = f"Input should be a valid string: YAML reads this unquoted value as {kind}; quote it"
+    assert f"c.yaml:4: templates.default.env.{key}: {hint}" in found, found
+    assert f"c.yaml:5: templates.{key}: {hint}" in found, found

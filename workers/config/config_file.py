@@ -70,12 +70,14 @@ class FileConfig(BaseModel):
         return self
 
 
-def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int | None, tuple[Any, ...]]:
     """The line (1-based) of the deepest YAML node along a pydantic error location: a field's
-    own line (its key's), not its value's, which a block value starts on the next line of."""
-    node, line, offset = root, None, 0
+    own line (its key's), not its value's, which a block value starts on the next line of;
+    and the location with each mapping key as the file writes it (`templates.on`, where
+    pydantic says `templates.True`)."""
+    node, line, offset, written = root, None, 0, list(loc)
     at: yaml.Node | None = root  # the node whose line names `node`: its key, if it has one
-    for part in loc:
+    for i, part in enumerate(loc):
         if node is None:
             break
         line = offset + at.start_mark.line + 1
@@ -87,8 +89,9 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
             except yaml.YAMLError:
                 break
         if isinstance(node, yaml.MappingNode):
-            at, node = next(((k, v) for k, v in node.value if k.value == str(part)),
-                            (None, None))
+            at, node = next(((k, v) for k, v in node.value if _key_is(k, part)), (None, None))
+            if at is not None:
+                written[i] = at.value
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) \
                 and part < len(node.value):
             at = node = node.value[part]
@@ -96,7 +99,19 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
             node = None
     if node is not None:
         line = offset + at.start_mark.line + 1
-    return line
+    return line, tuple(written)
+
+
+def _key_is(key: yaml.Node, part: Any) -> bool:
+    """Whether a mapping's key is a location's part: a string by its text; a key YAML read
+    as another type (`on`, `1.10`, `~`: True, 1.1, None) by that value, of that type."""
+    if isinstance(part, str) or not isinstance(key, yaml.ScalarNode):
+        return key.value == str(part)
+    try:
+        value = yaml.SafeLoader("").construct_object(key)
+    except yaml.YAMLError:
+        return False
+    return type(value) is type(part) and value == part
 
 
 def parse_file_config(text: str, *, source: str = "<config>") -> FileConfig:
@@ -129,6 +144,8 @@ def parse_file_config(text: str, *, source: str = "<config>") -> FileConfig:
             msg = "unknown field" if e["type"] == "extra_forbidden" \
                 else e["msg"].removeprefix("Value error, ") + _unquoted(e)
             loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
+            if e["loc"][-1:] == ("[key]",):  # pydantic writes the key True as 1, None as 'None'
+                loc = loc[:-1] + (e["input"],)
             if loc:
                 problems.append(_problem(source, root, loc, msg))
                 continue
@@ -162,26 +179,40 @@ def _unquoted(error: Any) -> str:
     return f": YAML reads this unquoted value as {kind}; quote it" if kind else ""
 
 
-def _keys_given_twice(node: yaml.Node | None, loc: tuple[Any, ...] = (), offset: int = 0
-                      ) -> list[tuple[tuple[Any, ...], int, int]]:
+_MERGE_TAG = "tag:yaml.org,2002:merge"  # `<<`, YAML 1.1's merge key
+
+
+def _keys_given_twice(node: yaml.Node | None, loc: tuple[Any, ...] = (), offset: int = 0,
+                      seen: set[int] | None = None) -> list[tuple[tuple[Any, ...], int, int]]:
     """(path, line, line of the first) of each key a mapping gives again, in the file and in
     a podSpecPatch written as a block of YAML. YAML requires a mapping's keys to be unique;
     PyYAML keeps the last without a word: a template's second `env:` dropped the first's
-    variables, a template pasted again under its name replaced the first."""
+    variables, a template pasted again under its name replaced the first. A node an alias
+    repeats is looked at once (`seen`): an anchored mapping may hold its own alias, which
+    PyYAML loads (a recursive structure), and its keys are where the anchor is."""
     found: list[tuple[tuple[Any, ...], int, int]] = []
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return found
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         first: dict[Any, int] = {}
         for key, value in node.value:
             name, line = key.value, offset + key.start_mark.line + 1
             if not isinstance(key, yaml.ScalarNode):  # a complex key (`? [a, b]`): left be
                 continue
+            if key.tag == _MERGE_TAG:
+                # `<<: *a` then `<<: *b`: PyYAML merges both (SafeConstructor
+                # .flatten_mapping), nothing is dropped
+                found += _keys_given_twice(value, loc, offset, seen)
+                continue
             if name in first:
                 found.append((loc + (name,), line, first[name]))
             first.setdefault(name, line)
-            found += _keys_given_twice(value, loc + (name,), offset)
+            found += _keys_given_twice(value, loc + (name,), offset, seen)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            found += _keys_given_twice(item, loc + (i,), offset)
+            found += _keys_given_twice(item, loc + (i,), offset, seen)
     elif isinstance(node, yaml.ScalarNode) and node.style in ("|", ">") \
             and loc[-1:] == ("podSpecPatch",):
         try:  # its lines follow the indicator's (as _line_of counts them)
@@ -235,8 +266,8 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 
 def _problem(source: str, root: yaml.Node | None, loc: tuple[Any, ...], msg: str) -> str:
+    line, loc = _line_of(root, loc)
     field = _field(loc)
-    line = _line_of(root, loc)
     return f"{source}:{line}: {field}: {msg}" if line else f"{source}: {field}: {msg}"
 
 

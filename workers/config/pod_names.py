@@ -33,18 +33,38 @@ _HOST = (r"(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
          r"(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*|\[[a-fA-F0-9:]+\])")
 _IMAGE_REFERENCE = re.compile(
     rf"(?P<name>(?:{_HOST}(?::[0-9]+)?/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
-    r"(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:"
-    r"[0-9a-fA-F]{32,})?")
-_IMAGE_NAME_MAX = 255  # NameTotalLengthMax: the name before its tag and digest
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@(?P<algorithm>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*)"
+    r":(?P<hex>[0-9a-fA-F]{32,}))?", re.ASCII)  # Go's \w: [0-9A-Za-z_]
+# RepositoryNameTotalLengthMax: the path alone (reference.go Parse), as normalized
+# (normalize.go splitDockerDomain: `maven` is docker.io's library/maven)
+_IMAGE_PATH_MAX = 255
+# go-digest's algorithms (algorithm.go): lower-case hex of exactly the hash's length; any
+# other algorithm is ErrDigestUnsupported
+_DIGEST_HEX = {"sha256": 64, "sha384": 96, "sha512": 128}
+_IDENTIFIER = re.compile(r"[a-f0-9]{64}")  # ParseNormalizedNamed: "cannot specify 64-byte hex"
+
+
+def _image_path(name: str) -> str:
+    """The repository path of a parsed name, as splitDockerDomain (normalize.go) splits it."""
+    first, slash, rest = name.partition("/")
+    hub = True
+    if slash and (first == "localhost" or any(c in first for c in ".:") or first != first.lower()):
+        hub, name = first in ("docker.io", "index.docker.io"), rest
+    return "library/" + name if hub and "/" not in name else name
 
 
 def _image_reference(image: str) -> str | None:
     found = _IMAGE_REFERENCE.fullmatch(image)
-    if found and len(found["name"]) <= _IMAGE_NAME_MAX:
+    if found and len(_image_path(found["name"])) <= _IMAGE_PATH_MAX \
+            and not _IDENTIFIER.fullmatch(image) and (
+                found["hex"] is None or (_DIGEST_HEX.get(found["algorithm"]) == len(found["hex"])
+                                         and found["hex"] == found["hex"].lower())):
         return None
     return (f"{image!r} is not an image reference the kubelet can parse (InvalidImageName: "
             "every pod of the template would fail to start): [registry/]path[:tag][@digest], "
-            "the path in lower-case letters, digits and '.', '_', '-'")
+            "the path in lower-case letters, digits and '.', '_', '-', a digest sha256: and "
+            "64 lower-case hex digits")
 
 
 def _dns_label(value: Any) -> str | None:
