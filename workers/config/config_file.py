@@ -123,6 +123,12 @@ def parse_file_config(text: str, *, source: str = "<config>") -> FileConfig:
                 continue
             msg = "unknown field" if e["type"] == "extra_forbidden" \
                 else e["msg"].removeprefix("Value error, ")
+            booleans = _booleans(root, e)
+            if booleans:
+                problems += [_problem(source, root, where, f"YAML reads an unquoted {word} as "
+                                                           f'a boolean: quote it ("{word}")')
+                             for where, word in booleans]
+                continue
             loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
             if loc:
                 problems.append(_problem(source, root, loc, msg))
@@ -144,6 +150,44 @@ def parse_file_config(text: str, *, source: str = "<config>") -> FileConfig:
     if found:
         raise ConfigError([_problem(source, root, loc, reason) for loc, reason in found.items()])
     return config
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
+def _booleans(root: yaml.Node | None, error: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """Where a string was wanted and YAML 1.1 (PyYAML's) read an unquoted on/off/yes/no/true/
+    false as a boolean, with the word as written: pydantic names a mapping key by its value
+    (True as `[1]`: "templates[1]: Input should be a valid string"), which names neither the
+    template nor the fix. Each key that is such a word (`on` and `yes` are one key, True),
+    or the value; [] for any other error. Only these words are shown, never a value."""
+    value, loc = error.get("input"), error["loc"]
+    if error["type"] != "string_type" or not isinstance(value, bool):
+        return []
+    if loc[-1:] == ("[key]",):
+        parent = loc[:-2]
+        node = _node_at(root, parent)
+        keys = node.value if isinstance(node, yaml.MappingNode) else []
+        return [(parent + (k.value,), k.value) for k, _ in keys
+                if k.tag == _BOOL_TAG and yaml.safe_load(k.value) is value]
+    node = _node_at(root, loc)
+    return [(loc, node.value)] if isinstance(node, yaml.ScalarNode) \
+        and node.tag == _BOOL_TAG else []
+
+
+def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """The YAML node along a pydantic error location (mappings and sequences; None past
+    anything else, a podSpecPatch's block scalar included)."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) \
+                and part < len(node.value):
+            node = node.value[part]
+        else:
+            return None
+    return node
 
 
 def _resolve_templates(data: dict[str, Any], source: str, root: yaml.Node | None
