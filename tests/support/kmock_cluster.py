@@ -671,6 +671,15 @@ class KubeServer:
             "finalizers": [finalizer], "deletionTimestamp": _time(time.time()),
             "deletionGracePeriodSeconds": 0}}, _request_timeout=_CALL_TIMEOUT)
 
+    def drop_pod_label(self, namespace: str, name: str, label: str) -> None:
+        """A stored pod without this label, as a release before it made the pod (or as a
+        patch that never reached the server left it); no watch event: it was so all along."""
+        def change() -> None:
+            raw = copy.deepcopy(self._emu.objects[PODS, namespace, name].raw)
+            raw["metadata"].get("labels", {}).pop(label, None)
+            self._emu.objects[PODS, namespace, name] = raw
+        self._run(change)
+
     def age_deletion(self, namespace: str, name: str, seconds: float) -> None:
         """Time passes for a Terminating pod without the test waiting: its deletionTimestamp
         moves `seconds` earlier, as if the DELETE had come that much sooner (no watch event:
