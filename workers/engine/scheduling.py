@@ -186,8 +186,10 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
     placed = replace(decision, size=podsize.build_size(template, decision.size),
                      in_flight=decision.in_flight or decision.size)
     moved = moved_by(template_default(template), placed.size)
+    # written either way: a placement at the default clears what moved an earlier one of
+    # this build under the same name (one whose provision failed before its pod: RQ retries it)
+    rt.state.update_build(request.build_key, size_moved=moved)
     if moved is not None:
-        rt.state.update_build(request.build_key, size_moved=moved)
         log.info("build size moved from its default", extra={
             "build_key": request.build_key, "size_moved": moved,
             "default_cpu_millis": template.cpu.default,
