@@ -14,6 +14,7 @@ reconcile pass's warm pool).
 - a pool never holds more agents than builds could take at once (maxConcurrent, maxAgents).
 """
 
+import logging
 import os
 import subprocess
 import sys
@@ -904,7 +905,7 @@ def test_a_claimed_agent_made_after_the_passs_listing_stays_its_builds_without_a
 
 
 def test_a_build_on_a_bigger_warm_agent_says_what_moved_its_size_until_placed_again(
-        app, kube, jenkins_fake, monkeypatch, tmp_path):
+        app, kube, jenkins_fake, monkeypatch, tmp_path, caplog):
     """Issue 21: "the status page and the logs say which size came from where". A build takes
     an idle agent with at least the memory it wants, so it runs with more than its default
     (README: "as with headroom"): its record said nothing moved it, and the status page
@@ -916,10 +917,15 @@ def test_a_build_on_a_bigger_warm_agent_says_what_moved_its_size_until_placed_ag
     rt = runtime.current()
     [warm] = warm_up(rt, kube, jenkins_fake, "node-a")  # at the template's max: 1Gi
     small = hinted_push(app.test_client(), 0, "CI_AUTOSCALER_MEMORY=512Mi")
+    caplog.set_level(logging.INFO)
     work(app)
     rec = record(app, small)
     assert rec["warm_agent"] == warm and rec["memory_bytes"] == str(GI)
     assert (rec["size_source"], rec.get("size_moved")) == ("hint", "headroom")
+    [line] = [r for r in caplog.records if r.getMessage() == "build size moved from its default"
+              and getattr(r, "build_key", None) == small]
+    assert (line.size_moved, line.agent, line.default_memory_bytes, line.memory_bytes) == \
+        ("headroom", warm, 512 * MI, GI)
     page = app.test_client().get("/status").get_data(as_text=True)
     assert '<td class="size-moved">headroom</td>' in page
     # Lost before its build started (workers.warm.lost), the build is placed again the
