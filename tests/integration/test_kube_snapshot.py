@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+import kubernetes
 import pytest
 
 from tests.support.kmock_cluster import NODES, PODS, KubeServer, node_object, terminated
@@ -644,6 +645,39 @@ def test_a_failed_builds_pod_kept_for_debugging_is_no_sample_of_what_builds_use(
         kube.set_pod_usage(NS, f"agent-{i}", cpu="3", memory="2Gi", labels=agent_labels("t"))
     assert eventually(lambda: watch.expected_use("t"), lambda u: u is not None) == \
         Resources(3000, 2 * GI)
+
+
+def test_a_label_patched_on_a_pod_is_on_its_next_pod_metrics_and_decides_its_sample(
+        kube, watching):
+    """The retained and warm labels are patched on the pod (workers.engine.retention,
+    workers.warm.protect), never on PodMetrics: metrics-server copies the pod's labels as
+    its informer has them at each request (tests.support.kmock_cluster._pod_metrics_labels).
+    Pods kept for debugging once patched count no more; an idle warm agent claimed counts
+    from then on."""
+    kube.add_node("node-a")
+    core = kubernetes.client.CoreV1Api(kube.api_client())
+    for i in range(5):
+        kube.create_pod(NS, f"agent-{i}", node="node-a", labels=agent_labels("t"))
+        kube.set_pod_usage(NS, f"agent-{i}", cpu="3", memory="2Gi")  # no labels given
+    for i in range(6):
+        kube.create_pod(NS, f"kept-{i}", node="node-a", labels=agent_labels("t"))
+        kube.set_pod_usage(NS, f"kept-{i}", cpu="20m", memory="300Mi",
+                           timestamp=f"2024-01-01T00:00:{i:02}Z")
+    watch = watching(agent_namespace=NS)
+    assert eventually(lambda: watch.expected_use("t"), lambda u: u is not None) == \
+        Resources(20, 300 * MI)  # eleven samples, six of them the kept pods' idle use
+    for i in range(6):  # kept: labelled on the pod, and each scraped again
+        core.patch_namespaced_pod(f"kept-{i}", NS,
+                                  {"metadata": {"labels": {RETAINED_LABEL: RETAINED}}})
+    for i in range(5):  # the builds scraped again: their newer samples
+        kube.set_pod_usage(NS, f"agent-{i}", cpu="3", memory="2Gi",
+                           timestamp="2024-01-01T00:01:00Z")
+    for i in range(6):
+        kube.set_pod_usage(NS, f"kept-{i}", cpu="20m", memory="300Mi",
+                           timestamp="2024-01-01T00:01:00Z")
+    # ten builds' samples, six idle ones: the median is the builds' now
+    assert eventually(lambda: watch.expected_use("t"),
+                      lambda u: u == Resources(3000, 2 * GI)) == Resources(3000, 2 * GI)
 
 
 def test_a_sample_counts_once_until_metrics_server_has_a_new_one(kube, watching):

@@ -65,6 +65,29 @@ def test_a_failed_builds_pod_outlives_the_build_by_the_retention_time_then_is_go
     assert reconcile.reconcile_once(rt, now=until + 60)["retained_pods_deleted"] == 0
 
 
+def test_a_pod_kept_unlabelled_is_labelled_by_the_next_reconcile_pass(
+        make_world, kube, jenkins_fake):
+    """A pod the release before the label kept (an upgrade within podRetentionSeconds), or
+    one whose label patch failed when it was kept (logged, the pod kept all the same), had
+    no RETAINED_LABEL until its time was over, an hour by default: read all that while as a
+    sample of what its template's builds use, each metrics-server scrape a new one. The
+    reconcile pass labels the kept pods it lists without it, once."""
+    app = make_world(RETAINED)
+    client = app.test_client()
+    state, key, agent = agent_running(app, kube)
+    complete(client, jenkins_fake, agent, status="FAILURE")
+    work(app)
+    kube.drop_pod_label(NAMESPACE, agent, RETAINED_LABEL)  # as the release before kept it
+    assert RETAINED_LABEL not in kube.pod(NAMESPACE, agent)["metadata"]["labels"]
+
+    rt = runtime.current()
+    until = float(state.get_build(key)["retained_until"])
+    assert reconcile.reconcile_once(rt, now=until - 2)["retained_pods_labelled"] == 1
+    assert kube.pod(NAMESPACE, agent)["metadata"]["labels"][RETAINED_LABEL] == RETAINED_VALUE
+    assert reconcile.reconcile_once(rt, now=until - 1)["retained_pods_labelled"] == 0
+    assert kube.pod(NAMESPACE, agent) is not None  # kept, its time not over
+
+
 def test_a_successful_builds_pod_is_deleted_at_once_even_with_retention(
         make_world, kube, jenkins_fake):
     app = make_world(RETAINED)

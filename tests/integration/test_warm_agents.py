@@ -14,6 +14,7 @@ reconcile pass's warm pool).
 - a pool never holds more agents than builds could take at once (maxConcurrent, maxAgents).
 """
 
+import logging
 import os
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from service.app import create_app
 from workers import runtime
 from workers.engine import reconcile, redrive, scheduling, tasks
 from workers.adapters.redis_state import SERIALIZER
+from workers.adapters.rq_retries import queue_due_retries
 from workers.adapters.usage_store import UsageStore
 from workers.adapters.warm_store import WarmEntry
 from workers.core.cluster import Resources
@@ -94,8 +96,12 @@ def build_agent_name(key: str) -> str:
     return agent_name("build", key)
 
 
+def record_state(app):
+    return app.extensions["ci_autoscaler"].state
+
+
 def record(app, key: str) -> dict[str, str]:
-    return app.extensions["ci_autoscaler"].state.get_build(key)
+    return record_state(app).get_build(key)
 
 
 def pool_of(rt) -> list[WarmEntry]:
@@ -899,7 +905,7 @@ def test_a_claimed_agent_made_after_the_passs_listing_stays_its_builds_without_a
 
 
 def test_a_build_on_a_bigger_warm_agent_says_what_moved_its_size_until_placed_again(
-        app, kube, jenkins_fake, monkeypatch, tmp_path):
+        app, kube, jenkins_fake, monkeypatch, tmp_path, caplog):
     """Issue 21: "the status page and the logs say which size came from where". A build takes
     an idle agent with at least the memory it wants, so it runs with more than its default
     (README: "as with headroom"): its record said nothing moved it, and the status page
@@ -911,10 +917,15 @@ def test_a_build_on_a_bigger_warm_agent_says_what_moved_its_size_until_placed_ag
     rt = runtime.current()
     [warm] = warm_up(rt, kube, jenkins_fake, "node-a")  # at the template's max: 1Gi
     small = hinted_push(app.test_client(), 0, "CI_AUTOSCALER_MEMORY=512Mi")
+    caplog.set_level(logging.INFO)
     work(app)
     rec = record(app, small)
     assert rec["warm_agent"] == warm and rec["memory_bytes"] == str(GI)
     assert (rec["size_source"], rec.get("size_moved")) == ("hint", "headroom")
+    [line] = [r for r in caplog.records if r.getMessage() == "build size moved from its default"
+              and getattr(r, "build_key", None) == small]
+    assert (line.size_moved, line.agent, line.default_memory_bytes, line.memory_bytes) == \
+        ("headroom", warm, 512 * MI, GI)
     page = app.test_client().get("/status").get_data(as_text=True)
     assert '<td class="size-moved">headroom</td>' in page
     # Lost before its build started (workers.warm.lost), the build is placed again the
@@ -932,4 +943,39 @@ def test_a_build_on_a_bigger_warm_agent_says_what_moved_its_size_until_placed_ag
     work(app)
     rec = record(app, small)
     assert rec["agent"] != warm and rec["memory_bytes"] == str(512 * MI)
+    assert "size_moved" not in rec, rec
+
+
+def test_a_build_placed_again_under_its_name_at_its_default_forgets_the_pressure_before(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """A placement records what moved its size only when something did (scheduling.place).
+    A build placed under pressure whose provision then failed before its pod (Jenkins
+    answering 500 to the node's creation: the task raises, RQ retries it) is placed again
+    under the same name, no pod having been tried (workers.engine.agent_names renames only
+    then): at its default the second time, it kept the first placement's `pressure`, shown
+    on the status page beside a pod at its default size."""
+    app = reconfigured(monkeypatch, tmp_path, CONFIG.replace(
+        "    warm: {min: 1, max: 2, idleSeconds: 600}\n", ""))
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    # another team's pod leaves 768Mi: the build's pod at its min, 512Mi + the agent's 256Mi
+    kube.create_pod("team-b", "someone-elses-build", node="node-a",
+                    requests=[{"cpu": "1", "memory": "32000Mi"}])
+    rt = runtime.current()
+    wait_until(lambda: rt.view.snapshot()[0].requested.memory_bytes >= 32000 * MI,
+               timeout=WATCH_SECONDS, what="the other team's pod in the snapshot")
+    jenkins_fake.fail_next(500, times=10, path_prefix="/computer/doCreateItem")
+    key = push(app.test_client(), 0)
+    work(app)  # placed under pressure; the node's creation fails: retried by RQ
+    rec = record(app, key)
+    assert rec.get("size_moved") == "pressure" and "pod_created_at" not in rec, rec
+    assert not kube.pods(NAMESPACE)
+
+    jenkins_fake.clear_failures()
+    kube.delete_pod("team-b", "someone-elses-build")
+    wait_until(lambda: rt.view.snapshot()[0].requested.memory_bytes < GI,
+               timeout=WATCH_SECONDS, what="the other team's pod gone from the snapshot")
+    assert queue_due_retries(record_state(app).queue, time.time() + 3600) == 1
+    work(app)
+    rec = record(app, key)
+    assert rec["memory_bytes"] == str(768 * MI) and rec.get("pod_created_at"), rec
     assert "size_moved" not in rec, rec

@@ -124,6 +124,7 @@ _SHUTDOWN_TIMEOUT = 0.5
 # The emulator's id -> its KubeServer's `_before` (a request answered before kmock sees it).
 _BEFORE: dict[int, Callable[[aiohttp.web.BaseRequest], Any]] = {}
 _POD_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)")
+_POD_METRICS_PATH = re.compile(r"/apis/metrics\.k8s\.io/v1beta1(/namespaces/[^/]+)?/pods(/[^/]+)?")
 _PODS_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods")
 
 T = TypeVar("T")
@@ -671,6 +672,15 @@ class KubeServer:
             "finalizers": [finalizer], "deletionTimestamp": _time(time.time()),
             "deletionGracePeriodSeconds": 0}}, _request_timeout=_CALL_TIMEOUT)
 
+    def drop_pod_label(self, namespace: str, name: str, label: str) -> None:
+        """A stored pod without this label, as a release before it made the pod (or as a
+        patch that never reached the server left it); no watch event: it was so all along."""
+        def change() -> None:
+            raw = copy.deepcopy(self._emu.objects[PODS, namespace, name].raw)
+            raw["metadata"].get("labels", {}).pop(label, None)
+            self._emu.objects[PODS, namespace, name] = raw
+        self._run(change)
+
     def age_deletion(self, namespace: str, name: str, seconds: float) -> None:
         """Time passes for a Terminating pod without the test waiting: its deletionTimestamp
         moves `seconds` earlier, as if the DELETE had come that much sooner (no watch event:
@@ -705,6 +715,8 @@ class KubeServer:
             return aiohttp.web.json_response(refused, status=403)
         if request.method == "POST" and (create := _PODS_PATH.fullmatch(request.path)):
             return await self._admit_pod(request, create[1])
+        if request.method == "GET" and _POD_METRICS_PATH.fullmatch(request.path):
+            self._pod_metrics_labels()  # then kmock answers (and any failure injected)
         match = _POD_PATH.fullmatch(request.path)
         if request.method == "DELETE" and match is not None and self._quota_lag:
             key = (PODS, match[1], match[2])
@@ -740,6 +752,26 @@ class KubeServer:
         raw = copy.deepcopy(self._emu.objects[key].raw)
         await self._emu._buses[PODS].put({"type": "MODIFIED", "object": raw})
         return aiohttp.web.json_response(raw)
+
+    def _pod_metrics_labels(self) -> None:
+        """metrics-server's PodMetrics carry its pod's labels as they are when asked, not as
+        they were at the scrape: each request lists the pods from its informer and copies
+        their labels (metrics-server pkg/api/pod.go, getPodMetrics: `Labels: pod.Labels`), so
+        a label patched on a pod (a warm agent claimed, a failed build's pod kept) is on its
+        next PodMetrics with the usage of the last scrape. Stored PodMetrics of a pod that
+        exists get its labels now; one without a pod keeps the labels the test gave (kinder
+        than metrics-server, which lists none for it: tests of the watch alone use that)."""
+        objects = self._emu.objects
+        for key, obj in list(objects.items()):
+            pod_key = (PODS, key[1], key[2])
+            if key[0] != POD_METRICS or obj.deleted or pod_key not in objects \
+                    or objects[pod_key].deleted:
+                continue
+            labels = (objects[pod_key].raw.get("metadata") or {}).get("labels") or {}
+            if (obj.raw.get("metadata") or {}).get("labels") != labels:
+                raw = copy.deepcopy(obj.raw)
+                raw.setdefault("metadata", {})["labels"] = copy.deepcopy(labels)
+                objects[key] = raw
 
     async def _admit_pod(self, request: aiohttp.web.BaseRequest, namespace: str
                          ) -> aiohttp.web.StreamResponse | None:

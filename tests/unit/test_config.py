@@ -62,6 +62,21 @@ def test_bad_files_name_the_field_and_reason(text, needle):
     assert any(needle in p for p in problems(text)), problems(text)
 
 
+@pytest.mark.parametrize("word", ["on", "off", "yes", "no", "On", "NO", "true"])
+def test_a_template_named_as_yaml_reads_a_boolean_is_named_and_told_to_be_quoted(word):
+    """PyYAML reads YAML 1.1, where an unquoted on/off/yes/no (any case) is a boolean: a
+    template named `on` reached the schema as the key True, which pydantic reports at its
+    int value, and the file was refused with "templates[1]: Input should be a valid string",
+    which names neither the template nor what to do. A route naming it so is the same."""
+    text = (f"routes: [{{job: b, template: {word}}}]\ntemplates:\n  default: {{}}\n"
+            f"  {word}:\n    cpu: {{default: 1}}\n")
+    told = "Input should be a valid string: YAML reads this unquoted value as a boolean; quote it"
+    assert problems(text) == [f"c.yaml:1: routes[0].template: {told}",
+                              f"c.yaml:4: templates.{word}: {told}"]
+    quoted = (f"routes: [{{job: b, template: '{word}'}}]\ntemplates:\n  '{word}': {{}}\n")
+    assert word in parse_file_config(quoted).templates
+
+
 def test_a_child_template_does_not_take_its_parents_label():
     """As in the Kubernetes plugin (PodTemplateUtils.combine keeps the child's label): taken,
     the README's maven-docker (inherit: maven) got every build Jenkins queued on `maven`."""

@@ -79,6 +79,29 @@ def test_fewer_builds_than_the_minimum_keep_the_template_default():
     assert result.source is SizeSource.TEMPLATE
 
 
+def test_one_build_after_a_quiet_week_is_not_five_builds_of_history():
+    """Issue 21: a job is sized from its history "once it has enough history (default: 5
+    builds)" of a histogram whose weights halve every half-life. The lifetime count said
+    enough for ever: after a week without builds the old weights are 1/128 each, so the
+    first new build held 96% of the weight and was the p95 alone; a light one (a build that
+    failed early, a docs-only change) sized the next at its peak × 1.15, which the job's
+    usual 2 GiB OOM-killed. Until the histogram again holds about five builds' weight, the
+    job gets its template's default."""
+    history = history_of([2 * GIB] * 10)
+    assert recommend(TEMPLATE, history).memory_bytes >= 2 * 1.15 * GIB
+    history = history.add_build(peak_memory_bytes=512 * MIB, cpu_p90_millis=300,
+                                now=7 * DAY, half_life_seconds=DAY)
+    result = recommend(TEMPLATE, history)
+    assert (result.source, result.memory_bytes, result.cpu_millis) == \
+        (SizeSource.TEMPLATE, 4 * GIB, 1000)
+    assert result.builds == 11  # what it has seen is still said
+    for i in range(1, 5):  # five builds' weight again: the history speaks
+        history = history.add_build(peak_memory_bytes=2 * GIB, cpu_p90_millis=700,
+                                    now=7 * DAY + i * 600, half_life_seconds=DAY)
+    result = recommend(TEMPLATE, history)
+    assert result.source is SizeSource.HISTORY and result.memory_bytes >= 2 * 1.15 * GIB
+
+
 def test_the_result_is_clamped_into_min_and_max():
     big = recommend(TEMPLATE, history_of([100 * GIB] * 5, cpu=64_000))
     assert (big.cpu_millis, big.memory_bytes) == (1000, 16 * GIB)  # CPU: see below

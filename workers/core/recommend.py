@@ -10,8 +10,11 @@ fewer builds start: in the simulator's burst the p90 up to max (2 cores where th
 1) gave a paired mean turnaround 7-13% above c's (issue 21). Memory is not compressible, so
 it follows the job's peaks both ways. An OOM kill sets a
 floor (twice the killed size, up to max) that holds until `min_builds` clean builds have been
-seen. Sizing and placement then treat this default as they treat the template's (headroom,
-pressure), and a size hint still wins. Pure.
+seen. "On record" is as the decaying histogram weighs its builds (recent_builds): a job
+whose histogram holds less than `min_builds` builds' weight (a quiet week's builds have
+halved seven times; one build a day holds about two) gets its template's default, not the
+p95 of its latest build or two. Sizing and placement then treat this default as they treat
+the template's (headroom, pressure), and a size hint still wins. Pure.
 """
 
 import math
@@ -31,6 +34,9 @@ MEMORY_PERCENTILE = 0.95
 CPU_PERCENTILE = 0.90
 MEMORY_STEP_BYTES = 32 * 2**20
 CPU_STEP_MILLIS = 50
+# Half a build's weight short of `min_builds` is enough: a burst of builds an hour apart
+# weighs a little under one each (half-life a day), and counts whole
+BUILD_SLACK = 0.5
 
 
 class SizeSource(StrEnum):
@@ -63,7 +69,7 @@ def recommend(template: PodTemplate, history: UsageHistory, *,
     """The default size for the next build of a job with this history."""
     cpu, memory = template.cpu.default, template.memory.default
     source = SizeSource.TEMPLATE
-    if history.builds >= min_builds and history.memory.total() > 0:
+    if history.builds >= min_builds and recent_builds(history) >= min_builds - BUILD_SLACK:
         peak = history.memory.percentile(MEMORY_PERCENTILE)
         memory = _clamp(_round_up(peak * memory_margin, MEMORY_STEP_BYTES),
                         template.memory.min, template.memory.max)
@@ -74,6 +80,14 @@ def recommend(template: PodTemplate, history: UsageHistory, *,
         memory = _clamp(floor, template.memory.min, template.memory.max)
         source = SizeSource.OOM
     return Recommendation(cpu, memory, source, history.builds)
+
+
+def recent_builds(history: UsageHistory) -> float:
+    """How many builds the job's histogram holds, each weighing as the histogram weighs it
+    (1 at its end, halving every half-life before the job's latest build): the lifetime
+    count said "enough history" for ever, so after a quiet week the first build back held
+    nearly all the weight and was the p95 alone."""
+    return history.memory.total()
 
 
 def cpu_use(template: PodTemplate, history: UsageHistory) -> int:

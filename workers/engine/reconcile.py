@@ -205,6 +205,7 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
     result.update(reservations_released=release_settled_reservations(rt),
                   pods_replaced=unschedulable.handle(rt, now, rt.cluster.list_pods()),
                   slots_freed=caps.release_stale(rt, pods),
+                  retained_pods_labelled=retention.label_kept(rt, pods),
                   retained_pods_deleted=retention.delete_expired(rt, now))
     result["builds_expired"] = expire_ended(rt.state, now=now,
                                             ttl_seconds=rt.settings.build_ttl_seconds)

@@ -3,9 +3,10 @@
 When Jenkins reports such a build finished with a failing result (its COMPLETED, or Jenkins'
 API when the reconcile pass finds the build ended unnotified), release_agent deletes its
 Jenkins node but keeps its pod (status `retained`; only a pod there, on a node: _on_a_node)
-for the template's podRetentionSeconds, labelled RETAINED_LABEL; the reconcile pass deletes
-it once that time is over. The pod stays a real pod meanwhile, so its requests keep counting
-against its node; it holds no agent slot (caps), since its build is over.
+for the template's podRetentionSeconds, labelled RETAINED_LABEL (by the reconcile pass if
+not then: label_kept); the reconcile pass deletes it once that time is over. The pod stays a
+real pod meanwhile, so its requests keep counting against its node; it holds no agent slot
+(caps), since its build is over.
 
 Key (under the prefix): ``retained``  sorted set: build key by the time its pod goes.
 """
@@ -18,6 +19,7 @@ from workers.adapters import run_bound
 from workers.adapters.redis_state import BuildStatus
 from workers.core.errors import CIAutoscalerError
 from workers.core.pods import RETAINED, RETAINED_LABEL
+from workers.core.ports import PodInfo
 from workers.core.stages import Stage
 from workers.telemetry.metrics import EngineMetrics
 from workers.stage_timings import ledger
@@ -59,16 +61,36 @@ def keep(rt: runtime.Runtime, build_key: str, reason: str, now: float | None = N
     return True
 
 
-def _label(rt: runtime.Runtime, build_key: str, agent: str) -> None:
+def _label(rt: runtime.Runtime, build_key: str, agent: str) -> bool:
     """The kept pod labelled so (RETAINED_LABEL): it runs no build, and is no sample of what
     its template's builds use (workers.adapters.kube_objects.agent_usage); its agent's JVM
     waits to reconnect to a Jenkins node deleted, using next to nothing. A patch that fails
-    is logged: the pod is kept all the same."""
+    is logged: the pod is kept all the same, and the reconcile pass tries again
+    (label_kept). Whether it was labelled."""
     try:
-        rt.cluster.patch_pod_metadata(agent, labels={RETAINED_LABEL: RETAINED}, annotations={})
+        return rt.cluster.patch_pod_metadata(agent, labels={RETAINED_LABEL: RETAINED},
+                                             annotations={})
     except CIAutoscalerError as err:
         log.warning("kept pod not labelled retained", extra={
             "build_key": build_key, "agent": agent, "error": str(err)})
+        return False
+
+
+def label_kept(rt: runtime.Runtime, pods: list[PodInfo]) -> int:
+    """The kept pods of this listing without RETAINED_LABEL labelled (reconcile pass): those
+    a release before the label kept (an upgrade within their podRetentionSeconds), and any
+    whose patch failed when kept; until their time was over, each was read as a sample of
+    what its template's builds use, every metrics-server scrape a new one. How many."""
+    retained = sorted(kept(rt))
+    if not retained:
+        return 0
+    # by its build's agent: a claimed warm agent's pod is labelled with its own name
+    keys = {agent: key for key, (agent,) in zip(retained, rt.state.build_fields(retained,
+                                                                               "agent"))
+            if agent}
+    return sum(_label(rt, keys[pod.name], pod.name) for pod in pods
+               if pod.name in keys and not pod.deleting
+               and pod.labels.get(RETAINED_LABEL) != RETAINED)
 
 
 def _on_a_node(rt: runtime.Runtime, agent: str) -> bool:

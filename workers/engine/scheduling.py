@@ -186,14 +186,23 @@ def place(rt: Runtime, request: BuildRequest, template: PodTemplate, *,
     placed = replace(decision, size=podsize.build_size(template, decision.size),
                      in_flight=decision.in_flight or decision.size)
     moved = moved_by(template_default(template), placed.size)
-    if moved is not None:
-        rt.state.update_build(request.build_key, size_moved=moved)
-        log.info("build size moved from its default", extra={
-            "build_key": request.build_key, "size_moved": moved,
-            "default_cpu_millis": template.cpu.default,
-            "default_memory_bytes": template.memory.default,
-            "cpu_millis": placed.size.cpu_millis, "memory_bytes": placed.size.memory_bytes})
+    # written either way: a placement at the default clears what moved an earlier one of
+    # this build under the same name (one whose provision failed before its pod: RQ retries it)
+    rt.state.update_build(request.build_key, size_moved=moved)
+    log_moved(request.build_key, moved, template_default(template), placed.size)
     return placed
+
+
+def log_moved(build_key: str, moved: str | None, default: Resources, size: Resources,
+              **extra: str) -> None:
+    """The log line of a build whose size `moved` from its default (issue 21: the logs say
+    which size came from where): a placement's, or a warm agent's (workers.warm.claim)."""
+    if moved is not None:
+        log.info("build size moved from its default", extra={
+            "build_key": build_key, "size_moved": moved, **extra,
+            "default_cpu_millis": default.cpu_millis,
+            "default_memory_bytes": default.memory_bytes,
+            "cpu_millis": size.cpu_millis, "memory_bytes": size.memory_bytes})
 
 
 def sized_for(rt: Runtime, request: BuildRequest, template: PodTemplate) -> PodTemplate:

@@ -193,12 +193,7 @@ def take(rt: Runtime, request: BuildRequest, entry: WarmEntry, *,
                           warm_claimed_at=now,  # its agent's connect clock (workers.warm.lost)
                           decision=f"warm agent {entry.name}, online on {entry.where}",
                           size_moved=moved, wait_reason=None, wait_detail=None)
-    if moved is not None:
-        log.info("build size moved from its default", extra={
-            "build_key": key, "size_moved": moved, "agent": entry.name,
-            "default_cpu_millis": default.cpu_millis,
-            "default_memory_bytes": default.memory_bytes,
-            "cpu_millis": entry.size.cpu_millis, "memory_bytes": entry.size.memory_bytes})
+    scheduling.log_moved(key, moved, default, entry.size, agent=entry.name)
     usage_store(rt).take_run(entry.name)  # what it used while idle is not the build's
     # Its pod marked the build's (protect_claimed) beside the trigger, not here: see there.
     ledger.record(rt.state, key, Stage.PLACED, at=now)
