@@ -85,7 +85,7 @@ def test_one_build_after_a_quiet_week_is_not_five_builds_of_history():
     enough for ever: after a week without builds the old weights are 1/128 each, so the
     first new build held 96% of the weight and was the p95 alone; a light one (a build that
     failed early, a docs-only change) sized the next at its peak × 1.15, which the job's
-    usual 2 GiB OOM-killed. Until the histogram again holds about five builds' weight, the
+    usual 2 GiB OOM-killed. Until the histogram again holds about two builds' weight, the
     job gets its template's default."""
     history = history_of([2 * GIB] * 10)
     assert recommend(TEMPLATE, history).memory_bytes >= 2 * 1.15 * GIB
@@ -95,9 +95,21 @@ def test_one_build_after_a_quiet_week_is_not_five_builds_of_history():
     assert (result.source, result.memory_bytes, result.cpu_millis) == \
         (SizeSource.TEMPLATE, 4 * GIB, 1000)
     assert result.builds == 11  # what it has seen is still said
-    for i in range(1, 5):  # five builds' weight again: the history speaks
+    for i in range(1, 2):  # two builds' weight again: the history speaks
         history = history.add_build(peak_memory_bytes=2 * GIB, cpu_p90_millis=700,
                                     now=7 * DAY + i * 600, half_life_seconds=DAY)
+    result = recommend(TEMPLATE, history)
+    assert result.source is SizeSource.HISTORY and result.memory_bytes >= 2 * 1.15 * GIB
+
+
+def test_a_nightly_job_is_sized_from_its_history():
+    """One build a day holds about two builds' weight (1 + 1/2 + 1/4 ...): asking five, as a
+    first cut of the quiet-week rule did, left every job that builds less than about three
+    times a day at its template's default for good."""
+    history = history_of([])
+    for day in range(10):
+        history = history.add_build(peak_memory_bytes=2 * GIB, cpu_p90_millis=700,
+                                    now=day * DAY, half_life_seconds=DAY)
     result = recommend(TEMPLATE, history)
     assert result.source is SizeSource.HISTORY and result.memory_bytes >= 2 * 1.15 * GIB
 

@@ -10,10 +10,10 @@ fewer builds start: in the simulator's burst the p90 up to max (2 cores where th
 1) gave a paired mean turnaround 7-13% above c's (issue 21). Memory is not compressible, so
 it follows the job's peaks both ways. An OOM kill sets a
 floor (twice the killed size, up to max) that holds until `min_builds` clean builds have been
-seen. "On record" is as the decaying histogram weighs its builds (recent_builds): a job
-whose histogram holds less than `min_builds` builds' weight (a quiet week's builds have
-halved seven times; one build a day holds about two) gets its template's default, not the
-p95 of its latest build or two. Sizing and placement then treat this default as they treat
+seen. Beside `min_builds` builds ever, the histogram must hold two builds' weight
+(recent_builds, HISTORY_WEIGHT): after a quiet week the old builds have halved seven times,
+and the first build back, alone the p95, gets its template's default instead; one build a
+day holds about two (1 + 1/2 + 1/4 ...), so a nightly job is still sized from its history. Sizing and placement then treat this default as they treat
 the template's (headroom, pressure), and a size hint still wins. Pure.
 """
 
@@ -34,9 +34,12 @@ MEMORY_PERCENTILE = 0.95
 CPU_PERCENTILE = 0.90
 MEMORY_STEP_BYTES = 32 * 2**20
 CPU_STEP_MILLIS = 50
-# Half a build's weight short of `min_builds` is enough: a burst of builds an hour apart
-# weighs a little under one each (half-life a day), and counts whole
-BUILD_SLACK = 0.5
+# The weight the histogram must hold, beside `min_builds` builds ever, so that no one build is
+# the p95 alone: two builds, less half a build's slack (builds an hour apart weigh a little
+# under one each, half-life a day). Five builds' weight (`min_builds`) was tried: every job
+# building less than about three times a day (a nightly job holds about two) stayed at its
+# template's default for good.
+HISTORY_WEIGHT = 1.5
 
 
 class SizeSource(StrEnum):
@@ -69,7 +72,8 @@ def recommend(template: PodTemplate, history: UsageHistory, *,
     """The default size for the next build of a job with this history."""
     cpu, memory = template.cpu.default, template.memory.default
     source = SizeSource.TEMPLATE
-    if history.builds >= min_builds and recent_builds(history) >= min_builds - BUILD_SLACK:
+    if history.builds >= min_builds and recent_builds(history) >= min(
+            HISTORY_WEIGHT, min_builds):
         peak = history.memory.percentile(MEMORY_PERCENTILE)
         memory = _clamp(_round_up(peak * memory_margin, MEMORY_STEP_BYTES),
                         template.memory.min, template.memory.max)
