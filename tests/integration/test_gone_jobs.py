@@ -263,3 +263,29 @@ def test_a_job_disabled_while_its_build_waited_releases_the_agent_in_one_pass(
     work(world)
 
     assert _released(world, kube, jenkins_fake, key, agent)
+
+
+def test_a_job_renamed_and_its_name_given_to_a_new_job_keeps_the_waiting_builds_agent(
+        world, kube, jenkins_fake):
+    """A person moves a job aside (renames "build" to "build-legacy") and creates a new job
+    under the old name, as one does to replace a freestyle job by a Pipeline, while a build
+    waits in the queue: the build runs under "build-legacy" (a queue item holds the job
+    itself, Queue.Item.task). Its item names its run as "build-legacy"'s (executable.url),
+    which the new "build" does not have: read as "build"'s run discarded, the pass released
+    the agent under the running build. It is followed to the new name as a plain rename."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.rename_job("build", "build-legacy")
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
+
+    _pass()
+
+    assert _kept(kube, jenkins_fake, agent)
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert (state["job"], state["status"]) == ("build-legacy", "running")
+    jenkins_fake.finish_build(build.queue_id, "FAILURE")
+    assert _notify(client, jenkins_fake.notification(build)).status_code == 202
+    work(world)
+    assert _released(world, kube, jenkins_fake, key, agent)
+    assert world.extensions["ci_autoscaler"].state.get_build(key)["result"] == "FAILURE"
