@@ -17,8 +17,9 @@ import pytest
 
 from tests.integration.test_notifications_confirmed import _ignored, _notify, _started
 from tests.integration.test_push_to_pod import NAMESPACE, push, world  # noqa: F401
-from tests.support.app import work
+from tests.support.app import GITLAB_TOKEN, work
 from tests.support.jenkins_fake import FREESTYLE_JOB
+from tests.support.payloads import fixture
 from workers import runtime
 from workers.engine import reconcile
 from workers.core.routing import AGENT_PARAMETER
@@ -289,3 +290,41 @@ def test_a_job_renamed_and_its_name_given_to_a_new_job_keeps_the_waiting_builds_
     work(world)
     assert _released(world, kube, jenkins_fake, key, agent)
     assert world.extensions["ci_autoscaler"].state.get_build(key)["result"] == "FAILURE"
+
+
+def test_a_job_disabled_while_two_builds_waited_releases_both_agents(world, kube, jenkins_fake):
+    """Disabling a job cancels one of its queued items, not all: makeDisabled calls
+    Queue.cancel(task) once, which cancels "the first occurrence" (the first waiting item,
+    or else the first blocked and the first buildable one). The other waits on, and the
+    executor of its connected agent takes it and makes no run (createExecutable is null for
+    a disabled job): a LeftItem, not cancelled, with no executable. The first build is
+    released by one pass; the second, an item Jenkins never makes a run of, once Jenkins
+    has forgotten it (about 5 minutes) and nothing of it is left: no item, no run, its agent
+    idle."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    body = fixture("gitlab_push_real_lrz.json")
+    body |= {"ref": "refs/heads/other", "after": "1" * 40, "checkout_sha": "1" * 40}
+    other_key = client.post("/webhooks/gitlab", json=body, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+        "Idempotency-Key": "delivery-2"}).json["build_key"]
+    work(world)
+    [other_agent] = set(jenkins_fake.nodes) - {agent}
+    kube.set_pod_phase(NAMESPACE, other_agent, "Running", node="node-a")
+    jenkins_fake.connect_agent(other_agent)
+
+    jenkins_fake.disable_job("build")
+    [cancelled] = [b for b in jenkins_fake.builds if b.state == "cancelled"]
+    assert cancelled is build
+    [(_, taken_by)] = jenkins_fake.dispatch()
+    assert taken_by == other_agent and not jenkins_fake.build_with(
+        AGENT_PARAMETER, other_agent)[0].number
+    _pass()
+    work(world)
+    assert _released(world, kube, jenkins_fake, key, agent)
+    assert _kept(kube, jenkins_fake, other_agent)  # its item left the queue: a run may come
+
+    jenkins_fake.forget_left_items()
+    _pass(after_seconds=5 * 60)  # the time Jenkins keeps a left item
+    work(world)
+    assert _released(world, kube, jenkins_fake, other_key, other_agent)
