@@ -328,3 +328,25 @@ def test_a_job_disabled_while_two_builds_waited_releases_both_agents(world, kube
     _pass(after_seconds=5 * 60)  # the time Jenkins keeps a left item
     work(world)
     assert _released(world, kube, jenkins_fake, other_key, other_agent)
+
+
+def test_a_renamed_jobs_build_that_ended_before_the_pass_is_released_with_its_result(
+        world, kube, jenkins_fake):
+    """The build of a job renamed while it waited ends before any pass read the new name:
+    its COMPLETED, naming another job, is ignored; the pass follows the name and releases
+    the agent with the run's result as Jenkins' API gives it."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.rename_job("build", "build-legacy")
+    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
+    jenkins_fake.finish_build(build.queue_id, "FAILURE")
+    _notify(client, jenkins_fake.notification(build))
+    work(world)
+    assert _kept(kube, jenkins_fake, agent)
+
+    _pass()
+    work(world)
+
+    assert _released(world, kube, jenkins_fake, key, agent)
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert (state["job"], state["result"]) == ("build-legacy", "FAILURE")
