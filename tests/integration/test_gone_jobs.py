@@ -350,3 +350,33 @@ def test_a_renamed_jobs_build_that_ended_before_the_pass_is_released_with_its_re
     assert _released(world, kube, jenkins_fake, key, agent)
     state = world.extensions["ci_autoscaler"].state.get_build(key)
     assert (state["job"], state["result"]) == ("build-legacy", "FAILURE")
+
+
+def test_a_forged_started_naming_a_run_of_the_new_job_at_the_old_name_kills_no_build(
+        world, kube, jenkins_fake):
+    """Issue 17. The job was renamed while the build waited and a new job took the old name,
+    which has a finished run #1 of its own; a STARTED forged with the shared token names the
+    build's job as recorded (the old name) and that run's number. The pass asked Jenkins
+    about the run the STARTED named (the fallback for an item Jenkins has forgotten) while
+    Jenkins still kept the item, found it finished, and released the agent under the
+    running build. The item names the renamed job: followed first, the STARTED's number is
+    never asked about."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.rename_job("build", "build-legacy")
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    by_hand = jenkins_fake.queue_build("build", label="somewhere-else")
+    assert jenkins_fake.finish_build(by_hand.queue_id).number == 1
+    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
+    assert build.number == 1  # build-legacy's #1
+    forged = jenkins_fake.notification(build, "STARTED")
+    forged |= {"name": "build", "url": "job/build/"}
+    forged["build"] |= {"url": "job/build/1/", "full_url": f"{jenkins_fake.url}/job/build/1/"}
+    _started(client, forged)
+    assert world.extensions["ci_autoscaler"].state.get_build(key)["jenkins_build"] == "1"
+
+    _pass()
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent)
+    assert world.extensions["ci_autoscaler"].state.get_build(key)["job"] == "build-legacy"

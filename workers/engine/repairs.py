@@ -212,6 +212,20 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         # (JENKINS_RUN), or the run the queue item names, or the job's run that left the
         # queue as the item; "unknown" with a number is that run gone from the job.
         told = number_now is not None
+        if state == BuildState.UNKNOWN and (renamed := run_confirm.job_renamed(rt, key, build)):
+            # No run under the job's name: renamed while the build waited, its run goes on
+            # (or ended) under the new name, which its notifications name: followed. Asked
+            # first, while Jenkins keeps the item: the old name may be a new job's, whose
+            # runs are none of the build's (a STARTED's number is anyone's with the token)
+            log.warning("the build's Jenkins job was renamed or moved; its new name is "
+                        "recorded", extra={"build_key": key, "job": build.get("job"),
+                                           "renamed": renamed})
+            build = {**build, "job": renamed}
+            rt.state.update_build(key, job=renamed)
+            state, number_now = rt.jenkins.build_state(
+                renamed, int(build["queue_item"]), int(own) if own else None,
+                since=first_triggered(build))
+            told = number_now is not None
         if not told and state == BuildState.UNKNOWN and notified:
             # the item forgotten, the run not among the job's recent ones: the run a STARTED
             # named is asked about, as it was before; its absence is no proof of its end
@@ -225,18 +239,6 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             # (a build shorter than CI_AUTOSCALER_LOST_EVENT_SECONDS, its COMPLETED lost)
             state = BuildState.FINISHED
         why = None
-        if state == BuildState.UNKNOWN and (renamed := run_confirm.job_renamed(rt, key, build)):
-            # No run under the job's name: renamed while the build waited, its run goes on
-            # (or ended) under the new name, which its notifications name: followed
-            log.warning("the build's Jenkins job was renamed or moved; its new name is "
-                        "recorded", extra={"build_key": key, "job": build.get("job"),
-                                           "renamed": renamed})
-            build = {**build, "job": renamed}
-            rt.state.update_build(key, job=renamed)
-            state, number_now = rt.jenkins.build_state(
-                renamed, int(build["queue_item"]), int(own) if own else None,
-                since=first_triggered(build))
-            told = number_now is not None
         if state == BuildState.UNKNOWN:
             # No run to read: its job may be gone, deleted (its runs aborted) or moved (its
             # run goes on): the build's agent tells (run_confirm.job_gone)
