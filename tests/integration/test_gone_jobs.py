@@ -380,3 +380,26 @@ def test_a_forged_started_naming_a_run_of_the_new_job_at_the_old_name_kills_no_b
 
     assert _kept(kube, jenkins_fake, agent)
     assert world.extensions["ci_autoscaler"].state.get_build(key)["job"] == "build-legacy"
+
+
+def test_a_run_of_the_new_job_at_the_old_name_is_not_taken_for_the_builds(
+        world, kube, jenkins_fake):
+    """As above, the new job at the old name has a run of the number the build's run has
+    under the renamed job (run numbers are per job). The build's queue item names its run by
+    number and URL: read by number against the old name, that run, another job's, finished,
+    was taken for the build's and the agent released under the running build."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    _, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.rename_job("build", "build-legacy")
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    by_hand = jenkins_fake.queue_build("build", label="somewhere-else")
+    assert jenkins_fake.finish_build(by_hand.queue_id).number == 1
+    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
+    assert build.number == 1  # build-legacy's #1
+
+    _pass()
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent)
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert (state["job"], state["status"]) == ("build-legacy", "running")
