@@ -403,3 +403,29 @@ def test_a_run_of_the_new_job_at_the_old_name_is_not_taken_for_the_builds(
     assert _kept(kube, jenkins_fake, agent)
     state = world.extensions["ci_autoscaler"].state.get_build(key)
     assert (state["job"], state["status"]) == ("build-legacy", "running")
+
+
+def test_a_forged_started_kills_no_build_once_jenkins_has_forgotten_its_item(
+        world, kube, jenkins_fake):
+    """As above, no pass ran while Jenkins kept the build's item (the reconcile loop down
+    for more than 5 minutes): nothing ties the build to the renamed job any more, and the
+    pass asks about the run the STARTED named, a run Jenkins says finished. A run named by a
+    notification only is the build's if Jenkins says so (its CI_AUTOSCALER_BUILD_KEY, or its
+    builtOn the build's agent); this one is the new job's: the agent is kept."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.rename_job("build", "build-legacy")
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    by_hand = jenkins_fake.queue_build("build", label="somewhere-else")
+    assert jenkins_fake.finish_build(by_hand.queue_id).number == 1
+    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
+    forged = jenkins_fake.notification(build, "STARTED")
+    forged |= {"name": "build", "url": "job/build/"}
+    forged["build"] |= {"url": "job/build/1/", "full_url": f"{jenkins_fake.url}/job/build/1/"}
+    _started(client, forged)
+    jenkins_fake.forget_left_items()
+
+    _pass()
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent)

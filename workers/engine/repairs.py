@@ -231,6 +231,11 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
             # named is asked about, as it was before; its absence is no proof of its end
             state, number_now = rt.jenkins.build_state(
                 build.get("job", ""), int(build["queue_item"]), int(notified))
+            if state in (BuildState.FINISHED, BuildState.RUNNING) and \
+                    not run_confirm.notified_run_is_builds(rt, key, build, int(notified)):
+                # Jenkins says that run is another build's (a forged STARTED, or the number
+                # of a new job given a renamed job's name): nothing said of the build's own
+                state, number_now = BuildState.UNKNOWN, None
         elif told and state == BuildState.UNKNOWN \
                 and run_confirm.job_exists(rt, build.get("job", "")):
             # Jenkins no longer has the build's own run: a build discarder deleted it, which

@@ -164,6 +164,24 @@ def job_exists(rt: runtime.Runtime, job: str) -> bool:
     return bool(job) and rt.jenkins.job_definition(job) is not None
 
 
+def notified_run_is_builds(rt: runtime.Runtime, build_key: str, build: dict[str, str],
+                           number: int) -> bool:
+    """Whether Jenkins says run `number` of the build's job, which only a STARTED named (its
+    number is anyone's with the shared token: issue 17), is the build's: its
+    CI_AUTOSCALER_BUILD_KEY is the build's key, its builtOn the build's agent, or an adopted
+    agent took it for the build (its `jenkins-runs` record). A run Jenkins no longer has is
+    not denied (a build discarder deletes finished runs only): True."""
+    job = build.get("job") or ""
+    run = rt.jenkins.run_info(job, number)
+    if run is None:
+        return True
+    adopted = rt.state.redis.hget(rt.state.prefix + "jenkins-runs", run_ref(job, number))
+    adopted = adopted.decode() if isinstance(adopted, bytes) else adopted
+    agent = build.get("agent") or ""
+    return run.parameters.get(BUILD_KEY_PARAMETER) == build_key or adopted == build_key \
+        or bool(agent) and run.built_on == agent
+
+
 def job_renamed(rt: runtime.Runtime, build_key: str, build: dict[str, str]) -> str | None:
     """The build's job's name now, if a person renamed or moved it since its trigger: the
     build's queue item (Jenkins keeps it about 5 minutes once it left the queue) names its
