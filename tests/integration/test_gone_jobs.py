@@ -17,8 +17,9 @@ import pytest
 
 from tests.integration.test_notifications_confirmed import _ignored, _notify, _started
 from tests.integration.test_push_to_pod import NAMESPACE, push, world  # noqa: F401
-from tests.support.app import work
+from tests.support.app import GITLAB_TOKEN, work
 from tests.support.jenkins_fake import FREESTYLE_JOB
+from tests.support.payloads import fixture
 from workers import runtime
 from workers.engine import reconcile
 from workers.core.routing import AGENT_PARAMETER
@@ -263,3 +264,168 @@ def test_a_job_disabled_while_its_build_waited_releases_the_agent_in_one_pass(
     work(world)
 
     assert _released(world, kube, jenkins_fake, key, agent)
+
+
+def test_a_job_renamed_and_its_name_given_to_a_new_job_keeps_the_waiting_builds_agent(
+        world, kube, jenkins_fake):
+    """A person moves a job aside (renames "build" to "build-legacy") and creates a new job
+    under the old name, as one does to replace a freestyle job by a Pipeline, while a build
+    waits in the queue: the build runs under "build-legacy" (a queue item holds the job
+    itself, Queue.Item.task). Its item names its run as "build-legacy"'s (executable.url),
+    which the new "build" does not have: read as "build"'s run discarded, the pass released
+    the agent under the running build. It is followed to the new name as a plain rename."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.rename_job("build", "build-legacy")
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
+
+    _pass()
+
+    assert _kept(kube, jenkins_fake, agent)
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert (state["job"], state["status"]) == ("build-legacy", "running")
+    jenkins_fake.finish_build(build.queue_id, "FAILURE")
+    assert _notify(client, jenkins_fake.notification(build)).status_code == 202
+    work(world)
+    assert _released(world, kube, jenkins_fake, key, agent)
+    assert world.extensions["ci_autoscaler"].state.get_build(key)["result"] == "FAILURE"
+
+
+def test_a_job_disabled_while_two_builds_waited_releases_both_agents(world, kube, jenkins_fake):
+    """Disabling a job cancels one of its queued items, not all: makeDisabled calls
+    Queue.cancel(task) once, which cancels "the first occurrence" (the first waiting item,
+    or else the first blocked and the first buildable one). The other waits on, and the
+    executor of its connected agent takes it and makes no run (createExecutable is null for
+    a disabled job): a LeftItem, not cancelled, with no executable. The first build is
+    released by one pass; the second, an item Jenkins never makes a run of, once Jenkins
+    has forgotten it (about 5 minutes) and nothing of it is left: no item, no run, its agent
+    idle."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    body = fixture("gitlab_push_real_lrz.json")
+    body |= {"ref": "refs/heads/other", "after": "1" * 40, "checkout_sha": "1" * 40}
+    other_key = client.post("/webhooks/gitlab", json=body, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+        "Idempotency-Key": "delivery-2"}).json["build_key"]
+    work(world)
+    [other_agent] = set(jenkins_fake.nodes) - {agent}
+    kube.set_pod_phase(NAMESPACE, other_agent, "Running", node="node-a")
+    jenkins_fake.connect_agent(other_agent)
+
+    jenkins_fake.disable_job("build")
+    [cancelled] = [b for b in jenkins_fake.builds if b.state == "cancelled"]
+    assert cancelled is build
+    [(_, taken_by)] = jenkins_fake.dispatch()
+    assert taken_by == other_agent and not jenkins_fake.build_with(
+        AGENT_PARAMETER, other_agent)[0].number
+    _pass()
+    work(world)
+    assert _released(world, kube, jenkins_fake, key, agent)
+    assert _kept(kube, jenkins_fake, other_agent)  # its item left the queue: a run may come
+
+    jenkins_fake.forget_left_items()
+    _pass(after_seconds=5 * 60)  # the time Jenkins keeps a left item
+    work(world)
+    assert _released(world, kube, jenkins_fake, other_key, other_agent)
+
+
+def test_a_renamed_jobs_build_that_ended_before_the_pass_is_released_with_its_result(
+        world, kube, jenkins_fake):
+    """The build of a job renamed while it waited ends before any pass read the new name:
+    its COMPLETED, naming another job, is ignored; the pass follows the name and releases
+    the agent with the run's result as Jenkins' API gives it."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.rename_job("build", "build-legacy")
+    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
+    jenkins_fake.finish_build(build.queue_id, "FAILURE")
+    _notify(client, jenkins_fake.notification(build))
+    work(world)
+    assert _kept(kube, jenkins_fake, agent)
+
+    _pass()
+    work(world)
+
+    assert _released(world, kube, jenkins_fake, key, agent)
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert (state["job"], state["result"]) == ("build-legacy", "FAILURE")
+
+
+def test_a_forged_started_naming_a_run_of_the_new_job_at_the_old_name_kills_no_build(
+        world, kube, jenkins_fake):
+    """Issue 17. The job was renamed while the build waited and a new job took the old name,
+    which has a finished run #1 of its own; a STARTED forged with the shared token names the
+    build's job as recorded (the old name) and that run's number. The pass asked Jenkins
+    about the run the STARTED named (the fallback for an item Jenkins has forgotten) while
+    Jenkins still kept the item, found it finished, and released the agent under the
+    running build. The item names the renamed job: followed first, the STARTED's number is
+    never asked about."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.rename_job("build", "build-legacy")
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    by_hand = jenkins_fake.queue_build("build", label="somewhere-else")
+    assert jenkins_fake.finish_build(by_hand.queue_id).number == 1
+    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
+    assert build.number == 1  # build-legacy's #1
+    forged = jenkins_fake.notification(build, "STARTED")
+    forged |= {"name": "build", "url": "job/build/"}
+    forged["build"] |= {"url": "job/build/1/", "full_url": f"{jenkins_fake.url}/job/build/1/"}
+    _started(client, forged)
+    assert world.extensions["ci_autoscaler"].state.get_build(key)["jenkins_build"] == "1"
+
+    _pass()
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent)
+    assert world.extensions["ci_autoscaler"].state.get_build(key)["job"] == "build-legacy"
+
+
+def test_a_run_of_the_new_job_at_the_old_name_is_not_taken_for_the_builds(
+        world, kube, jenkins_fake):
+    """As above, the new job at the old name has a run of the number the build's run has
+    under the renamed job (run numbers are per job). The build's queue item names its run by
+    number and URL: read by number against the old name, that run, another job's, finished,
+    was taken for the build's and the agent released under the running build."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    _, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.rename_job("build", "build-legacy")
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    by_hand = jenkins_fake.queue_build("build", label="somewhere-else")
+    assert jenkins_fake.finish_build(by_hand.queue_id).number == 1
+    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
+    assert build.number == 1  # build-legacy's #1
+
+    _pass()
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent)
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert (state["job"], state["status"]) == ("build-legacy", "running")
+
+
+def test_a_forged_started_kills_no_build_once_jenkins_has_forgotten_its_item(
+        world, kube, jenkins_fake):
+    """As above, no pass ran while Jenkins kept the build's item (the reconcile loop down
+    for more than 5 minutes): nothing ties the build to the renamed job any more, and the
+    pass asks about the run the STARTED named, a run Jenkins says finished. A run named by a
+    notification only is the build's if Jenkins says so (its CI_AUTOSCALER_BUILD_KEY, or its
+    builtOn the build's agent); this one is the new job's: the agent is kept."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.rename_job("build", "build-legacy")
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    by_hand = jenkins_fake.queue_build("build", label="somewhere-else")
+    assert jenkins_fake.finish_build(by_hand.queue_id).number == 1
+    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
+    forged = jenkins_fake.notification(build, "STARTED")
+    forged |= {"name": "build", "url": "job/build/"}
+    forged["build"] |= {"url": "job/build/1/", "full_url": f"{jenkins_fake.url}/job/build/1/"}
+    _started(client, forged)
+    jenkins_fake.forget_left_items()
+
+    _pass()
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent)

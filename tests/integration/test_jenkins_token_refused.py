@@ -76,7 +76,8 @@ def test_a_build_pushed_while_our_token_is_refused_waits_and_is_built_once_it_wo
     assert all(token not in r.getMessage() and token not in str(r.__dict__)
                for r in caplog.records)
     retried = [r for r in caplog.records
-               if r.getMessage() == "job will be retried: Jenkins does not accept our credentials"]
+               if r.getMessage() == "job will be retried: Jenkins refuses us until a setting "
+               "is fixed"]
     assert retried and all(HINT in r.error for r in retried)
     assert 'ci_autoscaler_errors_total{component="provision",kind="unauthorized"}' in \
         metrics(app)
@@ -130,8 +131,8 @@ def test_the_reconcile_pass_stops_its_jenkins_steps_on_a_401_without_taking_jenk
     assert jenkins_away.last(state_of(app)) == 0  # agents connect with their own secrets
     [logged] = [r for r in caplog.records if r.name == "ci_autoscaler.reconcile"]
     assert logged.levelno == logging.ERROR and HINT in logged.error
-    assert logged.getMessage() == "reconcile pass without Jenkins: Jenkins refuses our " \
-        "credentials"
+    assert logged.getMessage() == "reconcile pass without Jenkins: Jenkins refuses us until a " \
+        "setting is fixed"
     assert logged.exc_info is None  # one line, no trace
     assert 'ci_autoscaler_errors_total{component="reconcile",kind="unauthorized"} 1.0' in \
         metrics(app)
@@ -167,3 +168,24 @@ def test_a_waiting_build_re_driven_while_our_token_is_refused_keeps_waiting(
         sorted(keys)
     assert state.get_build(keys[2])["status"] == "triggered"
     assert first not in jenkins_fake.nodes  # deleted by the pass, now that Jenkins answers
+
+
+def test_a_jenkins_url_answering_404_to_creating_agents_waits_and_says_so_not_credentials(
+        app, kube, jenkins_fake, caplog):
+    """JENKINS_URL without Jenkins' context path (or a proxy in front answering 404 while
+    Jenkins restarts): computer/doCreateItem, on every Jenkins, answers 404, which the
+    adapter makes Unauthorized naming JENKINS_URL, so the build waits. The log line's own
+    words said "Jenkins does not accept our credentials": an operator rotated a token that
+    was fine. They name the settings, the error which one."""
+    jenkins_fake.add_job("build", parameters=OURS)
+    jenkins_fake.fail_next(404, times=1000, path_prefix="/computer/doCreateItem")
+    caplog.set_level(logging.WARNING)
+
+    key = push(app.test_client(), 1)
+    run_worker(app)
+    passes(app, 2, time.time())
+
+    assert_waits(app, kube, jenkins_fake, key, pods=0)
+    retried = [r for r in caplog.records if r.getMessage().startswith("job will be retried")]
+    assert retried and all("JENKINS_URL" in r.error for r in retried)
+    assert not any("credentials" in r.getMessage() for r in retried)

@@ -200,7 +200,9 @@ class FakeBuild:
     job: str
     parameters: dict[str, str]
     queue_id: int
-    state: str = "queued"  # queued -> running -> finished, or queued -> cancelled
+    # queued -> running -> finished, or queued -> cancelled, or queued -> unrun (taken by an
+    # executor that made no run of it: its job disabled, JenkinsFake.dispatch)
+    state: str = "queued"
     number: int | None = None
     result: str | None = None
     label: str | None = None  # the label it waits for, when not one of ours by parameter
@@ -596,17 +598,27 @@ class JenkinsFake:
 
     def disable_job(self, name: str) -> FakeJob:
         """A person disables the job (its page's "Disable Project", POST job/NAME/disable):
-        ParameterizedJobMixIn.ParameterizedJob.makeDisabled(true) sets it disabled and
-        cancels its items in the queue (Queue.cancel(task): cancelled LeftItems; a Pipeline
-        run's node block is another task, and waits on); what runs goes on (jenkinsci/
-        jenkins core jenkins/model/ParameterizedJobMixIn.java)."""
+        ParameterizedJobMixIn.ParameterizedJob.makeDisabled(true) sets it disabled and calls
+        Queue.cancel(task) once, which cancels "the first occurrence" only: the first of the
+        job's items in their quiet period (waitingList, ordered by the period's end), or else
+        the first blocked one and the first buildable one (ItemList.cancel(task): get(task)).
+        Cancelled LeftItems; the job's other items wait on, and an executor that takes one
+        makes no run of it (dispatch). A Pipeline run's node block is another task, and waits
+        on; what runs goes on (jenkinsci/jenkins core jenkins/model/ParameterizedJobMixIn.java,
+        hudson/model/Queue.java)."""
         with self._lock:
             job = self.job(name)
             assert job is not None, f"no job {name!r}"
             job.disabled = True
-            for build in self.builds:
-                if build.job == job.name and build.state == "queued":
-                    build.state = "cancelled"
+            queued = sorted((b for b in self.builds if b.job == job.name
+                             and b.state == "queued"), key=lambda b: b.queue_id)
+            now = time.time()
+            waiting = sorted((b for b in queued if b.quiet_until > now),
+                             key=lambda b: (b.quiet_until, b.queue_id))
+            blocked = [b for b in queued if b not in waiting and self._blocked_by(b)]
+            buildable = [b for b in queued if b not in waiting and b not in blocked]
+            for first in waiting[:1] or blocked[:1] + buildable[:1]:
+                first.state = "cancelled"
             return job
 
     def rename_job(self, name: str, new_name: str) -> FakeJob:
@@ -1687,6 +1699,14 @@ class JenkinsFake:
                              and not n.temporarily_offline and n.running is None), None)
                 if node is None or (isinstance(item, FakeBuild) and not self._startable(item)):
                     continue
+                if isinstance(item, FakeBuild) and self._disabled(item.job):
+                    # Executor.run: the task's createExecutable() is null for a disabled job
+                    # (ParameterizedJob.createExecutable), logged "cannot be run (for example
+                    # because it is disabled)": the item has left the queue, not cancelled,
+                    # with no executable, and the executor is free again at once
+                    item.state = "unrun"
+                    started.append((queue_id, node.name))
+                    continue
                 if isinstance(item, FakeBuild):
                     self.start_build(queue_id)
                 item.node, node.running = node.name, item
@@ -1694,6 +1714,10 @@ class JenkinsFake:
                     item.state = "running"
                 started.append((queue_id, node.name))
         return started
+
+    def _disabled(self, name: str) -> bool:
+        job = self.declared.get(name)
+        return job is not None and job.disabled
 
     def _startable(self, build: FakeBuild) -> bool:
         """Whether queue maintenance may start this build now: not in its quiet period, not

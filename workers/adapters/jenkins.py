@@ -528,6 +528,13 @@ class JenkinsAdapter:
                 number = (item.get("executable") or {}).get("number")
                 if number is None:  # left the queue, the build not numbered yet
                     return BuildState.RUNNING, None
+                if (run := run_of(item.get("executable"))) is not None \
+                        and run.job.lower() != job.lower():
+                    # Its run is another job's: the job was renamed or moved while the item
+                    # waited (the item holds the job itself, Queue.Item.task), and `job`'s
+                    # run of that number, if `job` is a job made since under the old name,
+                    # is not the build's (run_confirm.job_renamed follows the new name)
+                    return BuildState.UNKNOWN, None
         if number is None:
             return BuildState.UNKNOWN, None
         build = self._get_json(f"read build {number} of job {job!r}",

@@ -39,7 +39,9 @@ class CredentialsRefused(CIAutoscalerError):
 
 class Unauthorized(RetryableError, CredentialsRefused):
     """The other side does not accept our credentials (Jenkins' 401 "Invalid password/token
-    for user"): a property of the installation, not of the object asked for. An operator
+    for user"; a 403 to a call Jenkins took as anonymous; an address that is not Jenkins',
+    answering 404 or HTML where Jenkins never does: workers.adapters.jenkins): a property of
+    the installation, not of the object asked for. An operator
     rotating the API token, or an admin revoking it, fixes it in minutes, so the work waits
     for it (RQ's retries, then the reconcile pass's restart of stalled builds) instead of
     failing for good. Not retried within a call: every call gets the same answer until the

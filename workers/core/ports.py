@@ -361,7 +361,8 @@ class Jenkins(Protocol):
         known: Jenkins forgets queue items minutes after they leave the queue), and its build
         number once it has one. `since`: when the build was first triggered; the item
         forgotten, its run is looked for among every run of the job made since (without it,
-        only the recent ones)."""
+        only the recent ones). UNKNOWN with no number when the item left the queue as another
+        job's run: `job` was renamed or moved since (queue_item names it now)."""
         ...
 
     def queue_item(self, queue_item: int) -> QueueItem | None:

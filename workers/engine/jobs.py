@@ -6,7 +6,8 @@ decides whether to retry. This handler:
   a bad template, a pod name taken by someone else's pod): running it again cannot help, and
   the job fails at once with that reason;
 - logs, at error and with the hint in its message, a job Jenkins refused our credentials to
-  (``Unauthorized``: a token rotated or revoked): it is retried like any retryable error, and
+  (``Unauthorized``: a token rotated or revoked; or none reached Jenkins, or JENKINS_URL is
+  not Jenkins' address): it is retried like any retryable error, and
   its build waits (a build whose retries run out is provisioned again by the reconcile loop's
   restart of stalled builds), but only a person can fix it;
 - delays the retry of a job that failed on a ``RetryableError`` carrying the wait the other
@@ -101,7 +102,9 @@ def failure_handler(metrics: EngineMetrics, state: RedisState | None = None):
                       extra={"job_id": job.id})
             return True
         if isinstance(exc_value, Unauthorized) and job.retries_left:
-            log.error("job will be retried: Jenkins does not accept our credentials",
+            # Not only a token: a 403 as anonymous, an address that is not Jenkins' (404,
+            # HTML) are Unauthorized too (workers.adapters.jenkins): the error says which
+            log.error("job will be retried: Jenkins refuses us until a setting is fixed",
                       extra={"task": task, "job_id": job.id, "retries_left": job.retries_left,
                              "error": str(exc_value)})
         if isinstance(exc_value, PermanentError) and job.retries_left:

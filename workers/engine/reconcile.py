@@ -383,7 +383,8 @@ def _jenkins_steps_failed(rt: runtime.Runtime, me: str, result: dict[str, int],
     """Count and log, once, the first error of a pass's Jenkins steps."""
     tasks.engine_metrics(rt).error("reconcile", error)
     if isinstance(error, Unauthorized):  # needs a person: the message says what to fix
-        log.error("reconcile pass without Jenkins: Jenkins refuses our credentials",
+        log.error("reconcile pass without Jenkins: Jenkins refuses us until a setting is "
+                  "fixed",
                   extra={"instance": me, "error": str(error), **result})
     elif stops_the_rest(error):  # a Jenkins restart, or a busy hour: one line, no trace
         log.warning("reconcile pass without Jenkins: Jenkins is "

@@ -212,22 +212,11 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         # (JENKINS_RUN), or the run the queue item names, or the job's run that left the
         # queue as the item; "unknown" with a number is that run gone from the job.
         told = number_now is not None
-        if not told and state == BuildState.UNKNOWN and notified:
-            # the item forgotten, the run not among the job's recent ones: the run a STARTED
-            # named is asked about, as it was before; its absence is no proof of its end
-            state, number_now = rt.jenkins.build_state(
-                build.get("job", ""), int(build["queue_item"]), int(notified))
-        elif told and state == BuildState.UNKNOWN \
-                and run_confirm.job_exists(rt, build.get("job", "")):
-            # Jenkins no longer has the build's own run: a build discarder deleted it, which
-            # it does to finished runs only (run_confirm.own_run, workers.core.notifications); also
-            # when the pass first asks after that, its queue item still naming the run
-            # (a build shorter than CI_AUTOSCALER_LOST_EVENT_SECONDS, its COMPLETED lost)
-            state = BuildState.FINISHED
-        why = None
         if state == BuildState.UNKNOWN and (renamed := run_confirm.job_renamed(rt, key, build)):
             # No run under the job's name: renamed while the build waited, its run goes on
-            # (or ended) under the new name, which its notifications name: followed
+            # (or ended) under the new name, which its notifications name: followed. Asked
+            # first, while Jenkins keeps the item: the old name may be a new job's, whose
+            # runs are none of the build's (a STARTED's number is anyone's with the token)
             log.warning("the build's Jenkins job was renamed or moved; its new name is "
                         "recorded", extra={"build_key": key, "job": build.get("job"),
                                            "renamed": renamed})
@@ -237,6 +226,24 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
                 renamed, int(build["queue_item"]), int(own) if own else None,
                 since=first_triggered(build))
             told = number_now is not None
+        if not told and state == BuildState.UNKNOWN and notified:
+            # the item forgotten, the run not among the job's recent ones: the run a STARTED
+            # named is asked about, as it was before; its absence is no proof of its end
+            state, number_now = rt.jenkins.build_state(
+                build.get("job", ""), int(build["queue_item"]), int(notified))
+            if state in (BuildState.FINISHED, BuildState.RUNNING) and \
+                    not run_confirm.notified_run_is_builds(rt, key, build, int(notified)):
+                # Jenkins says that run is another build's (a forged STARTED, or the number
+                # of a new job given a renamed job's name): nothing said of the build's own
+                state, number_now = BuildState.UNKNOWN, None
+        elif told and state == BuildState.UNKNOWN \
+                and run_confirm.job_exists(rt, build.get("job", "")):
+            # Jenkins no longer has the build's own run: a build discarder deleted it, which
+            # it does to finished runs only (run_confirm.own_run, workers.core.notifications); also
+            # when the pass first asks after that, its queue item still naming the run
+            # (a build shorter than CI_AUTOSCALER_LOST_EVENT_SECONDS, its COMPLETED lost)
+            state = BuildState.FINISHED
+        why = None
         if state == BuildState.UNKNOWN:
             # No run to read: its job may be gone, deleted (its runs aborted) or moved (its
             # run goes on): the build's agent tells (run_confirm.job_gone)

@@ -54,7 +54,7 @@ def confirmed(rt: runtime.Runtime, build_key: str,
                                  number=number, run=run, agent=build.get("agent") or "",
                                  queue_item=int(queue_item) if queue_item else None)
         return _recorded(rt, build_key, decision, run, {**ended, "job": notified})
-    adopted = rt.state.redis.hget(rt.state.prefix + "jenkins-runs", run_ref(job, number))
+    adopted = _adopted_by(rt, job, number)
     run = rt.jenkins.run_info(job, number)
     # Whether the job is still there is asked only of a run Jenkins named the build's: a
     # COMPLETED naming another run Jenkins does not have (forged, or stale) is refused
@@ -62,7 +62,7 @@ def confirmed(rt: runtime.Runtime, build_key: str,
     own = own_run(rt, build) if run is None else None
     decision = confirm_completion(
         build_key=build_key, job=job, number=number, run=run,
-        adopted_by=adopted.decode() if isinstance(adopted, bytes) else adopted,
+        adopted_by=adopted,
         own_run=own if own == number and job_exists(rt, job) else None,
         agent=build.get("agent") or None)
     if isinstance(decision, Confirmed) and build.get("node_label") and build.get("agent") \
@@ -162,6 +162,29 @@ def job_exists(rt: runtime.Runtime, job: str) -> bool:
     while building, Job.checkRename): only a run missing from a job still there was
     discarded."""
     return bool(job) and rt.jenkins.job_definition(job) is not None
+
+
+def notified_run_is_builds(rt: runtime.Runtime, build_key: str, build: dict[str, str],
+                           number: int) -> bool:
+    """Whether Jenkins says run `number` of the build's job, which only a STARTED named (its
+    number is anyone's with the shared token: issue 17), is the build's: its
+    CI_AUTOSCALER_BUILD_KEY is the build's key, its builtOn the build's agent, or an adopted
+    agent took it for the build (its `jenkins-runs` record). A run Jenkins no longer has is
+    not denied (a build discarder deletes finished runs only): True."""
+    job = build.get("job") or ""
+    run = rt.jenkins.run_info(job, number)
+    if run is None:
+        return True
+    agent = build.get("agent") or ""
+    return run.parameters.get(BUILD_KEY_PARAMETER) == build_key \
+        or _adopted_by(rt, job, number) == build_key or bool(agent) and run.built_on == agent
+
+
+def _adopted_by(rt: runtime.Runtime, job: str, number: int) -> str | None:
+    """The build key an adopted agent took run `number` of `job` for (its `jenkins-runs`
+    record: workers.engine.adoption), if any."""
+    adopted = rt.state.redis.hget(rt.state.prefix + "jenkins-runs", run_ref(job, number))
+    return adopted.decode() if isinstance(adopted, bytes) else adopted
 
 
 def job_renamed(rt: runtime.Runtime, build_key: str, build: dict[str, str]) -> str | None:
