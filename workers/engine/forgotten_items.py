@@ -38,6 +38,7 @@ import logging
 
 from workers import runtime
 from workers.adapters.redis_state import BuildStatus
+from workers.engine import run_confirm
 from workers.engine.adoption import OFFLINE_REASON
 from workers.core.errors import NotReadBack, PermanentError
 from workers.core.ports import QueueItem
@@ -72,8 +73,7 @@ def cancelled(rt: runtime.Runtime, build: dict[str, str], queue: PassQueue) -> b
     if build.get("status") != BuildStatus.TRIGGERED or build.get("jenkins_build") \
             or not job or not agent or not build.get("request"):
         return False
-    activity = rt.jenkins.agent_activity(agent)
-    if activity is not None and (activity.runs or activity.hidden_runs):
+    if run_confirm.agent_busy(rt, agent):
         return False
     if build.get("node_label"):  # adopted: any item of its label is its to take
         labels = (build["node_label"], agent)

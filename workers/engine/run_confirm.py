@@ -187,6 +187,13 @@ def _adopted_by(rt: runtime.Runtime, job: str, number: int) -> str | None:
     return adopted.decode() if isinstance(adopted, bytes) else adopted
 
 
+def agent_busy(rt: runtime.Runtime, agent: str) -> bool:
+    """Whether Jenkins says the agent runs something now: a run it names, or one of a job the
+    API user may not read (AgentActivity.hidden_runs)."""
+    activity = rt.jenkins.agent_activity(agent) if agent else None
+    return activity is not None and bool(activity.runs or activity.hidden_runs)
+
+
 def job_renamed(rt: runtime.Runtime, build_key: str, build: dict[str, str]) -> str | None:
     """The build's job's name now, if a person renamed or moved it since its trigger: the
     build's queue item (Jenkins keeps it about 5 minutes once it left the queue) names its
