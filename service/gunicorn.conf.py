@@ -46,8 +46,10 @@ keepalive = 5
 # by whichever gunicorn of the user started last, and stopping its server delays the SIGTERM
 # of the workers by up to 4 s. (Ignored by gunicorn versions before 25.1.)
 control_socket_disable = True
-# No access log: a Jenkins token may travel in the query string (?token=).
+# No access log: a Jenkins token may travel in the query string (?token=). One an operator
+# turns on (GUNICORN_CMD_ARGS="--access-logfile -") shows no query nor token header.
 accesslog = None
+logger_class = "service.refused_requests.AccessLogger"
 errorlog = "-"
 
 

@@ -8,10 +8,18 @@ HTTP request line: 'POST /webhooks/jenkins?token=... HTTP/1.1'", gunicorn.worker
 splits the line: what follows it is quoted as the "HTTP Version". An exception out of the app
 is logged with the request's URI ("Error handling request POST /webhooks/jenkins?token=...").
 A filter on gunicorn's error logger keeps the method and path and hides the rest.
+
+gunicorn keeps no access log here (service/gunicorn.conf.py), but an operator may turn one on
+as gunicorn lets them (GUNICORN_CMD_ARGS="--access-logfile -" overrides the config file):
+its request line and query showed the plugin's token, and a format naming a token header or
+the environ (%({x-gitlab-token}i)s, %({query_string}e)s) the GitLab or Jenkins token.
+`AccessLogger` (the config's logger_class) shows the path and hides those.
 """
 
 import logging
 import re
+
+from gunicorn.glogging import Logger
 
 HIDDEN = "[not shown: a query may hold a token]"
 # str() of gunicorn.http.errors.InvalidRequestLine and InvalidHTTPVersion, as handle_error
@@ -20,8 +28,33 @@ _REQUEST_LINE = re.compile(r"(Invalid HTTP request line: )(.)([^?]*)\?.*$", re.S
 _VERSION = re.compile(r"(Invalid HTTP Version: ).*$", re.S)
 
 
+# The request headers that carry a token (X-Gitlab-Token, X-Jenkins-Token, and a proxy's or a
+# client's Authorization), as gunicorn's access-log atoms name them: {name}i for the header,
+# {http_name}e for the environ's copy.
+_TOKEN_HEADERS = ("x-gitlab-token", "x-jenkins-token", "authorization")
+_HIDDEN_ATOMS = {atom for name in _TOKEN_HEADERS for atom in (
+    f"{{{name}}}i", "{http_%s}e" % name.replace("-", "_"))}
+
+
 def _uri(uri: object) -> str:
     return str(uri).split("?", 1)[0] + ("?" + HIDDEN if "?" in str(uri) else "")
+
+
+class AccessLogger(Logger):
+    """gunicorn's logger, whose access log (when turned on) shows no query and no token
+    header (see the module)."""
+
+    def atoms(self, resp, req, environ, request_time):  # type: ignore[no-untyped-def]
+        atoms = super().atoms(resp, req, environ, request_time)
+        atoms["r"] = " ".join((str(environ.get("REQUEST_METHOD")),
+                               _uri(environ.get("RAW_URI", "")),
+                               str(environ.get("SERVER_PROTOCOL"))))
+        for name in ("q", "{query_string}e"):
+            atoms[name] = HIDDEN if atoms.get(name) else atoms.get(name)
+        atoms["{raw_uri}e"] = _uri(environ.get("RAW_URI", ""))
+        for name in _HIDDEN_ATOMS & atoms.keys():
+            atoms[name] = "[not shown: a token]"
+        return atoms
 
 
 class QueryHidden(logging.Filter):
