@@ -21,6 +21,8 @@ import re
 
 from gunicorn.glogging import Logger
 
+from workers.core.redaction import redact
+
 HIDDEN = "[not shown: a query may hold a token]"
 # str() of gunicorn.http.errors.InvalidRequestLine and InvalidHTTPVersion, as handle_error
 # puts them after "Invalid request from ip=<address>: "
@@ -37,7 +39,9 @@ _HIDDEN_ATOMS = {atom for name in _TOKEN_HEADERS for atom in (
 
 
 def _uri(uri: object) -> str:
-    return str(uri).split("?", 1)[0] + ("?" + HIDDEN if "?" in str(uri) else "")
+    """The URI's path, redacted (a token typed without its '?': `/webhooks/jenkins&token=`,
+    core.redaction), and no query."""
+    return redact(str(uri).split("?", 1)[0]) + ("?" + HIDDEN if "?" in str(uri) else "")
 
 
 class AccessLogger(Logger):
@@ -52,6 +56,8 @@ class AccessLogger(Logger):
         for name in ("q", "{query_string}e"):
             atoms[name] = HIDDEN if atoms.get(name) else atoms.get(name)
         atoms["{raw_uri}e"] = _uri(environ.get("RAW_URI", ""))
+        for name in ("U", "{path_info}e"):
+            atoms[name] = _uri(atoms.get(name) or "")
         for name in _HIDDEN_ATOMS & atoms.keys():
             atoms[name] = "[not shown: a token]"
         return atoms

@@ -124,7 +124,7 @@ def test_a_content_length_int_refuses_is_400_and_the_worker_serves_on(web, lengt
 
 # Every atom of gunicorn's access log (gunicorn.glogging.Logger.atoms) that holds the query or
 # a token header: the request line, the query, the environ's URI and query, the token headers.
-ACCESS_FORMAT = ("%(r)s|%(q)s|%({raw_uri}e)s|%({query_string}e)s|%({x-gitlab-token}i)s|"
+ACCESS_FORMAT = ("%(r)s|%(U)s|%({path_info}e)s|%(q)s|%({raw_uri}e)s|%({query_string}e)s|%({x-gitlab-token}i)s|"
                  "%({x-jenkins-token}i)s|%({authorization}i)s|%({http_x_gitlab_token}e)s|"
                  "%({http_x_jenkins_token}e)s|%({http_authorization}e)s")
 
@@ -141,6 +141,7 @@ def test_an_access_log_turned_on_shows_no_token(tmp_path, redis_server):
     with web_process(GUNICORN, env, port, tmp_path / "web.log"):
         for path, headers in [
                 (f"/webhooks/jenkins?token={JENKINS_TOKEN}", {}),
+                (f"/webhooks/jenkins&token={JENKINS_TOKEN}", {}),  # '&' typed for '?'
                 ("/webhooks/jenkins", {"X-Jenkins-Token": JENKINS_TOKEN}),
                 ("/webhooks/gitlab", {"X-Gitlab-Token": GITLAB_TOKEN,
                                       "Authorization": f"Bearer {JENKINS_TOKEN}"})]:
@@ -150,7 +151,7 @@ def test_an_access_log_turned_on_shows_no_token(tmp_path, redis_server):
                 urllib.request.urlopen(request, timeout=10).close()
             except urllib.error.HTTPError as err:  # 400: the body is no event
                 err.close()
-        wait_until(lambda: access.read_text().count("\n") >= 4, timeout=10,
+        wait_until(lambda: access.read_text().count("\n") >= 5, timeout=10,
                    what="the access log's lines")  # /healthz's too
     text = access.read_text()
     assert "POST /webhooks/jenkins?" in text and "POST /webhooks/gitlab " in text, text
