@@ -47,9 +47,9 @@ keepalive = 5
 # of the workers by up to 4 s. (Ignored by gunicorn versions before 25.1.)
 control_socket_disable = True
 # No access log: a Jenkins token may travel in the query string (?token=). One an operator
-# turns on (GUNICORN_CMD_ARGS="--access-logfile -") shows no query nor token header.
+# turns on (GUNICORN_CMD_ARGS="--access-logfile -") shows no query nor token header
+# (service.refused_requests.hide_queries, by the worker).
 accesslog = None
-logger_class = "service.refused_requests.AccessLogger"
 errorlog = "-"
 
 

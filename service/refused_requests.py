@@ -13,13 +13,12 @@ gunicorn keeps no access log here (service/gunicorn.conf.py), but an operator ma
 as gunicorn lets them (GUNICORN_CMD_ARGS="--access-logfile -" overrides the config file):
 its request line and query showed the plugin's token, and a format naming a token header or
 the environ (%({x-gitlab-token}i)s, %({query_string}e)s) the GitLab or Jenkins token.
-`AccessLogger` (the config's logger_class) shows the path and hides those.
+The web's worker (service.http_worker) has its logger show the path and hide those.
 """
 
 import logging
 import re
-
-from gunicorn.glogging import Logger
+from typing import Any
 
 from workers.core.redaction import redact
 
@@ -44,23 +43,18 @@ def _uri(uri: object) -> str:
     return redact(str(uri).split("?", 1)[0]) + ("?" + HIDDEN if "?" in str(uri) else "")
 
 
-class AccessLogger(Logger):
-    """gunicorn's logger, whose access log (when turned on) shows no query and no token
-    header (see the module)."""
-
-    def atoms(self, resp, req, environ, request_time):  # type: ignore[no-untyped-def]
-        atoms = super().atoms(resp, req, environ, request_time)
-        atoms["r"] = " ".join((str(environ.get("REQUEST_METHOD")),
-                               _uri(environ.get("RAW_URI", "")),
-                               str(environ.get("SERVER_PROTOCOL"))))
-        for name in ("q", "{query_string}e"):
-            atoms[name] = HIDDEN if atoms.get(name) else atoms.get(name)
-        atoms["{raw_uri}e"] = _uri(environ.get("RAW_URI", ""))
-        for name in ("U", "{path_info}e"):
-            atoms[name] = _uri(atoms.get(name) or "")
-        for name in _HIDDEN_ATOMS & atoms.keys():
-            atoms[name] = "[not shown: a token]"
-        return atoms
+def hidden_atoms(atoms: dict[str, Any], environ: dict[str, Any]) -> dict[str, Any]:
+    """gunicorn's access-log atoms (glogging.Logger.atoms) without the query or a token header
+    (see the module); the path stays, redacted."""
+    atoms["r"] = " ".join((str(environ.get("REQUEST_METHOD")), _uri(environ.get("RAW_URI", "")),
+                           str(environ.get("SERVER_PROTOCOL"))))
+    for name in ("q", "{query_string}e"):
+        atoms[name] = HIDDEN if atoms.get(name) else atoms.get(name)
+    for name in ("U", "{path_info}e", "{raw_uri}e"):
+        atoms[name] = _uri(atoms.get(name) or "")
+    for name in _HIDDEN_ATOMS & atoms.keys():
+        atoms[name] = "[not shown: a token]"
+    return atoms
 
 
 class QueryHidden(logging.Filter):
@@ -77,7 +71,18 @@ class QueryHidden(logging.Filter):
         return True
 
 
-def hide_queries(logger: logging.Logger) -> None:
-    """QueryHidden on this logger (gunicorn's "gunicorn.error"), once."""
-    if not any(isinstance(f, QueryHidden) for f in logger.filters):
-        logger.addFilter(QueryHidden())
+def hide_queries(log: Any) -> None:
+    """gunicorn's logger (glogging.Logger, statsd's, or an operator's --logger-class) without
+    queries, once: QueryHidden on its error logger, its access log's atoms through
+    hidden_atoms (an attribute of this instance, whatever its class)."""
+    if not any(isinstance(f, QueryHidden) for f in log.error_log.filters):
+        log.error_log.addFilter(QueryHidden())
+    if getattr(log.atoms, "hides_queries", False):
+        return
+    atoms = log.atoms
+
+    def hiding(resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
+        return hidden_atoms(atoms(resp, req, environ, request_time), environ)
+
+    hiding.hides_queries = True  # type: ignore[attr-defined]
+    log.atoms = hiding

@@ -129,15 +129,33 @@ ACCESS_FORMAT = ("%(r)s|%(U)s|%({path_info}e)s|%(q)s|%({raw_uri}e)s|%({query_str
                  "%({http_x_jenkins_token}e)s|%({http_authorization}e)s")
 
 
-def test_an_access_log_turned_on_shows_no_token(tmp_path, redis_server):
+@pytest.mark.parametrize("statsd", [False, True], ids=["plain", "statsd"])
+def test_an_access_log_turned_on_shows_no_token(tmp_path, redis_server, statsd):
     """gunicorn keeps no access log here, but an operator may turn one on the gunicorn way
     (GUNICORN_CMD_ARGS="--access-logfile -", which overrides the config file): each line
     showed the Notification plugin's ?token=, and a format naming a header or the environ
-    (%({x-gitlab-token}i)s, %({query_string}e)s) the GitLab or Jenkins token. The path stays."""
+    (%({x-gitlab-token}i)s, %({query_string}e)s) the GitLab or Jenkins token. The path stays.
+    With --statsd-host too (gunicorn's statsd logger, which still gets its metrics)."""
     port, access = free_port(), tmp_path / "access.log"
-    env = web_env(redis_server.url, CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1",
-                  GUNICORN_CMD_ARGS=f"--access-logfile {access} --access-logformat "
-                                    f"'{ACCESS_FORMAT}'")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as metrics:
+        metrics.bind(("127.0.0.1", 0))
+        metrics.settimeout(10)
+        statsd_arg = f" --statsd-host 127.0.0.1:{metrics.getsockname()[1]}" if statsd else ""
+        env = web_env(redis_server.url, CI_AUTOSCALER_BIND=f"127.0.0.1:{port}",
+                      WEB_CONCURRENCY="1",
+                      GUNICORN_CMD_ARGS=f"--access-logfile {access} --access-logformat "
+                                        f"'{ACCESS_FORMAT}'{statsd_arg}")
+        _access_logged(env, port, tmp_path)
+        if statsd:
+            assert metrics.recv(4096).startswith(b"gunicorn.")
+    text = access.read_text()
+    assert "POST /webhooks/jenkins?" in text and "POST /webhooks/gitlab " in text, text
+    assert JENKINS_TOKEN not in text and GITLAB_TOKEN not in text, text
+
+
+def _access_logged(env: dict[str, str], port: int, tmp_path) -> None:
+    """The web started with `env`, sent a token each way, awaited in its access log."""
+    access = tmp_path / "access.log"
     with web_process(GUNICORN, env, port, tmp_path / "web.log"):
         for path, headers in [
                 (f"/webhooks/jenkins?token={JENKINS_TOKEN}", {}),
@@ -153,6 +171,3 @@ def test_an_access_log_turned_on_shows_no_token(tmp_path, redis_server):
                 err.close()
         wait_until(lambda: access.read_text().count("\n") >= 5, timeout=10,
                    what="the access log's lines")  # /healthz's too
-    text = access.read_text()
-    assert "POST /webhooks/jenkins?" in text and "POST /webhooks/gitlab " in text, text
-    assert JENKINS_TOKEN not in text and GITLAB_TOKEN not in text, text
