@@ -122,7 +122,8 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):
         if request.path.startswith("/webhooks/") and err.code is not None and err.code < 500:
-            log_rejection(request.environ, err.code, err.description)
+            log_rejection(request.environ, err.code, err.description,
+                          secrets=settings.secret_values)
         return jsonify(error=err.name.lower().replace(" ", "_"), reason=err.description), err.code
 
     return app

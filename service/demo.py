@@ -71,11 +71,13 @@ class _Outcome:
     peak_nodes_needed: int = 0
 
 
-def _connect(url: str) -> tuple[redis.Redis, str]:
+def _connect(settings: Settings) -> tuple[redis.Redis, str]:
+    """The Redis of REDIS_URL if it answers, else fakeredis; and how to name it to the user:
+    by its address (Settings.redis_target), never the URL, which may hold a password."""
     try:
-        connection = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+        connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5)
         connection.ping()
-        return connection, f"redis-server at {url}"
+        return connection, f"redis-server at {settings.redis_target}"
     except redis.RedisError:
         return fakeredis.FakeRedis(server=fakeredis.FakeServer()), "fakeredis (in process)"
 
@@ -144,7 +146,7 @@ def run_demo(*, pushes: int = DEMO_PUSHES, nodes: int = DEMO_NODES, seed: int = 
                              spool_dir=spool.name,
                              **({"redis_url": redis_url} if redis_url else {}))
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    connection, where = _connect(settings.redis_url)
+    connection, where = _connect(settings)
     config = parse_file_config(resources.files("workers.sim").joinpath("data/demo.yaml")
                                .read_text(), source="demo.yaml")
     app = create_app(settings, file_config=config, redis_connection=connection)

@@ -23,6 +23,7 @@ import orjson
 from gunicorn.http.errors import NoMoreData, ParseException
 
 from service.body_wait import SERVER_DRAINS
+from workers.core.redaction import redact
 from workers.telemetry.exposition import ERRORS_TOTAL, WEBHOOK_DURATION_SECONDS, WEBHOOKS_TOTAL
 
 rejections = logging.getLogger("ci_autoscaler.webhooks")
@@ -101,12 +102,18 @@ def capped(value: str | None) -> str | None:
     return f"{value[:LOGGED_HEADER_CHARS]}... ({len(value) - LOGGED_HEADER_CHARS} more)"
 
 
-def log_rejection(environ: Environ, status: int, reason: str | None, **fields: Any) -> None:
+def log_rejection(environ: Environ, status: int, reason: str | None, *,
+                  secrets: Iterable[str] = (), **fields: Any) -> None:
     """Who was turned away, where and why: the source address, the path (not the query, which
     may hold a Jenkins token) and the reason; never a header value that could be a secret, and
-    the one header logged (X-Forwarded-For) capped."""
+    the one header logged (X-Forwarded-For) capped. A path that is no route (a 404) may hold
+    a token too, typed in the plugin's URL without its '?' (`/webhooks/jenkins&token=...`,
+    sent as typed) or put in a hook's path: it is redacted (core.redaction, with `secrets`,
+    the settings' own)."""
+    path = environ.get("PATH_INFO")
     rejections.warning("webhook rejected", extra={
-        "status": status, "reason": reason, "endpoint": capped(environ.get("PATH_INFO")),
+        "status": status, "reason": reason,
+        "endpoint": capped(redact(path, secrets) if path else path),
         "remote_addr": environ.get("REMOTE_ADDR"),
         "forwarded_for": capped(environ.get("HTTP_X_FORWARDED_FOR")), **fields})
 

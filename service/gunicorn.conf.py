@@ -46,7 +46,9 @@ keepalive = 5
 # by whichever gunicorn of the user started last, and stopping its server delays the SIGTERM
 # of the workers by up to 4 s. (Ignored by gunicorn versions before 25.1.)
 control_socket_disable = True
-# No access log: a Jenkins token may travel in the query string (?token=).
+# No access log: a Jenkins token may travel in the query string (?token=). One an operator
+# turns on (GUNICORN_CMD_ARGS="--access-logfile -") shows no query nor token header
+# (service.refused_requests.hide_queries, by the worker).
 accesslog = None
 errorlog = "-"
 

@@ -109,7 +109,7 @@ class Worker(ThreadWorker):
         self.parked: dict[Conn, float] = {}
         self.buffered = 0  # bytes held by the connections whose body the main loop read (`held`)
         self.serving = threading.local()  # the connection each thread serves (`serve`)
-        hide_queries(self.log.error_log)  # a refused request line is logged without its query
+        hide_queries(self.log)  # a request is logged without its query (and token headers)
 
     def load_wsgi(self) -> None:
         """The app, served through `serve` on our own path (see _own_path)."""

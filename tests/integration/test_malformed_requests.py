@@ -7,11 +7,13 @@ Notification plugin's token travels."""
 
 import json
 import socket
+import urllib.error
 import urllib.request
 
 import pytest
 
 from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
+from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture_bytes
 from tests.support.redis_server import free_port
 from tests.support.web_process import GUNICORN, web_env, web_process
@@ -118,3 +120,54 @@ def test_a_content_length_int_refuses_is_400_and_the_worker_serves_on(web, lengt
     reply = _send(web.port, head, b"")
     assert reply.startswith(b"HTTP/1.1 400 "), reply[:300]
     assert "Exception in worker process" not in web.log.read_text()
+
+
+# Every atom of gunicorn's access log (gunicorn.glogging.Logger.atoms) that holds the query or
+# a token header: the request line, the query, the environ's URI and query, the token headers.
+ACCESS_FORMAT = ("%(r)s|%(U)s|%({path_info}e)s|%(q)s|%({raw_uri}e)s|%({query_string}e)s|%({x-gitlab-token}i)s|"
+                 "%({x-jenkins-token}i)s|%({authorization}i)s|%({http_x_gitlab_token}e)s|"
+                 "%({http_x_jenkins_token}e)s|%({http_authorization}e)s")
+
+
+@pytest.mark.parametrize("statsd", [False, True], ids=["plain", "statsd"])
+def test_an_access_log_turned_on_shows_no_token(tmp_path, redis_server, statsd):
+    """gunicorn keeps no access log here, but an operator may turn one on the gunicorn way
+    (GUNICORN_CMD_ARGS="--access-logfile -", which overrides the config file): each line
+    showed the Notification plugin's ?token=, and a format naming a header or the environ
+    (%({x-gitlab-token}i)s, %({query_string}e)s) the GitLab or Jenkins token. The path stays.
+    With --statsd-host too (gunicorn's statsd logger, which still gets its metrics)."""
+    port, access = free_port(), tmp_path / "access.log"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as metrics:
+        metrics.bind(("127.0.0.1", 0))
+        metrics.settimeout(10)
+        statsd_arg = f" --statsd-host 127.0.0.1:{metrics.getsockname()[1]}" if statsd else ""
+        env = web_env(redis_server.url, CI_AUTOSCALER_BIND=f"127.0.0.1:{port}",
+                      WEB_CONCURRENCY="1",
+                      GUNICORN_CMD_ARGS=f"--access-logfile {access} --access-logformat "
+                                        f"'{ACCESS_FORMAT}'{statsd_arg}")
+        _access_logged(env, port, tmp_path)
+        if statsd:
+            assert metrics.recv(4096).startswith(b"gunicorn.")
+    text = access.read_text()
+    assert "POST /webhooks/jenkins?" in text and "POST /webhooks/gitlab " in text, text
+    assert JENKINS_TOKEN not in text and GITLAB_TOKEN not in text, text
+
+
+def _access_logged(env: dict[str, str], port: int, tmp_path) -> None:
+    """The web started with `env`, sent a token each way, awaited in its access log."""
+    access = tmp_path / "access.log"
+    with web_process(GUNICORN, env, port, tmp_path / "web.log"):
+        for path, headers in [
+                (f"/webhooks/jenkins?token={JENKINS_TOKEN}", {}),
+                (f"/webhooks/jenkins&token={JENKINS_TOKEN}", {}),  # '&' typed for '?'
+                ("/webhooks/jenkins", {"X-Jenkins-Token": JENKINS_TOKEN}),
+                ("/webhooks/gitlab", {"X-Gitlab-Token": GITLAB_TOKEN,
+                                      "Authorization": f"Bearer {JENKINS_TOKEN}"})]:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"{}",
+                                             headers=headers, method="POST")
+            try:
+                urllib.request.urlopen(request, timeout=10).close()
+            except urllib.error.HTTPError as err:  # 400: the body is no event
+                err.close()
+        wait_until(lambda: access.read_text().count("\n") >= 5, timeout=10,
+                   what="the access log's lines")  # /healthz's too

@@ -23,7 +23,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
 from tests.support.monitoring import wait_until
 from tests.support.payloads import EXAMPLE_CONFIG, fixture_bytes
-from tests.support.redis_server import free_port
+from tests.support.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_LIMIT_SECONDS = 60
@@ -75,6 +75,24 @@ def test_demo_stops_cleanly_on_ctrl_c(redis_url):
     assert "interrupted" in out and "summary:" in out
     assert "Traceback" not in err
     assert redis.Redis.from_url(redis_url).keys("cia-demo-*") == []  # its keys cleaned up
+
+
+def test_the_demo_names_its_redis_without_the_password(tmp_path):
+    """The demo's first line names the Redis it runs on: with REDIS_URL's password it printed
+    the URL whole ("redis-server at redis://:<password>@host:6379/0") to the terminal."""
+    password = "demo-Redis-pw-5e0b"
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        redis.Redis(port=server.port).config_set("requirepass", password)
+        result = subprocess.run(
+            [sys.executable, "-m", "service.cli", "demo", "--pushes", "1"], cwd=ROOT,
+            env=_env(REDIS_URL=f"redis://:{password}@127.0.0.1:{server.port}/0"),
+            capture_output=True, text=True, timeout=DEMO_LIMIT_SECONDS + 30)
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"redis-server at 127.0.0.1:{server.port}/0" in result.stdout, result.stdout
+    assert password not in result.stdout + result.stderr
 
 
 def _wait_http(url: str, proc: subprocess.Popen, deadline_seconds: float = 30) -> None:

@@ -141,6 +141,24 @@ def test_rejections_are_logged_with_source_endpoint_and_reason_but_no_secret(
         assert secret not in text
 
 
+@pytest.mark.parametrize("path", [
+    f"/webhooks/jenkins&token={JENKINS_TOKEN}",  # '&' typed for '?' in the plugin's URL
+    f"/webhooks/jenkins;token={JENKINS_TOKEN}",
+    f"/webhooks/jenkins/token={JENKINS_TOKEN}",
+    f"/webhooks/gitlab/{GITLAB_TOKEN}"])  # the token put in the hook's path
+def test_a_mistyped_webhook_path_is_logged_without_the_token_in_it(redis_url, caplog, path):
+    """A webhook path that is no route (404) is logged with its path, where a token typed in
+    the plugin's URL without its '?' (Java's URL sends it as typed) or put in a hook's path
+    stood whole in the web's log."""
+    client = make_app(redis_url).test_client()
+    caplog.set_level(logging.INFO)
+    assert client.post(path, json={}).status_code == 404
+    [rejected] = [r for r in caplog.records if r.getMessage() == "webhook rejected"]
+    assert rejected.endpoint.startswith("/webhooks/"), rejected.endpoint
+    text = caplog.text + " ".join(str(vars(r)) for r in caplog.records)
+    assert JENKINS_TOKEN not in text and GITLAB_TOKEN not in text, text
+
+
 def test_with_redis_stopped_the_webhook_spools_within_a_second(own_redis):
     client = make_app(own_redis.url).test_client()
     assert post(client, **{"Idempotency-Key": "warm"}).status_code == 202  # pooled connection
