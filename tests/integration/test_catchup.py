@@ -417,6 +417,27 @@ def test_a_refused_token_fails_the_pass_with_a_reason_and_never_the_token(
         getattr(r, "error", "")) for r in caplog.records)
 
 
+def test_a_token_without_an_api_scope_ends_the_pass_as_a_refused_token_and_says_read_api(
+        world, gitlab_fake, caplog):
+    """A token made with read_repository only (the scope a clone needs, an easy mistake) is
+    answered 403 insufficient_scope by every API call, as a revoked one is 401: the pass went
+    on to every project, each failing and logged as a 'permanent' error with GitLab's
+    scope text, none naming GITLAB_API_TOKEN nor the read_api it needs."""
+    app, state, new_catch_up = world
+    caplog.set_level(logging.INFO)
+    clone_token = "glpat-clone-only-4Rt8"
+    gitlab_fake.tokens[clone_token] = {"read_repository"}
+    result = catchup.catch_up_once(new_catch_up(token=clone_token))
+    assert result == {"groups_failed": 1}
+    assert gitlab_fake.answered(403) == 1  # nothing more asked of GitLab this pass
+    assert metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="unauthorized"}') == 1
+    errors = [json.dumps(getattr(r, "error", "")) for r in caplog.records
+              if r.levelno >= logging.ERROR]
+    assert errors and all("GITLAB_API_TOKEN" in e and "read_api" in e for e in errors)
+    assert all(clone_token not in r.getMessage() and clone_token not in json.dumps(
+        getattr(r, "error", "")) for r in caplog.records)
+
+
 def test_a_disabled_hook_shows_as_a_metric_per_project(world, gitlab_fake):
     app, state, new_catch_up = world
     gitlab_fake.add_hook(APP, HOOK_URL, alert_status="temporarily_disabled",

@@ -9,7 +9,8 @@ errors GitLab's own API gives, and state a test can seed and read:
 - ``tokens``: token -> scopes. A request without a known ``PRIVATE-TOKEN`` answers 401
   ``{"message":"401 Unauthorized"}`` (lib/api/helpers.rb, ``unauthorized!``); a write with a
   token without ``api`` answers 403 ``insufficient_scope`` (Gitlab::Auth::AuthFinders,
-  doc/api/rest/authentication.md);
+  doc/api/rest/authentication.md), and any request with a token without ``api`` nor
+  ``read_api`` (``read_repository`` only, say) answers 403 ``insufficient_scope``;
 - ``requests``: every request as ``Recorded`` (method, path, query, status).
 
 Pagination (doc/api/rest/_index.md, "Offset-based pagination"): ``page`` and ``per_page``
@@ -430,6 +431,13 @@ class GitLabFake:
             request.headers.get("Authorization", "").removeprefix("Bearer ")
         if token not in self.tokens:
             return _json({"message": "401 Unauthorized"}, 401, headers)
+        if not self.tokens[token] & {"api", "read_api"}:
+            # A token without an API scope (read_repository, read_user, ...) is refused by
+            # every API call, a read too (Gitlab::Auth::AuthFinders#validate_access_token!:
+            # a GET allows api and read_api; gitlab-org/gitlab#520392 shows the answer).
+            return _json({"error": "insufficient_scope", "error_description": "The request "
+                          "requires higher privileges than provided by the access token.",
+                          "scope": "api read_api"}, 403, headers)
         parts = raw_path.split("/")
         if parts[:3] != ["", "api", "v4"] or len(parts) < 5:
             return _json({"error": "404 Not Found"}, 404, headers)

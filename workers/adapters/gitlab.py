@@ -57,6 +57,15 @@ class TokenRefused(PermanentError, CredentialsRefused):
     call (a `permanent` error says a request was wrong)."""
 
 
+class ScopeRefused(PermanentError, CredentialsRefused):
+    """GitLab answered 403 insufficient_scope: the token lacks the scope the call needs (a
+    read needs read_api or api, a write api; Gitlab::Auth::AuthFinders#
+    validate_access_token!). Every further call of that kind fails alike, in every project,
+    until the token is replaced: counted as `unauthorized`, as a refused token is. Not a
+    TokenRefused: a token that reads may still be refused writes only (commit statuses turn
+    themselves off then, workers.commit_statuses)."""
+
+
 class ProjectNotFound(PermanentError):
     """GitLab answered 404 "Project Not Found" for a project: deleted, out of the token's
     reach (GitLab answers a private project its user is no member of alike), or, by path,
@@ -201,6 +210,9 @@ def _translated(what: str, scope: str = "read_api") -> Iterator[None]:
     except gl_errors.GitlabError as err:
         code = err.response_code or 0
         detail = f"{what}: GitLab answered {code or 'an error'}: {_message(err)}"
+        if code == 403 and "insufficient_scope" in detail:
+            raise ScopeRefused(f"{detail}: the token lacks the scope this call needs; give "
+                               f"GITLAB_API_TOKEN a token with the {scope} scope") from err
         if code in GATEWAY_ERRORS:
             raise Unavailable(detail) from err
         if code == 429 or code >= 500 or code == 0:
