@@ -666,3 +666,24 @@ def test_a_push_a_version_before_took_is_not_built_again_by_the_first_pass_after
     again = catchup.catch_up_once(cu)
     assert again.get("built") == 1 and "queued" not in again, again
     assert Mover(state).drain() == 0 and state.queue.count == 1
+
+
+def test_a_project_listed_by_its_numeric_id_is_caught_up_under_its_path(
+        redis_url, gitlab_fake, caplog):
+    """GitLab's API takes a project by its numeric id as by its path (doc/api/rest/_index.md,
+    "Namespaced paths": `:id` is the ID or URL-encoded path), and the id is what a rename or
+    move keeps: `catchUp.projects: ["4711"]` was refused as "no project's path"."""
+    caplog.set_level(logging.INFO)
+    gitlab_fake.add_project("team/app", branches={"main": sha(1)}, project_id=4711)
+    config = parse_file_config(NAMED_IN_LOWER_CASE.replace('project: "team/app"',
+                                                           'project: "team/*"')
+                               + 'catchUp:\n  projects: ["4711"]\n')
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    assert catchup.catch_up_once(cu)["baseline"] == 1
+    gitlab_fake.push("team/app", "fix", sha(72))
+    assert catchup.catch_up_once(cu)["queued"] == 1
+    assert [r["build"]["project"] for r in intake_builds(ctx.state)] == ["team/app"]
+    assert not [r for r in caplog.records if "renamed" in r.getMessage()]  # an id is no rename

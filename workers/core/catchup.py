@@ -40,6 +40,7 @@ class CatchUpSources(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    # Full paths, or numeric ids (GitLab's API takes either for :id, doc/api/rest/_index.md)
     projects: tuple[str, ...] = ()
     # Every project in these groups and their subgroups that a route matches.
     groups: tuple[str, ...] = ()
@@ -57,9 +58,10 @@ class CatchUpSources(BaseModel):
     @classmethod
     def _project_paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
         for path in paths:  # a project is always in a group or a user's namespace
-            if "/" not in path:
+            if "/" not in path and not (path.isascii() and path.isdecimal()):
                 raise ValueError(f"{path!r} is no project's path: a project is named by its "
-                                 "full path, 'group/project' (a group goes in catchUp.groups)")
+                                 "full path, 'group/project', or its numeric id (a group "
+                                 "goes in catchUp.groups)")
         return paths
 
 
