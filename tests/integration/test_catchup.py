@@ -295,6 +295,24 @@ def test_a_retry_after_beyond_the_limit_ends_the_pass_and_the_next_one_does_the_
 FIVE_PROJECTS = ("team/a", "team/b", "team/c", "team/d", "team/e")
 
 
+def test_a_project_without_a_repository_in_a_listed_group_fails_no_pass(world, gitlab_fake,
+                                                                         caplog):
+    """A group's project kept for its issues or wiki has its Repository feature off, and
+    GitLab answers its branches 404 "Repository Not Found" (require_repository_enabled!):
+    it has no refs, so no push to miss. A route for the whole group (team/*) made every pass
+    'catch-up pass failed' with an error for it, and `catch-up --once` exit 1, for good."""
+    app, state, new_catch_up = world
+    gitlab_fake.add_project("team/handbook").repository_enabled = False
+    cu = new_catch_up()
+    caplog.set_level(logging.INFO)
+    first = catchup.catch_up_once(cu)
+    assert not catchup.pass_failed(first) and first["projects"] == 3, first
+    gitlab_fake.push(APP, "fix", sha(73))
+    again = catchup.catch_up_once(cu)
+    assert not catchup.pass_failed(again) and again["queued"] == 1, again
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def _five_projects(redis_url, gitlab_fake) -> catchup.CatchUp:
     config = parse_file_config("routes:\n" + "".join(
         f"  - {{project: {p}, ref: 'refs/heads/*', job: build}}\n" for p in FIVE_PROJECTS))

@@ -157,6 +157,9 @@ class FakeProject:
     commits: set[str] = field(default_factory=set)
     protected: set[str] = field(default_factory=set)  # branches and tags; see protect
     default_branch: str = "main"
+    # The project's Repository feature (Settings > General > Visibility): off in a project
+    # kept for its issues or wiki. See _project_api.
+    repository_enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -471,6 +474,12 @@ class GitLabFake:
         base = self.url
         if request.method == "GET" and rest == []:
             return _json(self._project_json(project), 200, headers)
+        if rest[:1] == ["repository"] and not project.repository_enabled:
+            # API::Branches' before: require_repository_enabled!, not_found!("Repository")
+            # (lib/api/helpers.rb); API::Tags' authorize_read_code! refuses it first: 403.
+            if rest == ["repository", "branches"]:
+                return _json({"message": "404 Repository Not Found"}, 404, headers)
+            return _json({"message": "403 Forbidden"}, 403, headers)
         if request.method == "GET" and rest == ["repository", "branches"]:
             items = [{"name": name, "merged": False, "protected": name == project.default_branch,
                       "default": name == project.default_branch, "developers_can_push": False,

@@ -90,6 +90,9 @@ _LOCK_FAILED = "Failed to obtain a lock"
 # API::Helpers#find_project!'s answer for a project the token's user may not see, or none at
 # that id or path (not_found!('Project')): a commit or ref GitLab does not find says so.
 _PROJECT_NOT_FOUND = "404 Project Not Found"
+# require_repository_enabled!'s answer (not_found!('Repository')): the project's Repository
+# feature is off for the token's user.
+_REPOSITORY_NOT_FOUND = "404 Repository Not Found"
 _DATABASE_ERROR_PREFIX = "PG::"
 
 
@@ -270,8 +273,21 @@ def project_heads(*, gl: gitlab.Gitlab, project: str | int,
                   kinds: Iterable[EventKind] = (EventKind.PUSH, EventKind.TAG_PUSH),
                   name: str | None = None) -> RefListing:
     """Every branch and/or tag of the project (by path or id; `name` names it in messages)
-    with the commit it points at, all pages read."""
-    kinds = frozenset(kinds)
+    with the commit it points at, all pages read. A project whose Repository feature is off
+    (one kept for its issues or wiki) has none: GitLab answers its branches 404 "Repository
+    Not Found" (API::Branches: require_repository_enabled!) and its tags 403."""
+    try:
+        return _project_heads(gl, project, frozenset(kinds), name)
+    except PermanentError as err:
+        if isinstance(err.__cause__, gl_errors.GitlabError) and \
+                err.__cause__.response_code == 404 and \
+                _message(err.__cause__) == _REPOSITORY_NOT_FOUND:
+            return RefListing([])
+        raise
+
+
+def _project_heads(gl: gitlab.Gitlab, project: str | int, kinds: frozenset[EventKind],
+                   name: str | None) -> RefListing:
     listing = RefListing([])
     proj = _project(gl, project)
     with _translated(f"list the refs of {name or project}"):
