@@ -313,6 +313,28 @@ def test_a_project_without_a_repository_in_a_listed_group_fails_no_pass(world, g
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+def test_a_project_shared_with_a_listed_group_is_not_one_of_its_projects(redis_url,
+                                                                         gitlab_fake):
+    """GitLab lists a group's projects with those other namespaces shared with it unless
+    asked with_shared=false (doc/api/groups.md): with a route for every project, a project
+    shared with `team` (another team's, with no hook to us) had its pushes built by the
+    catch-up, though catchUp.groups lists the projects *of* a group (README)."""
+    config = parse_file_config(
+        "routes:\n  - {project: '*', ref: 'refs/heads/*', job: build}\n"
+        "catchUp:\n  groups: [team]\n")
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    gitlab_fake.add_project(APP, branches={"main": sha(1)})
+    gitlab_fake.add_project("other/x", branches={"main": sha(4)})
+    gitlab_fake.share_project("other/x", "team")
+    cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    assert catchup.catch_up_once(cu)["projects"] == 1
+    gitlab_fake.push("other/x", "fix", sha(74))
+    assert "queued" not in catchup.catch_up_once(cu)
+    assert intake_builds(ctx.state) == []
+
+
 def _five_projects(redis_url, gitlab_fake) -> catchup.CatchUp:
     config = parse_file_config("routes:\n" + "".join(
         f"  - {{project: {p}, ref: 'refs/heads/*', job: build}}\n" for p in FIVE_PROJECTS))

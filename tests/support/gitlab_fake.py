@@ -160,6 +160,7 @@ class FakeProject:
     # The project's Repository feature (Settings > General > Visibility): off in a project
     # kept for its issues or wiki. See _project_api.
     repository_enabled: bool = True
+    shared_with: set[str] = field(default_factory=set)  # groups (lower case); share_project
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,13 @@ class GitLabFake:
         of the group's listing."""
         with self._lock:
             del self.projects[path]
+
+    def share_project(self, path: str, group: str) -> None:
+        """The project (of another namespace) is shared with the group (Project > Members >
+        Invite a group): the group's members get access, and its project listing includes
+        it by default (with_shared)."""
+        with self._lock:
+            self.projects[path].shared_with.add(group.lower())
 
     def push(self, path: str, branch: str, sha: str) -> None:
         """The branch now points at `sha` (created if new), as after a push."""
@@ -526,6 +534,12 @@ class GitLabFake:
             return _json({"message": "404 Group Not Found"}, 404, headers)
         if request.args.get("include_subgroups") not in ("true", "True", "1"):
             members = [p for p in members if "/" not in p.path[len(group) + 1:]]
+        if request.args.get("with_shared") not in ("false", "False", "0"):
+            # with_shared: "Include projects shared to this group. Default is true"
+            # (doc/api/groups.md, "List projects"): projects of other namespaces that were
+            # shared with the group (share_project)
+            members += [p for p in self.projects.values() if group.lower() in p.shared_with
+                        and p not in members]
         items = [self._project_json(p) for p in sorted(members, key=lambda p: p.id)]
         return self._page(request, items, headers)
 

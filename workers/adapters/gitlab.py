@@ -318,13 +318,14 @@ def _count_unlisted(listing: RefListing, kind: EventKind, listed: int,
 
 def group_project_identities(*, gl: gitlab.Gitlab, group: str) -> list[ProjectIdentity]:
     """The group's projects (id and current path), its subgroups' included, archived ones
-    left out, by path."""
+    and those of other namespaces shared with it left out (GitLab includes these unless
+    with_shared=false, doc/api/groups.md), by path."""
     with _translated(f"list the projects of group {group}"):
         grp = gl.groups.get(group, lazy=True)
         return sorted((ProjectIdentity(int(p.id), str(p.path_with_namespace))
                        for p in grp.projects.list(
                            iterator=True, per_page=PER_PAGE, include_subgroups=True,
-                           archived=False, max_retries=MAX_RETRIES)),
+                           archived=False, with_shared=False, max_retries=MAX_RETRIES)),
                       key=lambda p: p.path)
 
 
