@@ -19,6 +19,7 @@ from service.app import create_app
 from tests.support.app import GITLAB_TOKEN, make_settings
 from tests.support.dashboards import ROOT
 from tests.support.payloads import fixture
+from tests.support.redis_server import free_port
 from workers.engine import catchup
 from workers.adapters import gitlab as gitlab_api
 from workers.config.config_file import parse_file_config
@@ -200,6 +201,21 @@ def test_more_than_a_hundred_branches_are_read_page_by_page(world, gitlab_fake):
     assert pages == ["1", "2", "3"]
     assert {r.query["per_page"] for r in gitlab_fake.requests if "/repository/" in r.path} \
         == {"100"}
+
+
+def test_pages_are_read_from_gitlab_url_though_gitlab_links_its_external_url(world,
+                                                                             gitlab_fake):
+    """GitLab's Link headers name the host and port of its own external_url, whatever
+    address was asked (Gitlab::Pagination::OffsetHeaderBuilder#base_request_uri). With
+    GITLAB_URL an in-cluster Service (the GitLab chart's webservice) and the external_url a
+    name the cluster does not reach, python-gitlab followed page 2 there: every project with
+    more than 100 branches failed every pass, and its pushes were never caught up."""
+    app, state, new_catch_up = world
+    for n in range(150):
+        gitlab_fake.push(LIB, f"b-{n:03}", sha(1000 + n))
+    gitlab_fake.external_host = f"127.0.0.1:{free_port()}"  # nothing listens there
+    first = catchup.catch_up_once(new_catch_up())
+    assert not catchup.pass_failed(first) and first["refs"] == 3 + 151, first
 
 
 def test_branches_gitlab_leaves_out_of_its_pages_are_not_taken_for_deleted(world, gitlab_fake):

@@ -16,7 +16,8 @@ errors GitLab's own API gives, and state a test can seed and read:
 Pagination (doc/api/rest/_index.md, "Offset-based pagination"): ``page`` and ``per_page``
 (default 20, at most 100); every list answer has ``X-Page``, ``X-Per-Page``, ``X-Next-Page``
 and ``X-Prev-Page`` (empty when none), ``X-Total``, ``X-Total-Pages`` and a ``Link`` header
-with rel prev, next, first and last, each URL carrying the request's own query. Branches come
+with rel prev, next, first and last, each URL carrying the request's own query, on the
+host and port of GitLab's external_url (``external_host``), not the address asked. Branches come
 sorted by name (doc/api/branches.md), tags by last update, newest first (doc/api/tags.md:
 ``order_by`` updated, ``sort`` desc by default).
 
@@ -188,6 +189,9 @@ class GitLabFake:
         # path -> (status, the requests' sub-path prefix); see fail_project
         self.failing_projects: dict[str, tuple[int, str]] = {}
         self.branch_fetch_cap: int | None = None  # see cut_branch_pages
+        # host:port of GitLab's external_url, when the client reaches it at another address
+        # (an in-cluster Service): its Link headers name that one (see _page)
+        self.external_host: str | None = None
         self._deletes_after_page: dict[tuple[str, str], str] = {}  # delete_branch_after_page
         # token -> the role of its user in every project (guest, reporter, developer,
         # maintainer); a token not named here is a maintainer's. See _post_status.
@@ -669,7 +673,10 @@ class GitLabFake:
 
         def link(n: int) -> str:
             q = urlencode({**query, "page": n, "per_page": per_page})
-            return f"{self.url}{request.environ.get('RAW_URI', request.path).split('?')[0]}?{q}"
+            # Gitlab::Pagination::OffsetHeaderBuilder#base_request_uri: the request's URL
+            # with the host and port of GitLab's own external_url (Gitlab.config.gitlab)
+            base = f"http://{self.external_host}" if self.external_host else self.url
+            return f"{base}{request.environ.get('RAW_URI', request.path).split('?')[0]}?{q}"
         rels = ([(page - 1, "prev")] if page > 1 else []) + \
             ([(page + 1, "next")] if page < total_pages else []) + \
             [(1, "first"), (total_pages, "last")]

@@ -176,9 +176,13 @@ class PacedSession(requests.Session):
 def client(*, url: str, token: str, timeout: float = CALL_TIMEOUT_SECONDS,
            session: requests.Session | None = None) -> gitlab.Gitlab:
     """A python-gitlab client with a personal, project or group access token (read_api for the
-    catch-up; api for commit statuses), paging by PER_PAGE."""
+    catch-up; api for commit statuses), paging by PER_PAGE. The next pages are asked of `url`
+    too (keep_base_url): GitLab's Link headers name the host and port of its external_url,
+    whatever address was asked (Gitlab::Pagination::OffsetHeaderBuilder#base_request_uri),
+    which a GITLAB_URL of an in-cluster Service may not reach."""
     return gitlab.Gitlab(url, private_token=token, timeout=timeout, per_page=PER_PAGE,
-                         retry_transient_errors=True, session=session or PacedSession())
+                         retry_transient_errors=True, keep_base_url=True,
+                         session=session or PacedSession())
 
 
 def _message(err: gl_errors.GitlabError) -> str:
