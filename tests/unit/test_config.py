@@ -598,3 +598,19 @@ def test_an_unquoted_value_yaml_reads_as_another_type_says_so_without_the_value(
                    f"as {kind}; quote it" in p for p in found), found
     if value:
         assert not any(f"{value!r}" in p or f" {value} " in p for p in found), found
+
+
+@pytest.mark.parametrize("url", ["https://gitlab.example.com/api/v4",
+                                 "https://example.com/gitlab/api/v4/"])
+def test_gitlab_url_with_the_api_path_is_refused(monkeypatch, url):
+    """GitLab CI's CI_API_V4_URL is an easy thing to give here, and python-gitlab adds
+    /api/v4 itself: every call went to /api/v4/api/v4/..., answered 404, so each catch-up
+    pass had every project 'not found' and no commit status was ever set."""
+    monkeypatch.setenv("GITLAB_URL", url)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert err.value.problems == ["GITLAB_URL: must be GitLab's root URL (https://gitlab."
+                                  "example.com, or the path GitLab is served under), without "
+                                  "/api/v4: python-gitlab adds it"]
+    monkeypatch.setenv("GITLAB_URL", url.split("/api/")[0])
+    assert load_settings().gitlab_url == url.split("/api/")[0]
