@@ -743,3 +743,21 @@ def test_a_project_listed_by_its_numeric_id_is_caught_up_under_its_path(
     assert catchup.catch_up_once(cu)["queued"] == 1
     assert [r["build"]["project"] for r in intake_builds(ctx.state)] == ["team/app"]
     assert not [r for r in caplog.records if "renamed" in r.getMessage()]  # an id is no rename
+
+
+@pytest.mark.parametrize("given", [{"gitlab_url": "https://gitlab.example.com"},
+                                   {"gitlab_api_token": "glpat-only-the-token-8Vw2"}])
+def test_gitlab_url_or_token_alone_says_the_catch_up_is_off(redis_url, caplog, given):
+    """GITLAB_URL set and the token under another name (GITLAB_TOKEN), or the other way
+    round: the reconcile process ran with no catch-up and said nothing, and every push
+    whose webhook GitLab never sent was lost while the operator thought it caught up."""
+    caplog.set_level(logging.INFO)
+    settings = make_settings(redis_url, **given)
+    app = create_app(settings, file_config=parse_file_config(CONFIG))
+    state = app.extensions["ci_autoscaler"].state
+    assert catchup.from_settings(settings, parse_file_config(CONFIG), state) is None
+    [line] = [r for r in caplog.records if r.levelno == logging.WARNING
+              and r.name == "ci_autoscaler.catchup"]
+    missing = "GITLAB_API_TOKEN" if "gitlab_url" in given else "GITLAB_URL"
+    assert line.missing == missing and "catch-up off" in line.getMessage()
+    assert "glpat-only-the-token-8Vw2" not in line.getMessage()

@@ -66,8 +66,16 @@ class CatchUp:
 
 
 def from_settings(settings: Settings, config: FileConfig, state: RedisState) -> CatchUp | None:
-    """The catch-up, when GITLAB_URL and GITLAB_API_TOKEN are set; else None."""
+    """The catch-up, when GITLAB_URL and GITLAB_API_TOKEN are set; else None, with a warning
+    when one of them is set alone (the other misnamed, or its secret key missing)."""
     if not settings.catch_up_enabled:
+        given = {"GITLAB_URL": bool(settings.gitlab_url), "GITLAB_API_TOKEN": bool(
+            settings.gitlab_api_token and settings.gitlab_api_token.get_secret_value())}
+        if any(given.values()):
+            missing = next(name for name, is_set in given.items() if not is_set)
+            log.warning("catch-up off: it needs both GITLAB_URL and GITLAB_API_TOKEN; pushes "
+                        "whose webhooks GitLab does not send are not built",
+                        extra={"missing": missing})
         return None
     return CatchUp(settings=settings, config=config, state=state, gl=gitlab_api.client(
         url=settings.gitlab_url, token=settings.gitlab_api_token.get_secret_value()))
