@@ -351,6 +351,18 @@ def test_a_project_shared_with_a_listed_group_is_not_one_of_its_projects(redis_u
     assert intake_builds(ctx.state) == []
 
 
+def test_a_429_that_outlasts_the_retries_ends_the_pass(redis_url, gitlab_fake):
+    """GitLab still answering 429 after python-gitlab waited its Retry-After three times (the
+    token's quota spent by another client of the same user): the pass went on to the next
+    project and the next, each costing its listing's and its hooks' four calls and waits,
+    every one of them throttled alike, instead of leaving the work to the next pass."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    gitlab_fake.outage(60, 429, retry_after=1)
+    result = catchup.catch_up_once(cu)
+    assert result["projects_failed"] == 1, result
+    assert gitlab_fake.answered(429) == 1 + gitlab_api.MAX_RETRIES
+
+
 def _five_projects(redis_url, gitlab_fake) -> catchup.CatchUp:
     config = parse_file_config("routes:\n" + "".join(
         f"  - {{project: {p}, ref: 'refs/heads/*', job: build}}\n" for p in FIVE_PROJECTS))
