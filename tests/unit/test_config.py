@@ -57,6 +57,11 @@ def test_min_default_max_out_of_order_is_refused():
     ("routes: [{job: b}]\ncatchUp: {projects: [app]}\n",
      "catchUp.projects: 'app' is no project's path"),
     ("routes: [{job: b, project: app}]\n", "routes[0].project: 'app' can match no push"),
+    # a clone or web URL copied in: GitLab answered 404 for it every catch-up pass
+    ("routes: [{job: b}]\ncatchUp: {projects: ['team/app.git']}\n",
+     "catchUp.projects: 'team/app.git' is no project's path"),
+    ("routes: [{job: b}]\ncatchUp: {projects: ['https://gitlab.example.com/team/app']}\n",
+     "catchUp.projects: 'https://gitlab.example.com/team/app' is no project's path"),
 ])
 def test_bad_files_name_the_field_and_reason(text, needle):
     assert any(needle in p for p in problems(text)), problems(text)
