@@ -270,8 +270,9 @@ def pass_failed(result: Mapping[str, object]) -> bool:
 def ends_pass(err: CIAutoscalerError) -> bool:
     """An error no further call of this pass would escape: GitLab refused the token (or its
     scope), asked for a wait longer than a call may take, or still answered 429 after
-    python-gitlab's waits and retries (the next pass goes on from where this one was). GitLab not serving (Unavailable) ends it too, once UNSERVED_IN_A_ROW
-    projects in a row met it (catch_up_once)."""
+    python-gitlab's waits and retries (the next pass goes on from where this one was).
+    GitLab not serving (Unavailable) ends it too, once UNSERVED_IN_A_ROW projects in a row
+    met it (catch_up_once)."""
     return isinstance(err, (gitlab_api.TokenRefused, gitlab_api.ScopeRefused)) or \
         (isinstance(err, RetryableError) and bool(err.retry_after)) or \
         getattr(err.__cause__, "response_code", None) == 429
