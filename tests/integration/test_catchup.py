@@ -19,6 +19,7 @@ from service.app import create_app
 from tests.support.app import GITLAB_TOKEN, make_settings
 from tests.support.dashboards import ROOT
 from tests.support.payloads import fixture
+from tests.support.redis_server import free_port
 from workers.engine import catchup
 from workers.adapters import gitlab as gitlab_api
 from workers.config.config_file import parse_file_config
@@ -202,6 +203,21 @@ def test_more_than_a_hundred_branches_are_read_page_by_page(world, gitlab_fake):
         == {"100"}
 
 
+def test_pages_are_read_from_gitlab_url_though_gitlab_links_its_external_url(world,
+                                                                             gitlab_fake):
+    """GitLab's Link headers name the host and port of its own external_url, whatever
+    address was asked (Gitlab::Pagination::OffsetHeaderBuilder#base_request_uri). With
+    GITLAB_URL an in-cluster Service (the GitLab chart's webservice) and the external_url a
+    name the cluster does not reach, python-gitlab followed page 2 there: every project with
+    more than 100 branches failed every pass, and its pushes were never caught up."""
+    app, state, new_catch_up = world
+    for n in range(150):
+        gitlab_fake.push(LIB, f"b-{n:03}", sha(1000 + n))
+    gitlab_fake.external_host = f"127.0.0.1:{free_port()}"  # nothing listens there
+    first = catchup.catch_up_once(new_catch_up())
+    assert not catchup.pass_failed(first) and first["refs"] == 3 + 151, first
+
+
 def test_branches_gitlab_leaves_out_of_its_pages_are_not_taken_for_deleted(world, gitlab_fake):
     """GitLab 18 before gitlab-org/gitlab MR 244062 (work item 605032; the new branches
     finder, on by default) answers every branch page past the 100th branch [] while X-Total
@@ -293,6 +309,58 @@ def test_a_retry_after_beyond_the_limit_ends_the_pass_and_the_next_one_does_the_
 
 
 FIVE_PROJECTS = ("team/a", "team/b", "team/c", "team/d", "team/e")
+
+
+def test_a_project_without_a_repository_in_a_listed_group_fails_no_pass(world, gitlab_fake,
+                                                                         caplog):
+    """A group's project kept for its issues or wiki has its Repository feature off, and
+    GitLab answers its branches 404 "Repository Not Found" (require_repository_enabled!):
+    it has no refs, so no push to miss. A route for the whole group (team/*) made every pass
+    'catch-up pass failed' with an error for it, and `catch-up --once` exit 1, for good."""
+    app, state, new_catch_up = world
+    gitlab_fake.add_project("team/handbook").repository_enabled = False
+    cu = new_catch_up()
+    caplog.set_level(logging.INFO)
+    first = catchup.catch_up_once(cu)
+    assert not catchup.pass_failed(first) and first["projects"] == 3, first
+    gitlab_fake.push(APP, "fix", sha(73))
+    again = catchup.catch_up_once(cu)
+    assert not catchup.pass_failed(again) and again["queued"] == 1, again
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_project_shared_with_a_listed_group_is_not_one_of_its_projects(redis_url,
+                                                                         gitlab_fake):
+    """GitLab lists a group's projects with those other namespaces shared with it unless
+    asked with_shared=false (doc/api/groups.md): with a route for every project, a project
+    shared with `team` (another team's, with no hook to us) had its pushes built by the
+    catch-up, though catchUp.groups lists the projects *of* a group (README)."""
+    config = parse_file_config(
+        "routes:\n  - {project: '*', ref: 'refs/heads/*', job: build}\n"
+        "catchUp:\n  groups: [team]\n")
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    gitlab_fake.add_project(APP, branches={"main": sha(1)})
+    gitlab_fake.add_project("other/x", branches={"main": sha(4)})
+    gitlab_fake.share_project("other/x", "team")
+    cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    assert catchup.catch_up_once(cu)["projects"] == 1
+    gitlab_fake.push("other/x", "fix", sha(74))
+    assert "queued" not in catchup.catch_up_once(cu)
+    assert intake_builds(ctx.state) == []
+
+
+def test_a_429_that_outlasts_the_retries_ends_the_pass(redis_url, gitlab_fake):
+    """GitLab still answering 429 after python-gitlab waited its Retry-After three times (the
+    token's quota spent by another client of the same user): the pass went on to the next
+    project and the next, each costing its listing's and its hooks' four calls and waits,
+    every one of them throttled alike, instead of leaving the work to the next pass."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    gitlab_fake.outage(60, 429, retry_after=1)
+    result = catchup.catch_up_once(cu)
+    assert result["projects_failed"] == 1, result
+    assert gitlab_fake.answered(429) == 1 + gitlab_api.MAX_RETRIES
 
 
 def _five_projects(redis_url, gitlab_fake) -> catchup.CatchUp:
@@ -414,6 +482,27 @@ def test_a_refused_token_fails_the_pass_with_a_reason_and_never_the_token(
         thread.join(timeout=10)
     assert any("401" in json.dumps(getattr(r, "error", "")) for r in caplog.records)
     assert all(bad_token not in r.getMessage() and bad_token not in json.dumps(
+        getattr(r, "error", "")) for r in caplog.records)
+
+
+def test_a_token_without_an_api_scope_ends_the_pass_as_a_refused_token_and_says_read_api(
+        world, gitlab_fake, caplog):
+    """A token made with read_repository only (the scope a clone needs, an easy mistake) is
+    answered 403 insufficient_scope by every API call, as a revoked one is 401: the pass went
+    on to every project, each failing and logged as a 'permanent' error with GitLab's
+    scope text, none naming GITLAB_API_TOKEN nor the read_api it needs."""
+    app, state, new_catch_up = world
+    caplog.set_level(logging.INFO)
+    clone_token = "glpat-clone-only-4Rt8"
+    gitlab_fake.tokens[clone_token] = {"read_repository"}
+    result = catchup.catch_up_once(new_catch_up(token=clone_token))
+    assert result == {"groups_failed": 1}
+    assert gitlab_fake.answered(403) == 1  # nothing more asked of GitLab this pass
+    assert metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="unauthorized"}') == 1
+    errors = [json.dumps(getattr(r, "error", "")) for r in caplog.records
+              if r.levelno >= logging.ERROR]
+    assert errors and all("GITLAB_API_TOKEN" in e and "read_api" in e for e in errors)
+    assert all(clone_token not in r.getMessage() and clone_token not in json.dumps(
         getattr(r, "error", "")) for r in caplog.records)
 
 
@@ -645,3 +734,42 @@ def test_a_push_a_version_before_took_is_not_built_again_by_the_first_pass_after
     again = catchup.catch_up_once(cu)
     assert again.get("built") == 1 and "queued" not in again, again
     assert Mover(state).drain() == 0 and state.queue.count == 1
+
+
+def test_a_project_listed_by_its_numeric_id_is_caught_up_under_its_path(
+        redis_url, gitlab_fake, caplog):
+    """GitLab's API takes a project by its numeric id as by its path (doc/api/rest/_index.md,
+    "Namespaced paths": `:id` is the ID or URL-encoded path), and the id is what a rename or
+    move keeps: `catchUp.projects: ["4711"]` was refused as "no project's path"."""
+    caplog.set_level(logging.INFO)
+    gitlab_fake.add_project("team/app", branches={"main": sha(1)}, project_id=4711)
+    config = parse_file_config(NAMED_IN_LOWER_CASE.replace('project: "team/app"',
+                                                           'project: "team/*"')
+                               + 'catchUp:\n  projects: ["4711"]\n')
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    assert catchup.catch_up_once(cu)["baseline"] == 1
+    gitlab_fake.push("team/app", "fix", sha(72))
+    assert catchup.catch_up_once(cu)["queued"] == 1
+    assert [r["build"]["project"] for r in intake_builds(ctx.state)] == ["team/app"]
+    assert not [r for r in caplog.records if "renamed" in r.getMessage()]  # an id is no rename
+
+
+@pytest.mark.parametrize("given", [{"gitlab_url": "https://gitlab.example.com"},
+                                   {"gitlab_api_token": "glpat-only-the-token-8Vw2"}])
+def test_gitlab_url_or_token_alone_says_the_catch_up_is_off(redis_url, caplog, given):
+    """GITLAB_URL set and the token under another name (GITLAB_TOKEN), or the other way
+    round: the reconcile process ran with no catch-up and said nothing, and every push
+    whose webhook GitLab never sent was lost while the operator thought it caught up."""
+    caplog.set_level(logging.INFO)
+    settings = make_settings(redis_url, **given)
+    app = create_app(settings, file_config=parse_file_config(CONFIG))
+    state = app.extensions["ci_autoscaler"].state
+    assert catchup.from_settings(settings, parse_file_config(CONFIG), state) is None
+    [line] = [r for r in caplog.records if r.levelno == logging.WARNING
+              and r.name == "ci_autoscaler.catchup"]
+    missing = "GITLAB_API_TOKEN" if "gitlab_url" in given else "GITLAB_URL"
+    assert line.missing == missing and "catch-up off" in line.getMessage()
+    assert "glpat-only-the-token-8Vw2" not in line.getMessage()

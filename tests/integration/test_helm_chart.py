@@ -912,6 +912,8 @@ def test_jenkins_controller_runs_on_a_persistent_volume_and_the_worker_uses_it()
     ({"reconcile": {"intervalSeconds": 600}}, "/reconcile/intervalSeconds"),  # alerts: 120 s
     # The web serves /webhooks/... and strips no prefix: /ci/webhooks/gitlab answered 404.
     ({"ingress": {"path": "/ci/webhooks"}}, "/ingress/path"),
+    # python-gitlab adds /api/v4: GitLab CI's CI_API_V4_URL here made every call 404
+    ({"gitlab": {"url": "https://gitlab.example.com/api/v4"}}, "/gitlab/url"),
 ])
 def test_values_schema_rejects_a_wrong_value(values, where):
     with pytest.raises(helm_python.HelmValuesError, match=re.escape(where)):

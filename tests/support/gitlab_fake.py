@@ -9,13 +9,15 @@ errors GitLab's own API gives, and state a test can seed and read:
 - ``tokens``: token -> scopes. A request without a known ``PRIVATE-TOKEN`` answers 401
   ``{"message":"401 Unauthorized"}`` (lib/api/helpers.rb, ``unauthorized!``); a write with a
   token without ``api`` answers 403 ``insufficient_scope`` (Gitlab::Auth::AuthFinders,
-  doc/api/rest/authentication.md);
+  doc/api/rest/authentication.md), and any request with a token without ``api`` nor
+  ``read_api`` (``read_repository`` only, say) answers 403 ``insufficient_scope``;
 - ``requests``: every request as ``Recorded`` (method, path, query, status).
 
 Pagination (doc/api/rest/_index.md, "Offset-based pagination"): ``page`` and ``per_page``
 (default 20, at most 100); every list answer has ``X-Page``, ``X-Per-Page``, ``X-Next-Page``
 and ``X-Prev-Page`` (empty when none), ``X-Total``, ``X-Total-Pages`` and a ``Link`` header
-with rel prev, next, first and last, each URL carrying the request's own query. Branches come
+with rel prev, next, first and last, each URL carrying the request's own query, on the
+host and port of GitLab's external_url (``external_host``), not the address asked. Branches come
 sorted by name (doc/api/branches.md), tags by last update, newest first (doc/api/tags.md:
 ``order_by`` updated, ``sort`` desc by default).
 
@@ -156,6 +158,10 @@ class FakeProject:
     commits: set[str] = field(default_factory=set)
     protected: set[str] = field(default_factory=set)  # branches and tags; see protect
     default_branch: str = "main"
+    # The project's Repository feature (Settings > General > Visibility): off in a project
+    # kept for its issues or wiki. See _project_api.
+    repository_enabled: bool = True
+    shared_with: set[str] = field(default_factory=set)  # groups (lower case); share_project
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,9 @@ class GitLabFake:
         # path -> (status, the requests' sub-path prefix); see fail_project
         self.failing_projects: dict[str, tuple[int, str]] = {}
         self.branch_fetch_cap: int | None = None  # see cut_branch_pages
+        # host:port of GitLab's external_url, when the client reaches it at another address
+        # (an in-cluster Service): its Link headers name that one (see _page)
+        self.external_host: str | None = None
         self._deletes_after_page: dict[tuple[str, str], str] = {}  # delete_branch_after_page
         # token -> the role of its user in every project (guest, reporter, developer,
         # maintainer); a token not named here is a maintainer's. See _post_status.
@@ -279,6 +288,13 @@ class GitLabFake:
         of the group's listing."""
         with self._lock:
             del self.projects[path]
+
+    def share_project(self, path: str, group: str) -> None:
+        """The project (of another namespace) is shared with the group (Project > Members >
+        Invite a group): the group's members get access, and its project listing includes
+        it by default (with_shared)."""
+        with self._lock:
+            self.projects[path].shared_with.add(group.lower())
 
     def push(self, path: str, branch: str, sha: str) -> None:
         """The branch now points at `sha` (created if new), as after a push."""
@@ -430,6 +446,13 @@ class GitLabFake:
             request.headers.get("Authorization", "").removeprefix("Bearer ")
         if token not in self.tokens:
             return _json({"message": "401 Unauthorized"}, 401, headers)
+        if not self.tokens[token] & {"api", "read_api"}:
+            # A token without an API scope (read_repository, read_user, ...) is refused by
+            # every API call, a read too (Gitlab::Auth::AuthFinders#validate_access_token!:
+            # a GET allows api and read_api; gitlab-org/gitlab#520392 shows the answer).
+            return _json({"error": "insufficient_scope", "error_description": "The request "
+                          "requires higher privileges than provided by the access token.",
+                          "scope": "api read_api"}, 403, headers)
         parts = raw_path.split("/")
         if parts[:3] != ["", "api", "v4"] or len(parts) < 5:
             return _json({"error": "404 Not Found"}, 404, headers)
@@ -463,6 +486,12 @@ class GitLabFake:
         base = self.url
         if request.method == "GET" and rest == []:
             return _json(self._project_json(project), 200, headers)
+        if rest[:1] == ["repository"] and not project.repository_enabled:
+            # API::Branches' before: require_repository_enabled!, not_found!("Repository")
+            # (lib/api/helpers.rb); API::Tags' authorize_read_code! refuses it first: 403.
+            if rest == ["repository", "branches"]:
+                return _json({"message": "404 Repository Not Found"}, 404, headers)
+            return _json({"message": "403 Forbidden"}, 403, headers)
         if request.method == "GET" and rest == ["repository", "branches"]:
             items = [{"name": name, "merged": False, "protected": name == project.default_branch,
                       "default": name == project.default_branch, "developers_can_push": False,
@@ -509,6 +538,12 @@ class GitLabFake:
             return _json({"message": "404 Group Not Found"}, 404, headers)
         if request.args.get("include_subgroups") not in ("true", "True", "1"):
             members = [p for p in members if "/" not in p.path[len(group) + 1:]]
+        if request.args.get("with_shared") not in ("false", "False", "0"):
+            # with_shared: "Include projects shared to this group. Default is true"
+            # (doc/api/groups.md, "List projects"): projects of other namespaces that were
+            # shared with the group (share_project)
+            members += [p for p in self.projects.values() if group.lower() in p.shared_with
+                        and p not in members]
         items = [self._project_json(p) for p in sorted(members, key=lambda p: p.id)]
         return self._page(request, items, headers)
 
@@ -638,7 +673,10 @@ class GitLabFake:
 
         def link(n: int) -> str:
             q = urlencode({**query, "page": n, "per_page": per_page})
-            return f"{self.url}{request.environ.get('RAW_URI', request.path).split('?')[0]}?{q}"
+            # Gitlab::Pagination::OffsetHeaderBuilder#base_request_uri: the request's URL
+            # with the host and port of GitLab's own external_url (Gitlab.config.gitlab)
+            base = f"http://{self.external_host}" if self.external_host else self.url
+            return f"{base}{request.environ.get('RAW_URI', request.path).split('?')[0]}?{q}"
         rels = ([(page - 1, "prev")] if page > 1 else []) + \
             ([(page + 1, "next")] if page < total_pages else []) + \
             [(1, "first"), (total_pages, "last")]

@@ -57,6 +57,11 @@ def test_min_default_max_out_of_order_is_refused():
     ("routes: [{job: b}]\ncatchUp: {projects: [app]}\n",
      "catchUp.projects: 'app' is no project's path"),
     ("routes: [{job: b, project: app}]\n", "routes[0].project: 'app' can match no push"),
+    # a clone or web URL copied in: GitLab answered 404 for it every catch-up pass
+    ("routes: [{job: b}]\ncatchUp: {projects: ['team/app.git']}\n",
+     "catchUp.projects: 'team/app.git' is no project's path"),
+    ("routes: [{job: b}]\ncatchUp: {projects: ['https://gitlab.example.com/team/app']}\n",
+     "catchUp.projects: 'https://gitlab.example.com/team/app' is no project's path"),
 ])
 def test_bad_files_name_the_field_and_reason(text, needle):
     assert any(needle in p for p in problems(text)), problems(text)
@@ -661,3 +666,19 @@ def test_a_key_yaml_reads_as_another_type_is_named_as_written_on_its_line(key, k
     hint = f"Input should be a valid string: YAML reads this unquoted value as {kind}; quote it"
     assert f"c.yaml:4: templates.default.env.{key}: {hint}" in found, found
     assert f"c.yaml:5: templates.{key}: {hint}" in found, found
+
+
+@pytest.mark.parametrize("url", ["https://gitlab.example.com/api/v4",
+                                 "https://example.com/gitlab/api/v4/"])
+def test_gitlab_url_with_the_api_path_is_refused(monkeypatch, url):
+    """GitLab CI's CI_API_V4_URL is an easy thing to give here, and python-gitlab adds
+    /api/v4 itself: every call went to /api/v4/api/v4/..., answered 404, so each catch-up
+    pass had every project 'not found' and no commit status was ever set."""
+    monkeypatch.setenv("GITLAB_URL", url)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert err.value.problems == ["GITLAB_URL: must be GitLab's root URL (https://gitlab."
+                                  "example.com, or the path GitLab is served under), without "
+                                  "/api/v4: python-gitlab adds it"]
+    monkeypatch.setenv("GITLAB_URL", url.split("/api/")[0])
+    assert load_settings().gitlab_url == url.split("/api/")[0]

@@ -57,6 +57,15 @@ class TokenRefused(PermanentError, CredentialsRefused):
     call (a `permanent` error says a request was wrong)."""
 
 
+class ScopeRefused(PermanentError, CredentialsRefused):
+    """GitLab answered 403 insufficient_scope: the token lacks the scope the call needs (a
+    read needs read_api or api, a write api; Gitlab::Auth::AuthFinders#
+    validate_access_token!). Every further call of that kind fails alike, in every project,
+    until the token is replaced: counted as `unauthorized`, as a refused token is. Not a
+    TokenRefused: a token that reads may still be refused writes only (commit statuses turn
+    themselves off then, workers.commit_statuses)."""
+
+
 class ProjectNotFound(PermanentError):
     """GitLab answered 404 "Project Not Found" for a project: deleted, out of the token's
     reach (GitLab answers a private project its user is no member of alike), or, by path,
@@ -81,6 +90,9 @@ _LOCK_FAILED = "Failed to obtain a lock"
 # API::Helpers#find_project!'s answer for a project the token's user may not see, or none at
 # that id or path (not_found!('Project')): a commit or ref GitLab does not find says so.
 _PROJECT_NOT_FOUND = "404 Project Not Found"
+# require_repository_enabled!'s answer (not_found!('Repository')): the project's Repository
+# feature is off for the token's user.
+_REPOSITORY_NOT_FOUND = "404 Repository Not Found"
 _DATABASE_ERROR_PREFIX = "PG::"
 
 
@@ -164,9 +176,13 @@ class PacedSession(requests.Session):
 def client(*, url: str, token: str, timeout: float = CALL_TIMEOUT_SECONDS,
            session: requests.Session | None = None) -> gitlab.Gitlab:
     """A python-gitlab client with a personal, project or group access token (read_api for the
-    catch-up; api for commit statuses), paging by PER_PAGE."""
+    catch-up; api for commit statuses), paging by PER_PAGE. The next pages are asked of `url`
+    too (keep_base_url): GitLab's Link headers name the host and port of its external_url,
+    whatever address was asked (Gitlab::Pagination::OffsetHeaderBuilder#base_request_uri),
+    which a GITLAB_URL of an in-cluster Service may not reach."""
     return gitlab.Gitlab(url, private_token=token, timeout=timeout, per_page=PER_PAGE,
-                         retry_transient_errors=True, session=session or PacedSession())
+                         retry_transient_errors=True, keep_base_url=True,
+                         session=session or PacedSession())
 
 
 def _message(err: gl_errors.GitlabError) -> str:
@@ -201,6 +217,9 @@ def _translated(what: str, scope: str = "read_api") -> Iterator[None]:
     except gl_errors.GitlabError as err:
         code = err.response_code or 0
         detail = f"{what}: GitLab answered {code or 'an error'}: {_message(err)}"
+        if code == 403 and "insufficient_scope" in detail:
+            raise ScopeRefused(f"{detail}: the token lacks the scope this call needs; give "
+                               f"GITLAB_API_TOKEN a token with the {scope} scope") from err
         if code in GATEWAY_ERRORS:
             raise Unavailable(detail) from err
         if code == 429 or code >= 500 or code == 0:
@@ -258,8 +277,21 @@ def project_heads(*, gl: gitlab.Gitlab, project: str | int,
                   kinds: Iterable[EventKind] = (EventKind.PUSH, EventKind.TAG_PUSH),
                   name: str | None = None) -> RefListing:
     """Every branch and/or tag of the project (by path or id; `name` names it in messages)
-    with the commit it points at, all pages read."""
-    kinds = frozenset(kinds)
+    with the commit it points at, all pages read. A project whose Repository feature is off
+    (one kept for its issues or wiki) has none: GitLab answers its branches 404 "Repository
+    Not Found" (API::Branches: require_repository_enabled!) and its tags 403."""
+    try:
+        return _project_heads(gl, project, frozenset(kinds), name)
+    except PermanentError as err:
+        if isinstance(err.__cause__, gl_errors.GitlabError) and \
+                err.__cause__.response_code == 404 and \
+                _message(err.__cause__) == _REPOSITORY_NOT_FOUND:
+            return RefListing([])
+        raise
+
+
+def _project_heads(gl: gitlab.Gitlab, project: str | int, kinds: frozenset[EventKind],
+                   name: str | None) -> RefListing:
     listing = RefListing([])
     proj = _project(gl, project)
     with _translated(f"list the refs of {name or project}"):
@@ -290,13 +322,14 @@ def _count_unlisted(listing: RefListing, kind: EventKind, listed: int,
 
 def group_project_identities(*, gl: gitlab.Gitlab, group: str) -> list[ProjectIdentity]:
     """The group's projects (id and current path), its subgroups' included, archived ones
-    left out, by path."""
+    and those of other namespaces shared with it left out (GitLab includes these unless
+    with_shared=false, doc/api/groups.md), by path."""
     with _translated(f"list the projects of group {group}"):
         grp = gl.groups.get(group, lazy=True)
         return sorted((ProjectIdentity(int(p.id), str(p.path_with_namespace))
                        for p in grp.projects.list(
                            iterator=True, per_page=PER_PAGE, include_subgroups=True,
-                           archived=False, max_retries=MAX_RETRIES)),
+                           archived=False, with_shared=False, max_retries=MAX_RETRIES)),
                       key=lambda p: p.path)
 
 

@@ -377,6 +377,18 @@ class Settings(BaseSettings):
                              "(e.g. https://ci.example.com or http://jenkins:8080/jenkins)")
         return value
 
+    @field_validator("gitlab_url")
+    @classmethod
+    def _gitlab_root(cls, value: str) -> str:
+        # python-gitlab adds /api/v4 itself (gitlab.Gitlab: url + "/api/v4"): GitLab CI's
+        # CI_API_V4_URL given here made every call /api/v4/api/v4/..., answered 404 (a
+        # project's status, each catch-up pass's every project "not found").
+        if re.search(r"/api/v\d+/*$", urlsplit(value).path):
+            raise ValueError("must be GitLab's root URL (https://gitlab.example.com, or the "
+                             "path GitLab is served under), without /api/v4: python-gitlab "
+                             "adds it")
+        return value
+
     @field_validator("redis_sentinels")
     @classmethod
     def _sentinels(cls, value: str) -> str:

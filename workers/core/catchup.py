@@ -40,6 +40,7 @@ class CatchUpSources(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    # Full paths, or numeric ids (GitLab's API takes either for :id, doc/api/rest/_index.md)
     projects: tuple[str, ...] = ()
     # Every project in these groups and their subgroups that a route matches.
     groups: tuple[str, ...] = ()
@@ -57,9 +58,14 @@ class CatchUpSources(BaseModel):
     @classmethod
     def _project_paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
         for path in paths:  # a project is always in a group or a user's namespace
-            if "/" not in path:
+            if path.isascii() and path.isdecimal():
+                continue
+            # nor is its path ever a URL or ends in '.git' (Gitlab::PathRegex): a clone or
+            # web URL copied in was asked of GitLab (404) every pass
+            if "/" not in path or "://" in path or path.endswith(".git"):
                 raise ValueError(f"{path!r} is no project's path: a project is named by its "
-                                 "full path, 'group/project' (a group goes in catchUp.groups)")
+                                 "full path, 'group/project' (not its URL nor '.git'), or "
+                                 "its numeric id (a group goes in catchUp.groups)")
         return paths
 
 

@@ -36,8 +36,10 @@ class ProjectRef:
 
     @property
     def renamed(self) -> bool:
-        """GitLab has the project under another path than the name (not the case alone)."""
-        return self.path.lower() != self.name.lower()
+        """GitLab has the project under another path than the name (not the case alone); a
+        numeric id names the project whatever its path."""
+        return not (self.name.isascii() and self.name.isdecimal()) and \
+            self.path.lower() != self.name.lower()
 
 
 def resolution_due(ref: ProjectRef | None, now: float) -> bool:

@@ -66,8 +66,16 @@ class CatchUp:
 
 
 def from_settings(settings: Settings, config: FileConfig, state: RedisState) -> CatchUp | None:
-    """The catch-up, when GITLAB_URL and GITLAB_API_TOKEN are set; else None."""
+    """The catch-up, when GITLAB_URL and GITLAB_API_TOKEN are set; else None, with a warning
+    when one of them is set alone (the other misnamed, or its secret key missing)."""
     if not settings.catch_up_enabled:
+        given = {"GITLAB_URL": bool(settings.gitlab_url), "GITLAB_API_TOKEN": bool(
+            settings.gitlab_api_token and settings.gitlab_api_token.get_secret_value())}
+        if any(given.values()):
+            missing = next(name for name, is_set in given.items() if not is_set)
+            log.warning("catch-up off: it needs both GITLAB_URL and GITLAB_API_TOKEN; pushes "
+                        "whose webhooks GitLab does not send are not built",
+                        extra={"missing": missing})
         return None
     return CatchUp(settings=settings, config=config, state=state, gl=gitlab_api.client(
         url=settings.gitlab_url, token=settings.gitlab_api_token.get_secret_value()))
@@ -260,12 +268,14 @@ def pass_failed(result: Mapping[str, object]) -> bool:
 
 
 def ends_pass(err: CIAutoscalerError) -> bool:
-    """An error no further call of this pass would escape: GitLab refused the token, or asked
-    for a wait longer than a call may take (the next pass goes on from where this one was).
+    """An error no further call of this pass would escape: GitLab refused the token (or its
+    scope), asked for a wait longer than a call may take, or still answered 429 after
+    python-gitlab's waits and retries (the next pass goes on from where this one was).
     GitLab not serving (Unavailable) ends it too, once UNSERVED_IN_A_ROW projects in a row
     met it (catch_up_once)."""
-    return isinstance(err, gitlab_api.TokenRefused) or \
-        (isinstance(err, RetryableError) and bool(err.retry_after))
+    return isinstance(err, (gitlab_api.TokenRefused, gitlab_api.ScopeRefused)) or \
+        (isinstance(err, RetryableError) and bool(err.retry_after)) or \
+        getattr(err.__cause__, "response_code", None) == 429
 
 
 def _failed(cu: CatchUp, what: str, where: str, err: CIAutoscalerError) -> None:
