@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
                              body_limit=settings.max_body_bytes)
     app.wsgi_app = webhooks  # type: ignore
     app.body_wanted = webhooks.body_wanted  # type: ignore  # read by service.http_worker
+    app.secret_values = settings.secret_values  # type: ignore  # service.http_worker's logger
     if settings.admin_port is not None:  # /metrics and /status on their own port only
         app.wsgi_app = PortRoles(app.wsgi_app, admin_port=settings.admin_port)  # type: ignore
 

@@ -115,6 +115,8 @@ class Worker(ThreadWorker):
         """The app, served through `serve` on our own path (see _own_path)."""
         super().load_wsgi()
         self.app_wsgi = self.wsgi
+        # gunicorn's lines redact the settings' tokens too (a token put in a hook's path)
+        hide_queries(self.log, getattr(self.app_wsgi, "secret_values", ()))
         if self._own_path():
             self.wsgi = self.serve
 

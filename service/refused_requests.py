@@ -14,6 +14,10 @@ as gunicorn lets them (GUNICORN_CMD_ARGS="--access-logfile -" overrides the conf
 its request line and query showed the plugin's token, and a format naming a token header or
 the environ (%({x-gitlab-token}i)s, %({query_string}e)s) the GitLab or Jenkins token.
 The web's worker (service.http_worker) has its logger show the path and hide those.
+A token in the path itself (put in a hook's URL, `/webhooks/gitlab/<token>`, or the '?' pasted
+encoded, `/webhooks/jenkins%3Ftoken=...`, which RAW_URI keeps so) has no word to tell it by:
+every atom and URI is redacted with the settings' secrets and this request's token headers
+too, as the app's own log of a 404 is (service.edge.log_rejection).
 """
 
 import logging
@@ -35,30 +39,42 @@ _VERSION = re.compile(r"(Invalid HTTP Version: ).*$", re.S)
 _TOKEN_HEADERS = ("x-gitlab-token", "x-jenkins-token", "authorization")
 _HIDDEN_ATOMS = {atom for name in _TOKEN_HEADERS for atom in (
     f"{{{name}}}i", "{http_%s}e" % name.replace("-", "_"))}
+_TOKEN_ENVIRON = tuple("HTTP_" + name.upper().replace("-", "_") for name in _TOKEN_HEADERS)
+# A query's '?', as typed or percent-encoded (RAW_URI is the URI as sent).
+_QUERY = re.compile(r"\?|%3f", re.I)
 
 
-def _uri(uri: object) -> str:
+def _uri(uri: object, secrets: tuple[str, ...] = ()) -> str:
     """The URI's path, redacted (a token typed without its '?': `/webhooks/jenkins&token=`,
-    core.redaction), and no query."""
-    return redact(str(uri).split("?", 1)[0]) + ("?" + HIDDEN if "?" in str(uri) else "")
+    core.redaction; a secret of `secrets`), and no query."""
+    path, *query = _QUERY.split(str(uri), 1)
+    return redact(path, secrets) + ("?" + HIDDEN if query else "")
 
 
-def hidden_atoms(atoms: dict[str, Any], environ: dict[str, Any]) -> dict[str, Any]:
+def hidden_atoms(atoms: dict[str, Any], environ: dict[str, Any],
+                 secrets: tuple[str, ...] = ()) -> dict[str, Any]:
     """gunicorn's access-log atoms (glogging.Logger.atoms) without the query or a token header
-    (see the module); the path stays, redacted."""
-    atoms["r"] = " ".join((str(environ.get("REQUEST_METHOD")), _uri(environ.get("RAW_URI", "")),
+    (see the module); the path stays, redacted, and every atom is, with `secrets` and this
+    request's token headers (a Referer, an environ's object quoting the URL)."""
+    secrets = (*secrets, *(str(environ[name]) for name in _TOKEN_ENVIRON if name in environ))
+    atoms["r"] = " ".join((str(environ.get("REQUEST_METHOD")),
+                           _uri(environ.get("RAW_URI", ""), secrets),
                            str(environ.get("SERVER_PROTOCOL"))))
     for name in ("q", "{query_string}e"):
         atoms[name] = HIDDEN if atoms.get(name) else atoms.get(name)
     for name in ("U", "{path_info}e", "{raw_uri}e"):
-        atoms[name] = _uri(atoms.get(name) or "")
+        atoms[name] = _uri(atoms.get(name) or "", secrets)
     for name in _HIDDEN_ATOMS & atoms.keys():
         atoms[name] = "[not shown: a token]"
-    return atoms
+    return {name: redact(value, secrets) if isinstance(value, str) else value
+            for name, value in atoms.items()}
 
 
 class QueryHidden(logging.Filter):
-    """The filter of gunicorn's error logger (see the module)."""
+    """The filter of gunicorn's error logger (see the module), with the settings' `secrets`
+    once the app is loaded (hide_queries)."""
+
+    secrets: tuple[str, ...] = ()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str) and record.msg.startswith("Invalid request from ip="):
@@ -67,22 +83,26 @@ class QueryHidden(logging.Filter):
             record.msg, record.args = _VERSION.sub(rf"\g<1>{HIDDEN}", text), ()
         elif isinstance(record.msg, str) and record.msg.startswith("Error handling request") \
                 and isinstance(record.args, tuple) and record.args:
-            record.args = (*record.args[:-1], _uri(record.args[-1]))
+            record.args = (*record.args[:-1], _uri(record.args[-1], self.secrets))
         return True
 
 
-def hide_queries(log: Any) -> None:
+def hide_queries(log: Any, secrets: tuple[str, ...] | None = None) -> None:
     """gunicorn's logger (glogging.Logger, statsd's, or an operator's --logger-class) without
     queries, once: QueryHidden on its error logger, its access log's atoms through
-    hidden_atoms (an attribute of this instance, whatever its class)."""
-    if not any(isinstance(f, QueryHidden) for f in log.error_log.filters):
-        log.error_log.addFilter(QueryHidden())
-    if getattr(log.atoms, "hides_queries", False):
-        return
-    atoms = log.atoms
+    hidden_atoms (an attribute of this instance, whatever its class); `secrets` (the
+    settings', known once the worker loaded the app) redacted in both from then on."""
+    [hidden] = [f for f in log.error_log.filters if isinstance(f, QueryHidden)] or [QueryHidden()]
+    log.error_log.addFilter(hidden)  # once: logging.Filterer.addFilter adds no filter twice
+    if not getattr(log.atoms, "hides_queries", False):
+        atoms = log.atoms
 
-    def hiding(resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
-        return hidden_atoms(atoms(resp, req, environ, request_time), environ)
+        def hiding(resp: Any, req: Any, environ: dict[str, Any], request_time: Any
+                   ) -> dict[str, Any]:
+            return hidden_atoms(atoms(resp, req, environ, request_time), environ,
+                                hidden.secrets)
 
-    hiding.hides_queries = True  # type: ignore[attr-defined]
-    log.atoms = hiding
+        hiding.hides_queries = True  # type: ignore[attr-defined]
+        log.atoms = hiding
+    if secrets is not None:
+        hidden.secrets = secrets

@@ -476,7 +476,7 @@ def test_a_status_reaches_a_project_renamed_after_the_push(state, gitlab):
 def test_a_gitlab_url_that_redirects_writes_says_where_and_is_tried_again_later(state, gitlab,
                                                                               caplog):
     """GITLAB_URL is plain http and GitLab redirects it to https (omnibus-gitlab's
-    redirect_http_to_https): reads follow the 301, so the catch-up works, but python-gitlab
+    redirect_http_to_https; here an old URL root, on the same origin too): reads follow the 301, so the catch-up works, but python-gitlab
     refuses a redirected POST (RedirectError, no HTTP status), which was taken for GitLab
     unreachable. It is logged with the URL to set, and every post waits the longest back-off
     (as for a refused token). Commit statuses are not turned off: a redirect for a while only
@@ -484,16 +484,17 @@ def test_a_gitlab_url_that_redirects_writes_says_where_and_is_tried_again_later(
     refusal counted let CIGitLabCommitStatusFailing resolve within 15 minutes."""
     clock = Clock()
     with Redirector(gitlab.url) as front:
-        assert gitlab_api.project_heads(gl=gitlab_api.client(url=front.url, token=API_TOKEN),
+        assert gitlab_api.project_heads(gl=gitlab_api.client(url=front.gitlab_url,
+                                                             token=API_TOKEN),
                                         project=PROJECT).heads  # reads go through
-        sender = make_sender(state, gitlab, url=front.url, clock=clock)
+        sender = make_sender(state, gitlab, url=front.gitlab_url, clock=clock)
         for key in ("b1", "b2"):
             build(state, key, status="running", job=key)
             touch(state, key)
         with caplog.at_level(logging.WARNING, logger="ci_autoscaler.commit_status"):
             assert status_sender.send_due(sender) == {"retried": 1}
         said = [r.error for r in caplog.records if r.getMessage() == "commit status deferred"]
-        assert len(said) == 1 and f"set GITLAB_URL to {gitlab.url} " in said[0]
+        assert len(said) == 1 and f"set GITLAB_URL to {front.url} " in said[0]
         assert API_TOKEN not in said[0]
         assert not sender.off and sender.not_before == clock.now + sender.retry_max_seconds
         assert gitlab.status_history(PROJECT) == []

@@ -3,6 +3,7 @@ URL-encoded, lists are read page by page, errors become ours without the token, 
 status (issue 20) is posted with the api scope only."""
 
 import pytest
+import requests
 
 from tests.support.gitlab_fake import GitLabFake, Redirector
 from workers.adapters import gitlab as gitlab_api
@@ -177,19 +178,47 @@ def test_a_throttled_or_failing_status_post_says_how_long_to_wait(gitlab_fake):
                                         name="ci-autoscaler/build")["status"] == "pending"
 
 
-def test_a_redirect_to_another_host_is_not_sent_the_token(gitlab_fake):
+@pytest.mark.parametrize("elsewhere", ["localhost", "another port"])
+def test_a_redirect_to_another_origin_is_not_sent_the_token(gitlab_fake, elsewhere):
     """python-gitlab follows a redirected read, and requests keeps its PRIVATE-TOKEN header
-    on a redirect to another host (it drops only Authorization): a GITLAB_URL redirected
-    elsewhere (a proxy's sign-in page, a host name now someone else's) got the token with
-    every read of every catch-up pass. Here the other host (localhost) is the fake itself:
-    it is asked without the token, and answers 401."""
+    on a redirect to another origin (it drops only Authorization): a GITLAB_URL redirected
+    elsewhere (a sign-in proxy's SSO host, a host name now someone else's, another service
+    on another port of the host) got the token with every read of every catch-up pass. Here
+    the other origin is the fake itself, at another host name or port than GITLAB_URL's: it
+    is asked without the token, and answers 401. The same origin is sent the token."""
     gitlab_fake.add_project("team/app", branches={"main": A})
-    elsewhere = gitlab_fake.url.replace("127.0.0.1", "localhost")
-    with Redirector(elsewhere) as front:
-        gl = gitlab_api.client(url=front.url, token=gitlab_fake.token)
+    location = gitlab_fake.url.replace("127.0.0.1", "localhost") \
+        if elsewhere == "localhost" else gitlab_fake.url
+    with Redirector(gitlab_fake.url, location=location) as front:
+        gl = gitlab_api.client(url=front.gitlab_url, token=gitlab_fake.token)
         with pytest.raises(gitlab_api.TokenRefused):
             gitlab_api.project_heads(gl=gl, project="team/app")
     assert gitlab_fake.requests and {r.status for r in gitlab_fake.requests} == {401}
-    with Redirector(gitlab_fake.url) as front:  # the same host: the token goes on
-        gl = gitlab_api.client(url=front.url, token=gitlab_fake.token)
+    with Redirector(gitlab_fake.url) as front:  # the same origin: the token goes on
+        gl = gitlab_api.client(url=front.gitlab_url, token=gitlab_fake.token)
         assert gitlab_api.project_heads(gl=gl, project="team/app").heads
+
+
+@pytest.mark.parametrize(("before", "after", "kept"), [
+    ("http://gitlab.example/api/v4/x", "https://gitlab.example/api/v4/x", True),
+    ("http://gitlab.example:80/api/v4/x", "https://gitlab.example:443/api/v4/x", True),
+    ("https://gitlab.example/gitlab/api/v4/x", "https://gitlab.example:443/api/v4/x", True),
+    ("https://gitlab.example/api/v4/x", "http://gitlab.example/api/v4/x", False),
+    ("http://gitlab.example:8080/api/v4/x", "https://gitlab.example:8443/api/v4/x", False),
+    ("https://gitlab.example/api/v4/x", "https://gitlab.example:8443/api/v4/x", False),
+    ("https://gitlab.example/api/v4/x", "https://sso.example/login", False)])
+def test_every_token_header_goes_on_to_the_same_origin_only(before, after, kept):
+    """Which redirect keeps the token, as requests judges its Authorization header
+    (Session.should_strip_auth): the same scheme, host and port, or http to https on the
+    default ports of one host (omnibus-gitlab's redirect_http_to_https, which a test cannot
+    bind). python-gitlab's token in whichever header it sends it (PRIVATE-TOKEN, JOB-TOKEN,
+    or Authorization for an OAuth token: gitlab._backends.requests_backend)."""
+    tokens = {"PRIVATE-TOKEN": "p", "JOB-TOKEN": "j", "Authorization": "Bearer o"}
+    session = gitlab_api.PacedSession()
+    session.trust_env = False  # no ~/.netrc of the machine's
+    response = requests.Response()
+    response.request = requests.Request("GET", before, headers=tokens).prepare()
+    redirected = requests.Request("GET", after, headers=tokens).prepare()
+    session.rebuild_auth(redirected, response)
+    assert {k: redirected.headers.get(k) for k in tokens} == (
+        tokens if kept else dict.fromkeys(tokens))

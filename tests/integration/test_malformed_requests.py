@@ -126,7 +126,7 @@ def test_a_content_length_int_refuses_is_400_and_the_worker_serves_on(web, lengt
 # a token header: the request line, the query, the environ's URI and query, the token headers.
 ACCESS_FORMAT = ("%(r)s|%(U)s|%({path_info}e)s|%(q)s|%({raw_uri}e)s|%({query_string}e)s|%({x-gitlab-token}i)s|"
                  "%({x-jenkins-token}i)s|%({authorization}i)s|%({http_x_gitlab_token}e)s|"
-                 "%({http_x_jenkins_token}e)s|%({http_authorization}e)s")
+                 "%({http_x_jenkins_token}e)s|%({http_authorization}e)s|%(f)s")
 
 
 @pytest.mark.parametrize("statsd", [False, True], ids=["plain", "statsd"])
@@ -160,6 +160,8 @@ def _access_logged(env: dict[str, str], port: int, tmp_path) -> None:
         for path, headers in [
                 (f"/webhooks/jenkins?token={JENKINS_TOKEN}", {}),
                 (f"/webhooks/jenkins&token={JENKINS_TOKEN}", {}),  # '&' typed for '?'
+                (f"/webhooks/jenkins%3Ftoken={JENKINS_TOKEN}", {}),  # '?' pasted encoded
+                (f"/webhooks/gitlab/{GITLAB_TOKEN}", {}),  # the token put in the hook's path
                 ("/webhooks/jenkins", {"X-Jenkins-Token": JENKINS_TOKEN}),
                 ("/webhooks/gitlab", {"X-Gitlab-Token": GITLAB_TOKEN,
                                       "Authorization": f"Bearer {JENKINS_TOKEN}"})]:
@@ -169,5 +171,5 @@ def _access_logged(env: dict[str, str], port: int, tmp_path) -> None:
                 urllib.request.urlopen(request, timeout=10).close()
             except urllib.error.HTTPError as err:  # 400: the body is no event
                 err.close()
-        wait_until(lambda: access.read_text().count("\n") >= 5, timeout=10,
+        wait_until(lambda: access.read_text().count("\n") >= 7, timeout=10,
                    what="the access log's lines")  # /healthz's too

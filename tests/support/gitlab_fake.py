@@ -736,25 +736,37 @@ def _json(body: Any, status: int, headers: dict[str, str]) -> Response:
 
 
 class Redirector:
-    """A front of the fake that answers every request 301 to the same path on the fake, as
-    GitLab's nginx answers plain http when HTTPS is on (omnibus-gitlab's
-    nginx['redirect_http_to_https'], on by default with an https external_url). `requests`
-    follows a 301 with a GET, so python-gitlab lets reads through and refuses a redirected
-    write (gitlab.client.Gitlab._check_redirects, RedirectError). With ``redirecting`` False
-    it passes every request on to the fake instead, as a front whose redirect was for a while
-    only (a load balancer's maintenance page)."""
+    """A front of the fake, passing every request on to it, except those under `MOVED`
+    (GITLAB_URL is `gitlab_url`, the front's own address and `MOVED`): each is answered 301
+    to the same path without `MOVED`. On the front itself by default, the same origin, as a
+    GitLab moved off its relative URL root (omnibus-gitlab's external_url
+    'https://host/gitlab' made 'https://host/', the old root redirected by the front's nginx);
+    or on `location`, another origin, as a sign-in proxy in front of GitLab redirects to its
+    SSO host. A token goes on to the same origin only, as requests judges an Authorization
+    header (requests.Session.should_strip_auth: scheme, host and port; http to https on the
+    default ports of one host is kept, omnibus-gitlab's nginx['redirect_http_to_https'], which
+    a test cannot bind). `requests` follows a 301 with a GET, so python-gitlab lets reads
+    through and refuses a redirected write (gitlab.client.Gitlab._check_redirects,
+    RedirectError). With ``redirecting`` False it passes those requests on too, without
+    `MOVED`, as a front whose redirect was for a while only (a maintenance page)."""
 
-    def __init__(self, target: str):
+    MOVED = "/gitlab"
+
+    def __init__(self, target: str, *, location: str | None = None):
         self.target = target.rstrip("/")
+        self.location = location
         self.hits = 0
         self.redirecting = True
 
     def _app(self, environ, start_response):
         self.hits += 1
         path = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
-        if self.redirecting:
-            return Response("", 301, {"Location": self.target + path})(environ,
-                                                                       start_response)
+        moved = path.startswith(self.MOVED + "/")
+        if moved:
+            path = path[len(self.MOVED):]
+            if self.redirecting:
+                return Response("", 301, {"Location": (self.location or self.url) + path})(
+                    environ, start_response)
         request = Request(environ)
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in ("host", "content-length")}
@@ -779,6 +791,11 @@ class Redirector:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_port}"
+
+    @property
+    def gitlab_url(self) -> str:
+        """The GITLAB_URL that this front redirects."""
+        return self.url + self.MOVED
 
 
 class _QuietHandler(WSGIRequestHandler):

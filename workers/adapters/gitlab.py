@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
 import gitlab
 import requests
@@ -124,6 +123,11 @@ class LinkRefused(PermanentError):
     characters. The state itself was not refused: without the link, GitLab takes it."""
 
 
+# The headers python-gitlab sends a token in (gitlab._backends.requests_backend: a personal,
+# project or group token; a CI job's; an OAuth token).
+_TOKEN_HEADERS = ("PRIVATE-TOKEN", "JOB-TOKEN", "Authorization")
+
+
 class PacedSession(requests.Session):
     """A requests session that waits, before each request, for what the last answer's
     rate-limit headers asked (workers.core.rate_limits.pause)."""
@@ -160,18 +164,18 @@ class PacedSession(requests.Session):
 
     def rebuild_auth(self, prepared_request: requests.PreparedRequest,
                      response: requests.Response) -> None:
-        """requests drops Authorization on a redirect to another host, not python-gitlab's
-        PRIVATE-TOKEN header (requests.Session.rebuild_auth), and python-gitlab follows a
-        redirected read: a GITLAB_URL that redirects elsewhere (a proxy's sign-in page, a
-        host name now someone else's) was sent the token with every read of every pass. It
-        goes on to the same host only (http to https there included), never to plain http
-        from https."""
+        """requests drops Authorization on a redirect to another origin, not python-gitlab's
+        PRIVATE-TOKEN or JOB-TOKEN header (requests.Session.rebuild_auth), and python-gitlab
+        follows a redirected read (a write too, before _check_redirects refuses it after the
+        fact; a 307/308 it does not refuse): a GITLAB_URL that redirects elsewhere (a sign-in
+        proxy's SSO host, a host name now someone else's, another port's service) was sent
+        the token with every read of every pass. Every token header goes on to the same
+        origin only, as requests judges Authorization (should_strip_auth: scheme, host and
+        port; http to https on one host's default ports kept)."""
+        if self.should_strip_auth(response.request.url, prepared_request.url):
+            for name in _TOKEN_HEADERS:
+                prepared_request.headers.pop(name, None)
         super().rebuild_auth(prepared_request, response)
-        before, after = urlsplit(response.request.url), urlsplit(prepared_request.url)
-        if before.hostname != after.hostname or \
-                (before.scheme == "https" and after.scheme != "https"):
-            prepared_request.headers.pop("PRIVATE-TOKEN", None)
-
 
 def client(*, url: str, token: str, timeout: float = CALL_TIMEOUT_SECONDS,
            session: requests.Session | None = None) -> gitlab.Gitlab:
