@@ -329,6 +329,31 @@ def test_a_project_without_a_repository_in_a_listed_group_fails_no_pass(world, g
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+def test_a_project_without_a_repository_fails_no_pass_where_only_tags_are_routed(
+        redis_url, gitlab_fake, caplog):
+    """With tag routes only, the catch-up asks a project's tags alone, and GitLab's API::Tags
+    refuses a project whose Repository feature is off with authorize_read_code!'s 403 before
+    anything else (ProjectPolicy: repository_disabled prevents read_code), not the branches'
+    404 "Repository Not Found": a release route for a group (team/*, refs/tags/*) made every
+    pass 'catch-up pass failed' for its handbook project, for good."""
+    caplog.set_level(logging.INFO)
+    config = parse_file_config(
+        "routes:\n  - {project: 'team/*', ref: 'refs/tags/*', job: release}\n"
+        "catchUp:\n  groups: [team]\n")
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    gitlab_fake.add_project(APP, branches={"main": sha(1)})
+    gitlab_fake.add_project("team/handbook").repository_enabled = False
+    cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    first = catchup.catch_up_once(cu)
+    assert not catchup.pass_failed(first) and first["projects"] == 2, first
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    gitlab_fake.roles[gitlab_fake.token] = "guest"  # its 403 is no missing repository
+    again = catchup.catch_up_once(cu)
+    assert again["projects_failed"] == 1 and again["projects"] == 1, again
+
+
 def test_a_project_shared_with_a_listed_group_is_not_one_of_its_projects(redis_url,
                                                                          gitlab_fake):
     """GitLab lists a group's projects with those other namespaces shared with it unless

@@ -194,7 +194,8 @@ class GitLabFake:
         self.external_host: str | None = None
         self._deletes_after_page: dict[tuple[str, str], str] = {}  # delete_branch_after_page
         # token -> the role of its user in every project (guest, reporter, developer,
-        # maintainer); a token not named here is a maintainer's. See _post_status.
+        # maintainer); a token not named here is a maintainer's. See _post_status, and
+        # _project_api for a guest's reads.
         self.roles: dict[str, str] = {}
         self._server = None
         self._thread: threading.Thread | None = None
@@ -491,6 +492,12 @@ class GitLabFake:
             # (lib/api/helpers.rb); API::Tags' authorize_read_code! refuses it first: 403.
             if rest == ["repository", "branches"]:
                 return _json({"message": "404 Repository Not Found"}, 404, headers)
+            return _json({"message": "403 Forbidden"}, 403, headers)
+        if rest in (["repository", "branches"], ["repository", "tags"]) and \
+                self.roles.get(token) == "guest":
+            # A Guest may not read a private project's code (doc/user/permissions.md; API::
+            # Branches' and API::Tags' authorize_read_code!): forbidden!, 403. (Every fake
+            # project reads as private to its guests.)
             return _json({"message": "403 Forbidden"}, 403, headers)
         if request.method == "GET" and rest == ["repository", "branches"]:
             items = [{"name": name, "merged": False, "protected": name == project.default_branch,
