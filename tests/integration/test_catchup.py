@@ -531,6 +531,24 @@ def test_a_token_without_an_api_scope_ends_the_pass_as_a_refused_token_and_says_
         getattr(r, "error", "")) for r in caplog.records)
 
 
+def test_a_guests_403_ends_no_pass_whatever_the_projects_name(redis_url, gitlab_fake):
+    """Only GitLab's insufficient_scope answer (its body's `error`, rack-oauth2's Bearer::
+    Forbidden: lib/api/api_guard.rb) is a scope refused; a Guest's 403 ({"message":"403
+    Forbidden"}) is the project's alone. The check read the whole error text, the project's
+    path in it: a project named `team/insufficient_scope` made a Guest's 403 end the pass,
+    and the projects after it were never caught up."""
+    config = parse_file_config("routes:\n  - {project: 'team/*', ref: 'refs/heads/*', job: b}\n"
+                               "catchUp:\n  groups: [team]\n")
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    for path in ("team/a", "team/insufficient_scope", "team/z"):
+        gitlab_fake.add_project(path, branches={"main": sha(1)})
+    gitlab_fake.roles[gitlab_fake.token] = "guest"
+    cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    assert catchup.catch_up_once(cu)["projects_failed"] == 3
+
+
 def test_a_disabled_hook_shows_as_a_metric_per_project(world, gitlab_fake):
     app, state, new_catch_up = world
     gitlab_fake.add_hook(APP, HOOK_URL, alert_status="temporarily_disabled",

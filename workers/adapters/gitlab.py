@@ -94,6 +94,7 @@ _PROJECT_NOT_FOUND = "404 Project Not Found"
 # require_repository_enabled!'s answer (not_found!('Repository')): the project's Repository
 # feature is off for the token's user.
 _REPOSITORY_NOT_FOUND = "404 Repository Not Found"
+_INSUFFICIENT_SCOPE = "insufficient_scope"
 _DATABASE_ERROR_PREFIX = "PG::"
 
 
@@ -218,7 +219,10 @@ def _translated(what: str, scope: str = "read_api") -> Iterator[None]:
     except gl_errors.GitlabError as err:
         code = err.response_code or 0
         detail = f"{what}: GitLab answered {code or 'an error'}: {_message(err)}"
-        if code == 403 and "insufficient_scope" in detail:
+        # GitLab's body {"error": "insufficient_scope", ...} (api_guard.rb: rack-oauth2's
+        # Bearer::Forbidden), which python-gitlab's error_message is; not the text around
+        # it, which names the project (a Guest's 403 of a project named so was no scope's)
+        if code == 403 and _message(err) == _INSUFFICIENT_SCOPE:
             raise ScopeRefused(f"{detail}: the token lacks the scope this call needs; give "
                                f"GITLAB_API_TOKEN a token with the {scope} scope") from err
         if code in GATEWAY_ERRORS:
@@ -404,7 +408,7 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
         if _refused_fields(err) == {"target_url"}:
             raise LinkRefused(str(err)) from err.__cause__
         if getattr(err.__cause__, "response_code", None) == 403 and \
-                "insufficient_scope" not in str(err):
+                not isinstance(err, ScopeRefused):
             # authorize! :create_commit_status (the Developer role), then Ci::PipelinePolicy:
             # on a protected branch or tag, update_pipeline needs leave to push or merge to
             # it (to create it): by GitLab's defaults a Maintainer's
