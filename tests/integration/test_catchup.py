@@ -354,6 +354,20 @@ def test_a_project_without_a_repository_fails_no_pass_where_only_tags_are_routed
     assert again["projects_failed"] == 1 and again["projects"] == 1, again
 
 
+def test_a_repository_for_members_only_is_no_missing_repository(world, gitlab_fake):
+    """GitLab answers 404 "Repository Not Found" too when the Repository feature is on for
+    the project's members only and the token's user is none (require_repository_enabled!:
+    feature_available?(:repository, current_user)): its pushes cannot be caught up, and the
+    pass said nothing of it, as if the project had no repository, while a token without
+    the membership lost them for good. Only repository_access_level "disabled" is no refs."""
+    app, state, new_catch_up = world
+    project = gitlab_fake.add_project("team/public", branches={"main": sha(5)})
+    project.repository_members_only = True
+    project.outsiders.add(gitlab_fake.token)
+    first = catchup.catch_up_once(new_catch_up())
+    assert catchup.pass_failed(first) and first["projects_failed"] == 1, first
+
+
 def test_a_project_shared_with_a_listed_group_is_not_one_of_its_projects(redis_url,
                                                                          gitlab_fake):
     """GitLab lists a group's projects with those other namespaces shared with it unless

@@ -161,6 +161,10 @@ class FakeProject:
     # The project's Repository feature (Settings > General > Visibility): off in a project
     # kept for its issues or wiki. See _project_api.
     repository_enabled: bool = True
+    # ... or on for the project's members only (repository_access_level "private"), and the
+    # users of these tokens no members (a public project read by an outsider's token)
+    repository_members_only: bool = False
+    outsiders: set[str] = field(default_factory=set)
     shared_with: set[str] = field(default_factory=set)  # groups (lower case); share_project
 
 
@@ -487,9 +491,12 @@ class GitLabFake:
         base = self.url
         if request.method == "GET" and rest == []:
             return _json(self._project_json(project), 200, headers)
-        if rest[:1] == ["repository"] and not project.repository_enabled:
+        if rest[:1] == ["repository"] and (not project.repository_enabled or (
+                project.repository_members_only and token in project.outsiders)):
             # API::Branches' before: require_repository_enabled!, not_found!("Repository")
-            # (lib/api/helpers.rb); API::Tags' authorize_read_code! refuses it first: 403.
+            # unless feature_available?(:repository, current_user) (lib/api/helpers.rb),
+            # which a members-only feature is not to a non-member (ProjectFeature); API::
+            # Tags' authorize_read_code! refuses it first: 403.
             if rest == ["repository", "branches"]:
                 return _json({"message": "404 Repository Not Found"}, 404, headers)
             return _json({"message": "403 Forbidden"}, 403, headers)
@@ -534,7 +541,10 @@ class GitLabFake:
                 "path_with_namespace": project.path,
                 "name_with_namespace": project.path.replace("/", " / "),
                 "default_branch": project.default_branch, "archived": False,
-                "web_url": f"{self.url}/{project.path}"}
+                "web_url": f"{self.url}/{project.path}",
+                # API::Entities::Project, to any user who sees the project
+                "repository_access_level": "disabled" if not project.repository_enabled
+                else "private" if project.repository_members_only else "enabled"}
 
     def _group_projects(self, request: Request, group: str,
                         headers: dict[str, str]) -> Response:

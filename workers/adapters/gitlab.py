@@ -26,8 +26,7 @@ from gitlab import exceptions as gl_errors
 
 from workers.core import rate_limits
 from workers.core.catchup import BRANCH_PREFIX, TAG_PREFIX, Head
-from workers.core.errors import (CIAutoscalerError, CredentialsRefused, PermanentError,
-                                 RetryableError, Unavailable)
+from workers.core.errors import CredentialsRefused, PermanentError, RetryableError, Unavailable
 from workers.core.models import EventKind
 from workers.core.redaction import URL_USERINFO
 
@@ -286,35 +285,22 @@ def project_heads(*, gl: gitlab.Gitlab, project: str | int,
     (one kept for its issues or wiki) has none: GitLab answers its branches 404 "Repository
     Not Found" (API::Branches: require_repository_enabled!) and its tags 403, as it answers a
     Guest's (API::Tags: authorize_read_code!; ProjectPolicy: repository_disabled prevents
-    read_code), so a 403 for the tags alone is told apart by asking one branch."""
+    read_code). Both are told apart by the project's repository_access_level (API::Entities::
+    Project): the 404 comes too for a repository of its members only that the token's user
+    is none of ("private"), whose pushes are then out of reach: that stays an error."""
     kinds = frozenset(kinds)
     try:
         return _project_heads(gl, project, kinds, name)
     except PermanentError as err:
-        if _repository_not_found(err) or (
-                _status(err) == 403 and EventKind.PUSH not in kinds and
-                _repository_off(gl, project, name)):
-            return RefListing([])
+        status = getattr(err.__cause__, "response_code", None)
+        if (status == 404 and isinstance(err.__cause__, gl_errors.GitlabError) and
+                _message(err.__cause__) == _REPOSITORY_NOT_FOUND) or (
+                status == 403 and EventKind.PUSH not in kinds):
+            with _translated(f"look up project {name or project}"):
+                found = gl.projects.get(project, max_retries=MAX_RETRIES)
+            if found.attributes.get("repository_access_level") == "disabled":
+                return RefListing([])
         raise
-
-
-def _status(err: CIAutoscalerError) -> int | None:
-    return getattr(err.__cause__, "response_code", None)
-
-
-def _repository_not_found(err: CIAutoscalerError) -> bool:
-    return _status(err) == 404 and isinstance(err.__cause__, gl_errors.GitlabError) and \
-        _message(err.__cause__) == _REPOSITORY_NOT_FOUND
-
-
-def _repository_off(gl: gitlab.Gitlab, project: str | int, name: str | None) -> bool:
-    """Whether GitLab answers the project's branches 404 "Repository Not Found"."""
-    try:
-        with _translated(f"list the branches of {name or project}"):
-            _project(gl, project).branches.list(page=1, per_page=1, max_retries=MAX_RETRIES)
-    except PermanentError as err:
-        return _repository_not_found(err)
-    return False
 
 
 def _project_heads(gl: gitlab.Gitlab, project: str | int, kinds: frozenset[EventKind],
