@@ -329,6 +329,45 @@ def test_a_project_without_a_repository_in_a_listed_group_fails_no_pass(world, g
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+def test_a_project_without_a_repository_fails_no_pass_where_only_tags_are_routed(
+        redis_url, gitlab_fake, caplog):
+    """With tag routes only, the catch-up asks a project's tags alone, and GitLab's API::Tags
+    refuses a project whose Repository feature is off with authorize_read_code!'s 403 before
+    anything else (ProjectPolicy: repository_disabled prevents read_code), not the branches'
+    404 "Repository Not Found": a release route for a group (team/*, refs/tags/*) made every
+    pass 'catch-up pass failed' for its handbook project, for good."""
+    caplog.set_level(logging.INFO)
+    config = parse_file_config(
+        "routes:\n  - {project: 'team/*', ref: 'refs/tags/*', job: release}\n"
+        "catchUp:\n  groups: [team]\n")
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    gitlab_fake.add_project(APP, branches={"main": sha(1)})
+    gitlab_fake.add_project("team/handbook").repository_enabled = False
+    cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    first = catchup.catch_up_once(cu)
+    assert not catchup.pass_failed(first) and first["projects"] == 2, first
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    gitlab_fake.roles[gitlab_fake.token] = "guest"  # its 403 is no missing repository
+    again = catchup.catch_up_once(cu)
+    assert again["projects_failed"] == 1 and again["projects"] == 1, again
+
+
+def test_a_repository_for_members_only_is_no_missing_repository(world, gitlab_fake):
+    """GitLab answers 404 "Repository Not Found" too when the Repository feature is on for
+    the project's members only and the token's user is none (require_repository_enabled!:
+    feature_available?(:repository, current_user)): its pushes cannot be caught up, and the
+    pass said nothing of it, as if the project had no repository, while a token without
+    the membership lost them for good. Only repository_access_level "disabled" is no refs."""
+    app, state, new_catch_up = world
+    project = gitlab_fake.add_project("team/public", branches={"main": sha(5)})
+    project.repository_members_only = True
+    project.outsiders.add(gitlab_fake.token)
+    first = catchup.catch_up_once(new_catch_up())
+    assert catchup.pass_failed(first) and first["projects_failed"] == 1, first
+
+
 def test_a_project_shared_with_a_listed_group_is_not_one_of_its_projects(redis_url,
                                                                          gitlab_fake):
     """GitLab lists a group's projects with those other namespaces shared with it unless
@@ -504,6 +543,24 @@ def test_a_token_without_an_api_scope_ends_the_pass_as_a_refused_token_and_says_
     assert errors and all("GITLAB_API_TOKEN" in e and "read_api" in e for e in errors)
     assert all(clone_token not in r.getMessage() and clone_token not in json.dumps(
         getattr(r, "error", "")) for r in caplog.records)
+
+
+def test_a_guests_403_ends_no_pass_whatever_the_projects_name(redis_url, gitlab_fake):
+    """Only GitLab's insufficient_scope answer (its body's `error`, rack-oauth2's Bearer::
+    Forbidden: lib/api/api_guard.rb) is a scope refused; a Guest's 403 ({"message":"403
+    Forbidden"}) is the project's alone. The check read the whole error text, the project's
+    path in it: a project named `team/insufficient_scope` made a Guest's 403 end the pass,
+    and the projects after it were never caught up."""
+    config = parse_file_config("routes:\n  - {project: 'team/*', ref: 'refs/heads/*', job: b}\n"
+                               "catchUp:\n  groups: [team]\n")
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    for path in ("team/a", "team/insufficient_scope", "team/z"):
+        gitlab_fake.add_project(path, branches={"main": sha(1)})
+    gitlab_fake.roles[gitlab_fake.token] = "guest"
+    cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    assert catchup.catch_up_once(cu)["projects_failed"] == 3
 
 
 def test_a_disabled_hook_shows_as_a_metric_per_project(world, gitlab_fake):

@@ -161,6 +161,10 @@ class FakeProject:
     # The project's Repository feature (Settings > General > Visibility): off in a project
     # kept for its issues or wiki. See _project_api.
     repository_enabled: bool = True
+    # ... or on for the project's members only (repository_access_level "private"), and the
+    # users of these tokens no members (a public project read by an outsider's token)
+    repository_members_only: bool = False
+    outsiders: set[str] = field(default_factory=set)
     shared_with: set[str] = field(default_factory=set)  # groups (lower case); share_project
 
 
@@ -194,7 +198,8 @@ class GitLabFake:
         self.external_host: str | None = None
         self._deletes_after_page: dict[tuple[str, str], str] = {}  # delete_branch_after_page
         # token -> the role of its user in every project (guest, reporter, developer,
-        # maintainer); a token not named here is a maintainer's. See _post_status.
+        # maintainer); a token not named here is a maintainer's. See _post_status, and
+        # _project_api for a guest's reads.
         self.roles: dict[str, str] = {}
         self._server = None
         self._thread: threading.Thread | None = None
@@ -486,11 +491,20 @@ class GitLabFake:
         base = self.url
         if request.method == "GET" and rest == []:
             return _json(self._project_json(project), 200, headers)
-        if rest[:1] == ["repository"] and not project.repository_enabled:
+        if rest[:1] == ["repository"] and (not project.repository_enabled or (
+                project.repository_members_only and token in project.outsiders)):
             # API::Branches' before: require_repository_enabled!, not_found!("Repository")
-            # (lib/api/helpers.rb); API::Tags' authorize_read_code! refuses it first: 403.
+            # unless feature_available?(:repository, current_user) (lib/api/helpers.rb),
+            # which a members-only feature is not to a non-member (ProjectFeature); API::
+            # Tags' authorize_read_code! refuses it first: 403.
             if rest == ["repository", "branches"]:
                 return _json({"message": "404 Repository Not Found"}, 404, headers)
+            return _json({"message": "403 Forbidden"}, 403, headers)
+        if rest in (["repository", "branches"], ["repository", "tags"]) and \
+                self.roles.get(token) == "guest":
+            # A Guest may not read a private project's code (doc/user/permissions.md; API::
+            # Branches' and API::Tags' authorize_read_code!): forbidden!, 403. (Every fake
+            # project reads as private to its guests.)
             return _json({"message": "403 Forbidden"}, 403, headers)
         if request.method == "GET" and rest == ["repository", "branches"]:
             items = [{"name": name, "merged": False, "protected": name == project.default_branch,
@@ -527,7 +541,10 @@ class GitLabFake:
                 "path_with_namespace": project.path,
                 "name_with_namespace": project.path.replace("/", " / "),
                 "default_branch": project.default_branch, "archived": False,
-                "web_url": f"{self.url}/{project.path}"}
+                "web_url": f"{self.url}/{project.path}",
+                # API::Entities::Project, to any user who sees the project
+                "repository_access_level": "disabled" if not project.repository_enabled
+                else "private" if project.repository_members_only else "enabled"}
 
     def _group_projects(self, request: Request, group: str,
                         headers: dict[str, str]) -> Response:

@@ -92,6 +92,7 @@ _PROJECT_NOT_FOUND = "404 Project Not Found"
 # require_repository_enabled!'s answer (not_found!('Repository')): the project's Repository
 # feature is off for the token's user.
 _REPOSITORY_NOT_FOUND = "404 Repository Not Found"
+_INSUFFICIENT_SCOPE = "insufficient_scope"
 _DATABASE_ERROR_PREFIX = "PG::"
 
 
@@ -221,7 +222,10 @@ def _translated(what: str, scope: str = "read_api") -> Iterator[None]:
     except gl_errors.GitlabError as err:
         code = err.response_code or 0
         detail = f"{what}: GitLab answered {code or 'an error'}: {_message(err)}"
-        if code == 403 and "insufficient_scope" in detail:
+        # GitLab's body {"error": "insufficient_scope", ...} (api_guard.rb: rack-oauth2's
+        # Bearer::Forbidden), which python-gitlab's error_message is; not the text around
+        # it, which names the project (a Guest's 403 of a project named so was no scope's)
+        if code == 403 and _message(err) == _INSUFFICIENT_SCOPE:
             raise ScopeRefused(f"{detail}: the token lacks the scope this call needs; give "
                                f"GITLAB_API_TOKEN a token with the {scope} scope") from err
         if code in GATEWAY_ERRORS:
@@ -283,14 +287,23 @@ def project_heads(*, gl: gitlab.Gitlab, project: str | int,
     """Every branch and/or tag of the project (by path or id; `name` names it in messages)
     with the commit it points at, all pages read. A project whose Repository feature is off
     (one kept for its issues or wiki) has none: GitLab answers its branches 404 "Repository
-    Not Found" (API::Branches: require_repository_enabled!) and its tags 403."""
+    Not Found" (API::Branches: require_repository_enabled!) and its tags 403, as it answers a
+    Guest's (API::Tags: authorize_read_code!; ProjectPolicy: repository_disabled prevents
+    read_code). Both are told apart by the project's repository_access_level (API::Entities::
+    Project): the 404 comes too for a repository of its members only that the token's user
+    is none of ("private"), whose pushes are then out of reach: that stays an error."""
+    kinds = frozenset(kinds)
     try:
-        return _project_heads(gl, project, frozenset(kinds), name)
+        return _project_heads(gl, project, kinds, name)
     except PermanentError as err:
-        if isinstance(err.__cause__, gl_errors.GitlabError) and \
-                err.__cause__.response_code == 404 and \
-                _message(err.__cause__) == _REPOSITORY_NOT_FOUND:
-            return RefListing([])
+        status = getattr(err.__cause__, "response_code", None)
+        if (status == 404 and isinstance(err.__cause__, gl_errors.GitlabError) and
+                _message(err.__cause__) == _REPOSITORY_NOT_FOUND) or (
+                status == 403 and EventKind.PUSH not in kinds):
+            with _translated(f"look up project {name or project}"):
+                found = gl.projects.get(project, max_retries=MAX_RETRIES)
+            if found.attributes.get("repository_access_level") == "disabled":
+                return RefListing([])
         raise
 
 
@@ -385,7 +398,7 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
         if _refused_fields(err) == {"target_url"}:
             raise LinkRefused(str(err)) from err.__cause__
         if getattr(err.__cause__, "response_code", None) == 403 and \
-                "insufficient_scope" not in str(err):
+                not isinstance(err, ScopeRefused):
             # authorize! :create_commit_status (the Developer role), then Ci::PipelinePolicy:
             # on a protected branch or tag, update_pipeline needs leave to push or merge to
             # it (to create it): by GitLab's defaults a Maintainer's

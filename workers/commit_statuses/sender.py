@@ -397,8 +397,7 @@ def sweep(sender: Sender, *, window: float = SWEEP_WINDOW_SECONDS) -> int:
 
 def _lacks_api_scope(err: PermanentError) -> bool:
     """GitLab's 403 insufficient_scope (doc/api/rest/authentication.md): every post fails so."""
-    cause = err.__cause__
-    return getattr(cause, "response_code", None) == 403 and "insufficient_scope" in str(err)
+    return isinstance(err, gitlab_api.ScopeRefused)
 
 
 def _retry_later(sender: Sender, key: str, err: Exception, ctx: dict[str, str], *,
