@@ -429,3 +429,37 @@ def test_a_forged_started_kills_no_build_once_jenkins_has_forgotten_its_item(
     work(world)
 
     assert _kept(kube, jenkins_fake, agent)
+
+
+def test_a_forged_started_kills_no_pipeline_whose_node_block_waits_on_its_agent(
+        world, kube, jenkins_fake):
+    """Issue 17, as above with a Pipeline: its item left the queue as its run started on the
+    controller (a flyweight task), and its ``node`` block waits in the queue on the build's
+    agent, not connected yet (its pod pulling its image), or between two blocks: the agent
+    runs nothing. The pass, Jenkins having forgotten the item, took the finished run of the
+    new job a forged STARTED named for the build's (the agent idle) and released the agent:
+    the block waits for good. A queue item waiting on the agent is the build's own."""
+    jenkins_fake.add_job("build")
+    client = world.test_client()
+    key = push(client).json["build_key"]
+    work(world)
+    agent = next(iter(jenkins_fake.nodes))
+    [build] = jenkins_fake.build_with(AGENT_PARAMETER, agent)
+    jenkins_fake.rename_job("build", "build-legacy")
+    jenkins_fake.add_job("build")
+    by_hand = jenkins_fake.queue_build("build", label="somewhere-else")
+    assert jenkins_fake.finish_build(by_hand.queue_id).number == 1
+    block = jenkins_fake.start_pipeline(build.queue_id)  # build-legacy #1, its block queued
+    forged = jenkins_fake.notification(build, "STARTED")
+    forged |= {"name": "build", "url": "job/build/"}
+    forged["build"] |= {"url": "job/build/1/", "full_url": f"{jenkins_fake.url}/job/build/1/"}
+    _started(client, forged)
+    jenkins_fake.forget_left_items()
+
+    _pass()
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent)
+    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
