@@ -463,3 +463,25 @@ def test_a_forged_started_kills_no_pipeline_whose_node_block_waits_on_its_agent(
     kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
     jenkins_fake.connect_agent(agent)
     assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+
+
+def test_a_job_renamed_in_case_only_keeps_its_builds_notifications(world, kube, jenkins_fake):
+    """A person renames "build" to "Build" while its build waits: Jenkins finds items in any
+    case (Jenkins.items is a CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_ORDER)), so it is
+    the same job under either spelling, and the Notification plugin names it as it is now
+    (Job.getFullName): "Build". Its STARTED marks the build running, its COMPLETED releases
+    the agent with the run's result, as for any build."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.rename_job("build", "Build")
+    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
+    _started(client, jenkins_fake.notification(build, "STARTED"))
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert state["status"] == "running"
+
+    jenkins_fake.finish_build(build.queue_id, "FAILURE")
+    assert _notify(client, jenkins_fake.notification(build)).status_code == 202
+    work(world)
+
+    assert _released(world, kube, jenkins_fake, key, agent)
+    assert world.extensions["ci_autoscaler"].state.get_build(key)["result"] == "FAILURE"
