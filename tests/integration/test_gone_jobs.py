@@ -429,3 +429,59 @@ def test_a_forged_started_kills_no_build_once_jenkins_has_forgotten_its_item(
     work(world)
 
     assert _kept(kube, jenkins_fake, agent)
+
+
+def test_a_forged_started_kills_no_pipeline_whose_node_block_waits_on_its_agent(
+        world, kube, jenkins_fake):
+    """Issue 17, as above with a Pipeline: its item left the queue as its run started on the
+    controller (a flyweight task), and its ``node`` block waits in the queue on the build's
+    agent, not connected yet (its pod pulling its image), or between two blocks: the agent
+    runs nothing. The pass, Jenkins having forgotten the item, took the finished run of the
+    new job a forged STARTED named for the build's (the agent idle) and released the agent:
+    the block waits for good. A queue item waiting on the agent is the build's own."""
+    jenkins_fake.add_job("build")
+    client = world.test_client()
+    key = push(client).json["build_key"]
+    work(world)
+    agent = next(iter(jenkins_fake.nodes))
+    [build] = jenkins_fake.build_with(AGENT_PARAMETER, agent)
+    jenkins_fake.rename_job("build", "build-legacy")
+    jenkins_fake.add_job("build")
+    by_hand = jenkins_fake.queue_build("build", label="somewhere-else")
+    assert jenkins_fake.finish_build(by_hand.queue_id).number == 1
+    block = jenkins_fake.start_pipeline(build.queue_id)  # build-legacy #1, its block queued
+    forged = jenkins_fake.notification(build, "STARTED")
+    forged |= {"name": "build", "url": "job/build/"}
+    forged["build"] |= {"url": "job/build/1/", "full_url": f"{jenkins_fake.url}/job/build/1/"}
+    _started(client, forged)
+    jenkins_fake.forget_left_items()
+
+    _pass()
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent)
+    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+
+
+def test_a_job_renamed_in_case_only_keeps_its_builds_notifications(world, kube, jenkins_fake):
+    """A person renames "build" to "Build" while its build waits: Jenkins finds items in any
+    case (Jenkins.items is a CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_ORDER)), so it is
+    the same job under either spelling, and the Notification plugin names it as it is now
+    (Job.getFullName): "Build". Its STARTED marks the build running, its COMPLETED releases
+    the agent with the run's result, as for any build."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    jenkins_fake.rename_job("build", "Build")
+    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
+    _started(client, jenkins_fake.notification(build, "STARTED"))
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert state["status"] == "running"
+
+    jenkins_fake.finish_build(build.queue_id, "FAILURE")
+    assert _notify(client, jenkins_fake.notification(build)).status_code == 202
+    work(world)
+
+    assert _released(world, kube, jenkins_fake, key, agent)
+    assert world.extensions["ci_autoscaler"].state.get_build(key)["result"] == "FAILURE"

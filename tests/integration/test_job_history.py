@@ -24,11 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.test_build_stages import notify, record
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_warm_claim_nodes import CORDONED, change_node
-from tests.support.app import work
+from tests.support.app import JENKINS_TOKEN, work
 from tests.support.kmock_cluster import terminated
 from tests.support.monitoring import wait_until
 from service.app import create_app
 from workers import runtime
+from workers.engine import reconcile
 from workers.core import commit_status
 from workers.adapters.usage_store import UsageStore
 from workers.core.pods import AGENT_CONTAINER
@@ -473,3 +474,40 @@ def test_recommend_with_redis_away_says_so_without_a_traceback(tmp_path):
         "error: Redis at 127.0.0.1:6379/0: ConnectionError (neither REDIS_URL nor "
         "REDIS_SENTINELS is set: this is the default)\n") or default.returncode == 0, \
         default.stderr
+
+
+def test_an_oom_killed_build_of_a_renamed_job_is_started_again_under_its_new_name(
+        app_on_cluster, kube, jenkins_fake):
+    """A person renamed the job while the build waited (Jenkins refuses a rename only while
+    the job builds, Job.checkRename); the reconcile pass followed it (run_confirm
+    .job_renamed: the build's job is the new name, and its OOM kill raises that name's
+    floor). retryOnOOM started the build again under the name its request was made with:
+    Jenkins has no job by it any more (the retry refused, the build failed for good), or a
+    new one given the old name, whose run would not be the build's. It is started under the
+    job's name now, sized from that name's floor."""
+    app = app_on_cluster(CONFIG.replace("RETRY", "true"), namespace=NAMESPACE,
+                         CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2",
+                         nodes=(("node-a", "16", "16Gi"),))
+    key = push(app.test_client(), 0)
+    work(app)
+    rec = record(app, key)
+    [build] = jenkins_fake.build_with(AGENT_PARAMETER, rec["agent"])
+    jenkins_fake.rename_job("build", "build-legacy")
+    jenkins_fake.start_build(build.queue_id)
+    rt = runtime.current()
+    reconcile.reconcile_once(rt, now=time.time() + rt.settings.lost_event_seconds + 1)
+    assert record(app, key)["job"] == "build-legacy"
+    oom_kill_seen(kube, rec["agent"])
+    jenkins_fake.finish_build(build.queue_id, "FAILURE")
+    assert app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                                  json=jenkins_fake.notification(build)).status_code == 202
+    work(app)
+    [retry] = [k for k in rt.state.builds_since(0) if record(app, k).get("retry_of") == key]
+
+    work(app)  # the retry's provision
+
+    again = record(app, retry)
+    assert (again["status"], again["job"]) == ("triggered", "build-legacy"), again
+    assert int(again["memory_bytes"]) >= 2 * int(rec["memory_bytes"])
+    [run] = jenkins_fake.build_with(AGENT_PARAMETER, again["agent"])
+    assert run.job == "build-legacy"

@@ -600,3 +600,22 @@ def test_a_pod_whose_deadline_ends_it_while_its_pull_fails_for_now_fails_with_th
     assert shown.state == "failed" and "429 Too Many Requests" in shown.description, shown
     assert jenkins_fake.cancelled_items == [item]
     assert failures_counted(app, reason) == 1 and failures_counted(app, "pod_failed") == 0
+
+
+@pytest.mark.parametrize("renamed", ["build-legacy", "Build"])
+def test_a_start_failure_cancels_the_item_of_a_job_renamed_while_it_waited(
+        app, kube, jenkins_fake, renamed):
+    """A person renames the job while the build waits for its agent (Jenkins refuses a
+    rename only while the job builds, Job.checkRename; "build" to "Build" too:
+    AbstractItem.renameTo), and the agent's image cannot be pulled. The item, Jenkins' own
+    (it holds the job itself, Queue.Item.task), names the job by its new name: taken for
+    another's (its job not the build's as recorded), it was left in Jenkins' queue for good,
+    waiting on the label of an agent deleted. It carries the build's agent: cancelled."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+    jenkins_fake.rename_job("build", renamed)
+
+    kube.image_pull_backoff(NAMESPACE, agent)
+    until(app, cleaned_up(kube, jenkins_fake, agent))
+
+    assert jenkins_fake.cancelled_items == [item]
+    assert state_of(app).get_build(key)["status"] == "failed"

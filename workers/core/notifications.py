@@ -41,8 +41,13 @@ class Refused:
 
 
 def job_matches(build_job: str | None, notified_job: str) -> Refused | None:
-    """None if the notification names the build's job (its full name, "folder/name")."""
-    if build_job and notified_job == build_job:
+    """None if the notification names the build's job (its full name, "folder/name"), in
+    any case: Jenkins finds items in any case (Jenkins.items, cloudbees-folder's
+    AbstractFolder.items: CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_ORDER)), so no two
+    jobs' names differ in case only, and a person may rename "build" to "Build"
+    (AbstractItem.renameTo: "to allow people to rename "Foo" to "foo""), after which the
+    Notification plugin names the build's job as it is now (Job.getFullName)."""
+    if build_job and notified_job.lower() == build_job.lower():
         return None
     return Refused(JOB_MISMATCH, f"the notification names job {notified_job[:200]!r}, the "
                                  f"build's job is {build_job!r}")

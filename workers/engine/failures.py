@@ -316,11 +316,16 @@ def its_own(job: str, parameters: dict[str, str], state: dict[str, str]) -> bool
     Pipeline's node block (ExecutorStepExecution.PlaceholderTask: no parameters, its task's
     URL the run's, so of the same job), whose id may be the failed build's after a hard
     restart. A build placed again under a new agent name (workers.engine.agent_names) keeps its
-    first name in the parameter: any name it had is its own."""
-    if job != state.get("job", ""):
-        return False
+    first name in the parameter: any name it had is its own.
+
+    The job is compared in any case (Jenkins finds items so: Jenkins.items is a
+    CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_ORDER)), and for one we triggered not at
+    all: the item holds the job itself (Queue.Item.task), so a job renamed while the item
+    waited (AbstractItem.renameTo; refused only while the job builds, Job.checkRename)
+    names its new name, and the item carrying the build's agent, a name no other build has,
+    is the build's still."""
     if state.get("node_label"):
-        return True
+        return job.lower() == state.get("job", "").lower()
     agent = parameters.get(AGENT_PARAMETER)
     return agent is not None and agent in {state.get("agent"), *agent_names.previous(state)}
 

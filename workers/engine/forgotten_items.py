@@ -69,17 +69,31 @@ def cancelled(rt: runtime.Runtime, build: dict[str, str], queue: PassQueue) -> b
     the agent's computer, the job's runs since the build's trigger (a page of 100, more for
     a busy job: at most ten); for an adopted build, the agent's computer, and the agent
     taken offline and read again."""
-    job, agent = build.get("job") or "", build.get("agent") or ""
     if build.get("status") != BuildStatus.TRIGGERED or build.get("jenkins_build") \
-            or not job or not agent or not build.get("request"):
+            or not nothing_left(rt, build, queue):
+        return False
+    return not build.get("node_label") or not _took_one_meanwhile(rt, build, build["agent"])
+
+
+def nothing_left(rt: runtime.Runtime, build: dict[str, str], queue: PassQueue) -> bool:
+    """Whether Jenkins has nothing of the build whose queue item it no longer knows: its
+    agent runs nothing (no run Jenkins names on its executor, nor one it hides from us), no
+    item in the queue waits on its agent (a Pipeline's ``node`` block waits as an item of its
+    own, with no parameter of ours, on the label our trigger gave its run, its agent's name:
+    ExecutorStepExecution.PlaceholderTask; the run itself goes on on the controller, its
+    agent idle until the block runs), nor on an adopted build's label; and, for a build of
+    ours, no item or run of its job since its trigger carries its agent (see the module
+    docstring)."""
+    job, agent = build.get("job") or "", build.get("agent") or ""
+    if not job or not agent or not build.get("request"):
         return False
     if run_confirm.agent_busy(rt, agent):
         return False
-    if build.get("node_label"):  # adopted: any item of its label is its to take
-        labels = (build["node_label"], agent)
-        if any(waiting_label(item.why, labels) for item in queue.items()):
-            return False
-        return not _took_one_meanwhile(rt, build, agent)
+    labels = (build["node_label"], agent) if build.get("node_label") else (agent,)
+    if any(waiting_label(item.why, labels) for item in queue.items()):
+        return False
+    if build.get("node_label"):  # adopted: its items carry no parameter of ours
+        return True
     parameters = json.loads(build["request"]).get("parameters") or {}
     # the name its item carries: its first agent's, whatever agent it has now (agent_names)
     carried = parameters.get(AGENT_PARAMETER) or agent
@@ -94,7 +108,7 @@ def cancelled(rt: runtime.Runtime, build: dict[str, str], queue: PassQueue) -> b
                                           queue=queue.items(), since=first_triggered(build),
                                           whole=True) is None
     except NotReadBack as err:
-        log.warning("a triggered build Jenkins no longer ties to an item is kept: its job's "
+        log.warning("a build Jenkins no longer ties to an item is kept: its job's "
                     "runs read do not reach back to its trigger",
                     extra={"agent": agent, "job": job, "error": str(err)})
         return False

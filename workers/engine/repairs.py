@@ -233,11 +233,13 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
                 build.get("job", ""), int(build["queue_item"]), int(notified))
             if state in (BuildState.FINISHED, BuildState.RUNNING) and \
                     not run_confirm.notified_run_is_builds(rt, key, build, int(notified)) \
-                    and run_confirm.agent_busy(rt, build.get("agent") or ""):
+                    and not forgotten_items.nothing_left(rt, build, queue):
                 # Jenkins says that run is another build's (a forged STARTED, or the number
-                # of a new job given a renamed job's name) while the build's agent runs
-                # something (its run, under the job's new name): nothing said of the build's
-                # own. An idle agent runs no run of the build's: its end is taken, as before.
+                # of a new job given a renamed job's name) while Jenkins still has something
+                # of the build: its agent runs something, or an item waits on it (a
+                # Pipeline's node block, its run going on on the controller under the job's
+                # new name, the agent idle or not connected yet): nothing said of the
+                # build's own. With nothing of the build left its end is taken, as before.
                 state, number_now = BuildState.UNKNOWN, None
         elif told and state == BuildState.UNKNOWN \
                 and run_confirm.job_exists(rt, build.get("job", "")):

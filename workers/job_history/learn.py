@@ -152,14 +152,18 @@ def retry(rt: runtime.Runtime, key: str, build: dict[str, str]) -> str | None:
     if first.node_label not in ("", first.agent_name, first.parameters.get(AGENT_PARAMETER)):
         return None  # a pipeline's own node() item we adopted: Jenkins decides its re-run
     new_key = build_key(OOM_RETRY_SOURCE, key)
-    agent = agent_name(first.job, new_key, rt.settings.installation)
+    # The job's name now: renamed or moved since the request, the pass recorded its new name
+    # (run_confirm.job_renamed, confirm_moved), which holds its raised floor; the old name
+    # is no job (the trigger refused) or a new one's, whose run would not be the build's.
+    job = build.get("job") or first.job
+    agent = agent_name(job, new_key, rt.settings.installation)
     now = time.time()
-    request = replace(first, build_key=new_key, agent_name=agent, received_at=now,
+    request = replace(first, job=job, build_key=new_key, agent_name=agent, received_at=now,
                       node_label="",
                       parameters={**first.parameters, AGENT_PARAMETER: agent,
                                   BUILD_KEY_PARAMETER: new_key})
     if not rt.state.add_build(new_key, {
-            "status": BuildStatus.QUEUED, "agent": agent, "job": first.job,
+            "status": BuildStatus.QUEUED, "agent": agent, "job": job,
             "template": first.template, "received_at": now, "queued_at": now,
             "source": OOM_RETRY_SOURCE, "retry_of": key,
             "request": json.dumps(request.to_dict())}):
@@ -167,5 +171,5 @@ def retry(rt: runtime.Runtime, key: str, build: dict[str, str]) -> str | None:
     rt.state.update_build(key, replaced_by=new_key)
     tasks.queue_provision(rt, request)
     log.info("OOM-killed build started again at a bigger size", extra={
-        "build_key": key, "retry_build_key": new_key, "agent": agent, "job": first.job})
+        "build_key": key, "retry_build_key": new_key, "agent": agent, "job": job})
     return new_key
