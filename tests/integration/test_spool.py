@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app
+from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture_bytes
 from tests.support.redis_server import RedisServer
 from workers.adapters.redis_connect import SENTINEL_TIMEOUT_SECONDS
@@ -300,6 +301,30 @@ def test_while_redis_hangs_one_push_at_a_time_waits_on_it_the_others_are_spooled
     # Redis is back: the next attempt is the probe, and it goes through (a notification of no
     # build of ours is ignored once Redis says so)
     assert send(99).json["status"] == ("ignored" if hook == "jenkins" else "queued")
+
+
+def test_a_push_redis_takes_after_the_webs_timeout_is_built_once_not_twice(own_redis):
+    """Redis stalled (SIGSTOP: a long fork, a paused VM) rather than refusing: the web's FCALL
+    sits in the socket's buffer, the web times out, spools the push and answers 202. When Redis
+    wakes it reads that buffered command before the closed connection's EOF and runs it, so the
+    push is in the intake AND in the spool; the drainer's copy is "delivery already taken"."""
+    app = make_app(own_redis.url, redis_timeout_seconds=1.0)
+    ctx = app.extensions["ci_autoscaler"]
+    # a connection made before (a web's usual state): a new one would wait on Redis's answer to
+    # its handshake and time out before the FCALL was sent
+    assert push(app.test_client(), "early-1", sha="b" * 40).json["status"] == "queued"
+    pid = int((own_redis.directory / "redis.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        response = push(app.test_client(), "late-1", sha="c" * 40)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert response.status_code == 202 and response.json["status"] == "spooled"
+    wait_until(lambda: ctx.state.intake.counts()[0] == 2, timeout=10,
+               what="Redis ran the web's timed-out write once it woke")
+    assert Drainer(ctx.spool, ctx.state.intake).drain() == 1
+    assert ctx.spool.counts() == (0, 0) and ctx.state.intake.counts() == (2, 0)
+    assert Mover(ctx.state).drain() == 2 and ctx.state.queue.count == 2
 
 
 def test_the_drainer_keeps_a_row_until_redis_took_it(own_redis):
