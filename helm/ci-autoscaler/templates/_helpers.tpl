@@ -630,6 +630,14 @@ capabilities:
 {{- end -}}
 {{- end -}}
 
+{{/* The ACL user of redis.external.url (rediss://USER:password@...), else empty. */}}
+{{- define "ci-autoscaler.externalRedisUser" -}}
+{{- $userinfo := (urlParse .Values.redis.external.url).userinfo -}}
+{{- if contains ":" $userinfo -}}
+{{- (splitn ":" 2 $userinfo)._0 -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Defaults under `helm upgrade --reuse-values` ------------------------------------------ */}}
 
 {{/* Gives .Values, in place, every default of this chart's values.yaml (files/defaults.yaml, a
