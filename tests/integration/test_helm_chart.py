@@ -649,6 +649,23 @@ def test_keda_reads_an_external_redis_from_its_url():
     assert _decoded(secret, ref["key"]) == "s3cret-password"
 
 
+def test_keda_logs_in_to_an_external_redis_as_the_user_of_its_url():
+    """A Redis 6+ ACL user in the URL (rediss://user:password@...; managed Redis with RBAC):
+    KEDA's redis scaler sends AUTH <password> alone unless its authParams carry `username`
+    (pkg/scalers/redis_scaler.go), so it logged in as `default`, got WRONGPASS, and with
+    minReplicaCount 0 no worker was ever started: only the ScaledObject's status said why."""
+    url = "rediss://ci-autoscaler:s3cret-password@redis.example.internal:6380/2"
+    values = _values("external-redis", apiVersions=["keda.sh/v1alpha1"],
+                     worker={"keda": {"enabled": True}},
+                     redis={"enabled": False, "external": {"url": url}})
+    objs = objects_of(render_files(values))
+    refs = {r["parameter"]: r for r in one(objs, "TriggerAuthentication")["spec"]["secretTargetRef"]}
+    secret = one(objs, "Secret", "redis")
+    assert {p: (r["name"], _decoded(secret, r["key"])) for p, r in refs.items()} == {
+        "password": (secret["metadata"]["name"], "s3cret-password"),
+        "username": (secret["metadata"]["name"], "ci-autoscaler")}
+
+
 def test_keda_with_a_redis_url_in_an_existing_secret_uses_the_address_given():
     objs = render("keda-existing-redis-secret")
     _, trigger = _scaled_object(objs)

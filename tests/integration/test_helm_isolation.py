@@ -64,11 +64,11 @@ def _selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
 
 
 def _admitted(policy: dict[str, Any], namespace: str, pod_labels: dict[str, str],
-              port: str | None = None) -> bool:
+              port: str | None = None, namespace_labels: dict[str, str] | None = None) -> bool:
     """Whether an ingress rule of the policy (in NAMESPACE) admits a pod with these labels in
     this namespace (to this named port, when given); every namespace carries
-    kubernetes.io/metadata.name, as the API server sets."""
-    ns_labels = {"kubernetes.io/metadata.name": namespace}
+    kubernetes.io/metadata.name, as the API server sets, beside namespace_labels."""
+    ns_labels = {**(namespace_labels or {}), "kubernetes.io/metadata.name": namespace}
     for rule in policy["spec"].get("ingress", []):
         if port is not None and port not in [p["port"] for p in rule.get("ports", [])]:
             continue
@@ -320,6 +320,39 @@ def test_even_a_selector_of_every_namespace_leaves_the_agent_namespace_out():
     assert _admitted(policy, "anything", {})
     for labels in (AGENT_POD, INGRESS_POD, {}):
         assert not _admitted(policy, AGENTS_NAMESPACE, labels)
+
+
+def test_a_selector_of_your_own_replaces_the_default_one_instead_of_narrowing_it():
+    # Helm merges a map given in values into values.yaml's map key by key (helm
+    # pkg/chartutil/coalesce.go): a Traefik selected by its own namespace and pod labels kept
+    # the defaults' kubernetes.io/metadata.name=ingress-nginx and app.kubernetes.io/name=
+    # ingress-nginx beside them, so the selectors (ANDed by the API server) matched no pod and
+    # every webhook timed out; the same for Prometheus and for the agents' DNS pods.
+    values = _with(networkPolicy={
+        "web": {"ingressController": {"namespaceSelector": {"matchLabels": {"role": "edge"}},
+                                      "podSelector": {"matchLabels": {"app": "traefik"}}},
+                "prometheus": {"namespaceSelector": {"matchExpressions": [
+                    {"key": "team", "operator": "In", "values": ["observability"]}]}}},
+        "agents": {"dns": {"namespaceSelector": {"matchLabels": {"dns": "cluster"}},
+                           "podSelector": {"matchLabels": {"app": "coredns"}}}}})
+    objs = _objects(values)
+    web = one(objs, "NetworkPolicy", "web")
+    kubernetes_validate.validate(web, "1.30.0", strict=True)
+    assert _admitted(web, "traefik", {"app": "traefik"}, "http", {"role": "edge"})
+    assert not _admitted(web, "traefik", {"app": "other"}, "http", {"role": "edge"})
+    assert _admitted(web, "obs", {"app.kubernetes.io/name": "prometheus"}, "admin",
+                     {"team": "observability"})
+    assert not _admitted(web, AGENTS_NAMESPACE, {"app": "traefik"}, "http", {"role": "edge"})
+    dns = one(objs, "NetworkPolicy", "agents")["spec"]["egress"][0]["to"][0]
+    assert dns == {"namespaceSelector": {"matchLabels": {"dns": "cluster"}},
+                   "podSelector": {"matchLabels": {"app": "coredns"}}}
+    # Only what is given replaces: the defaults stay where nothing is, and changing the
+    # default label's value is the operator's own selector.
+    default_web = one(_objects(_with(networkPolicy={"web": {"ingressController": {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "traefik"}}}}})),
+        "NetworkPolicy", "web")
+    assert _admitted(default_web, "traefik", {"app.kubernetes.io/name": "ingress-nginx"}, "http")
+    assert not _admitted(default_web, "traefik", {"app": "traefik"}, "http")
 
 
 def test_more_sources_for_the_admin_port_get_it_and_never_the_agents():

@@ -630,6 +630,14 @@ capabilities:
 {{- end -}}
 {{- end -}}
 
+{{/* The ACL user of redis.external.url (rediss://USER:password@...), else empty. */}}
+{{- define "ci-autoscaler.externalRedisUser" -}}
+{{- $userinfo := (urlParse .Values.redis.external.url).userinfo -}}
+{{- if contains ":" $userinfo -}}
+{{- (splitn ":" 2 $userinfo)._0 -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Defaults under `helm upgrade --reuse-values` ------------------------------------------ */}}
 
 {{/* Gives .Values, in place, every default of this chart's values.yaml (files/defaults.yaml, a
@@ -670,6 +678,38 @@ k8s-app label on OpenShift); only an older chart's values (another valuesKeys) a
 {{- else if and (kindIs "map" $default) (kindIs "map" (index $values $key)) -}}
 {{- include "ci-autoscaler.fillDefaults" (list (index $values $key) $default (get $first $key)) -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A LabelSelector of values.yaml as the operator gave it, as JSON. Call with (list GIVEN
+DEFAULT): GIVEN from .Values, DEFAULT the same key of files/defaults.yaml. Helm merges a map given
+in values into the default map key by key (pkg/chartutil/coalesce.go), so a selector of one's own
+(a Traefik's labels) kept the default's labels (ingress-nginx's) beside its own, and the API
+server, which ANDs them, matched no pod: every webhook (or DNS query) silently dropped. When the
+selector differs from the default, the default's matchLabels pairs left unchanged are dropped
+(and the default's matchExpressions when they are unchanged too). */}}
+{{- define "ci-autoscaler.ownSelector" -}}
+{{- $given := index . 0 -}}
+{{- $default := index . 1 | default dict -}}
+{{- if or (not (kindIs "map" $given)) (eq (toJson $given) (toJson $default)) -}}
+{{- toJson $given -}}
+{{- else -}}
+{{- $own := deepCopy $given -}}
+{{- $defaultLabels := $default.matchLabels | default dict -}}
+{{- $labels := dict -}}
+{{- range $key, $value := $own.matchLabels | default dict -}}
+{{- if not (and (hasKey $defaultLabels $key) (eq (toJson $value) (toJson (get $defaultLabels $key)))) -}}
+{{- $_ := set $labels $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := unset $own "matchLabels" -}}
+{{- if $labels -}}
+{{- $_ := set $own "matchLabels" $labels -}}
+{{- end -}}
+{{- if and (hasKey $default "matchExpressions") (eq (toJson $own.matchExpressions) (toJson $default.matchExpressions)) -}}
+{{- $_ := unset $own "matchExpressions" -}}
+{{- end -}}
+{{- toJson $own -}}
 {{- end -}}
 {{- end -}}
 
