@@ -13,7 +13,7 @@ from workers.adapters.kube_objects import effective_request
 from workers.config.config_file import parse_file_config
 from workers.core import podsize
 from workers.core.cluster import Resources
-from workers.core.quantity import cpu_millis, memory_bytes
+from workers.core.quantity import cpu_millis, format_memory, memory_bytes
 from workers.core.models import DEFAULT_AGENT_IMAGE, BuildRequest, PodTemplate
 from workers.core.pod_security import Level, required_level, violations
 from workers.core.pods import (
@@ -46,6 +46,13 @@ TEMPLATES = {
                      "persistentVolumeClaim": {"claimName": "m2"}},
                     {"name": "settings", "mountPath": "/etc/maven", "readOnly": True,
                      "configMap": {"name": "maven-settings"}}]},
+    "memory-volumes": {"workspaceVolume": {"emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+                       "volumes": [{"name": "tmp", "mountPath": "/tmp",
+                                    "emptyDir": {"medium": "Memory", "sizeLimit": "512Mi"}},
+                                   {"name": "scratch", "mountPath": "/scratch",
+                                    "emptyDir": {"sizeLimit": "8Gi"}}],
+                       "podSpecPatch": {"volumes": [{"name": "shm", "emptyDir": {
+                           "medium": "Memory", "sizeLimit": "256Mi"}}]}},
 }
 
 
@@ -173,11 +180,33 @@ def test_the_pods_requests_are_what_placement_counted(name, size):
         template, Resources(template.cpu.max, template.memory.max)).memory_bytes
 
 
+def test_memory_backed_volumes_count_in_the_build_container_s_memory():
+    """A medium Memory emptyDir is a tmpfs whose pages are charged to the memory cgroup of the
+    container that writes them (Kubernetes docs, "Volumes", emptyDir: "files you write count
+    against your container's memory limit"); kube-scheduler counts no sizeLimit. Left out, a
+    build filling its 512Mi /tmp was OOM-killed at the size sizing gave its own processes.
+    The build container asks its size, the agent's and each sizeLimit (not a disk emptyDir's),
+    and placement fits that total."""
+    template = PodTemplate.model_validate(TEMPLATES["memory-volumes"])
+    [build] = render(TEMPLATES["memory-volumes"])["spec"]["containers"]
+    tmpfs = (2048 + 512 + 256) * 2**20
+    expected = format_memory(SIZE.memory_bytes + 256 * 2**20 + tmpfs)
+    assert build["resources"]["requests"]["memory"] == expected
+    assert build["resources"]["limits"]["memory"] == expected
+    assert podsize.pod_total(template, SIZE).memory_bytes == memory_bytes(expected)
+
+
 SPLITS = {**TEMPLATES, "own-agent-marked-build": {
     "agentInjection": False, "image": "registry.example.com/agent:1",
     "containers": [{"name": "gradle", "image": "gradle:8", "build": True},
                    {"name": "node", "image": "node:22", "build": True},
-                   {"name": "postgres", "image": "postgres:16", "cpu": "250m"}]}}
+                   {"name": "postgres", "image": "postgres:16", "cpu": "250m"}]},
+    "own-agent-marked-build-tmpfs": {
+        "agentInjection": False, "image": "registry.example.com/agent:1",
+        "volumes": [{"name": "tmp", "mountPath": "/tmp",
+                     "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}],
+        "containers": [{"name": "gradle", "image": "gradle:8", "build": True},
+                       {"name": "node", "image": "node:22", "build": True}]}}
 
 
 @pytest.mark.parametrize("name", SPLITS)
@@ -426,3 +455,14 @@ def test_a_patch_naming_a_service_account_leaves_its_token_to_it():
     kept = render({"podSpecPatch": {"serviceAccountName": "deployer",
                                     "automountServiceAccountToken": False}})["spec"]
     assert kept["automountServiceAccountToken"] is False
+
+
+def test_an_extended_resource_goes_to_the_first_build_container_alone():
+    """Without agent injection each marked build container is sized, but the template's
+    extended resources are the first one's: the marked containers shared one resources dict,
+    so a GPU template with two build containers asked 2 GPUs per pod (Unschedulable on a
+    1-GPU node) and placement had counted one."""
+    pod = render({**SPLITS["own-agent-marked-build"], "resources": {"nvidia.com/gpu": 1}})
+    asking = [c["name"] for c in pod["spec"]["containers"]
+              if "nvidia.com/gpu" in c["resources"]["limits"]]
+    assert asking == ["gradle"]

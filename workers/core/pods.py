@@ -16,7 +16,8 @@ from workers.core.containers import Container
 from workers.core.installation_pods import stamp
 from workers.core.models import WORKSPACE_VOLUME, BuildRequest, PodTemplate
 from workers.core.templates import merge
-from workers.core.quantity import format_cpu, format_memory, times_factor
+from workers.core.podsize import memory_volumes
+from workers.core.quantity import format_cpu, format_memory, memory_bytes, times_factor
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "ci-autoscaler"
@@ -208,23 +209,31 @@ def _own_agent(template: PodTemplate, size: Resources, agent_env: list[dict[str,
                ) -> list[dict[str, Any]]:
     """agentInjection false: jnlp runs the image's own agent, and is the build's unless
     containers are marked build (each then sized, jnlp at agentCpu/agentMemory)."""
-    sized = _resources(size.cpu_millis, size.memory_bytes, template.cpu_limit_factor)
+    def sized() -> dict[str, Any]:  # one dict each: _add_extras adds to the first alone
+        return _resources(size.cpu_millis, size.memory_bytes, template.cpu_limit_factor)
+
     jnlp = _jnlp(template, _resources(template.agent_cpu, template.agent_memory, None)
-                 if template.build_containers else sized)
+                 if template.build_containers else sized())
     jnlp["env"] = agent_env + jnlp["env"]
-    return [jnlp] + [_container(template, c, sized if c.build else
+    return [jnlp] + [_container(template, c, sized() if c.build else
                                 _resources(c.cpu, c.memory, None)) for c in template.containers]
 
 
 def _add_extras(containers: list[dict[str, Any]], template: PodTemplate) -> None:
     """The template's ephemeral-storage and extended resources go to its (first) build
     container: extended resources as limits equal to requests, as the API requires
-    (Kubernetes docs, "Manage extended resources for a node": they cannot be overcommitted)."""
-    if not template.ephemeral_storage and not template.resources:
+    (Kubernetes docs, "Manage extended resources for a node": they cannot be overcommitted).
+    So do its memory-backed volumes' sizeLimits, to its memory (podsize.memory_volumes)."""
+    tmpfs = memory_volumes(template)
+    if not template.ephemeral_storage and not template.resources and not tmpfs:
         return
     marked = template.build_containers
     name = marked[0].name if marked else AGENT_CONTAINER
     resources = next(c for c in containers if c["name"] == name)["resources"]
+    if tmpfs:
+        for kind in ("requests", "limits"):
+            resources[kind]["memory"] = format_memory(
+                memory_bytes(resources[kind]["memory"]) + tmpfs)
     if template.ephemeral_storage:
         resources["requests"]["ephemeral-storage"] = format_memory(template.ephemeral_storage)
     for resource, amount in sorted(template.resources.items()):
