@@ -399,6 +399,10 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
     ("podSpecPatch: {containers: [{name: db, image: x, ports: [{containerPort: 5432, "
      "name: postgres-primary}]}]}",
      "podSpecPatch.containers[0].ports[0].name: 'postgres-primary' is not a port name"),
+    # validateContainerPorts: a container's port names are one set (field.Duplicate)
+    ("podSpecPatch: {containers: [{name: db, image: x, ports: [{containerPort: 5432, "
+     "name: pg}, {containerPort: 5433, name: pg}]}]}",
+     "podSpecPatch.containers[0].ports[1].name: port name 'pg' is used twice"),
     ("podSpecPatch: {containers: [{name: jnlp, env: [{name: T, value: x, valueFrom: "
      "{secretKeyRef: {name: s, key: k}}}]}]}",
      "podSpecPatch.containers[0].env[0].valueFrom: may not be given with a value"),
