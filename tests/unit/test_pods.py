@@ -45,7 +45,18 @@ TEMPLATES = {
         "volumes": [{"name": "m2", "mountPath": "/m2", "accessMode": "ReadWriteMany",
                      "persistentVolumeClaim": {"claimName": "m2"}},
                     {"name": "settings", "mountPath": "/etc/maven", "readOnly": True,
-                     "configMap": {"name": "maven-settings"}}]},
+                     "configMap": {"name": "maven-settings"}},
+                    # restricted allows these too; refused at load, as no volume source
+                    {"name": "vault", "mountPath": "/var/run/vault", "readOnly": True,
+                     "projected": {"sources": [
+                         {"serviceAccountToken": {"audience": "vault", "path": "token"}},
+                         {"configMap": {"name": "vault-ca"}}]}},
+                    {"name": "podinfo", "mountPath": "/etc/podinfo", "downwardAPI": {
+                        "items": [{"path": "labels", "fieldRef": {
+                            "fieldPath": "metadata.labels"}}]}},
+                    {"name": "creds", "mountPath": "/mnt/creds", "readOnly": True, "csi": {
+                        "driver": "secrets-store.csi.k8s.io", "readOnly": True,
+                        "volumeAttributes": {"secretProviderClass": "ci"}}}]},
     "memory-volumes": {"workspaceVolume": {"emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
                        "volumes": [{"name": "tmp", "mountPath": "/tmp",
                                     "emptyDir": {"medium": "Memory", "sizeLimit": "512Mi"}},
