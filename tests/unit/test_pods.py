@@ -477,3 +477,23 @@ def test_an_extended_resource_goes_to_the_first_build_container_alone():
     asking = [c["name"] for c in pod["spec"]["containers"]
               if "nvidia.com/gpu" in c["resources"]["limits"]]
     assert asking == ["gradle"]
+
+
+WINDOWS = {"image": "jenkins/inbound-agent:windowsservercore-ltsc2022", "agentInjection": False,
+           "nodeSelector": {"kubernetes.io/os": "windows"},
+           "podSpecPatch": {"os": {"name": "windows"}}}
+
+
+def test_a_windows_pod_has_none_of_the_linux_hardening_the_api_server_refuses_on_it():
+    """validateWindows (pkg/apis/core/validation) refuses runAsUser, runAsGroup, fsGroup and
+    seccompProfile on the pod, allowPrivilegeEscalation and capabilities on a container, when
+    spec.os.name is windows ("cannot be set for a windows pod"): every build of a Windows
+    template failed at creation with a 422. runAsNonRoot stays, and Pod Security
+    `restricted` still admits the pod (it relaxes the other three controls for Windows)."""
+    pod = render(WINDOWS)
+    spec = pod["spec"]
+    assert spec["securityContext"] == {"runAsNonRoot": True}
+    assert [c["securityContext"] for c in spec["containers"]] == [{}]
+    assert violations(pod, Level.RESTRICTED) == []
+    linux = render({**WINDOWS, "podSpecPatch": {}})
+    assert linux["spec"]["securityContext"]["fsGroup"] == 1000

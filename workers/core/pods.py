@@ -86,6 +86,36 @@ def pod_security_context(template: PodTemplate) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
+# What the API server refuses on a pod with spec.os.name windows ("cannot be set for a
+# windows pod": pkg/apis/core/validation validateWindows), ours among them; runAsNonRoot
+# stays (Windows checks it against the image's user). Pod Security `restricted` relaxes
+# privilege escalation, capabilities and seccomp for such pods (pod-security-admission
+# policy checks, 1.25+), so a Windows pod without them is still `restricted`.
+WINDOWS_REFUSED_POD = ("runAsUser", "runAsGroup", "fsGroup", "seccompProfile")
+WINDOWS_REFUSED_CONTAINER = ("allowPrivilegeEscalation", "capabilities")
+
+
+def is_windows(spec: dict[str, Any]) -> bool:
+    return (spec.get("os") or {}).get("name") == "windows"
+
+
+def _for_windows(spec: dict[str, Any], template: PodTemplate) -> None:
+    """Our Linux hardening taken off a pod whose podSpecPatch says `os: {name: windows}`
+    (values the patch set itself are left for check-config to name)."""
+    if not is_windows(spec):
+        return
+    ours_pod, ours_container = pod_security_context(template), container_security_context()
+    pod_sc = spec.get("securityContext") or {}
+    for key in WINDOWS_REFUSED_POD:
+        if key in pod_sc and pod_sc[key] == ours_pod.get(key):
+            del pod_sc[key]
+    for c in (spec.get("initContainers") or []) + spec.get("containers", []):
+        sc = c.get("securityContext") or {}
+        for key in WINDOWS_REFUSED_CONTAINER:
+            if key in sc and sc[key] == ours_container[key]:
+                del sc[key]
+
+
 def agent_secret_name(agent: str) -> str:
     """The Secret that holds an agent's JENKINS_SECRET (agent_secret_manifest)."""
     return f"{agent}-secret"
@@ -321,6 +351,7 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
             # decides (true unless set false there); ours, false, kept the token out and
             # every in-cluster call of the build failed (no .../serviceaccount/token).
             spec.pop("automountServiceAccountToken", None)
+    _for_windows(spec, template)
     if template.node_affinity:
         ours = (spec.get("affinity") or {}).get("nodeAffinity")
         spec.setdefault("affinity", {})["nodeAffinity"] = node_affinity.combined(
