@@ -432,6 +432,9 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
      "podSpecPatch.containers[0].volumeMounts[0].subPathExpr: must be a relative path"),
     ("podSpecPatch: {runtimeClassName: Kata_Containers}",
      "podSpecPatch.runtimeClassName: 'Kata_Containers' is not a DNS subdomain"),
+    # the injected agent's init container is Linux's jenkins/inbound-agent running `cp`
+    ("podSpecPatch: {os: {name: windows}}",
+     "podSpecPatch.os: a Windows pod cannot run the injected agent"),
 ])
 def test_bad_templates_are_refused_with_their_path(patch, needle):
     text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    {patch}\n"
