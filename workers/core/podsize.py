@@ -82,8 +82,9 @@ def memory_volumes(template: PodTemplate) -> int:
     sized. One without a sizeLimit (or an unreadable one) adds nothing."""
     ours = [{"name": WORKSPACE_VOLUME, **template.workspace_source}] + [
         {"name": v.name, **v.source} for v in template.volumes]
+    patched = template.pod_spec_patch.get("volumes")  # not a list: config load refuses it
     volumes = merge({"volumes": ours},
-                    {"volumes": template.pod_spec_patch.get("volumes") or []})["volumes"]
+                    {"volumes": patched if isinstance(patched, list) else []})["volumes"]
     total = 0
     for volume in volumes:
         empty_dir = volume.get("emptyDir") if isinstance(volume, dict) else None
