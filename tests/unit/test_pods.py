@@ -497,3 +497,22 @@ def test_a_windows_pod_has_none_of_the_linux_hardening_the_api_server_refuses_on
     assert violations(pod, Level.RESTRICTED) == []
     linux = render({**WINDOWS, "podSpecPatch": {}})
     assert linux["spec"]["securityContext"]["fsGroup"] == 1000
+
+
+def test_containers_a_patch_adds_are_hardened_like_ours_unless_it_says_otherwise():
+    """README: every container, init containers included, has allowPrivilegeEscalation false
+    and drops ALL capabilities. A setup init container or a sidecar added in podSpecPatch had
+    neither, so a namespace enforcing `restricted` refused every pod of the template (403)."""
+    pod = render({"podSpecPatch": {
+        "initContainers": [{"name": "setup", "image": "busybox:1.36", "command": ["true"]}],
+        "containers": [{"name": "proxy", "image": "envoyproxy/envoy:v1.31.0",
+                        "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}},
+                       {"name": "fuse", "image": "fuse:1",
+                        "securityContext": {"privileged": True, "capabilities": None}}]}})
+    assert violations({**pod, "spec": {**pod["spec"], "containers": pod["spec"][
+        "containers"][:2]}}, Level.RESTRICTED) == []
+    by_name = {c["name"]: c["securityContext"] for c in containers(pod)}
+    assert by_name["proxy"] == {"allowPrivilegeEscalation": False, "capabilities": {
+        "drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}
+    assert by_name["fuse"] == {"privileged": True}  # the API server needs escalation left on
+    kubernetes_validate.validate(pod, KUBERNETES_SCHEMA_VERSION, strict=True)

@@ -116,6 +116,23 @@ def _for_windows(spec: dict[str, Any], template: PodTemplate) -> None:
                 del sc[key]
 
 
+def _harden_added(spec: dict[str, Any], ours: set[str]) -> None:
+    """The hardened container context (container_security_context) under that of each
+    container the podSpecPatch adds (a setup init container, a sidecar), so the promise of
+    `restricted` holds for them too: left bare, a namespace enforcing it refused every pod of
+    the template (403). What the patch sets wins (`null` removes ours); a privileged or
+    SYS_ADMIN container keeps privilege escalation, which the API server requires of it."""
+    for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+        if not isinstance(c, dict) or c.get("name") in ours:
+            continue
+        theirs = c.get("securityContext") or {}
+        defaults = container_security_context()
+        added = (theirs.get("capabilities") or {}).get("add") or []
+        if theirs.get("privileged") or {"SYS_ADMIN", "CAP_SYS_ADMIN"} & set(added):
+            del defaults["allowPrivilegeEscalation"]
+        c["securityContext"] = merge(defaults, theirs)
+
+
 def agent_secret_name(agent: str) -> str:
     """The Secret that holds an agent's JENKINS_SECRET (agent_secret_manifest)."""
     return f"{agent}-secret"
@@ -343,7 +360,9 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
     if template.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": name} for name in template.image_pull_secrets]
     if template.pod_spec_patch:
+        ours = {c["name"] for c in spec.get("initContainers", []) + spec["containers"]}
         spec = merge(spec, _without_node_affinity(template.pod_spec_patch))
+        _harden_added(spec, ours)
         if _names_its_account(template.pod_spec_patch):
             # A patch naming the pod's service account (the plugin's `serviceAccount`) wants
             # its token: builds that run kubectl or helm against the cluster. Left out, as the
