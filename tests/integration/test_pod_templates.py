@@ -122,6 +122,29 @@ def test_a_tool_container_template_runs_the_injected_agent_in_the_build_containe
     assert len(jenkins_fake.builds) == 1
 
 
+TMPFS = TWO_CONTAINERS.replace("    volumes:\n", "    volumes:\n      - {name: tmp, mountPath: /tmp, "
+                               "emptyDir: {medium: Memory, sizeLimit: 1Gi}}\n")
+
+
+def test_a_tmpfs_volume_is_in_the_build_containers_memory_and_what_placement_fits(
+        make_world, kube, jenkins_fake):
+    """A medium Memory emptyDir's pages count against the writing container's memory limit
+    (Kubernetes docs, "Volumes", emptyDir), and kube-scheduler counts no sizeLimit: a 2Gi
+    build filling its 1Gi /tmp was OOM-killed. Its build container asks 2Gi + the agent's
+    256Mi + 1Gi, and the pod is what placement fitted."""
+    app = make_world(TMPFS)
+    push(app.test_client())
+    work(app)
+    [pod] = kube.pods(NAMESPACE)
+    validate_manifest(pod)
+    maven = next(c for c in pod["spec"]["containers"] if c["name"] == "maven")
+    assert maven["resources"]["requests"]["memory"] == "3328Mi"
+    assert maven["resources"]["limits"]["memory"] == "3328Mi"
+    template = parse_file_config(TMPFS).templates["maven"]
+    assert effective_request(pod["spec"]) == podsize.pod_total(
+        template, Resources(2000, 2 * 2**30))
+
+
 def test_without_agent_injection_the_pod_keeps_the_jnlp_container_running_image(
         make_world, kube, jenkins_fake):
     """The form for an image that carries its own agent: `jnlp` runs `image` with the agent's

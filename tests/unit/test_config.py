@@ -399,6 +399,10 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
     ("podSpecPatch: {containers: [{name: db, image: x, ports: [{containerPort: 5432, "
      "name: postgres-primary}]}]}",
      "podSpecPatch.containers[0].ports[0].name: 'postgres-primary' is not a port name"),
+    # validateContainerPorts: a container's port names are one set (field.Duplicate)
+    ("podSpecPatch: {containers: [{name: db, image: x, ports: [{containerPort: 5432, "
+     "name: pg}, {containerPort: 5433, name: pg}]}]}",
+     "podSpecPatch.containers[0].ports[1].name: port name 'pg' is used twice"),
     ("podSpecPatch: {containers: [{name: jnlp, env: [{name: T, value: x, valueFrom: "
      "{secretKeyRef: {name: s, key: k}}}]}]}",
      "podSpecPatch.containers[0].env[0].valueFrom: may not be given with a value"),
@@ -428,6 +432,19 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
      "podSpecPatch.containers[0].volumeMounts[0].subPathExpr: must be a relative path"),
     ("podSpecPatch: {runtimeClassName: Kata_Containers}",
      "podSpecPatch.runtimeClassName: 'Kata_Containers' is not a DNS subdomain"),
+    # quantities the API server cannot parse (resource.ParseQuantity): a 400 at creation
+    ("volumes: [{name: tmp, mountPath: /tmp, emptyDir: {medium: Memory, sizeLimit: 1GB}}]",
+     "spec.volumes[1].emptyDir.sizeLimit: '1GB' is not a Kubernetes quantity"),
+    ("podSpecPatch: {initContainers: [{name: warm, image: x, resources: {requests: "
+     "{memory: 2 Gi}}}]}",
+     "podSpecPatch.initContainers[0].resources.requests.memory: '2 Gi' is not a Kubernetes"),
+    ("workspaceVolume: {ephemeral: {volumeClaimTemplate: {spec: {accessModes: "
+     "[ReadWriteOnce], resources: {requests: {storage: 10GB}}}}}}",
+     "spec.volumes[0].ephemeral.volumeClaimTemplate.spec.resources.requests.storage: '10GB'"),
+    ("podSpecPatch: {volumes: 5}", "podSpecPatch.volumes: a number is not of type 'array'"),
+    # the injected agent's init container is Linux's jenkins/inbound-agent running `cp`
+    ("podSpecPatch: {os: {name: windows}}",
+     "podSpecPatch.os: a Windows pod cannot run the injected agent"),
 ])
 def test_bad_templates_are_refused_with_their_path(patch, needle):
     text = f"routes: [{{job: b}}]\ntemplates:\n  default:\n    {patch}\n"

@@ -13,7 +13,7 @@ from workers.adapters.kube_objects import effective_request
 from workers.config.config_file import parse_file_config
 from workers.core import podsize
 from workers.core.cluster import Resources
-from workers.core.quantity import cpu_millis, memory_bytes
+from workers.core.quantity import cpu_millis, format_memory, memory_bytes
 from workers.core.models import DEFAULT_AGENT_IMAGE, BuildRequest, PodTemplate
 from workers.core.pod_security import Level, required_level, violations
 from workers.core.pods import (
@@ -45,7 +45,25 @@ TEMPLATES = {
         "volumes": [{"name": "m2", "mountPath": "/m2", "accessMode": "ReadWriteMany",
                      "persistentVolumeClaim": {"claimName": "m2"}},
                     {"name": "settings", "mountPath": "/etc/maven", "readOnly": True,
-                     "configMap": {"name": "maven-settings"}}]},
+                     "configMap": {"name": "maven-settings"}},
+                    # restricted allows these too; refused at load, as no volume source
+                    {"name": "vault", "mountPath": "/var/run/vault", "readOnly": True,
+                     "projected": {"sources": [
+                         {"serviceAccountToken": {"audience": "vault", "path": "token"}},
+                         {"configMap": {"name": "vault-ca"}}]}},
+                    {"name": "podinfo", "mountPath": "/etc/podinfo", "downwardAPI": {
+                        "items": [{"path": "labels", "fieldRef": {
+                            "fieldPath": "metadata.labels"}}]}},
+                    {"name": "creds", "mountPath": "/mnt/creds", "readOnly": True, "csi": {
+                        "driver": "secrets-store.csi.k8s.io", "readOnly": True,
+                        "volumeAttributes": {"secretProviderClass": "ci"}}}]},
+    "memory-volumes": {"workspaceVolume": {"emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+                       "volumes": [{"name": "tmp", "mountPath": "/tmp",
+                                    "emptyDir": {"medium": "Memory", "sizeLimit": "512Mi"}},
+                                   {"name": "scratch", "mountPath": "/scratch",
+                                    "emptyDir": {"sizeLimit": "8Gi"}}],
+                       "podSpecPatch": {"volumes": [{"name": "shm", "emptyDir": {
+                           "medium": "Memory", "sizeLimit": "256Mi"}}]}},
 }
 
 
@@ -173,11 +191,33 @@ def test_the_pods_requests_are_what_placement_counted(name, size):
         template, Resources(template.cpu.max, template.memory.max)).memory_bytes
 
 
+def test_memory_backed_volumes_count_in_the_build_container_s_memory():
+    """A medium Memory emptyDir is a tmpfs whose pages are charged to the memory cgroup of the
+    container that writes them (Kubernetes docs, "Volumes", emptyDir: "files you write count
+    against your container's memory limit"); kube-scheduler counts no sizeLimit. Left out, a
+    build filling its 512Mi /tmp was OOM-killed at the size sizing gave its own processes.
+    The build container asks its size, the agent's and each sizeLimit (not a disk emptyDir's),
+    and placement fits that total."""
+    template = PodTemplate.model_validate(TEMPLATES["memory-volumes"])
+    [build] = render(TEMPLATES["memory-volumes"])["spec"]["containers"]
+    tmpfs = (2048 + 512 + 256) * 2**20
+    expected = format_memory(SIZE.memory_bytes + 256 * 2**20 + tmpfs)
+    assert build["resources"]["requests"]["memory"] == expected
+    assert build["resources"]["limits"]["memory"] == expected
+    assert podsize.pod_total(template, SIZE).memory_bytes == memory_bytes(expected)
+
+
 SPLITS = {**TEMPLATES, "own-agent-marked-build": {
     "agentInjection": False, "image": "registry.example.com/agent:1",
     "containers": [{"name": "gradle", "image": "gradle:8", "build": True},
                    {"name": "node", "image": "node:22", "build": True},
-                   {"name": "postgres", "image": "postgres:16", "cpu": "250m"}]}}
+                   {"name": "postgres", "image": "postgres:16", "cpu": "250m"}]},
+    "own-agent-marked-build-tmpfs": {
+        "agentInjection": False, "image": "registry.example.com/agent:1",
+        "volumes": [{"name": "tmp", "mountPath": "/tmp",
+                     "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}],
+        "containers": [{"name": "gradle", "image": "gradle:8", "build": True},
+                       {"name": "node", "image": "node:22", "build": True}]}}
 
 
 @pytest.mark.parametrize("name", SPLITS)
@@ -426,3 +466,53 @@ def test_a_patch_naming_a_service_account_leaves_its_token_to_it():
     kept = render({"podSpecPatch": {"serviceAccountName": "deployer",
                                     "automountServiceAccountToken": False}})["spec"]
     assert kept["automountServiceAccountToken"] is False
+
+
+def test_an_extended_resource_goes_to_the_first_build_container_alone():
+    """Without agent injection each marked build container is sized, but the template's
+    extended resources are the first one's: the marked containers shared one resources dict,
+    so a GPU template with two build containers asked 2 GPUs per pod (Unschedulable on a
+    1-GPU node) and placement had counted one."""
+    pod = render({**SPLITS["own-agent-marked-build"], "resources": {"nvidia.com/gpu": 1}})
+    asking = [c["name"] for c in pod["spec"]["containers"]
+              if "nvidia.com/gpu" in c["resources"]["limits"]]
+    assert asking == ["gradle"]
+
+
+WINDOWS = {"image": "jenkins/inbound-agent:windowsservercore-ltsc2022", "agentInjection": False,
+           "nodeSelector": {"kubernetes.io/os": "windows"},
+           "podSpecPatch": {"os": {"name": "windows"}}}
+
+
+def test_a_windows_pod_has_none_of_the_linux_hardening_the_api_server_refuses_on_it():
+    """validateWindows (pkg/apis/core/validation) refuses runAsUser, runAsGroup, fsGroup and
+    seccompProfile on the pod, allowPrivilegeEscalation and capabilities on a container, when
+    spec.os.name is windows ("cannot be set for a windows pod"): every build of a Windows
+    template failed at creation with a 422. runAsNonRoot stays, and Pod Security
+    `restricted` still admits the pod (it relaxes the other three controls for Windows)."""
+    pod = render(WINDOWS)
+    spec = pod["spec"]
+    assert spec["securityContext"] == {"runAsNonRoot": True}
+    assert [c["securityContext"] for c in spec["containers"]] == [{}]
+    assert violations(pod, Level.RESTRICTED) == []
+    linux = render({**WINDOWS, "podSpecPatch": {}})
+    assert linux["spec"]["securityContext"]["fsGroup"] == 1000
+
+
+def test_containers_a_patch_adds_are_hardened_like_ours_unless_it_says_otherwise():
+    """README: every container, init containers included, has allowPrivilegeEscalation false
+    and drops ALL capabilities. A setup init container or a sidecar added in podSpecPatch had
+    neither, so a namespace enforcing `restricted` refused every pod of the template (403)."""
+    pod = render({"podSpecPatch": {
+        "initContainers": [{"name": "setup", "image": "busybox:1.36", "command": ["true"]}],
+        "containers": [{"name": "proxy", "image": "envoyproxy/envoy:v1.31.0",
+                        "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}},
+                       {"name": "fuse", "image": "fuse:1",
+                        "securityContext": {"privileged": True, "capabilities": None}}]}})
+    assert violations({**pod, "spec": {**pod["spec"], "containers": pod["spec"][
+        "containers"][:2]}}, Level.RESTRICTED) == []
+    by_name = {c["name"]: c["securityContext"] for c in containers(pod)}
+    assert by_name["proxy"] == {"allowPrivilegeEscalation": False, "capabilities": {
+        "drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}
+    assert by_name["fuse"] == {"privileged": True}  # the API server needs escalation left on
+    kubernetes_validate.validate(pod, KUBERNETES_SCHEMA_VERSION, strict=True)

@@ -143,9 +143,14 @@ def name_rules(spec: dict[str, Any]) -> list[tuple[Loc, str]]:
                     # subPath on the same mountPath keeps both
                     found.append((at + ("volumeMounts", j, "subPathExpr"),
                                   "subPathExpr and subPath are mutually exclusive"))
+            port_names: set[str] = set()
             for j, port in enumerate(c.get("ports") or []):
                 if port.get("name") and (bad := _port_name(port["name"])):
                     found.append((at + ("ports", j, "name"), bad))
+                elif port.get("name") in port_names:  # validateContainerPorts: Duplicate
+                    found.append((at + ("ports", j, "name"),
+                                  f"port name {port['name']!r} is used twice in the container"))
+                port_names.add(port.get("name"))
             for j, env in enumerate(c.get("env") or []):
                 # validateEnvVarValueFrom: "may not be specified when `value` is not empty"
                 if env.get("value") and env.get("valueFrom") is not None:

@@ -16,6 +16,7 @@ from workers.config.pod_names import name_rules
 from workers.core.cluster import Resources
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.pods import agent_pod_manifest
+from workers.core.quantity import parse_quantity
 from workers.core.templates import MERGE_KEYS
 
 # The API version the manifests are checked against (kubernetes-validate bundles 1.25-1.37).
@@ -178,6 +179,51 @@ def _api_rules(manifest: dict[str, Any], patch: dict[str, Any]) -> list[tuple[Lo
     return found
 
 
+# resource.ParseQuantity's grammar (k8s.io/apimachinery/pkg/api/resource/quantity.go): a
+# signed decimal, then one binary or decimal suffix or an exponent; no space anywhere.
+_QUANTITY = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+                       r"(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?")
+
+
+def _quantity(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None  # the schema's to refuse
+    try:
+        if isinstance(value, str) and not _QUANTITY.fullmatch(value):
+            raise ValueError(value)
+        parse_quantity(value)  # and not negative (ValidateNonnegativeQuantity)
+    except ValueError:
+        return (f"{value!r} is not a Kubernetes quantity (a number with an optional suffix: "
+                "Ki, Mi, Gi, Ti or k, M, G, T, or m for CPU; 10GB is 10G)")
+    return None
+
+
+def _quantity_rules(spec: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """The quantities the schema gives as any string or integer, which the API server parses
+    when it decodes the pod (k8s.io/apimachinery resource.ParseQuantity: "quantities must
+    match the regular expression"; a 400 at every creation): an emptyDir's sizeLimit, an
+    ephemeral volume's storage, an init container's (a sidecar's) resources."""
+    found: list[tuple[Loc, str]] = []
+    for i, volume in enumerate(spec.get("volumes") or []):
+        at: Loc = ("spec", "volumes", i)
+        if bad := _quantity((volume.get("emptyDir") or {}).get("sizeLimit")):
+            found.append((at + ("emptyDir", "sizeLimit"), bad))
+        claim = ((volume.get("ephemeral") or {}).get("volumeClaimTemplate") or {}).get("spec")
+        for kind, amounts in ((claim or {}).get("resources") or {}).items():
+            for resource, amount in (amounts or {}).items() if isinstance(amounts, dict) else ():
+                if bad := _quantity(amount):
+                    found.append((at + ("ephemeral", "volumeClaimTemplate", "spec",
+                                        "resources", kind, resource), bad))
+    for group in ("initContainers", "containers"):
+        for i, c in enumerate(spec.get(group) or []):
+            for kind, amounts in (c.get("resources") or {}).items():
+                for resource, amount in (amounts or {}).items() \
+                        if isinstance(amounts, dict) else ():
+                    if bad := _quantity(amount):
+                        found.append((("spec", group, i, "resources", kind, resource), bad))
+    return found
+
+
 def problems(name: str, template: PodTemplate) -> list[tuple[Loc, str]]:
     """(path in the template, reason) for a template whose pod is not a valid Pod."""
     manifest = sample_manifest(name, template)
@@ -192,7 +238,7 @@ def problems(name: str, template: PodTemplate) -> list[tuple[Loc, str]]:
         return [_located(template, manifest, path, reason)]
     out = [_located(template, manifest, path, reason)
            for path, reason in _api_rules(manifest, template.pod_spec_patch)
-           + name_rules(manifest["spec"])]
+           + name_rules(manifest["spec"]) + _quantity_rules(manifest["spec"])]
     for path, reason in _security_rules(manifest):
         # A pod-level setting in the patch (runAsUser: 0) is where to look when the
         # container's own context did not come from it.

@@ -315,6 +315,14 @@ class PodTemplate(_Model):
         """With injection the agent runs as the command of exactly one container."""
         if not self.agent_injection:
             return self
+        os = self.pod_spec_patch.get("os")
+        if isinstance(os, dict) and os.get("name") == "windows":
+            # The init container copies a Linux Java runtime with `cp` from a Linux image: on a
+            # Windows node it never pulls (no matching manifest), and the build never starts.
+            raise ValueError("podSpecPatch.os: a Windows pod cannot run the injected agent "
+                             "(a Linux Java runtime copied by a Linux init container); set "
+                             "agentInjection: false and a Windows agent image as `image`, "
+                             "e.g. jenkins/inbound-agent:windowsservercore-ltsc2022")
         if len(self.build_containers) > 1:
             raise ValueError("containers: with agentInjection the Jenkins agent runs in the "
                              "build container, so mark at most one container build: true "

@@ -133,10 +133,14 @@ def _restricted(spec: dict[str, Any]) -> list[str]:
         out.append("securityContext.runAsUser: must not be 0")
     pod_non_root = pod_sc.get("runAsNonRoot") is True
     pod_seccomp = (pod_sc.get("seccompProfile") or {}).get("type") in SECCOMP_ALLOWED
+    # check_allowPrivilegeEscalation.go, check_seccompProfile_restricted.go and
+    # check_capabilities_restricted.go (1.25+) allow a pod whose spec.os.name is windows,
+    # which may not set those fields at all (core.pods.WINDOWS_REFUSED_POD)
+    windows = (spec.get("os") or {}).get("name") == "windows"
     for where, c in _containers(spec):
         sc = c.get("securityContext") or {}
         # check_allowPrivilegeEscalation.go: must be set to false, on every container
-        if sc.get("allowPrivilegeEscalation") is not False:
+        if sc.get("allowPrivilegeEscalation") is not False and not windows:
             out.append(f"{where}.securityContext.allowPrivilegeEscalation: must be false")
         # check_runAsNonRoot.go: true at pod level (and not false here), or true here
         non_root = sc.get("runAsNonRoot")
@@ -148,12 +152,12 @@ def _restricted(spec: dict[str, Any]) -> list[str]:
             out.append(f"{where}.securityContext.runAsUser: must not be 0")
         # check_seccompProfile_restricted.go: RuntimeDefault or Localhost, here or on the pod
         seccomp = (sc.get("seccompProfile") or {}).get("type")
-        if not (seccomp in SECCOMP_ALLOWED or (seccomp is None and pod_seccomp)):
+        if not (seccomp in SECCOMP_ALLOWED or (seccomp is None and pod_seccomp) or windows):
             out.append(f"{where}.securityContext.seccompProfile.type: must be RuntimeDefault "
                        "or Localhost (here or on the pod)")
         # check_capabilities_restricted.go
         caps = sc.get("capabilities") or {}
-        if "ALL" not in (caps.get("drop") or []):
+        if "ALL" not in (caps.get("drop") or []) and not windows:
             out.append(f"{where}.securityContext.capabilities.drop: must include ALL")
         added = set(caps.get("add") or []) - RESTRICTED_CAPABILITIES
         if added:

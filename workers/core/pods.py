@@ -16,7 +16,8 @@ from workers.core.containers import Container
 from workers.core.installation_pods import stamp
 from workers.core.models import WORKSPACE_VOLUME, BuildRequest, PodTemplate
 from workers.core.templates import merge
-from workers.core.quantity import format_cpu, format_memory, times_factor
+from workers.core.podsize import memory_volumes
+from workers.core.quantity import format_cpu, format_memory, memory_bytes, times_factor
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "ci-autoscaler"
@@ -83,6 +84,53 @@ def pod_security_context(template: PodTemplate) -> dict[str, Any]:
            "fsGroup": template.fs_group}
     return {"runAsNonRoot": True, **{k: v for k, v in ids.items() if v is not None},
             "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+# What the API server refuses on a pod with spec.os.name windows ("cannot be set for a
+# windows pod": pkg/apis/core/validation validateWindows), ours among them; runAsNonRoot
+# stays (Windows checks it against the image's user). Pod Security `restricted` relaxes
+# privilege escalation, capabilities and seccomp for such pods (pod-security-admission
+# policy checks, 1.25+), so a Windows pod without them is still `restricted`.
+WINDOWS_REFUSED_POD = ("runAsUser", "runAsGroup", "fsGroup", "seccompProfile")
+WINDOWS_REFUSED_CONTAINER = ("allowPrivilegeEscalation", "capabilities")
+
+
+def is_windows(spec: dict[str, Any]) -> bool:
+    return (spec.get("os") or {}).get("name") == "windows"
+
+
+def _for_windows(spec: dict[str, Any], template: PodTemplate) -> None:
+    """Our Linux hardening taken off a pod whose podSpecPatch says `os: {name: windows}`
+    (values the patch set itself are left for check-config to name)."""
+    if not is_windows(spec):
+        return
+    ours_pod, ours_container = pod_security_context(template), container_security_context()
+    pod_sc = spec.get("securityContext") or {}
+    for key in WINDOWS_REFUSED_POD:
+        if key in pod_sc and pod_sc[key] == ours_pod.get(key):
+            del pod_sc[key]
+    for c in (spec.get("initContainers") or []) + spec.get("containers", []):
+        sc = c.get("securityContext") or {}
+        for key in WINDOWS_REFUSED_CONTAINER:
+            if key in sc and sc[key] == ours_container[key]:
+                del sc[key]
+
+
+def _harden_added(spec: dict[str, Any], ours: set[str]) -> None:
+    """The hardened container context (container_security_context) under that of each
+    container the podSpecPatch adds (a setup init container, a sidecar), so the promise of
+    `restricted` holds for them too: left bare, a namespace enforcing it refused every pod of
+    the template (403). What the patch sets wins (`null` removes ours); a privileged or
+    SYS_ADMIN container keeps privilege escalation, which the API server requires of it."""
+    for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+        if not isinstance(c, dict) or c.get("name") in ours:
+            continue
+        theirs = c.get("securityContext") or {}
+        defaults = container_security_context()
+        added = (theirs.get("capabilities") or {}).get("add") or []
+        if theirs.get("privileged") or {"SYS_ADMIN", "CAP_SYS_ADMIN"} & set(added):
+            del defaults["allowPrivilegeEscalation"]
+        c["securityContext"] = merge(defaults, theirs)
 
 
 def agent_secret_name(agent: str) -> str:
@@ -208,23 +256,31 @@ def _own_agent(template: PodTemplate, size: Resources, agent_env: list[dict[str,
                ) -> list[dict[str, Any]]:
     """agentInjection false: jnlp runs the image's own agent, and is the build's unless
     containers are marked build (each then sized, jnlp at agentCpu/agentMemory)."""
-    sized = _resources(size.cpu_millis, size.memory_bytes, template.cpu_limit_factor)
+    def sized() -> dict[str, Any]:  # one dict each: _add_extras adds to the first alone
+        return _resources(size.cpu_millis, size.memory_bytes, template.cpu_limit_factor)
+
     jnlp = _jnlp(template, _resources(template.agent_cpu, template.agent_memory, None)
-                 if template.build_containers else sized)
+                 if template.build_containers else sized())
     jnlp["env"] = agent_env + jnlp["env"]
-    return [jnlp] + [_container(template, c, sized if c.build else
+    return [jnlp] + [_container(template, c, sized() if c.build else
                                 _resources(c.cpu, c.memory, None)) for c in template.containers]
 
 
 def _add_extras(containers: list[dict[str, Any]], template: PodTemplate) -> None:
     """The template's ephemeral-storage and extended resources go to its (first) build
     container: extended resources as limits equal to requests, as the API requires
-    (Kubernetes docs, "Manage extended resources for a node": they cannot be overcommitted)."""
-    if not template.ephemeral_storage and not template.resources:
+    (Kubernetes docs, "Manage extended resources for a node": they cannot be overcommitted).
+    So do its memory-backed volumes' sizeLimits, to its memory (podsize.memory_volumes)."""
+    tmpfs = memory_volumes(template)
+    if not template.ephemeral_storage and not template.resources and not tmpfs:
         return
     marked = template.build_containers
     name = marked[0].name if marked else AGENT_CONTAINER
     resources = next(c for c in containers if c["name"] == name)["resources"]
+    if tmpfs:
+        for kind in ("requests", "limits"):
+            resources[kind]["memory"] = format_memory(
+                memory_bytes(resources[kind]["memory"]) + tmpfs)
     if template.ephemeral_storage:
         resources["requests"]["ephemeral-storage"] = format_memory(template.ephemeral_storage)
     for resource, amount in sorted(template.resources.items()):
@@ -304,7 +360,9 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
     if template.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": name} for name in template.image_pull_secrets]
     if template.pod_spec_patch:
+        ours = {c["name"] for c in spec.get("initContainers", []) + spec["containers"]}
         spec = merge(spec, _without_node_affinity(template.pod_spec_patch))
+        _harden_added(spec, ours)
         if _names_its_account(template.pod_spec_patch):
             # A patch naming the pod's service account (the plugin's `serviceAccount`) wants
             # its token: builds that run kubectl or helm against the cluster. Left out, as the
@@ -312,6 +370,7 @@ def agent_pod_manifest(*, build: BuildRequest, template: PodTemplate, size: Reso
             # decides (true unless set false there); ours, false, kept the token out and
             # every in-cluster call of the build failed (no .../serviceaccount/token).
             spec.pop("automountServiceAccountToken", None)
+    _for_windows(spec, template)
     if template.node_affinity:
         ours = (spec.get("affinity") or {}).get("nodeAffinity")
         spec.setdefault("affinity", {})["nodeAffinity"] = node_affinity.combined(

@@ -14,9 +14,10 @@ included), so its recommendation is the pod's total (`history_share`). Pure arit
 from dataclasses import replace
 
 from workers.core.cluster import Resources
-from workers.core.models import CpuRange, MemoryRange, PodTemplate
+from workers.core.models import WORKSPACE_VOLUME, CpuRange, MemoryRange, PodTemplate
 from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.recommend import Recommendation, recommend
+from workers.core.templates import merge
 from workers.core.usage_history import UsageHistory
 
 
@@ -71,6 +72,30 @@ def init_floor(template: PodTemplate) -> Resources:
     return floor
 
 
+def memory_volumes(template: PodTemplate) -> int:
+    """The sizeLimits of the pod's memory-backed emptyDirs (the workspace, the template's
+    volumes and the podSpecPatch's, merged by name as the pod has them). A tmpfs's pages are
+    charged to the memory cgroup of the container that writes them (Kubernetes docs,
+    "Volumes", emptyDir: "files you write count against your container's memory limit"), and
+    kube-scheduler counts no sizeLimit: the build container gets them on top of its size, so
+    a build filling its /tmp on tmpfs is not OOM-killed within what its processes were
+    sized. One without a sizeLimit (or an unreadable one) adds nothing."""
+    ours = [{"name": WORKSPACE_VOLUME, **template.workspace_source}] + [
+        {"name": v.name, **v.source} for v in template.volumes]
+    patched = template.pod_spec_patch.get("volumes")  # not a list: config load refuses it
+    volumes = merge({"volumes": ours},
+                    {"volumes": patched if isinstance(patched, list) else []})["volumes"]
+    total = 0
+    for volume in volumes:
+        empty_dir = volume.get("emptyDir") if isinstance(volume, dict) else None
+        if isinstance(empty_dir, dict) and empty_dir.get("medium") == "Memory":
+            try:
+                total += memory_bytes(empty_dir.get("sizeLimit") or 0)
+            except (ValueError, TypeError):
+                pass
+    return total
+
+
 def fixed(template: PodTemplate) -> Resources:
     """What the pod requests beside the build's size: its other containers, its sidecars,
     and its RuntimeClass's overhead, which kube-scheduler adds to the containers' (PodRequests;
@@ -79,6 +104,7 @@ def fixed(template: PodTemplate) -> Resources:
     extra = [Resources(c.cpu, c.memory) for c in template.containers if not c.build]
     extra += sidecars(template)
     extra.append(Resources(*template.overhead))
+    extra.append(Resources(0, memory_volumes(template)))
     if template.agent_injection or template.build_containers:
         extra.append(Resources(template.agent_cpu, template.agent_memory))
     return Resources.total(extra)
@@ -96,11 +122,12 @@ def container_requests(template: PodTemplate, size: Resources, *,
     if with_sidecars:
         services += sidecars(template)
     agent = Resources(template.agent_cpu, template.agent_memory)
+    first = size + Resources(0, memory_volumes(template))  # the (first) build container
     if template.agent_injection:  # one build container (models), running the agent too
-        return [Resources.total([size, agent])] + services
+        return [Resources.total([first, agent])] + services
     if template.build_containers:  # each marked one sized, jnlp at the agent's requests
-        return [agent] + [size] * len(template.build_containers) + services
-    return [size] + services  # jnlp is the build's
+        return [agent, first] + [size] * (len(template.build_containers) - 1) + services
+    return [first] + services  # jnlp is the build's
 
 
 def _shares(template: PodTemplate) -> int:

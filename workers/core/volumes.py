@@ -7,8 +7,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# projected (a Secret and a ConfigMap in one directory, a bound service-account token for
+# Vault), downwardAPI and csi (a secrets-store CSI driver) are as common in agent pods, and
+# Pod Security `restricted` allows them (its Volume Types list).
 VOLUME_SOURCES = frozenset(
-    {"emptyDir", "ephemeral", "persistentVolumeClaim", "nfs", "configMap", "secret", "hostPath"}
+    {"emptyDir", "ephemeral", "persistentVolumeClaim", "nfs", "configMap", "secret", "hostPath",
+     "projected", "downwardAPI", "csi"}
 )
 CLAIM_SOURCE = "persistentVolumeClaim"
 ACCESS_MODE_KEY = "accessMode"
@@ -40,7 +44,8 @@ def check_source(sources: set[str], access_mode: AccessMode | None) -> None:
 
 class Volume(BaseModel):
     """A volume mounted into every container: a name, a mount path, and one Kubernetes volume
-    source (emptyDir, ephemeral, persistentVolumeClaim, nfs, configMap, secret or hostPath)
+    source (emptyDir, ephemeral, persistentVolumeClaim, nfs, configMap, secret, hostPath,
+    projected, downwardAPI or csi)
     written as in a pod; for a claim, optionally its access mode."""
 
     model_config = ConfigDict(populate_by_name=True, extra="allow", frozen=True)
