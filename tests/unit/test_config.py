@@ -487,6 +487,9 @@ def test_bad_templates_are_refused_with_their_path(patch, needle):
     "\n    podSpecPatch: {runtimeClassName: gvisor, containers: [{name: jnlp, volumeMounts: "
     "[{name: workspace, mountPath: /w2, subPath: a/b..c}]}]}",
     "volumes: [{name: m2-cache, mountPath: /m2, configMap: {name: cm, defaultMode: 0644}}]",
+    # validateContainerPorts: a name is checked for duplicates only when given
+    "podSpecPatch: {containers: [{name: db, image: x, ports: [{containerPort: 5432}, "
+    "{containerPort: 5433}]}]}",
     "podSpecPatch: {serviceAccountName: ci.builder, hostname: build-1, containers: [{name: "
     "db, image: x, ports: [{containerPort: 5432, name: pg-5432}], env: [{name: T, value: '', "
     "valueFrom: {secretKeyRef: {name: s, key: k}}}]}]}",
