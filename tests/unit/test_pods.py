@@ -530,3 +530,16 @@ def test_a_windows_template_is_placed_and_selected_on_windows_nodes_alone():
     # a selector of the template's own is kept, the OS label added beside it
     pool = PodTemplate.model_validate({**bare, "nodeSelector": {"pool": "win"}})
     assert pool.node_selector == {"pool": "win", "kubernetes.io/os": "windows"}
+
+
+@pytest.mark.parametrize("where", [
+    {"workspaceVolume": {"emptyDir": {"medium": "Memory"}}},
+    {"volumes": [{"name": "t", "mountPath": "/t", "emptyDir": {"medium": "Memory"}}]},
+    {"podSpecPatch": {"os": {"name": "windows"},
+                      "volumes": [{"name": "t", "emptyDir": {"medium": "Memory"}}]}},
+])
+def test_a_windows_template_with_a_memory_backed_volume_is_refused(where):
+    """Kubernetes docs, "Windows Storage": Windows nodes do not support "Memory as the
+    storage medium (for example, emptyDir.medium set to Memory)"; every pod failed to start."""
+    with pytest.raises(ValueError, match="Windows nodes have no memory-backed"):
+        PodTemplate.model_validate({**WINDOWS, **where})

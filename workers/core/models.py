@@ -336,6 +336,22 @@ class PodTemplate(_Model):
                                  "command and args out, or set agentInjection: false")
         return self
 
+    @model_validator(mode="after")
+    def _windows_volumes(self) -> "PodTemplate":
+        """Kubernetes docs, "Windows Storage": Windows nodes do not support "Memory as the
+        storage medium (for example, emptyDir.medium set to Memory)"."""
+        pod_os = self.pod_spec_patch.get("os")
+        if not (isinstance(pod_os, dict) and pod_os.get("name") == "windows"):
+            return self
+        patched = self.pod_spec_patch.get("volumes")
+        sources = [self.workspace_source] + [v.source for v in self.volumes] + [
+            v for v in (patched if isinstance(patched, list) else []) if isinstance(v, dict)]
+        if any(isinstance(v.get("emptyDir"), dict) and v["emptyDir"].get("medium") == "Memory"
+               for v in sources):
+            raise ValueError("podSpecPatch.os: Windows nodes have no memory-backed volumes "
+                             "(emptyDir medium: Memory); leave the medium out")
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _placement_from_patch(cls, data: Any) -> Any:
