@@ -24,15 +24,16 @@ templates:
     cpu: {min: "%(cpu_min)s", default: "4", max: "8"}
     memory: {min: "%(memory_min)s", default: 4Gi, max: 8Gi}
     agentInjection: %(injection)s
-"""
+%(extra)s"""
 
 
 @pytest.fixture
 def make_app(app_on_cluster):
     """`make_app(cpu_min=..., memory_min=..., injection=...)`: the app of CONFIG so filled in,
     on one 16-core, 64Gi node."""
-    def make(*, cpu_min="1", memory_min="1Gi", injection="true"):
-        config = CONFIG % {"cpu_min": cpu_min, "memory_min": memory_min, "injection": injection}
+    def make(*, cpu_min="1", memory_min="1Gi", injection="true", extra=""):
+        config = CONFIG % {"cpu_min": cpu_min, "memory_min": memory_min, "injection": injection,
+                           "extra": extra}
         return app_on_cluster(config, namespace=NAMESPACE, nodes=(("node-a", "16", "64Gi"),))
     return make
 
@@ -142,3 +143,14 @@ def test_a_namespace_min_above_the_agents_share_admits_the_agents_init_container
     asked = build_container(pod)["resources"]["requests"]
     assert (cpu_millis(asked["cpu"]), memory_bytes(asked["memory"])) == (
         int(build["cpu_millis"]) + 100, int(build["memory_bytes"]) + 256 * 2**20), build
+
+
+def test_a_tmpfs_workspace_stays_within_the_namespace_max(make_app, kube):
+    """The build container carries a memory-backed workspace's sizeLimit on top of its size
+    (core.pods._add_extras): the pod is sized so that the sum is the max, not refused."""
+    app = make_app(extra="    workspaceVolume: {emptyDir: {medium: Memory, sizeLimit: 1Gi}}\n")
+    kube.add_limit_range(NAMESPACE, "caps", [{"type": "Container", "max": {"memory": "4Gi"}}])
+    build = settled(app)
+    assert build["status"] == "triggered", build.get("error")
+    [pod] = kube.pods(NAMESPACE)
+    assert memory_bytes(build_container(pod)["resources"]["limits"]["memory"]) == 4 * 2**30

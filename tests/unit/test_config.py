@@ -360,7 +360,10 @@ def test_a_bad_pod_spec_patch_is_refused_at_load_with_its_path_and_line():
     ("containers: [{name: d, image: docker:27-dind}]\n    podSpecPatch: |\n      containers:"
      " [{name: d, securityContext: {privileged: true}}]",
      "c.yaml:6: templates.default.podSpecPatch.containers[0].securityContext: privileged (or "
-     "adding SYS_ADMIN) needs allowPrivilegeEscalation: true"),
+     "adding CAP_SYS_ADMIN) needs allowPrivilegeEscalation: true"),
+    ("podSpecPatch: {containers: [{name: jnlp, securityContext: {capabilities: {add: "
+     "[CAP_SYS_ADMIN]}}}]}", "podSpecPatch.containers[0].securityContext: privileged (or "
+     "adding CAP_SYS_ADMIN) needs allowPrivilegeEscalation: true"),
     ("podSpecPatch: {securityContext: {runAsUser: 0}}",
      "c.yaml:4: templates.default.podSpecPatch.securityContext: runAsUser 0 with "
      "runAsNonRoot: the kubelet refuses to start it"),
@@ -476,10 +479,17 @@ def test_bad_templates_are_refused_with_their_path(patch, needle):
     "{cpu: '8', memory: 8Gi}}}]}",
     # names, labels and modes as the API server takes them
     "nodeSelector: {kubernetes.io/os: linux, node.example.com/pool: ci_2, empty: ''}",
+    # ValidateSecurityContext refuses allowPrivilegeEscalation false beside an added
+    # capability spelled CAP_SYS_ADMIN alone (string(cap) == "CAP_SYS_ADMIN")
+    "podSpecPatch: {containers: [{name: jnlp, securityContext: {capabilities: {add: "
+    "[SYS_ADMIN]}}}]}",
     "tolerations: [{key: example.com/dedicated, value: ci_builds}, {key: a, operator: Exists}]"
     "\n    podSpecPatch: {runtimeClassName: gvisor, containers: [{name: jnlp, volumeMounts: "
     "[{name: workspace, mountPath: /w2, subPath: a/b..c}]}]}",
     "volumes: [{name: m2-cache, mountPath: /m2, configMap: {name: cm, defaultMode: 0644}}]",
+    # validateContainerPorts: a name is checked for duplicates only when given
+    "podSpecPatch: {containers: [{name: db, image: x, ports: [{containerPort: 5432}, "
+    "{containerPort: 5433}]}]}",
     "podSpecPatch: {serviceAccountName: ci.builder, hostname: build-1, containers: [{name: "
     "db, image: x, ports: [{containerPort: 5432, name: pg-5432}], env: [{name: T, value: '', "
     "valueFrom: {secretKeyRef: {name: s, key: k}}}]}]}",

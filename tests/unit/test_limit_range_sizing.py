@@ -55,3 +55,22 @@ def test_unmet_names_the_bounds_within_leaves_for_the_api_server_to_refuse():
     for most in ({"cpu": "900m"}, {"cpu": "1100m"}, {"cpu": "1600m"}):
         for t in (template(), template(cpuLimitFactor=1.5)):
             assert bool(unmet(t, most, {})) == (within(t, most, {}) == t)
+
+
+def test_a_tmpfs_sizelimit_on_the_build_container_stays_within_the_max():
+    """core.pods._add_extras adds a memory-backed emptyDir's sizeLimit to the (first) build
+    container's memory request and limit: a per-container max must leave room for it, or
+    LimitRanger refuses every pod ("maximum memory usage per Container is 4Gi, but limit
+    is 5Gi..."; plugin/pkg/admission/limitranger maxConstraint)."""
+    from workers.core.limit_range_sizing import unmet
+    t = template(workspaceVolume={"emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}})
+    narrowed = within(t, {"memory": "4Gi"}, {})
+    [build] = podsize.container_requests(narrowed, Resources(0, narrowed.memory.max))
+    assert build.memory_bytes == 4 * 2**30
+    assert unmet(t, {"memory": "1Gi"}, {}) == ["memory max 1Gi"]  # min 1Gi + agent + 1Gi
+    # a min is met by the first build container with its tmpfs, not by a second without it
+    two = template(agentInjection=False, workspaceVolume=t.workspace_source,
+                   containers=[{"name": "a", "image": "a", "build": True},
+                               {"name": "b", "image": "b", "build": True}])
+    narrowed = within(two, {}, {"memory": "2Gi"})
+    assert narrowed.memory.min == 2 * 2**30

@@ -516,3 +516,30 @@ def test_containers_a_patch_adds_are_hardened_like_ours_unless_it_says_otherwise
         "drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}
     assert by_name["fuse"] == {"privileged": True}  # the API server needs escalation left on
     kubernetes_validate.validate(pod, KUBERNETES_SCHEMA_VERSION, strict=True)
+
+
+def test_a_windows_template_is_placed_and_selected_on_windows_nodes_alone():
+    """kube-scheduler does not read spec.os; the kubelet of a Linux node refuses a pod whose
+    os.name is windows (pkg/kubelet/lifecycle/predicate.go: "Failed to admit pod as the OS
+    field doesn't match node OS", PodOSNotSupported), and the build fails. Without a
+    nodeSelector of its own, the template (README's example) was placed on any node."""
+    bare = {k: v for k, v in WINDOWS.items() if k != "nodeSelector"}
+    template = PodTemplate.model_validate(bare)
+    assert template.node_selector == {"kubernetes.io/os": "windows"}  # what placement reads
+    assert render(bare)["spec"]["nodeSelector"] == {"kubernetes.io/os": "windows"}
+    # a selector of the template's own is kept, the OS label added beside it
+    pool = PodTemplate.model_validate({**bare, "nodeSelector": {"pool": "win"}})
+    assert pool.node_selector == {"pool": "win", "kubernetes.io/os": "windows"}
+
+
+@pytest.mark.parametrize("where", [
+    {"workspaceVolume": {"emptyDir": {"medium": "Memory"}}},
+    {"volumes": [{"name": "t", "mountPath": "/t", "emptyDir": {"medium": "Memory"}}]},
+    {"podSpecPatch": {"os": {"name": "windows"},
+                      "volumes": [{"name": "t", "emptyDir": {"medium": "Memory"}}]}},
+])
+def test_a_windows_template_with_a_memory_backed_volume_is_refused(where):
+    """Kubernetes docs, "Windows Storage": Windows nodes do not support "Memory as the
+    storage medium (for example, emptyDir.medium set to Memory)"; every pod failed to start."""
+    with pytest.raises(ValueError, match="Windows nodes have no memory-backed"):
+        PodTemplate.model_validate({**WINDOWS, **where})

@@ -147,10 +147,12 @@ def name_rules(spec: dict[str, Any]) -> list[tuple[Loc, str]]:
             for j, port in enumerate(c.get("ports") or []):
                 if port.get("name") and (bad := _port_name(port["name"])):
                     found.append((at + ("ports", j, "name"), bad))
-                elif port.get("name") in port_names:  # validateContainerPorts: Duplicate
+                elif port.get("name") and port["name"] in port_names:
+                    # validateContainerPorts: Duplicate, of a name given (len(port.Name) > 0)
                     found.append((at + ("ports", j, "name"),
                                   f"port name {port['name']!r} is used twice in the container"))
-                port_names.add(port.get("name"))
+                if port.get("name"):
+                    port_names.add(port["name"])
             for j, env in enumerate(c.get("env") or []):
                 # validateEnvVarValueFrom: "may not be specified when `value` is not empty"
                 if env.get("value") and env.get("valueFrom") is not None:

@@ -78,10 +78,12 @@ def _security_rules(manifest: dict[str, Any]) -> list[tuple[Loc, str]]:
             at: Loc = ("spec", group, i, "securityContext")
             # API validation (pkg/apis/core/validation, ValidateSecurityContext): "cannot set
             # `allowPrivilegeEscalation` to false and `privileged` to true"; pods have false.
+            # Likewise an added capability spelled CAP_SYS_ADMIN (string(cap) ==
+            # "CAP_SYS_ADMIN"): SYS_ADMIN, as the runtimes also take it, is accepted.
             added = (sc.get("capabilities") or {}).get("add") or []
             if sc.get("allowPrivilegeEscalation") is False and (
-                    sc.get("privileged") or "SYS_ADMIN" in added or "CAP_SYS_ADMIN" in added):
-                found.append((at, "privileged (or adding SYS_ADMIN) needs "
+                    sc.get("privileged") or "CAP_SYS_ADMIN" in added):
+                found.append((at, "privileged (or adding CAP_SYS_ADMIN) needs "
                                   "allowPrivilegeEscalation: true; the API server refuses it "
                                   "with false, which every container has by default"))
             # kubelet (verifyRunAsNonRoot): "container's runAsUser breaks non-root policy",

@@ -57,6 +57,16 @@ def _narrowed(low: int, default: int, high: int, floor: int | None, ceiling: int
     return new_low, min(max(default, new_low), new_high), new_high
 
 
+def _extra_memory(template: PodTemplate) -> tuple[int, int]:
+    """What the build container asks beside its size, for a max and for a min: the agent's
+    memory (with injection) and the memory-backed volumes' sizeLimits, which go to the first
+    build container alone (core.pods._add_extras): a max binds that one, a min a second build
+    container without them (when there is one)."""
+    agent = template.agent_memory if template.agent_injection else 0
+    tmpfs = podsize.memory_volumes(template)
+    return agent + tmpfs, agent + (tmpfs if len(template.build_containers) <= 1 else 0)
+
+
 def within(template: PodTemplate, most: dict[str, str], least: dict[str, str]) -> PodTemplate:
     """The template with its cpu and memory ranges narrowed so that its build container's
     requests and limits meet the per-container `most` (max) and `least` (min) per resource
@@ -64,7 +74,7 @@ def within(template: PodTemplate, most: dict[str, str], least: dict[str, str]) -
     if not most and not least:
         return template
     extra_cpu = template.agent_cpu if template.agent_injection else 0
-    extra_memory = template.agent_memory if template.agent_injection else 0
+    extra_memory, extra_memory_least = _extra_memory(template)
     update: dict[str, Any] = {}
     cpu = _narrowed(
         template.cpu.min, template.cpu.default, template.cpu.max,
@@ -75,7 +85,7 @@ def within(template: PodTemplate, most: dict[str, str], least: dict[str, str]) -
         update["cpu"] = CpuRange.model_construct(min=cpu[0], default=cpu[1], max=cpu[2])
     memory = _narrowed(
         template.memory.min, template.memory.default, template.memory.max,
-        memory_bytes(least["memory"]) - extra_memory if "memory" in least else None,
+        memory_bytes(least["memory"]) - extra_memory_least if "memory" in least else None,
         memory_bytes(most["memory"]) - extra_memory if "memory" in most else None)
     if memory is not None:
         update["memory"] = MemoryRange.model_construct(min=memory[0], default=memory[1],
@@ -89,7 +99,7 @@ def unmet(template: PodTemplate, most: dict[str, str], least: dict[str, str]) ->
     bound, which `within` leaves for the API server to refuse (check-config --live names it
     before the first build fails so)."""
     extra_cpu = template.agent_cpu if template.agent_injection else 0
-    extra_memory = template.agent_memory if template.agent_injection else 0
+    extra_memory, extra_memory_least = _extra_memory(template)
     found = []
     if "cpu" in most and template.cpu.min > _cpu_ceiling(
             cpu_millis(most["cpu"]), template.cpu_limit_factor) - extra_cpu:
@@ -98,7 +108,8 @@ def unmet(template: PodTemplate, most: dict[str, str], least: dict[str, str]) ->
         found.append(f"cpu min {least['cpu']}")
     if "memory" in most and template.memory.min > memory_bytes(most["memory"]) - extra_memory:
         found.append(f"memory max {most['memory']}")
-    if "memory" in least and template.memory.max < memory_bytes(least["memory"]) - extra_memory:
+    if "memory" in least and (template.memory.max
+                              < memory_bytes(least["memory"]) - extra_memory_least):
         found.append(f"memory min {least['memory']}")
     return found
 

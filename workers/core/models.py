@@ -35,6 +35,8 @@ DEFAULT_AGENT_WORKDIR = "/home/jenkins/agent"
 DEFAULT_ACTIVE_DEADLINE_SECONDS = 3600
 DEFAULT_POD_RETENTION_SECONDS = 3600
 DEFAULT_AGENT_CONNECT_TIMEOUT_SECONDS = 300
+# The well-known node label of the OS (k8s.io/api/core/v1 LabelOSStable).
+OS_LABEL = "kubernetes.io/os"
 
 
 class _Model(BaseModel):
@@ -334,6 +336,22 @@ class PodTemplate(_Model):
                                  "command and args out, or set agentInjection: false")
         return self
 
+    @model_validator(mode="after")
+    def _windows_volumes(self) -> "PodTemplate":
+        """Kubernetes docs, "Windows Storage": Windows nodes do not support "Memory as the
+        storage medium (for example, emptyDir.medium set to Memory)"."""
+        pod_os = self.pod_spec_patch.get("os")
+        if not (isinstance(pod_os, dict) and pod_os.get("name") == "windows"):
+            return self
+        patched = self.pod_spec_patch.get("volumes")
+        sources = [self.workspace_source] + [v.source for v in self.volumes] + [
+            v for v in (patched if isinstance(patched, list) else []) if isinstance(v, dict)]
+        if any(isinstance(v.get("emptyDir"), dict) and v["emptyDir"].get("medium") == "Memory"
+               for v in sources):
+            raise ValueError("podSpecPatch.os: Windows nodes have no memory-backed volumes "
+                             "(emptyDir medium: Memory); leave the medium out")
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _placement_from_patch(cls, data: Any) -> Any:
@@ -358,6 +376,16 @@ class PodTemplate(_Model):
                 value = merge(out.get(own) or {}, value)
             out[own] = [] if value is None and spec_key == "tolerations" else (
                 {} if value is None else value)
+        pod_os = patch.get("os")
+        if isinstance(pod_os, dict) and pod_os.get("name") == "windows":
+            # kube-scheduler does not read spec.os, and a Linux node's kubelet refuses the pod
+            # (pkg/kubelet/lifecycle/predicate.go, PodOSNotSupported): Windows nodes only,
+            # unless the template names the OS label itself.
+            own = "node_selector" if "node_selector" in out and "nodeSelector" not in out \
+                else "nodeSelector"
+            selector = out.get(own) or {}
+            if isinstance(selector, dict) and OS_LABEL not in selector:
+                out[own] = {**selector, OS_LABEL: "windows"}
         return out
 
     @field_validator("pod_spec_patch")

@@ -121,14 +121,15 @@ def _harden_added(spec: dict[str, Any], ours: set[str]) -> None:
     container the podSpecPatch adds (a setup init container, a sidecar), so the promise of
     `restricted` holds for them too: left bare, a namespace enforcing it refused every pod of
     the template (403). What the patch sets wins (`null` removes ours); a privileged or
-    SYS_ADMIN container keeps privilege escalation, which the API server requires of it."""
+    CAP_SYS_ADMIN container keeps privilege escalation, which the API server requires of it
+    (ValidateSecurityContext, which takes SYS_ADMIN so spelled with escalation false)."""
     for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
         if not isinstance(c, dict) or c.get("name") in ours:
             continue
         theirs = c.get("securityContext") or {}
         defaults = container_security_context()
         added = (theirs.get("capabilities") or {}).get("add") or []
-        if theirs.get("privileged") or {"SYS_ADMIN", "CAP_SYS_ADMIN"} & set(added):
+        if theirs.get("privileged") or "CAP_SYS_ADMIN" in added:  # as pod_schema
             del defaults["allowPrivilegeEscalation"]
         c["securityContext"] = merge(defaults, theirs)
 
