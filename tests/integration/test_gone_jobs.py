@@ -63,6 +63,23 @@ def _pass(after_seconds: float = 1) -> dict:
                                     + after_seconds)
 
 
+def _old_name_given_to_a_new_job(jenkins_fake, **kind) -> None:
+    """"build" renamed "build-legacy" while its build waits, and a new job "build" made, with a
+    finished run #1 of its own (queued by hand elsewhere): run numbers are per job."""
+    jenkins_fake.rename_job("build", "build-legacy")
+    jenkins_fake.add_job("build", **kind)
+    by_hand = jenkins_fake.queue_build("build", label="somewhere-else")
+    assert jenkins_fake.finish_build(by_hand.queue_id).number == 1
+
+
+def _started_naming_the_new_jobs_run(jenkins_fake, build) -> dict:
+    """A STARTED for `build`, forged with the shared token, naming the new job's run #1."""
+    forged = jenkins_fake.notification(build, "STARTED")
+    forged |= {"name": "build", "url": "job/build/"}
+    forged["build"] |= {"url": "job/build/1/", "full_url": f"{jenkins_fake.url}/job/build/1/"}
+    return forged
+
+
 def test_a_job_deleted_while_its_build_runs_releases_the_agent_on_the_aborts_completed(
         world, kube, jenkins_fake, caplog):
     caplog.set_level("INFO")  # the confirmation says why
@@ -363,16 +380,10 @@ def test_a_forged_started_naming_a_run_of_the_new_job_at_the_old_name_kills_no_b
     never asked about."""
     jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
     client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
-    jenkins_fake.rename_job("build", "build-legacy")
-    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
-    by_hand = jenkins_fake.queue_build("build", label="somewhere-else")
-    assert jenkins_fake.finish_build(by_hand.queue_id).number == 1
+    _old_name_given_to_a_new_job(jenkins_fake, kind=FREESTYLE_JOB)
     assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
     assert build.number == 1  # build-legacy's #1
-    forged = jenkins_fake.notification(build, "STARTED")
-    forged |= {"name": "build", "url": "job/build/"}
-    forged["build"] |= {"url": "job/build/1/", "full_url": f"{jenkins_fake.url}/job/build/1/"}
-    _started(client, forged)
+    _started(client, _started_naming_the_new_jobs_run(jenkins_fake, build))
     assert world.extensions["ci_autoscaler"].state.get_build(key)["jenkins_build"] == "1"
 
     _pass()
@@ -390,10 +401,7 @@ def test_a_run_of_the_new_job_at_the_old_name_is_not_taken_for_the_builds(
     was taken for the build's and the agent released under the running build."""
     jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
     _, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
-    jenkins_fake.rename_job("build", "build-legacy")
-    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
-    by_hand = jenkins_fake.queue_build("build", label="somewhere-else")
-    assert jenkins_fake.finish_build(by_hand.queue_id).number == 1
+    _old_name_given_to_a_new_job(jenkins_fake, kind=FREESTYLE_JOB)
     assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
     assert build.number == 1  # build-legacy's #1
 
@@ -414,15 +422,9 @@ def test_a_forged_started_kills_no_build_once_jenkins_has_forgotten_its_item(
     builtOn the build's agent); this one is the new job's: the agent is kept."""
     jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
     client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
-    jenkins_fake.rename_job("build", "build-legacy")
-    jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
-    by_hand = jenkins_fake.queue_build("build", label="somewhere-else")
-    assert jenkins_fake.finish_build(by_hand.queue_id).number == 1
+    _old_name_given_to_a_new_job(jenkins_fake, kind=FREESTYLE_JOB)
     assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
-    forged = jenkins_fake.notification(build, "STARTED")
-    forged |= {"name": "build", "url": "job/build/"}
-    forged["build"] |= {"url": "job/build/1/", "full_url": f"{jenkins_fake.url}/job/build/1/"}
-    _started(client, forged)
+    _started(client, _started_naming_the_new_jobs_run(jenkins_fake, build))
     jenkins_fake.forget_left_items()
 
     _pass()
@@ -441,19 +443,13 @@ def test_a_forged_started_kills_no_pipeline_whose_node_block_waits_on_its_agent(
     the block waits for good. A queue item waiting on the agent is the build's own."""
     jenkins_fake.add_job("build")
     client = world.test_client()
-    key = push(client).json["build_key"]
+    push(client)
     work(world)
     agent = next(iter(jenkins_fake.nodes))
     [build] = jenkins_fake.build_with(AGENT_PARAMETER, agent)
-    jenkins_fake.rename_job("build", "build-legacy")
-    jenkins_fake.add_job("build")
-    by_hand = jenkins_fake.queue_build("build", label="somewhere-else")
-    assert jenkins_fake.finish_build(by_hand.queue_id).number == 1
+    _old_name_given_to_a_new_job(jenkins_fake)
     block = jenkins_fake.start_pipeline(build.queue_id)  # build-legacy #1, its block queued
-    forged = jenkins_fake.notification(build, "STARTED")
-    forged |= {"name": "build", "url": "job/build/"}
-    forged["build"] |= {"url": "job/build/1/", "full_url": f"{jenkins_fake.url}/job/build/1/"}
-    _started(client, forged)
+    _started(client, _started_naming_the_new_jobs_run(jenkins_fake, build))
     jenkins_fake.forget_left_items()
 
     _pass()
