@@ -73,6 +73,43 @@ def held(connection: redis.Redis, key: str) -> bool:
     return bool(connection.exists(key))
 
 
+# A task's lease is renewed this often at most (workers.concurrency.heartbeat: every third of
+# its time to live, 20 s for the provision lease's 60), so that its holder's death is seen
+# long before the lease lapses (`free_if_stale`).
+RENEW_MOST_SECONDS = 5.0
+# A lease not renewed for this many of its renewals is its dead holder's: a renewal may fail
+# twice (Redis busy) and a loaded machine may hold the renewing thread a while.
+STALE_RENEWALS = 4
+_FREE_STALE = """
+local left = redis.call('pttl', KEYS[1])
+if left >= 0 and left <= tonumber(ARGV[1]) then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+def renew_seconds(seconds: float) -> float:
+    """How often the holder of a lease of `seconds` renews it."""
+    return min(seconds / 3, RENEW_MOST_SECONDS)
+
+
+def free_if_stale(connection: redis.Redis, keys: list[str], seconds: float) -> list[str]:
+    """Delete those of the task leases `keys` (of `seconds` to live) their holder has not renewed
+    for STALE_RENEWALS renewals: it died (SIGKILL, an OOM kill, a node lost) and its lease
+    would hold its build for up to `seconds` more (a minute by default), then a lease period
+    more for the reconcile loop to see it quiet. None for a lease too short to tell (its
+    renewals come every third of it, so it lapses first). The ones deleted."""
+    left = int((seconds - STALE_RENEWALS * renew_seconds(seconds)) * 1000)
+    if left <= 0 or not keys:
+        return []
+    script = connection.register_script(_FREE_STALE)
+    with connection.pipeline(transaction=False) as pipe:
+        for key in keys:
+            script(keys=[key], args=[left], client=pipe)
+        return [key for key, freed in zip(keys, pipe.execute()) if freed]
+
+
 class LeaseLost(RunEnded):
     """The lease a pass runs under is no longer this owner's: the pass stops (at its next
     step, or at the next build of a step: workers.adapters.run_bound)."""
