@@ -387,7 +387,7 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
     With `pipeline_id`, into that pipeline, not the newest of the sha and ref."""
     data = {"state": state, "name": name}
     if pipeline_id:
-        data["pipeline_id"] = pipeline_id
+        data["pipeline_id"] = int(pipeline_id)  # Grape: type: Integer
     if target_url:
         data["target_url"] = target_url
     if description:
