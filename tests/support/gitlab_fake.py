@@ -105,12 +105,12 @@ TOKEN = "glpat-catchup-test-7Hq2"
 DEFAULT_PER_PAGE, MAX_PER_PAGE = 20, 100
 STATUS_STATES = ("pending", "running", "success", "failed", "canceled", "skipped")
 # The state machine's event per posted state, and the states each event moves from
-# (app/models/commit_status.rb; skip only from created).
+# (app/models/commit_status.rb, GitLab 18: skip from created or pending).
 _EVENTS = {"pending": ("enqueue", ("created",)), "running": ("run", ("pending",)),
            "success": ("success", ("created", "pending", "running")),
            "failed": ("drop", ("created", "pending", "running")),
            "canceled": ("cancel", ("created", "pending", "running")),
-           "skipped": ("skip", ("created",))}
+           "skipped": ("skip", ("created", "pending"))}
 STATUS_TEXT_MAX_CHARS = 255
 _ROLES = ("guest", "reporter", "developer", "maintainer", "owner")
 _ids = itertools.count(1)
@@ -622,7 +622,10 @@ class GitLabFake:
         # Ci::CreateCommitStatusService#validate: the commit first, then the ref: the one
         # posted, as it is (not looked up), else the first branch that contains the commit
         # (repository.branch_names_contains; here: a branch whose head it is).
-        name = data.get("name") or data.get("context") or "default"
+        # params[:name] || params[:context] || 'default': Ruby's ||, so a blank name is kept
+        # (and refused below: CommitStatus validates :name, presence: true)
+        name = next((data[k] for k in ("name", "context") if data.get(k) is not None),
+                    "default")
         post = {"sha": sha, "state": state, "name": name,
                 "description": data.get("description"),
                 "target_url": data.get("target_url"), "pipeline_id": data.get("pipeline_id")}
@@ -660,6 +663,8 @@ class GitLabFake:
         # attributes_for_keys (lib/api/helpers.rb) keeps only the present (non-blank) ones.
         attrs = {k: data[k] for k in ("target_url", "description") if data.get(k)}
         errors = self._status_errors({**attrs, "ref": ref})
+        if not str(name).strip():
+            errors["name"] = ["can't be blank"]
         if errors:  # commit_status.invalid? -> bad_request(errors.messages): nothing saved
             project.status_posts.append({**post, "answer": 400})
             return _json({"message": errors}, 400, headers)
