@@ -597,3 +597,43 @@ def test_gitlab_failing_the_lookup_of_a_push_project_id_posts_by_the_path(state,
     assert [s for s, _, _ in gitlab.status_history(PROJECT)] == ["running"]
     assert "could not say" in caplog.text
     assert "project_id" not in state.get_build("b1")
+
+
+def test_a_pipeline_made_of_the_commit_after_its_first_status_leaves_none_pending(state,
+                                                                                  gitlab):
+    """GitLab puts a status posted without a `pipeline_id` into the newest pipeline of its
+    sha and ref (Ci::CreateCommitStatusService#first_matching_pipeline) and looks for the
+    pending one to move there only. A pipeline made of the commit after the build's first
+    status (the project's own CI, a "Run pipeline" by hand) took the build's later states
+    as a status of its own, and left the first pipeline's "pending" for ever: a pipeline
+    the project lists as pending, with a build that ended long ago. Every status of a build
+    goes into the pipeline its first one went into (its answer's pipeline_id)."""
+    sender = make_sender(state, gitlab)
+    build(state, "b1", status="waiting", wait_reason="capacity", ref="refs/heads/main")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    first = gitlab.projects[PROJECT].statuses[0]["pipeline_id"]
+    gitlab.add_pipeline(PROJECT, SHA, "main")  # run by hand, on the same commit
+    build(state, "b1", status="running", started_at="1000010")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    build(state, "b1", status="done", result="SUCCESS")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [(s["pipeline_id"], s["status"]) for s in gitlab.projects[PROJECT].statuses] == [
+        (first, "success")]
+
+
+def test_a_build_whose_pipeline_was_deleted_gets_its_status_in_another(state, gitlab):
+    """The pipeline of a build's first status deleted (by a Maintainer) while it runs: GitLab
+    answers 404 "Pipeline for pipeline_id, sha and ref Not Found"; the status goes again
+    without it, into the newest pipeline, not dropped."""
+    sender = make_sender(state, gitlab)
+    build(state, "b1", status="running", started_at="1000010", ref="refs/heads/main")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    gitlab.delete_pipeline(PROJECT, gitlab.projects[PROJECT].statuses[0]["pipeline_id"])
+    build(state, "b1", status="done", result="FAILURE")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [s["status"] for s in gitlab.projects[PROJECT].statuses] == ["failed"]
