@@ -687,6 +687,27 @@ def test_find_queue_item_finds_a_queued_build_of_a_job_whose_name_needs_escaping
     assert found == item.queue_id
 
 
+@pytest.mark.parametrize("where", ["queue", "known"])
+def test_find_queue_item_finds_the_build_of_a_job_named_in_another_case(jenkins_fake, where):
+    """A route naming job "Build" triggers Jenkins' "build" (Jenkins finds items in any case:
+    Jenkins.items is CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_ORDER); a person may rename
+    "Build" to "build", AbstractItem.renameTo), whose queue item's task names it "build".
+    Compared exactly, the lookup of a build whose trigger's answer was lost (a failed start's
+    cancel: workers.engine.failures; a lost trigger after a restart: its recorded item's page)
+    found nothing, and the item waited in Jenkins' queue for an agent that never came."""
+    jenkins_fake.add_job("build")
+    item = jenkins_fake.queue_build("build", label=NODE,
+                                    parameters={"CI_AUTOSCALER_AGENT": NODE})
+    adapter = adapter_for(jenkins_fake)
+
+    found = adapter.find_queue_item(
+        "Build", "CI_AUTOSCALER_AGENT", NODE,
+        **({"queue": []} if where == "known" else {}),
+        known=item.queue_id if where == "known" else None)
+
+    assert found == item.queue_id
+
+
 def test_extra_headers_are_sent_and_their_values_never_logged(jenkins_fake, monkeypatch):
     """python-jenkins adds the headers of JENKINS_API_EXTRA_HEADERS (a proxy's credential in
     front of Jenkins, say) and logs them, values too, as a warning: our log line names them
