@@ -145,12 +145,24 @@ class QueueItem:
     causes: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RunRef:
-    """One run of a Jenkins job: the job's full name ("folder/name") and the run's number."""
+    """One run of a Jenkins job: the job's full name ("folder/name") and the run's number.
+    Equal to a run of the job named in any case, as Jenkins finds items (Jenkins.items,
+    cloudbees-folder's AbstractFolder.items: CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_
+    ORDER)): a route naming "Build" triggers Jenkins' "build", whose runs, node blocks and
+    queue items name it so."""
 
     job: str
     number: int
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RunRef):
+            return NotImplemented
+        return self.number == other.number and self.job.lower() == other.job.lower()
+
+    def __hash__(self) -> int:
+        return hash((self.job.lower(), self.number))
 
 
 @dataclass(frozen=True)

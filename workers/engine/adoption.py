@@ -307,7 +307,7 @@ def kept_for_another_run(rt: runtime.Runtime, key: str, build: dict[str, str], j
     activity = rt.jenkins.agent_activity(agent)
     if activity is None:
         return None
-    others = [r for r in activity.runs if (r.job, r.number) != (job, number)]
+    others = [r for r in activity.runs if r != RunRef(job, number)]  # in any case
     if others:
         _record_taken(rt, key, build, others[0], "executor after its run ended", disabled)
         return f"#{others[0].number} of {others[0].job!r}"
