@@ -481,3 +481,31 @@ def test_a_job_renamed_in_case_only_keeps_its_builds_notifications(world, kube, 
 
     assert _released(world, kube, jenkins_fake, key, agent)
     assert world.extensions["ci_autoscaler"].state.get_build(key)["result"] == "FAILURE"
+
+
+def test_a_forged_started_kills_no_pipeline_in_an_input_before_its_first_node_block(
+        world, kube, jenkins_fake):
+    """As above, the Pipeline's run (build-legacy #1, on the controller) waits in an ``input``
+    before its first ``node`` block: no item waits on the agent, the agent runs nothing, and
+    the job's runs at the old name are the new job's. Jenkins still runs the build's own run,
+    on a one-off executor (a WorkflowRun is a Queue.FlyweightTask), carrying its
+    CI_AUTOSCALER_AGENT: the agent is kept for the block the run reaches next."""
+    jenkins_fake.add_job("build")
+    client = world.test_client()
+    push(client)
+    work(world)
+    agent = next(iter(jenkins_fake.nodes))
+    [build] = jenkins_fake.build_with(AGENT_PARAMETER, agent)
+    _old_name_given_to_a_new_job(jenkins_fake)
+    run = jenkins_fake.start_pipeline_on_controller(build.queue_id)  # build-legacy #1
+    _started(client, _started_naming_the_new_jobs_run(jenkins_fake, build))
+    jenkins_fake.forget_left_items()
+
+    _pass()
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent)
+    block = jenkins_fake.next_node_block(run)  # the input answered
+    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]

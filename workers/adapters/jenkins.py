@@ -45,7 +45,7 @@ from workers.core.errors import ConfigError, NotOurs, NotReadBack, Overloaded, \
     PermanentError, PermissionMissing, RetryableError, Unauthorized, Unavailable
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
 from workers.core.jenkins_queue import job_of_url, run_of, run_of_url, same_job
-from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
+from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo, RunRef
 
 T = TypeVar("T")
 log = logging.getLogger("ci_autoscaler.jenkins")
@@ -703,6 +703,26 @@ class JenkinsAdapter:
         return {c["displayName"] for c in computers.get("computer") or []
                 if c.get("displayName") and c.get("offline") is False
                 and c.get("_class") != BUILT_IN_COMPUTER}  # the controller's, no agent
+
+    def runs_carrying(self, parameter: str, value: str) -> list[RunRef]:
+        """One GET of the computers' one-off executors: a WorkflowRun is a Queue.FlyweightTask,
+        run by a OneOffExecutor (on the built-in node's computer, kept for this with no
+        executors: Queue.makeFlyWeightTaskBuildable, AbstractCIBase.updateComputerList) for
+        as long as the run goes on, in an `input` before any node block too; each exports
+        its currentExecutable, the run, whose actions carry its parameters. A run of a job
+        the API user may not READ shows none (Executor.getCurrentExecutableForApi)."""
+        computers = self._get_json(
+            "read the runs on one-off executors", "computer/api/json?tree=computer["
+            "oneOffExecutors[currentExecutable[number,url,actions[parameters[name,value]]]]]")
+        found = []
+        for computer in computers.get("computer") or []:
+            for executor in (computer or {}).get("oneOffExecutors") or []:
+                executable = (executor or {}).get("currentExecutable")
+                run = run_of(executable)
+                if run is not None and \
+                        _parameters(executable.get("actions")).get(parameter) == value:
+                    found.append(run)
+        return found
 
     # ---- adopted agents: what one runs, and taking it offline ----------------------------
 

@@ -426,6 +426,12 @@ class Jenkins(Protocol):
         """What the agent does now; None if Jenkins has no such agent."""
         ...
 
+    def runs_carrying(self, parameter: str, value: str) -> list[RunRef]:
+        """The runs in progress on one-off executors (a Pipeline's run, which goes on on the
+        controller, outside its node blocks too) whose `parameter` is `value`, of any job:
+        found by what they carry, whatever their job is called now."""
+        ...
+
     def disable_agent(self, name: str, reason: str) -> bool:
         """Take the agent temporarily offline with this reason: it takes no new work, and a
         build under way on it goes on. True if it went offline now, False if it was already
