@@ -509,3 +509,49 @@ def test_a_forged_started_kills_no_pipeline_in_an_input_before_its_first_node_bl
     kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
     jenkins_fake.connect_agent(agent)
     assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+
+
+@pytest.mark.parametrize("item_forgotten", [False, True], ids=["item-kept", "item-forgotten"])
+def test_a_pipeline_in_an_input_whose_job_is_moved_into_a_folder_keeps_its_agent(
+        world, kube, jenkins_fake, item_forgotten):
+    """A person moves the job into a folder (Items.move checks no running build) while its
+    Pipeline run waits in an ``input`` before its first node block, longer than the lost-event
+    check waits: the old name answers 404 and the agent, connected, runs nothing, which is
+    what a deleted job's aborted run leaves too. The pass took the job for deleted and
+    released the agent: the run, answered, waited for good for its node block. Jenkins still
+    runs it, on a one-off executor, carrying the build's agent: the agent is kept for it."""
+    jenkins_fake.add_job("build")
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    run = jenkins_fake.start_pipeline_on_controller(build.queue_id)
+    _started(client, jenkins_fake.notification(build, "STARTED"))
+    jenkins_fake.move_job("build", "archive")
+    if item_forgotten:
+        jenkins_fake.forget_left_items()
+
+    assert _pass()["lost_builds_released"] == 0
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent)
+    block = jenkins_fake.next_node_block(run)  # the input answered
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+
+
+def test_a_forged_completed_kills_no_pipeline_in_an_input_whose_job_moved(
+        world, kube, jenkins_fake):
+    """As above, and a COMPLETED naming the old name (forged: Jenkins sends none), Jenkins
+    having forgotten the item: the run it names is missing, the job gone from that name and
+    the agent idle, as after a delete (job_gone); the run going on, carrying the build's
+    agent, says the job moved: the agent is kept."""
+    jenkins_fake.add_job("build")
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    run = jenkins_fake.start_pipeline_on_controller(build.queue_id)
+    _started(client, jenkins_fake.notification(build, "STARTED"))
+    forged = jenkins_fake.notification(build)
+    jenkins_fake.move_job("build", "archive")
+    jenkins_fake.forget_left_items()
+
+    assert _notify(client, forged).status_code == 202
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent) and _ignored(client, "not_confirmed") == 1
+    assert jenkins_fake.dispatch() == [] and run.state == "running"

@@ -177,8 +177,9 @@ def job_gone_over(*, job: str, agent: str, activity: AgentActivity | None) -> Co
     wait for it), nor does the job's absence alone: the notification never suffices (issue
     17), Jenkins' API must show both.
 
-    Not told apart: a moved Pipeline's run between two node blocks, its agent idle for that
-    moment (our builds run one agent block, README's Jenkinsfile); so too a run of a job our
+    Not told apart here: a moved Pipeline's run between two node blocks or in an `input`
+    before its first, its agent idle for that moment (the caller asks Jenkins' one-off
+    executors, which run it: workers.engine.run_confirm.job_gone); so too a run of a job our
     API user may not READ (it answers 404 as a gone one does), whose run on the agent shows
     only as a busy executor (`hidden_runs`), between its node blocks."""
     if activity is None:
