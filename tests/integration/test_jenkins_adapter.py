@@ -798,3 +798,26 @@ def test_a_jenkins_on_an_internal_ca_is_trusted_through_requests_ca_bundle(tmp_p
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_runs_carrying_finds_a_pipeline_run_on_the_controller_under_its_job_s_name_now(
+        jenkins_fake):
+    """A Pipeline's run goes on on a one-off executor (WorkflowRun is a Queue.FlyweightTask),
+    in an `input` before any node block too: found by the parameter it carries under its
+    job's name now; one of a job we may not READ shows no run (its executor's
+    currentExecutable is null: Executor.getCurrentExecutableForApi), and is no error."""
+    jenkins_fake.add_job("build")
+    jenkins_fake.add_job("secret/deploy")
+    ours = jenkins_fake.queue_build("build", label=NODE, parameters={"CI_AUTOSCALER_AGENT": NODE})
+    hidden = jenkins_fake.queue_build("secret/deploy", label="x",
+                                      parameters={"CI_AUTOSCALER_AGENT": NODE})
+    jenkins_fake.start_pipeline_on_controller(ours.queue_id)
+    jenkins_fake.start_pipeline_on_controller(hidden.queue_id)
+    jenkins_fake.move_job("build", "archive")
+    jenkins_fake.unreadable = {"secret"}
+    adapter = adapter_for(jenkins_fake)
+
+    [run] = adapter.runs_carrying("CI_AUTOSCALER_AGENT", NODE)
+
+    assert (run.job, run.number) == ("archive/build", 1)
+    assert adapter.runs_carrying("CI_AUTOSCALER_AGENT", "cia-other-1") == []

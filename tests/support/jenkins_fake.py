@@ -1114,11 +1114,11 @@ class JenkinsFake:
         currentExecutable, the run with its own exported fields (number, url, actions...),
         between node blocks (an `input`, a `sleep`) as much as within one."""
         runs = [b for b in self.builds if b.state == "running" and b.number is not None
-                and getattr(self.job(b.job), "kind", WORKFLOW_JOB) == WORKFLOW_JOB
-                and self._readable(b.job)]  # Executor.getCurrentExecutableForApi: Item.READ
+                and getattr(self.job(b.job), "kind", WORKFLOW_JOB) == WORKFLOW_JOB]
+        # Executor.getCurrentExecutableForApi: null for a run of a job we may not READ
         one_off = [{"_class": "hudson.model.OneOffExecutor", "idle": False,
                     "likelyStuck": False, "number": -1, "progress": -1,
-                    "currentExecutable": {
+                    "currentExecutable": None if not self._readable(b.job) else {
                         "_class": "org.jenkinsci.plugins.workflow.job.WorkflowRun",
                         "number": b.number, "building": True, "result": None,
                         "url": self._run_url(b), "actions": [{
