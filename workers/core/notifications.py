@@ -78,11 +78,12 @@ def moved_job(build_job: str | None, notified_job: str) -> bool:
     or `name`): the run page of "../build" or "/build" is job "build"'s (requests removes
     dot segments, the adapter skips empty ones), so a forged COMPLETED naming it passed for
     the build's job moved, and had its name recorded as the build's job."""
-    if not build_job or notified_job == build_job:
+    if not build_job or notified_job.lower() == build_job.lower():
         return False
     parts = notified_job.split("/")
+    # in any case, as Jenkins finds items (job_matches): a route's "Build" is Jenkins' "build"
     return all(part.strip() not in ("", ".", "..") for part in parts) \
-        and parts[-1] == build_job.rsplit("/", 1)[-1]
+        and parts[-1].lower() == build_job.rsplit("/", 1)[-1].lower()
 
 
 def confirm_moved(*, build_key: str, build_job: str, job: str, number: int,
