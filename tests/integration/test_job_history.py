@@ -93,6 +93,9 @@ def pod_memory(kube, agent: str) -> int:
 def sampled(kube, agent: str, memories: list[str], cpu: str = "700m") -> None:
     """metrics-server's samples of the running agent, one per stamp; each is awaited in the
     run's record (the worker's poll writes it)."""
+    # a running pod's (metrics-server serves none for a pod that is not Running: kmock_cluster)
+    if (kube.pod(NAMESPACE, agent).get("status") or {}).get("phase") != "Running":
+        kube.kubelet_status(NAMESPACE, agent, phase="Running")
     labels = kube.pod(NAMESPACE, agent)["metadata"]["labels"]
     runs = f"{runtime.current().settings.key_prefix}usage:cpu:{agent}"
     for i, memory in enumerate(memories):
