@@ -64,8 +64,9 @@ def app(request, app_on_cluster):
 
 def oom_kill_seen(kube, agent: str) -> None:
     """The kubelet OOM-kills the agent's build container while it runs, and the worker's pod
-    watch records the kill."""
-    kube.kubelet_status(NAMESPACE, agent, phase="Running",
+    watch records the kill. Its pod has no other container, and restartPolicy Never: the
+    kubelet sets its phase Failed (kubelet getPhase: every container terminated, one failed)."""
+    kube.kubelet_status(NAMESPACE, agent, phase="Failed",
                         states={AGENT_CONTAINER: terminated("OOMKilled", 137)})
     runs = f"{runtime.current().settings.key_prefix}usage:run:{agent}"
     wait_until(lambda: runtime.current().state.redis.hget(runs, "oom_limit") is not None,
