@@ -529,6 +529,26 @@ def test_the_pool_follows_arrivals_times_start_time_and_falls_back_to_min_when_i
     assert not set(idle) & set(jenkins_fake.nodes)
 
 
+def test_builds_queued_in_jenkins_on_the_templates_label_grow_no_pool(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """Builds Jenkins queued by itself on the template's label (a timer, "Build Now", a
+    Pipeline's `node('small')` block) are adopted: their agents carry that label, and they
+    never take a warm agent (Jenkins hands the item to an agent with its label, and a warm
+    agent has its own name's only: workers.warm.claim). Counted as arrivals, 60 of them in 15
+    minutes kept 3 idle agents started for builds that could take none."""
+    reconfigured(monkeypatch, tmp_path, CONFIG.replace(
+        "warm: {min: 1, max: 2, idleSeconds: 600}", "warm: {min: 0, max: 3, idleSeconds: 600}"))
+    kube.add_node("node-a", cpu="16", memory="64Gi")
+    rt = runtime.current()
+    now = time.time()
+    for i in range(60):
+        rt.state.add_build(f"b{i}", {"received_at": now - 890 + i * 14, "template": "small",
+                                     "agent": f"a{i}", "node_label": "small-label",
+                                     "queue_item": str(i)})
+    assert pool.run(rt)["warm_started"] == 0
+    assert pool_of(rt) == [] and pod_names(kube) == set()
+
+
 def test_the_start_time_is_a_moving_average_of_the_recent_starts(app):
     state = app.extensions["ci_autoscaler"].state
     engine = EngineMetrics(state.redis, prefix=state.prefix)
