@@ -401,6 +401,30 @@ def test_a_pool_whose_max_no_node_holds_makes_its_agents_at_the_most_a_node_hold
     assert (state.nodes_needed, state.unplaceable) == (0, 0)
 
 
+def test_a_build_of_a_template_whose_max_no_node_holds_takes_the_warm_agent_made_at_that(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """A build with neither a hint nor a history wants what placement could give it, which is
+    the template's max only where a node holds that: on 4Gi nodes, the agent made at the most
+    a node holds (3712Mi) is all it could get the normal way. Wanting the 8Gi max, no push
+    ever took a warm agent of such a pool (a max at the nodes' size does it: allocatable is
+    below capacity), and every one missed until its job had a history."""
+    reconfigured(monkeypatch, tmp_path, ROOMY.replace("max: 1Gi}", "max: 8Gi}"))
+    kube.add_node("node-a", cpu="4", memory="4Gi")
+    kube.add_pod("kube-system", "node-agent-a", node="node-a",
+                 requests=[{"cpu": "100m", "memory": "128Mi"}])
+    rt = runtime.current()
+    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
+    assert pool_of(rt)[0].size == Resources(900, 3712 * MI)
+    key = push(app.test_client(), 0)
+    state = app.extensions["ci_autoscaler"].state
+    Mover(state).drain()  # the provision job only: the replacement is queued after it
+    SimpleWorker([state.queue], connection=state.redis,
+                 serializer=SERIALIZER).work(burst=True, max_jobs=1)
+    rec = record(app, key)
+    assert rec["warm_agent"] == warm and rec["agent"] == warm, rec
+    assert hits(app) == {"hit": 1, "miss": 0}
+
+
 def test_a_build_takes_the_warm_agent_whose_node_has_the_most_room(app, kube, jenkins_fake,
                                                                    monkeypatch):
     """Two idle agents on two nodes; the node of the one idle the longest (the one the claim
