@@ -231,6 +231,9 @@ class KubeServer:
         # (namespace, name) -> (the pod, when its DELETE came)
         self._quota_lag = 0.0
         self._deleted_late: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
+        # PodMetrics of pods not Running, held back from metrics.k8s.io until they run
+        # (_pod_metrics_labels): stored key -> the PodMetrics as last given
+        self._metrics_held: dict[Any, dict[str, Any]] = {}
         # as_chart_service_account: each installation's ServiceAccount token -> the agent
         # namespace its Role is in, and every request of one RBAC refused, "METHOD /path: ..."
         self._service_accounts: dict[str, str] = {}
@@ -760,12 +763,28 @@ class KubeServer:
         a label patched on a pod (a warm agent claimed, a failed build's pod kept) is on its
         next PodMetrics with the usage of the last scrape. Stored PodMetrics of a pod that
         exists get its labels now; one without a pod keeps the labels the test gave (kinder
-        than metrics-server, which lists none for it: tests of the watch alone use that)."""
+        than metrics-server, which lists none for it: tests of the watch alone use that).
+        Nor does metrics-server serve PodMetrics for a pod that is not Running (Pending: its
+        image pulling; Succeeded or Failed: its containers ended, the kubelet reports none):
+        metrics-server pkg/api/pod.go, getPodMetrics, "ignore pod not in Running phase"
+        (later releases: the kubelet's /metrics/resource has running containers only). Those
+        of a pod not Running are held back, and served again once it runs."""
         objects = self._emu.objects
+        for key, raw in list(self._metrics_held.items()):
+            pod_key = (PODS, key[1], key[2])
+            if pod_key in objects and not objects[pod_key].deleted and (
+                    objects[pod_key].raw.get("status") or {}).get("phase") == "Running":
+                if objects[key].deleted:  # else given anew since
+                    objects[key] = raw
+                del self._metrics_held[key]
         for key, obj in list(objects.items()):
             pod_key = (PODS, key[1], key[2])
             if key[0] != POD_METRICS or obj.deleted or pod_key not in objects \
                     or objects[pod_key].deleted:
+                continue
+            if (objects[pod_key].raw.get("status") or {}).get("phase") != "Running":
+                self._metrics_held[key] = copy.deepcopy(obj.raw)
+                obj.delete()
                 continue
             labels = (objects[pod_key].raw.get("metadata") or {}).get("labels") or {}
             if (obj.raw.get("metadata") or {}).get("labels") != labels:
