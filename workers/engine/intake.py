@@ -218,11 +218,14 @@ class Mover:
         of its kinds (a STARTED, which a newer web writes: README, Development, rolling
         upgrades). Left there, they were never applied, and CIWebhookIntakeFailed paged for
         pushes that were not lost until someone moved them back by hand. A record this
-        release cannot read stays (this release's own set-aside ones: no loop). How many."""
+        release cannot read stays (this release's own set-aside ones: no loop), and so does
+        a push: every release reads the kind, so one was set aside for what it holds, and
+        built late its commit may since have been pushed over (the runbook's call). How many."""
         readable = []
         for raw in self.intake.set_aside_records(RETAKE_LIMIT):
             try:
-                self._read(raw)
+                if isinstance(self._read(raw), (tuple, _NoRoute)):
+                    continue  # a push
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
                 continue
             readable.append(raw)
