@@ -312,6 +312,44 @@ def test_nodes_needed_counts_the_daemonsets_a_node_added_will_run(
         runtime.install(None)
 
 
+def test_nodes_needed_counts_the_pod_slots_a_node_added_has_left_after_its_daemonsets(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """Small nodes of a pod limit (EKS: an instance type's ENI limit sets max-pods, 8 here as
+    on a t3.micro; the kubelet reports it as allocatable `pods`, kube-scheduler's
+    NodeResourcesFit counts it), three slots of which the DaemonSets take (aws-node,
+    kube-proxy, ebs-csi-node): five builds a node added. Ten small builds wait: by cpu and
+    memory one node holds them all, by pods it takes two, and nodes_needed said 1."""
+    config = tmp_path / "config.yaml"
+    config.write_text(one_template_config("""
+        cpu: {min: 100m, default: 100m, max: 100m}
+        memory: {min: 128Mi, default: 128Mi, max: 128Mi}
+    """))
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    for name in ("a", "b"):
+        kube.add_node(name, cpu="4", memory="16Gi", pods="8")
+        for ds in ("aws-node", "kube-proxy", "ebs-csi-node"):
+            kube.add_pod("kube-system", f"{ds}-{name}", node=name, daemon_set=ds,
+                         requests=[{"cpu": "50m", "memory": "64Mi"}])
+        for i in range(5):  # the other five slots: a team's pods
+            kube.add_pod("shop", f"cart-{name}-{i}", node=name,
+                         requests=[{"cpu": "10m", "memory": "16Mi"}])
+    runtime.install(None)
+    try:
+        app = create_app()
+        client = app.test_client()
+        keys = [push(client, i) for i in range(10)]
+        work(app)
+        state = app.extensions["ci_autoscaler"].state
+        assert {state.get_build(k)["status"] for k in keys} == {"waiting"}
+        assert {state.get_build(k)["wait_reason"] for k in keys} == {"insufficient_pods"}
+        reconcile.reconcile_once(runtime.current())
+        assert metric(app, "ci_autoscaler_nodes_needed") == 2
+        assert metric(app, "ci_autoscaler_builds_unplaceable") == 0
+    finally:
+        runtime.install(None)
+
+
 # -- a template's own node affinity (a Kubernetes-plugin template's zones) -----------------
 
 ZONE = "topology.kubernetes.io/zone"

@@ -54,8 +54,8 @@ class IndexedView(Protocol):
 
     def capacity_state(self, waiting: Sequence[WaitingBuild], *, reserved: Reserved,
                        reference: Resources | None = None,
-                       target_utilisation: float = ..., per_node: Resources = ...
-                       ) -> CapacityState: ...
+                       target_utilisation: float = ..., per_node: Resources = ...,
+                       fresh_pods: int | None = None) -> CapacityState: ...
 
     def node_rows(self, *, reserved: Reserved, target_utilisation: float = ...
                   ) -> list[NodeRow]: ...
@@ -392,16 +392,23 @@ def largest_node(rt: Runtime, template: PodTemplate) -> Resources | None:
 
 @runtime_checkable
 class DaemonView(Protocol):
-    """A ClusterView that knows what the DaemonSets' pods request on a node (ClusterWatch)."""
+    """A ClusterView that knows what the DaemonSets' pods take on a node (ClusterWatch)."""
 
-    def daemon_requests(self, templates: Sequence[PodTemplate] = ()) -> Resources: ...
+    def fresh_node(self, templates: Sequence[PodTemplate] = (),
+                   reference: Resources | None = None
+                   ) -> tuple[Resources | None, Resources, int | None]: ...
 
 
-def daemons(rt: Runtime, planned: Sequence[WaitingBuild]) -> Resources:
-    """What a node joining for the `planned` builds will hold before them (its DaemonSets'
-    and static pods), when the view can tell (the simulator's nodes run none)."""
-    return rt.view.daemon_requests([w.template for w in planned]) \
-        if isinstance(rt.view, DaemonView) else ZERO
+def fresh_node(rt: Runtime, planned: Sequence[WaitingBuild]
+               ) -> tuple[Resources | None, Resources, int | None]:
+    """A node joining for the `planned` builds: its shape (the configured reference, else
+    None: the commonest, capacity.reference_shape), what its DaemonSets' and static pods
+    request, and the pod slots they leave for builds (None: not counted), when the view can
+    tell (the simulator's nodes run none), read off the same nodes (ClusterWatch.fresh_node)."""
+    reference = rt.settings.reference_node
+    if not planned or not isinstance(rt.view, DaemonView):
+        return reference, ZERO, None
+    return rt.view.fresh_node([w.template for w in planned], reference)
 
 
 def warm_room(rt: Runtime, builds: int = 0) -> list[WaitingBuild]:
@@ -443,17 +450,17 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
     waiting, reasons, paused, held = waiting_builds(rt)
     planned = waiting + warm_room(rt, len(waiting))  # nodes_needed counts the pools up to their min
     # what a node added would hold before our builds (nothing to plan: not read)
-    per_node = daemons(rt, planned) if planned else ZERO
+    reference, per_node, fresh_pods = fresh_node(rt, planned)
     if isinstance(rt.view, IndexedView):
         reserved = rt.capacity.reservations()
-        state = rt.view.capacity_state(planned, reserved=reserved,
-                                       reference=rt.settings.reference_node,
-                                       target_utilisation=target, per_node=per_node)
+        state = rt.view.capacity_state(planned, reserved=reserved, reference=reference,
+                                       target_utilisation=target, per_node=per_node,
+                                       fresh_pods=fresh_pods)
         rows = rt.view.node_rows(reserved=reserved, target_utilisation=target)
     else:
         nodes = observe(rt)
-        state = capacity_state(planned, nodes, rt.settings.reference_node,
-                               target_utilisation=target, per_node=per_node)
+        state = capacity_state(planned, nodes, reference, target_utilisation=target,
+                               per_node=per_node, fresh_pods=fresh_pods)
         rows = [node_row(n, free(n, target)) for n in nodes]
     if len(planned) > len(waiting):  # the waiting count and shortfall are the builds' own
         state = replace(state, waiting=len(waiting), shortfall=shortfall(waiting))
