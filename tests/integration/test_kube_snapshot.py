@@ -21,6 +21,7 @@ from workers.adapters.kube_snapshot import ClusterWatch
 from workers.core.capacity import WaitingBuild, capacity_state
 from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.errors import RetryableError
+from workers.core.fit import Limits
 from workers.core.models import CpuRange, MemoryRange, PodTemplate, Toleration
 from workers.core.placement import (Placement, capacity_left, decide, free,
                                      reservation_room)
@@ -416,9 +417,10 @@ def test_a_node_added_has_the_daemonsets_and_pod_slots_of_the_nodes_of_its_shape
     builds = PodTemplate(cpu=CpuRange(min="1", default="1", max="1"),
                          memory=MemoryRange(min=GI, default=GI, max=GI))
     assert watch.daemon_requests([builds]) == Resources(100, 64 * MI)
-    assert watch.fresh_node([builds]) == (Resources(4000, 16 * GI), Resources(100, 64 * MI), 16)
+    assert watch.fresh_node([builds]) == (Resources(4000, 16 * GI), Resources(100, 64 * MI),
+                                          Limits(pods=16))
     assert watch.fresh_node([builds], Resources(32000, 64 * GI)) == (
-        Resources(32000, 64 * GI), Resources(600, 320 * MI), 14)
+        Resources(32000, 64 * GI), Resources(600, 320 * MI), Limits(pods=14))
 
 
 @pytest.mark.parametrize("as_status", [False, True], ids=["error-event", "http-410"])

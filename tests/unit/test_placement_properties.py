@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from workers.core import node_affinity
 from workers.core.capacity import WaitingBuild, capacity_state, plan, reference_shape, shortfall
 from workers.core.cluster import NodeState, Resources, Taint
-from workers.core.fit import lacks, needs
+from workers.core.fit import Limits, lacks, needs
 from workers.core.models import CpuRange, MemoryRange, PodTemplate, Toleration
 from workers.core.placement import Placement, Wait, decide, free, why_not
 
@@ -276,7 +276,8 @@ def test_the_waiting_builds_fit_onto_that_many_fresh_reference_nodes(waiting, cl
     """`fresh_pods`: the pod slots a fresh node has for builds (its max-pods less its
     DaemonSets' pods): no fresh node is planned more builds than that."""
     reference = Resources(8000, 32 * GI)
-    result = plan(waiting, cluster, reference, fresh_pods=fresh_pods)
+    result = plan(waiting, cluster, reference,
+                  fresh_limits=None if fresh_pods is None else Limits(pods=fresh_pods))
     fresh = {f"new-{i}": [] for i in range(result.nodes_needed)}
     for w in waiting:
         where = result.assignment[w.build_key]

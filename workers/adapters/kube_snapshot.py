@@ -40,7 +40,7 @@ from workers.adapters.kube_objects import (
     on_every_node, parsed, pod_memory, pod_record)
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state_on_index
 from workers.core.cluster import ZERO, Holding, NodeState, Resources
-from workers.core.fit import NOTHING_HELD, Held
+from workers.core.fit import NOTHING_HELD, Held, Limits
 from workers.core.installation_pods import label_value
 from workers.core.errors import CIAutoscalerError, RetryableError
 from workers.core.models import PodTemplate
@@ -258,7 +258,7 @@ class ClusterWatch:
                        reference: Resources | None = None,
                        target_utilisation: float = DEFAULT_TARGET_UTILISATION,
                        per_node: Resources = ZERO,
-                       fresh_pods: int | None = None) -> CapacityState:
+                       fresh_limits: Limits | None = None) -> CapacityState:
         """``capacity.capacity_state(waiting, nodes, reference)`` for the same nodes as
         ``decide``, from the index."""
         with self._lock:
@@ -266,7 +266,7 @@ class ClusterWatch:
             return capacity_state_on_index(waiting, self._index, reference,
                                            changed=self._in_flight(reserved),
                                            target_utilisation=target_utilisation,
-                                           per_node=per_node, fresh_pods=fresh_pods)
+                                           per_node=per_node, fresh_limits=fresh_limits)
 
     def daemon_requests(self, templates: Sequence[PodTemplate] = ()) -> Resources:
         """What the DaemonSets' and static pods request on a node joining for builds of
@@ -275,11 +275,12 @@ class ClusterWatch:
 
     def fresh_node(self, templates: Sequence[PodTemplate] = (),
                    reference: Resources | None = None
-                   ) -> tuple[Resources | None, Resources, int | None]:
+                   ) -> tuple[Resources | None, Resources, Limits | None]:
         """What a node joining for builds of `templates` brings: its shape (`reference`, else
         the reference shape: capacity.reference_shape), what the DaemonSets' and static pods
-        request on it, and the pod slots they leave for builds (its allocatable `pods` less
-        theirs; None: no pod limit). The last two are the commonest pair (ties to the larger
+        request on it, and what it has for builds beside cpu and memory (its allocatable:
+        `pods` less the DaemonSets' and static pods, ephemeral-storage, extended resources;
+        capacity._onto_fresh). The last two are the commonest pair (ties to the larger
         requests, then the fewer slots; none before a node has one) over the nodes of that
         shape among those one of `templates` (the waiting builds') may use, over every such
         node when none has the shape (one from config), over every Ready node when none
@@ -294,20 +295,22 @@ class ClusterWatch:
             if reference is None and names:
                 reference = self._index.reference_shape(unique)
             shaped = [n for n in names if self._nodes[n].allocatable == reference] or names
-            pairs = Counter((self._pods.daemons.get(name, ZERO), self._slots_left(name))
+            pairs = Counter((self._pods.daemons.get(name, ZERO), self._for_builds(name))
                             for name in shaped)
         if not pairs:
             return reference, ZERO, None
-        daemons, slots = max(pairs, key=lambda p: (pairs[p], p[0].cpu_millis,
-                                                   p[0].memory_bytes,
-                                                   -(p[1] if p[1] is not None else 1 << 30)))
-        return reference, daemons, slots
+        daemons, limits = max(pairs, key=lambda p: (
+            pairs[p], p[0].cpu_millis, p[0].memory_bytes,
+            -(p[1].pods if p[1].pods is not None else 1 << 30)))
+        return reference, daemons, limits
 
-    def _slots_left(self, name: str) -> int | None:  # under the lock
-        """The pods a node of this one's limit has room for beside its DaemonSets' and
-        static pods (None: no pod limit)."""
-        limit = self._nodes[name].limits.pods
-        return None if limit is None else max(0, limit - self._pods.daemon_pods.get(name, 0))
+    def _for_builds(self, name: str) -> Limits:  # under the lock
+        """The node's limits beside cpu and memory, its pods less its DaemonSets' and static
+        pods (those a node joining runs too)."""
+        limits = self._nodes[name].limits
+        if limits.pods is None:
+            return limits
+        return replace(limits, pods=max(0, limits.pods - self._pods.daemon_pods.get(name, 0)))
 
     def node_rows(self, *, reserved: Mapping[str, tuple[str, Resources]],
                   target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> list[NodeRow]:

@@ -21,7 +21,7 @@ from workers.concurrency.coalesce import Coalesced
 from workers.core import hints, podsize, topology
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state, shortfall
 from workers.core.cluster import NodeState, Resources, ZERO, holds
-from workers.core.fit import NOTHING_HELD, Held, Needs, needs
+from workers.core.fit import NOTHING_HELD, Held, Limits, Needs, needs
 from workers.core.errors import RetryableError
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import (
@@ -55,7 +55,7 @@ class IndexedView(Protocol):
     def capacity_state(self, waiting: Sequence[WaitingBuild], *, reserved: Reserved,
                        reference: Resources | None = None,
                        target_utilisation: float = ..., per_node: Resources = ...,
-                       fresh_pods: int | None = None) -> CapacityState: ...
+                       fresh_limits: Limits | None = None) -> CapacityState: ...
 
     def node_rows(self, *, reserved: Reserved, target_utilisation: float = ...
                   ) -> list[NodeRow]: ...
@@ -396,14 +396,15 @@ class DaemonView(Protocol):
 
     def fresh_node(self, templates: Sequence[PodTemplate] = (),
                    reference: Resources | None = None
-                   ) -> tuple[Resources | None, Resources, int | None]: ...
+                   ) -> tuple[Resources | None, Resources, Limits | None]: ...
 
 
 def fresh_node(rt: Runtime, planned: Sequence[WaitingBuild]
-               ) -> tuple[Resources | None, Resources, int | None]:
+               ) -> tuple[Resources | None, Resources, Limits | None]:
     """A node joining for the `planned` builds: its shape (the configured reference, else
     None: the commonest, capacity.reference_shape), what its DaemonSets' and static pods
-    request, and the pod slots they leave for builds (None: not counted), when the view can
+    request, and what it has for builds beside cpu and memory (its pod slots left by them,
+    its GPUs; None: not counted), when the view can
     tell (the simulator's nodes run none), read off the same nodes (ClusterWatch.fresh_node)."""
     reference = rt.settings.reference_node
     if not planned or not isinstance(rt.view, DaemonView):
@@ -450,17 +451,17 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
     waiting, reasons, paused, held = waiting_builds(rt)
     planned = waiting + warm_room(rt, len(waiting))  # nodes_needed counts the pools up to their min
     # what a node added would hold before our builds (nothing to plan: not read)
-    reference, per_node, fresh_pods = fresh_node(rt, planned)
+    reference, per_node, fresh_limits = fresh_node(rt, planned)
     if isinstance(rt.view, IndexedView):
         reserved = rt.capacity.reservations()
         state = rt.view.capacity_state(planned, reserved=reserved, reference=reference,
                                        target_utilisation=target, per_node=per_node,
-                                       fresh_pods=fresh_pods)
+                                       fresh_limits=fresh_limits)
         rows = rt.view.node_rows(reserved=reserved, target_utilisation=target)
     else:
         nodes = observe(rt)
         state = capacity_state(planned, nodes, reference, target_utilisation=target,
-                               per_node=per_node, fresh_pods=fresh_pods)
+                               per_node=per_node, fresh_limits=fresh_limits)
         rows = [node_row(n, free(n, target)) for n in nodes]
     if len(planned) > len(waiting):  # the waiting count and shortfall are the builds' own
         state = replace(state, waiting=len(waiting), shortfall=shortfall(waiting))
