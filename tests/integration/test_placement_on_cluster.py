@@ -77,6 +77,30 @@ def test_builds_land_on_the_idlest_nodes_and_never_on_a_cordoned_one(cluster):
     assert nodes.count("busy") <= 1
 
 
+def test_a_node_that_takes_no_pod_shows_no_free_capacity(cluster, kube):
+    """The cordoned node, a NotReady one (its kubelet's heartbeat lost: Ready Unknown) and one
+    Cluster Autoscaler is removing (its ToBeDeletedByClusterAutoscaler taint) take no build:
+    /metrics and the status page show each node's free "as placement sees them" (README),
+    none there. They showed their idle cores free beside builds waiting and nodes_needed
+    asking for more nodes."""
+    kube.add_node("lost", cpu="4", memory="16Gi")
+    kube.patch_node("lost", {"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}})
+    kube.add_node("leaving", cpu="4", memory="16Gi", taints=[{
+        "key": "ToBeDeletedByClusterAutoscaler", "value": "1733580000", "effect": "NoSchedule"}])
+    work(cluster)  # nothing queued: the worker's runtime and its watch start
+    view = runtime.current().view
+    wait_until(lambda: {"lost", "leaving"} <= {n.name for n in view.snapshot()},
+               timeout=10, what="the nodes added in the watch")
+    scheduling.refresh_capacity(runtime.current())
+    text = cluster.test_client().get("/metrics").get_data(as_text=True)
+
+    def free(node):
+        line = f'ci_autoscaler_node_free_cores{{node="{node}"}} '
+        return next(float(x[len(line):]) for x in text.splitlines() if x.startswith(line))
+    assert [free(n) for n in ("cordoned", "lost", "leaving")] == [0, 0, 0]
+    assert free("idle") == 4
+
+
 def test_a_full_cluster_makes_builds_wait_and_metrics_say_how_many_nodes(cluster, kube,
                                                                          jenkins_fake):
     client = cluster.test_client()
