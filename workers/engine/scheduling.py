@@ -473,7 +473,7 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
                for key, size in state.too_big if key in builds}
     for key in rt.capacity.write_state(state, rows, reasons=dict(reasons),
                                        metrics_available=rt.view.metrics_available,
-                                       too_big=too_big):
+                                       too_big=too_big, held_since=held_since(rt)):
         size = dict(state.too_big)[key]
         log.warning("build bigger than a node of the reference shape: more nodes of that "
                     "shape will not start it", extra={
@@ -484,6 +484,17 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
     rt.capacity.mark_paused(paused)  # left out of the wait that pages (CIBuildsWaitingTooLong)
     rt.capacity.mark_held(held)  # not counted as waiting ahead of later builds
     return state
+
+
+def held_since(rt: Runtime) -> float | None:
+    """When the longest-waiting of the builds held as unschedulable arrived (their last pod
+    left Pending to kube-scheduler, out of the waiting set: workers.agent_starts.unschedulable),
+    or None: they wait as much as any, and the age that pages (CIBuildsWaitingTooLong)
+    counts them."""
+    keys = rt.capacity.unschedulable()
+    arrived = [float(r) for (r,) in rt.state.build_fields(keys, "received_at") if r] \
+        if keys else []
+    return min(arrived, default=None)
 
 
 _refreshes: "weakref.WeakKeyDictionary[object, Coalesced]" = weakref.WeakKeyDictionary()
