@@ -282,9 +282,10 @@ class ClusterWatch:
         `pods` less the DaemonSets' and static pods, ephemeral-storage, extended resources;
         capacity._onto_fresh). The last two are the commonest pair (ties to the larger
         requests, then the fewer slots; none before a node has one) over the nodes of that
-        shape among those one of `templates` (the waiting builds') may use, over every such
-        node when none has the shape (one from config), over every Ready node when none
-        may. Over every Ready node, a shared cluster's app nodes, more than the tainted CI
+        shape among those one of `templates` (the waiting builds') may use; when none has
+        the shape (one from config: a bigger instance type has more max-pods), the
+        commonest requests over every such node and no limits (None: not known); over every
+        Ready node when none may. Over every Ready node, a shared cluster's app nodes, more than the tainted CI
         pool and running DaemonSets that tolerate no taint, gave a CI node added their
         DaemonSets; taken apart from the shape, a mixed pool's commonest DaemonSet sum could
         be another shape's (a DaemonSet on one instance family only)."""
@@ -294,14 +295,15 @@ class ClusterWatch:
                 name for name, node in self._nodes.items() if node.ready]
             if reference is None and names:
                 reference = self._index.reference_shape(unique)
-            shaped = [n for n in names if self._nodes[n].allocatable == reference] or names
-            pairs = Counter((self._pods.daemons.get(name, ZERO), self._for_builds(name))
-                            for name in shaped)
+            shaped = [n for n in names if self._nodes[n].allocatable == reference]
+            pairs = Counter((self._pods.daemons.get(name, ZERO),
+                             self._for_builds(name) if shaped else None)
+                            for name in shaped or names)
         if not pairs:
             return reference, ZERO, None
         daemons, limits = max(pairs, key=lambda p: (
             pairs[p], p[0].cpu_millis, p[0].memory_bytes,
-            -(p[1].pods if p[1].pods is not None else 1 << 30)))
+            -(p[1].pods if p[1] is not None and p[1].pods is not None else 1 << 30)))
         return reference, daemons, limits
 
     def _for_builds(self, name: str) -> Limits:  # under the lock
