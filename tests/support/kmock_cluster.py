@@ -513,6 +513,26 @@ class KubeServer:
                                          "reason": "TerminationByKubelet",
                                          "message": message}])
 
+    def kubelet_rejects(self, namespace: str, name: str, *, node: str,
+                        reason: str = "OutOfcpu",
+                        message: str = "Node didn't have enough resource: cpu, requested: "
+                                       "1100, used: 7500, capacity: 8000") -> None:
+        """The pod bound to `node` (the scheduler's part), then refused by that node's kubelet
+        at admission: its own fit check found the node short (its view of the node's pods
+        ahead of the scheduler's: a pod it still runs, a device plugin that lost its GPU).
+        pkg/kubelet/lifecycle/predicate.go Admit: reason "OutOf<resource>" for a resource
+        short (OutOfcpu, OutOfmemory, OutOfpods, OutOfnvidia.com/gpu), the predicate's name
+        for another (NodeAffinity), UnexpectedAdmissionError when a device allocation
+        failed; kubelet.go rejectPod writes phase Failed with that reason and the message
+        "Pod was rejected: " + the predicate's, and no container was ever created (no
+        containerStatuses)."""
+        self._core().patch_namespaced_pod(name, namespace, {"spec": {"nodeName": node}},
+                                          _request_timeout=_CALL_TIMEOUT)
+        status = {"phase": "Failed", "reason": reason,
+                  "message": f"Pod was rejected: {message}", "startTime": _now()}
+        self._core().patch_namespaced_pod_status(name, namespace, {"status": status},
+                                                 _request_timeout=_CALL_TIMEOUT)
+
     def add_foreign_pod(self, namespace: str, name: str, *,
                         labels: dict[str, str] | None = None) -> None:
         """A pod someone else made (no managed-by label of ours unless given in labels)."""

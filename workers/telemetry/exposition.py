@@ -84,6 +84,12 @@ class CapacityCollector:
         state, nodes = self.store.read_state()
         oldest = self.store.oldest_waiting_since()
         now, unpaused = time.time(), self.store.oldest_unpaused_since()
+        # A build held as unschedulable waits too (its pod left Pending to kube-scheduler,
+        # out of the waiting set): left out, it waited for hours with no alert.
+        held = self.store.oldest_held_since(state)
+        if held is not None:
+            oldest, unpaused = (held if since is None else min(since, held)
+                                for since in (oldest, unpaused))
         for metric, since in ((m.OLDEST_WAITING_BUILD_AGE_SECONDS, oldest),
                               (m.OLDEST_UNPAUSED_WAITING_BUILD_AGE_SECONDS, unpaused)):
             yield _gauge(metric, 0.0 if since is None else max(0.0, now - since))
