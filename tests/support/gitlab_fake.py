@@ -60,7 +60,8 @@ making one; first_matching_pipeline, find_or_create_pipeline); the ref is the
 one posted, as it is, else that pipeline's, else the first branch whose head the commit is
 (404 "404 References for commit Not Found" if none). The status of that name and ref that is
 pending or running in that pipeline is found (``running_or_pending``, ``in_pipelines``), else
-a new one built (state created); every answer carries its ``pipeline_id``; its non-blank
+a new one built (state created; older ones of its name in that pipeline are retried); every
+answer carries its ``pipeline_id`` (unless ``names_pipelines`` is False); its non-blank
 target_url and description are assigned, and validated (400 ``{"message": {"target_url":
 [...]}}``, nothing saved; see ``_status_errors``: http(s) only, the allowlist of
 ``deny_requests_except``, 255 characters for ref, target_url and description:
@@ -73,7 +74,9 @@ defaults (Ci::PipelinePolicy, protected_ref). Then the event runs: pending = ``e
 CommitStatus' state machine). An invalid transition is answered 400 ``{"message":"Cannot
 transition status via :run from :running (Reason(s): ...)"}`` (Ci::Pipelines::AddJobService
 rescues StateMachines::InvalidTransition) and, the transaction rolled back, keeps nothing.
-``status_posts`` records every POST's state, name,
+``GET /projects/:id/repository/commits/:sha/statuses`` lists the latest (not retried)
+statuses of the sha's pipelines, of the ``ref`` and ``name`` given, by id, paged (404 for a
+commit not held). ``status_posts`` records every POST's state, name,
 description, target_url and answer, in order. ``outage(seconds, status)`` answers every
 request that status for a while (500 ``{"message":"500 Internal Server Error"}``, or 429 as
 below with ``Retry-After``).
@@ -160,6 +163,9 @@ class FakeProject:
     # The project's pipelines, oldest first: {"id", "sha", "ref", "source"}. A status goes
     # into one of them (see _post_status); add_pipeline plays GitLab CI making one.
     pipelines: list[dict[str, Any]] = field(default_factory=list)
+    # Ids of statuses a newer one of the same name in the same pipeline superseded
+    # (AddJobService: job.update_older_statuses_retried!): the list leaves them out.
+    retried: set[int] = field(default_factory=set)
     # Every commit the repository holds: each sha a branch or tag pointed at, kept after a
     # force-push or a branch delete moved the ref away (unreachable objects stay until
     # housekeeping prunes them: forget_commit).
@@ -209,6 +215,9 @@ class GitLabFake:
         # maintainer); a token not named here is a maintainer's. See _post_status, and
         # _project_api for a guest's reads.
         self.roles: dict[str, str] = {}
+        # False plays a GitLab before gitlab-org/gitlab!127559 (mid-2023), whose statuses
+        # (API::Entities::CommitStatus) carry no pipeline_id
+        self.names_pipelines = True
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -558,6 +567,9 @@ class GitLabFake:
             if not project.hooks_readable:
                 return _json({"message": "403 Forbidden"}, 403, headers)
             return self._page(request, list(project.hooks), headers)
+        if request.method == "GET" and len(rest) == 4 and \
+                rest[:2] == ["repository", "commits"] and rest[3] == "statuses":
+            return self._list_statuses(request, project, rest[2], headers)
         if request.method == "POST" and len(rest) == 2 and rest[0] == "statuses":
             return self._post_status(request, project, rest[1], token, headers)
         return _json({"error": "404 Not Found"}, 404, headers)
@@ -698,6 +710,8 @@ class GitLabFake:
                           f":{current} (Reason(s): Status cannot transition via "
                           f"\"{event}\")"}, 400, headers)
         if not found:
+            project.retried.update(s["id"] for s in project.statuses
+                                   if s["pipeline_id"] == pipeline["id"] and s["name"] == name)
             project.statuses.append(status)
         status.update(attrs)
         status["status"] = state
@@ -706,7 +720,28 @@ class GitLabFake:
         if state in STATUS_STATES[2:]:
             status["finished_at"] = now
         project.status_posts.append({**post, "answer": 201})
-        return _json(status, 201, headers)
+        return _json(self._entity(status), 201, headers)
+
+    def _entity(self, status: dict[str, Any]) -> dict[str, Any]:
+        return status if self.names_pipelines else \
+            {k: v for k, v in status.items() if k != "pipeline_id"}
+
+    def _list_statuses(self, request: Request, project: FakeProject, sha: str,
+                       headers: dict[str, str]) -> Response:
+        """GET /projects/:id/repository/commits/:sha/statuses (lib/api/commit_statuses.rb):
+        404 "404 Commit Not Found" for a commit the repository does not hold; else the
+        statuses of the sha's pipelines, the latest only (not retried) unless `all`, of the
+        `ref` and `name` given, ordered by id, paged; each with its pipeline_id (exposed since
+        gitlab-org/gitlab!127559)."""
+        if sha not in project.commits:
+            return _json({"message": "404 Commit Not Found"}, 404, headers)
+        ref, name = request.args.get("ref"), request.args.get("name")
+        every = request.args.get("all") in ("true", "True", "1")
+        items = [s for s in project.statuses if s["sha"] == sha
+                 and (every or s["id"] not in project.retried)
+                 and (not ref or s["ref"] == ref) and (not name or s["name"] == name)]
+        return self._page(request, [self._entity(s) for s in sorted(items, key=lambda s: s["id"])],
+                          headers)
 
     def _status_errors(self, attrs: dict[str, str]) -> dict[str, list[str]]:
         """The validation errors of a commit status's texts, as errors.messages gives them.

@@ -443,6 +443,19 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
         raise
 
 
+def commit_statuses(*, gl: gitlab.Gitlab, project: str, sha: str, name: str,
+                    ref: str | None = None, project_id: int | str | None = None,
+                    max_retries: int = MAX_RETRIES) -> list[dict[str, Any]]:
+    """GET /projects/:id/repository/commits/:sha/statuses of that name (and ref), every page:
+    the latest statuses of the commit's pipelines, each with its pipeline_id (a GitLab since
+    gitlab-org/gitlab!127559). With max_retries=0 a 429 or 5xx is not tried again here."""
+    params = {"name": name, **({"ref": ref} if ref else {})}
+    with _translated(f"read the commit statuses {name} of {project}@{sha[:12]}"):
+        commit = _project(gl, project_id or project).commits.get(sha, lazy=True)
+        return [s.asdict() for s in commit.statuses.list(
+            get_all=True, max_retries=max_retries, **params)]
+
+
 def _refused_fields(err: PermanentError) -> set[str]:
     """The fields a 400 validation error names: Ci::CreateCommitStatusService answers an
     invalid status with bad_request(commit_status.errors.messages), {"message": {field:

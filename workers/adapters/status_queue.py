@@ -9,7 +9,7 @@ Keys (under the prefix):
   ``build:<key>``        the build's own hash (workers.adapters.redis_state) keeps
                          ``status_sent`` (the last state GitLab took), ``status_name`` (the
                          status's name), ``status_pipeline_id`` (GitLab's pipeline it is
-                         in), ``status_attempts`` (failed tries since) and
+                         in, or ``none``), ``status_attempts`` (failed tries since) and
                          ``status_gitlab_failures`` (those of them GitLab answered with a
                          failure of its own: workers.adapters.gitlab.GitLabFailed), written
                          only while the build exists
@@ -23,7 +23,8 @@ from typing import Any
 
 import redis
 
-from workers.core.commit_status import NAME_FIELD, PIPELINE_FIELD, PROJECT_ID_FIELD
+from workers.core.commit_status import (NAME_FIELD, NO_PIPELINE, PIPELINE_FIELD,
+                                        PROJECT_ID_FIELD)
 from workers.core.errors import RetryableError
 
 # KEYS[1] the due set; ARGV[1] now, ARGV[2] how many. Taken off the set as they are read, so
@@ -119,7 +120,7 @@ class StatusQueue:
 
     def forget_pipeline(self, build_key: str) -> None:
         """The pipeline of the build's statuses is gone: the next goes into the newest one."""
-        self.redis.hdel(self._build(build_key), PIPELINE_FIELD)
+        self._write(keys=[self._build(build_key)], args=[PIPELINE_FIELD, NO_PIPELINE, ""])
 
     def forget_project_id(self, build_key: str) -> None:
         """The build's statuses go to its project by path from now on (sender._project_id)."""

@@ -206,6 +206,8 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
     try:
         if post.project_id is not None and not record.get(SENT_FIELD):
             post = dataclasses.replace(post, project_id=_project_id(sender, key, post, ctx))
+        elif record.get(SENT_FIELD) and core.PIPELINE_FIELD not in record:
+            post = dataclasses.replace(post, pipeline_id=_status_pipeline(sender, post, ctx))
         answer = _post(sender, key, post, ctx,
                        tries=int(record.get(GITLAB_FAILURES_FIELD) or 0))
     except gitlab_api.StatusLocked as err:
@@ -231,8 +233,12 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
             log.error("commit statuses off", extra={**ctx, "error": sender.off})
             return "refused"
         result = "already" if _TRANSITION_REFUSED in str(err) else "refused"
-        # not tried again: GitLab's answer is final
-        sender.queue.sent(key, post.state.value, post.name)
+        # not tried again: GitLab's answer is final. Its pipeline: the one posted into, else
+        # none, the next status into the newest; but a status GitLab has already (a post
+        # whose answer was lost) is in a pipeline, looked up before the next post
+        pipeline = post.pipeline_id or ("" if result == "already" else core.NO_PIPELINE)
+        sender.queue.sent(key, post.state.value, post.name,
+                          pipeline_id="" if core.PIPELINE_FIELD in record else pipeline)
         sender.metrics.commit_status(result)
         level = logging.INFO if result == "already" else logging.ERROR
         extra = {**ctx, "error": str(err)}
@@ -251,7 +257,7 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         del sender.forbidden[post.project]
     # the pipeline GitLab put the status into: the build's next ones go there too
     sender.queue.sent(key, post.state.value, post.name,
-                      pipeline_id=str(answer.get("pipeline_id") or ""))
+                      pipeline_id=str(answer.get("pipeline_id") or core.NO_PIPELINE))
     sender.metrics.commit_status("sent")
     log.info("commit status sent", extra=ctx)
     _keep_pace(sender)
@@ -309,6 +315,27 @@ def _project_has_id(sender: Sender, path: str, project_id: int) -> bool:
                                            max_retries=0).id == project_id
     except gitlab_api.ProjectNotFound:
         return False
+
+
+def _status_pipeline(sender: Sender, post: core.Wanted, ctx: dict[str, str]) -> str | None:
+    """The pipeline of a build's status that is pending or running, for a build whose first
+    status a release before pipelines were kept sent (a state sent, no PIPELINE_FIELD): its
+    later ones go there too, as a build's whose first status this release sent. Posted
+    without, they went into the newest pipeline of the commit and ref, and one made after the
+    first status kept that one pending for ever. None if GitLab lists none (or cannot say,
+    or names no pipelines: a GitLab before gitlab-org/gitlab!127559): the newest, as before."""
+    try:
+        found = gitlab_api.commit_statuses(
+            gl=sender.gl, project=post.project, sha=post.sha, name=post.name, ref=post.ref,
+            project_id=post.project_id, max_retries=0)
+    except (RetryableError, PermanentError) as err:
+        log.warning("GitLab did not list the build's commit statuses: the status goes into "
+                    "the newest pipeline of its commit", extra={**ctx, "error": str(err)})
+        return None
+    open_ = [s for s in found if s.get("status") in ("pending", "running")
+             and str(s.get("pipeline_id") or "").isdigit()]
+    return str(max(open_, key=lambda s: int(s.get("id") or 0))["pipeline_id"]) \
+        if open_ else None
 
 
 def _post(sender: Sender, key: str, post: core.Wanted, ctx: dict[str, str], *,

@@ -44,6 +44,11 @@ PROJECT_ID_FIELD = "project_id"
 # made of the commit after the first status (the project's own CI, a "Run pipeline")
 # took the later states, and the first pipeline's status stayed pending for ever.
 PIPELINE_FIELD = "status_pipeline_id"
+# PIPELINE_FIELD when GitLab named no pipeline (a GitLab before gitlab-org/gitlab!127559
+# answers none; a status refused; a pipeline deleted): the next status goes into the newest.
+# A record with a state sent and no PIPELINE_FIELD at all was begun by a release before
+# pipelines were kept (workers.commit_statuses.sender: its pipeline is looked up, once).
+NO_PIPELINE = "none"
 # Retries of a status GitLab did not take (5xx, 429, unreachable): exponential from the
 # first pause, capped, unless GitLab asked for a longer wait (Retry-After).
 RETRY_FIRST_SECONDS = 2.0
