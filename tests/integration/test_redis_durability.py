@@ -13,9 +13,10 @@ from tests.integration.test_check_config_live import (  # noqa: F401 (env: a fix
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reconcile_repairs import app  # noqa: F401 (a fixture)
-from tests.integration.test_redis_eviction import _web, worker_env  # noqa: F401 (a fixture)
+from tests.integration.test_redis_eviction import (  # noqa: F401 (worker_env: a fixture)
+    _web, scraped, worker_env)
 from tests.integration.test_worker_and_reconcile_processes import INTERVAL, Process
-from tests.support.app import work
+from tests.support.app import make_app, work
 from tests.support.monitoring import wait_until
 
 RISK = "start-up check found a risk"
@@ -124,3 +125,12 @@ def test_a_data_loss_is_told_and_the_build_jenkins_runs_keeps_its_agent(
     assert code == 0, "".join(reconciler.raw[-20:])
     [told] = [line for line in reconciler.lines if line.get("msg") == LOST]
     assert told["level"] == "error"
+
+
+def test_metrics_say_whether_redis_keeps_an_append_only_file(own_redis):
+    app = make_app(own_redis.url)
+    assert scraped(app)["ci_autoscaler_redis_aof_enabled", ()] == 0
+
+    with_aof(own_redis, "always")
+
+    assert scraped(app)["ci_autoscaler_redis_aof_enabled", ()] == 1
