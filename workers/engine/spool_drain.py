@@ -177,10 +177,13 @@ class Drainer:
         try:
             push = SpooledPush.from_bytes(event.payload)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            # Not written by this version of spool_push: kept out of the way of the rest.
-            log.error("spooled event is not a push; deleted",
-                      extra={"delivery": event.delivery, "error": type(err).__name__})
-            self.spool.remove(event.id)
+            # Not written by this version of spool_push (a later one's, after a rollback; a
+            # damaged file): kept out of the way of the rest, but not lost: set aside in the
+            # file for a person to look at (deleted, a push answered 202 was gone unseen).
+            self.spool.set_aside(event.id)
+            log.error("spooled event is not a push; set aside in the spool file's set_aside "
+                      "table", extra={"delivery": event.delivery, "error": type(err).__name__,
+                                      "spool": str(self.spool.directory)})
             return
         pushed = push.push_to(self.intake)  # RetryableError: the row stays
         self.spool.remove(event.id)
