@@ -6,6 +6,7 @@ crash (`appendfsync everysec`), loses pushes we answered 2xx (REALITY.md, Redis;
 (the chart's) none of it. And when Redis did lose its data, the reconcile process says so and
 kills no build Jenkins still runs."""
 
+import pytest
 import redis
 
 from tests.integration.test_check_config_live import (  # noqa: F401 (env: a fixture)
@@ -24,6 +25,13 @@ LOST = ("Redis lost its data: restarted without its append-only file, flushed, f
         "a replica that lagged, or its keys evicted; pushes it had taken and builds it knew are "
         "gone (agent pods whose builds Jenkins still runs are kept until those end)")
 NO_AOF = "Redis: appendonly no: a restart of Redis loses every key written since its last"
+
+
+@pytest.fixture
+def redis_url(own_redis):
+    """Every test here on a redis-server of its own, as Debian's and many managed Redis' run:
+    without the append-only file (tests.support.redis_server); one test restarts it."""
+    return own_redis.url
 
 
 def warnings(result) -> list[str]:
@@ -95,10 +103,10 @@ def test_the_web_does_not_warn_of_a_redis_with_append_only_file(own_redis, tmp_p
 
 
 def test_a_data_loss_is_told_and_the_build_jenkins_runs_keeps_its_agent(
-        app, kube, jenkins_fake, redis_conn):  # noqa: F811
-    """The reconcile process runs; Redis loses every key (FLUSHALL, as a restart without the
-    append-only file leaves it) while a build runs in Jenkins on our agent. The process says
-    so at error, and keeps that agent's pod and Jenkins node till the build ends."""
+        app, kube, jenkins_fake, own_redis):  # noqa: F811
+    """The reconcile process runs; Redis restarts without its append-only file, and comes back
+    empty, while a build runs in Jenkins on our agent. The process says so at error, and keeps
+    that agent's pod and Jenkins node till the build ends."""
     push(app.test_client(), 1)
     work(app)
     (build,) = jenkins_fake.builds
@@ -109,7 +117,8 @@ def test_a_data_loss_is_told_and_the_build_jenkins_runs_keeps_its_agent(
     reconciler = Process("reconcile", "--interval", str(INTERVAL))
     try:
         wait_until(lambda: reconciler.said("reconciled") >= 2, timeout=60, what="two passes")
-        redis_conn.flushdb()
+        own_redis.stop()
+        own_redis.start()  # empty: --save "" --appendonly no
         wait_until(lambda: reconciler.said(LOST), timeout=30, what="the loss told")
         passes = reconciler.said("reconciled")
         wait_until(lambda: reconciler.said("reconciled") >= passes + 3, timeout=30,
