@@ -143,3 +143,22 @@ def test_metrics_say_whether_redis_keeps_an_append_only_file(own_redis):
     with_aof(own_redis, "always")
 
     assert scraped(app)["ci_autoscaler_redis_aof_enabled", ()] == 1
+
+
+def test_a_worker_goes_on_building_after_redis_restarted_empty(app, kube, jenkins_fake,  # noqa: F811
+                                                               own_redis):
+    """The worker process runs through a restart of Redis that comes back empty (its RQ
+    registrations, its mover's heartbeat and claims gone): the next push still gets its pod."""
+    worker = Process("worker")
+    try:
+        push(app.test_client(), 1)
+        wait_until(lambda: len(kube.pods(NAMESPACE)) == 1, timeout=60, what="the first pod")
+        own_redis.stop()
+        own_redis.start()
+        push(app.test_client(), 2)
+        wait_until(lambda: len(kube.pods(NAMESPACE)) == 2, timeout=60,
+                   what="the pod of a push after the restart")
+        assert worker.proc.poll() is None, "".join(worker.raw[-20:])
+    finally:
+        code = worker.stop()
+    assert code == 0, "".join(worker.raw[-20:])
