@@ -25,8 +25,12 @@ def read(connection: redis.Redis) -> RedisMemory:
         pipe.info("memory")
         pipe.info("stats")
         pipe.info("persistence")
-        memory, stats, persistence = pipe.execute()
-    aof = persistence.get("aof_enabled")
+        memory, stats, persistence = pipe.execute(raise_on_error=False)
+    for answer in (memory, stats):
+        if isinstance(answer, Exception):
+            raise answer
+    # A Redis-compatible server that refuses this section alone still gives the rest
+    aof = None if isinstance(persistence, Exception) else persistence.get("aof_enabled")
     return RedisMemory(used_bytes=_count(memory.get("used_memory")),
                        max_bytes=_count(memory.get("maxmemory")),
                        policy=str(memory.get("maxmemory_policy", "")),
