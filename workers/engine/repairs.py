@@ -1,7 +1,8 @@
 """The repairs of a reconcile pass: what events missed, found by comparing the Jenkins queue,
 the build state in Redis, and the pods and Jenkins agents this service manages.
 
-- ``delete_stray_pods``: pods of ours whose build is unknown (orphans), whose pod ended
+- ``delete_stray_pods``: pods of ours whose build is unknown (orphans: once Jenkins says their
+  agent runs nothing, as Redis may have lost a running build's record), whose pod ended
   (Failed or Succeeded, or its agent's container did, beside a service running on), whose
   build finished (a release that did not complete), or that outlived their template's
   deadline (e.g. stuck Pending, which activeDeadlineSeconds misses).
@@ -114,7 +115,7 @@ def open_builds(rt: runtime.Runtime, now: float) -> dict[str, dict[str, str]]:
 
 def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float, *,
                       starts_judged: bool = True, jenkins: JenkinsSteps | None = None) -> int:
-    """Needs no Jenkins: a release while Jenkins is away leaves the agent's Jenkins node to
+    """Needs no Jenkins but for orphans: a release while Jenkins is away leaves the agent's Jenkins node to
     delete_agentless_nodes (tasks.delete_node_or_leave). Without `starts_judged` (the pass's
     start-failure sweep did not run: Jenkins away), a pod whose build that sweep would fail
     is left to a pass that can: released here, the build would not be failed, and its queue
