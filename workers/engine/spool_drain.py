@@ -161,8 +161,8 @@ class Drainer:
             self._others = others
 
     def _move(self, event) -> bool:
-        """The row handed on (or dropped, unreadable) and deleted: True; left in the spool for
-        the release that wrote it: False."""
+        """The row handed on and deleted: True; left in the spool for the release that wrote
+        it, or set aside in the file (unreadable): False."""
         try:
             data = orjson.loads(event.payload)
         except orjson.JSONDecodeError:
@@ -191,11 +191,14 @@ class Drainer:
         try:
             push = SpooledPush.from_bytes(event.payload)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            # Not written by this version of spool_push: kept out of the way of the rest.
-            log.error("spooled event is not a push; deleted",
-                      extra={"delivery": event.delivery, "error": type(err).__name__})
-            self.spool.remove(event.id)
-            return True
+            # Not written by any version of spool_push (a damaged file; a newer kind is left
+            # above): kept out of the way of the rest, but not lost: set aside in the
+            # file for a person to look at (deleted, a push answered 202 was gone unseen).
+            self.spool.set_aside(event.id)
+            log.error("spooled event is not a push; set aside in the spool file's set_aside "
+                      "table", extra={"delivery": event.delivery, "error": type(err).__name__,
+                                      "spool": str(self.spool.directory)})
+            return False
         pushed = push.push_to(self.intake)  # RetryableError: the row stays
         self.spool.remove(event.id)
         log.info("spooled push moved to the intake", extra={

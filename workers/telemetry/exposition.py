@@ -313,6 +313,8 @@ class RedisMemoryCollector:
         # to a replica, reads to Prometheus as a counter reset).
         yield CounterMetricFamily(m.REDIS_EVICTED_KEYS_TOTAL.name, m.REDIS_EVICTED_KEYS_TOTAL.doc,
                                   value=float(memory.evicted_keys))
+        if memory.aof_enabled is not None:  # workers.core.redis_durability
+            yield _gauge(m.REDIS_AOF_ENABLED, float(memory.aof_enabled))
 
 
 class CatchUpCollector:
