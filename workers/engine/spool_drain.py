@@ -161,8 +161,8 @@ class Drainer:
             self._others = others
 
     def _move(self, event) -> bool:
-        """The row handed on and deleted: True; left in the spool for the release that wrote
-        it, or set aside in the file (unreadable): False."""
+        """The row handed on and deleted, or set aside in the file (unreadable): True; left
+        in the spool for the release that wrote it: False."""
         try:
             data = orjson.loads(event.payload)
         except orjson.JSONDecodeError:
@@ -198,7 +198,7 @@ class Drainer:
             log.error("spooled event is not a push; set aside in the spool file's set_aside "
                       "table", extra={"delivery": event.delivery, "error": type(err).__name__,
                                       "spool": str(self.spool.directory)})
-            return False
+            return True
         pushed = push.push_to(self.intake)  # RetryableError: the row stays
         self.spool.remove(event.id)
         log.info("spooled push moved to the intake", extra={
