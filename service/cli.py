@@ -57,6 +57,8 @@ def _check_live(config) -> int:
     report = live.run(settings, config)
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
+    for risk in report.warnings:
+        print(f"warning: {risk}", file=sys.stderr)
     for problem in report.problems:
         print(f"error: {problem}", file=sys.stderr)
     if report.problems:

@@ -16,7 +16,7 @@ from redis.retry import Retry
 
 from service import signing
 from workers.adapters import redis_connect
-from workers.checks import redis_eviction
+from workers.checks import redis_durability, redis_eviction
 from workers.config.config_file import FileConfig, load_file_config
 from workers.config.settings import Settings, load_settings
 from workers.core.errors import ConfigError
@@ -239,13 +239,15 @@ _HELD: list = []  # the master's spool, its live lock held until the process end
 def warn_if_evicting() -> None:
     """Once, from gunicorn's master: a warning when the web's Redis has a maxmemory-policy that
     deletes our keys at maxmemory (workers.checks.redis_eviction), in the words and the log
-    line of the worker's and the reconcile loop's start-up checks. Never a refusal (an
+    line of the worker's and the reconcile loop's start-up checks; and what Redis may lose
+    of what a 202 promises (workers.checks.redis_durability). Never a refusal (an
     operator may run so knowingly). A Redis that refuses the web's user INFO is not checked
     (one info line), nor one that does not answer yet; one that refuses REDIS_URL itself (its
     password, its database) is a warning."""
     connection = None
     try:
-        connection = load_settings().redis_client(
+        settings = load_settings()
+        connection = settings.redis_client(
             socket_timeout=EVICTION_CHECK_TIMEOUT_SECONDS,
             socket_connect_timeout=EVICTION_CHECK_TIMEOUT_SECONDS,
             retry=Retry(NoBackoff(), 0), **NO_CLIENT_SETINFO)
@@ -253,6 +255,8 @@ def warn_if_evicting() -> None:
         # SELECT: asked apart, so that INFO's refusal (problems) is not taken for it
         connection.ping()
         found = redis_eviction.problems(connection)
+        risks = redis_durability.risks(connection, config=False,
+                                       replicated=redis_durability.replicated(settings))
     except redis_connect.SentinelsRefused as err:
         # One of REFUSED, but the sentinels' setting: its text names it and the sentinels by
         # address, never a value (redis_connect). Read as REDIS_URL's, the wrong Secret was
@@ -288,6 +292,8 @@ def warn_if_evicting() -> None:
     for problem in found or ():
         log.warning("start-up check found a problem",
                     extra={"component": "web", "problem": problem})
+    for risk in risks:  # what a 202 from Redis may not keep (workers.core.redis_durability)
+        log.warning("start-up check found a risk", extra={"component": "web", "risk": risk})
 
 
 def check() -> None:

@@ -131,6 +131,33 @@ def test_a_replay_of_one_of_our_builds_gets_a_new_agent_of_its_template(
         assert state.get_build(key)["status"] == BuildStatus.RELEASED  # left as it was
 
 
+def test_a_replay_of_a_build_of_a_route_naming_its_job_in_another_case_gets_an_agent(
+        make_world, kube, jenkins_fake):
+    """The route names job "Build", Jenkins has it as "build" (Jenkins finds items in any
+    case: Jenkins.items is CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_ORDER)), so the Replay's
+    item names "build". Long after, the old build's state gone, its template comes from the
+    route naming the item's job: compared exactly, none did, and the Replay waited in
+    Jenkins' queue for ever ("a queue item waits on a gone agent of a job no route names")."""
+    world = make_world(CONFIG.replace("job: build", "job: Build"),
+                       CI_AUTOSCALER_LOST_EVENT_SECONDS=str(LOST_EVENT_SECONDS))
+    jenkins_fake.add_job("build")
+    client, rt = world.test_client(), runtime.current()
+    push(client, "delivery-1")
+    work(world)
+    build, old_agent = ran_to_its_end(client, jenkins_fake, lambda: work(world))
+    assert build.job == "build"  # as Jenkins has it
+    reconcile.reconcile_once(rt, now=time.time() + rt.settings.build_ttl_seconds + 60)
+
+    replay = jenkins_fake.replay(build.queue_id)  # waits on the deleted agent's label
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+
+    (new_agent,) = agents(jenkins_fake)
+    assert new_agent != old_agent and pods(kube) == [new_agent]
+    jenkins_fake.connect_agent(new_agent)
+    assert jenkins_fake.dispatch() == [(replay.queue_id, new_agent)]
+
+
 def test_a_trigger_jenkins_took_after_its_call_timed_out_is_cancelled_not_built_again(
         world, kube, jenkins_fake):
     """Jenkins slow to take a trigger (its queue's lock held, a long GC): the call times out,

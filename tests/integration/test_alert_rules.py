@@ -16,6 +16,7 @@ ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueB
           "CIWebhookSpooling", "CIWebhookSpoolStranded",
           "CIWebhookAuthFailures", "CIAutoscalerDown",
           "CIRedisUnavailable", "CIRedisMemoryHigh", "CIRedisEvicting", "CIRedisEvictedKeys",
+          "CIRedisNotPersistent",
           "CIGitLabHookDisabled",
           "CIGitLabCommitStatusFailing",
           "CIJenkinsLeftovers")

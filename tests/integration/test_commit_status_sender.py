@@ -597,3 +597,99 @@ def test_gitlab_failing_the_lookup_of_a_push_project_id_posts_by_the_path(state,
     assert [s for s, _, _ in gitlab.status_history(PROJECT)] == ["running"]
     assert "could not say" in caplog.text
     assert "project_id" not in state.get_build("b1")
+
+
+def test_a_pipeline_made_of_the_commit_after_its_first_status_leaves_none_pending(state,
+                                                                                  gitlab):
+    """GitLab puts a status posted without a `pipeline_id` into the newest pipeline of its
+    sha and ref (Ci::CreateCommitStatusService#first_matching_pipeline) and looks for the
+    pending one to move there only. A pipeline made of the commit after the build's first
+    status (the project's own CI, a "Run pipeline" by hand) took the build's later states
+    as a status of its own, and left the first pipeline's "pending" for ever: a pipeline
+    the project lists as pending, with a build that ended long ago. Every status of a build
+    goes into the pipeline its first one went into (its answer's pipeline_id)."""
+    sender = make_sender(state, gitlab)
+    build(state, "b1", status="waiting", wait_reason="capacity", ref="refs/heads/main")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    first = gitlab.projects[PROJECT].statuses[0]["pipeline_id"]
+    gitlab.add_pipeline(PROJECT, SHA, "main")  # run by hand, on the same commit
+    build(state, "b1", status="running", started_at="1000010")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    build(state, "b1", status="done", result="SUCCESS")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [(s["pipeline_id"], s["status"]) for s in gitlab.projects[PROJECT].statuses] == [
+        (first, "success")]
+
+
+def test_a_build_whose_pipeline_was_deleted_gets_its_status_in_another(state, gitlab):
+    """The pipeline of a build's first status deleted (by a Maintainer) while it runs: GitLab
+    answers 404 "Pipeline for pipeline_id, sha and ref Not Found"; the status goes again
+    without it, into the newest pipeline, not dropped."""
+    sender = make_sender(state, gitlab)
+    build(state, "b1", status="running", started_at="1000010", ref="refs/heads/main")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    gitlab.delete_pipeline(PROJECT, gitlab.projects[PROJECT].statuses[0]["pipeline_id"])
+    build(state, "b1", status="done", result="FAILURE")
+    touch(state, "b1")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert [s["status"] for s in gitlab.projects[PROJECT].statuses] == ["failed"]
+
+
+def advance(state: RedisState, sender, key: str = "b1", **fields):
+    """The build's record as the worker changes it, then the sender's next pass: its results."""
+    build(state, key, **fields)
+    touch(state, key)
+    return status_sender.send_due(sender)
+
+
+def test_a_build_an_earlier_release_began_keeps_its_status_in_its_pipeline(state, gitlab):
+    """A build in flight across the upgrade: a release before pipelines were kept sent its
+    first status (a state sent, no status_pipeline_id). Posted without a pipeline_id, its
+    later states went into a pipeline made of the commit meanwhile, and the first pipeline's
+    "pending" stayed for ever. Its status's pipeline is looked up once (GitLab's list of the
+    commit's statuses of that name and ref, each with its pipeline_id), and kept."""
+    sender = make_sender(state, gitlab)
+    assert advance(state, sender, status="waiting", wait_reason="capacity",
+                   ref="refs/heads/main") == {"sent": 1}
+    first = gitlab.projects[PROJECT].statuses[0]["pipeline_id"]
+    state.redis.hdel(f"{state.prefix}build:b1", "status_pipeline_id")  # as that release left it
+    gitlab.add_pipeline(PROJECT, SHA, "main")  # run by hand, on the same commit
+    assert advance(state, sender, status="running", started_at="1000010") == {"sent": 1}
+    assert advance(state, sender, status="done", result="SUCCESS") == {"sent": 1}
+    assert [(s["pipeline_id"], s["status"]) for s in gitlab.projects[PROJECT].statuses] == [
+        (first, "success")]
+    lists = [r for r in gitlab.requests if r.method == "GET" and r.path.endswith("/statuses")]
+    assert len(lists) == 1 and lists[0].query["ref"] == "main"
+
+
+def test_a_gitlab_that_names_no_pipeline_is_not_asked_for_the_statuses(state, gitlab):
+    """A GitLab before gitlab-org/gitlab!127559 names no pipeline in its answer: the build's
+    statuses go into the newest pipeline as before, and no post costs a lookup."""
+    sender = make_sender(state, gitlab)
+    gitlab.names_pipelines = False
+    assert advance(state, sender, status="running", started_at="1000010",
+                   ref="refs/heads/main") == {"sent": 1}
+    assert advance(state, sender, status="done", result="SUCCESS") == {"sent": 1}
+    assert [s["status"] for s in gitlab.projects[PROJECT].statuses] == ["success"]
+    assert not [r for r in gitlab.requests if r.method == "GET" and "statuses" in r.path]
+
+
+def test_a_status_whose_answer_was_lost_keeps_its_pipeline(state, gitlab):
+    """The first post landed but its answer (and the pipeline it names) was lost: GitLab's
+    400 "Cannot transition" says it has the state. The pipeline that status is in is looked
+    up before the next post, not taken as none: a pipeline made of the commit meanwhile took
+    the final state, and left the first one running for ever."""
+    sender = make_sender(state, gitlab)
+    gitlab_api.set_commit_status(gl=sender.gl, project=PROJECT, sha=SHA, state="running",
+                                 name="ci-autoscaler/build", ref="main")  # the lost answer's
+    first = gitlab.projects[PROJECT].statuses[0]["pipeline_id"]
+    assert advance(state, sender, status="running", started_at="1000010",
+                   ref="refs/heads/main") == {"already": 1}
+    gitlab.add_pipeline(PROJECT, SHA, "main")  # run by hand, on the same commit
+    assert advance(state, sender, status="done", result="SUCCESS") == {"sent": 1}
+    assert [(s["pipeline_id"], s["status"]) for s in gitlab.projects[PROJECT].statuses] == [
+        (first, "success")]

@@ -481,3 +481,77 @@ def test_a_job_renamed_in_case_only_keeps_its_builds_notifications(world, kube, 
 
     assert _released(world, kube, jenkins_fake, key, agent)
     assert world.extensions["ci_autoscaler"].state.get_build(key)["result"] == "FAILURE"
+
+
+def test_a_forged_started_kills_no_pipeline_in_an_input_before_its_first_node_block(
+        world, kube, jenkins_fake):
+    """As above, the Pipeline's run (build-legacy #1, on the controller) waits in an ``input``
+    before its first ``node`` block: no item waits on the agent, the agent runs nothing, and
+    the job's runs at the old name are the new job's. Jenkins still runs the build's own run,
+    on a one-off executor (a WorkflowRun is a Queue.FlyweightTask), carrying its
+    CI_AUTOSCALER_AGENT: the agent is kept for the block the run reaches next."""
+    jenkins_fake.add_job("build")
+    client = world.test_client()
+    push(client)
+    work(world)
+    agent = next(iter(jenkins_fake.nodes))
+    [build] = jenkins_fake.build_with(AGENT_PARAMETER, agent)
+    _old_name_given_to_a_new_job(jenkins_fake)
+    run = jenkins_fake.start_pipeline_on_controller(build.queue_id)  # build-legacy #1
+    _started(client, _started_naming_the_new_jobs_run(jenkins_fake, build))
+    jenkins_fake.forget_left_items()
+
+    _pass()
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent)
+    block = jenkins_fake.next_node_block(run)  # the input answered
+    kube.set_pod_phase(NAMESPACE, agent, "Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+
+
+@pytest.mark.parametrize("item_forgotten", [False, True], ids=["item-kept", "item-forgotten"])
+def test_a_pipeline_in_an_input_whose_job_is_moved_into_a_folder_keeps_its_agent(
+        world, kube, jenkins_fake, item_forgotten):
+    """A person moves the job into a folder (Items.move checks no running build) while its
+    Pipeline run waits in an ``input`` before its first node block, longer than the lost-event
+    check waits: the old name answers 404 and the agent, connected, runs nothing, which is
+    what a deleted job's aborted run leaves too. The pass took the job for deleted and
+    released the agent: the run, answered, waited for good for its node block. Jenkins still
+    runs it, on a one-off executor, carrying the build's agent: the agent is kept for it."""
+    jenkins_fake.add_job("build")
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    run = jenkins_fake.start_pipeline_on_controller(build.queue_id)
+    _started(client, jenkins_fake.notification(build, "STARTED"))
+    jenkins_fake.move_job("build", "archive")
+    if item_forgotten:
+        jenkins_fake.forget_left_items()
+
+    assert _pass()["lost_builds_released"] == 0
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent)
+    block = jenkins_fake.next_node_block(run)  # the input answered
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
+
+
+def test_a_forged_completed_kills_no_pipeline_in_an_input_whose_job_moved(
+        world, kube, jenkins_fake):
+    """As above, and a COMPLETED naming the old name (forged: Jenkins sends none), Jenkins
+    having forgotten the item: the run it names is missing, the job gone from that name and
+    the agent idle, as after a delete (job_gone); the run going on, carrying the build's
+    agent, says the job moved: the agent is kept."""
+    jenkins_fake.add_job("build")
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    run = jenkins_fake.start_pipeline_on_controller(build.queue_id)
+    _started(client, jenkins_fake.notification(build, "STARTED"))
+    forged = jenkins_fake.notification(build)
+    jenkins_fake.move_job("build", "archive")
+    jenkins_fake.forget_left_items()
+
+    assert _notify(client, forged).status_code == 202
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent) and _ignored(client, "not_confirmed") == 1
+    assert jenkins_fake.dispatch() == [] and run.state == "running"

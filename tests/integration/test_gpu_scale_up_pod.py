@@ -74,3 +74,24 @@ def test_a_build_waiting_for_a_gpu_counts_in_nodes_needed(app, kube):
     reconcile.reconcile_once(runtime.current())
 
     assert exported(app, "ci_autoscaler_nodes_needed ") == 1
+
+
+def test_builds_waiting_for_a_gpu_count_a_node_each_of_one_gpu(app, kube):
+    """The GPU pool's nodes have one GPU each (a g4dn.2xlarge: 8 cores, 1 nvidia.com/gpu),
+    the one there taken. Three more GPU builds of 900m wait: a node added holds one of them,
+    whatever cpu it has left (kube-scheduler's NodeResourcesFit counts the GPU; Cluster
+    Autoscaler's estimator binpacks the template node with the scheduler's filters), so 3
+    nodes; nodes_needed said 1, the three fitting one node by cpu."""
+    disk = {"ephemeral-storage": "100Gi"}
+    kube.add_node("gpu-1", cpu="8", memory="32Gi", extended={GPU: "1", **disk})
+    first = push(app, 1, ref="refs/heads/gpu-train")
+    work(app)
+    assert build(app, first)["node"] == "gpu-1"
+    waiting = [push(app, n, ref=f"refs/heads/gpu-eval-{n}") for n in (2, 3, 4)]
+    work(app)
+    assert {build(app, key)["wait_reason"] for key in waiting} == {f"insufficient_{GPU}"}
+
+    reconcile.reconcile_once(runtime.current())
+
+    assert exported(app, "ci_autoscaler_nodes_needed ") == 3
+    assert exported(app, "ci_autoscaler_builds_unplaceable ") == 0

@@ -359,6 +359,18 @@ def test_the_default_routes_and_templates_pass_the_services_own_check():
     assert len(config.routes) == 2 and "maven" in config.templates
 
 
+def test_the_default_maven_heap_follows_the_size_sizing_chose():
+    """A heap pinned with -Xmx does not grow with the pod: a job whose history (or an OOM
+    kill's retry) raised its memory to 4Gi still ran out at the pinned heap, and at the
+    template's minimum the pinned heap alone filled the container beside the agent's JVM."""
+    text = one(render("default"), "ConfigMap", "config")["data"]["ci-autoscaler.yaml"]
+    template = parse_file_config(text, source="ConfigMap").templates["maven"]
+    options = template.env["MAVEN_OPTS"].split()
+    assert not [o for o in options if o.startswith(("-Xmx", "-Xms", "-XX:MaxHeapSize"))]
+    [share] = [o.split("=", 1)[1] for o in options if o.startswith("-XX:MaxRAMPercentage=")]
+    assert 0 < float(share) <= 75  # the agent's own JVM and Maven's off-heap share the rest
+
+
 @pytest.mark.parametrize("option_set", SETS)
 def test_every_option_sets_routes_and_templates_pass_the_services_own_check(option_set):
     text = one(render(option_set), "ConfigMap", "config")["data"]["ci-autoscaler.yaml"]

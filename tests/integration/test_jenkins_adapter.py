@@ -687,6 +687,27 @@ def test_find_queue_item_finds_a_queued_build_of_a_job_whose_name_needs_escaping
     assert found == item.queue_id
 
 
+@pytest.mark.parametrize("where", ["queue", "known"])
+def test_find_queue_item_finds_the_build_of_a_job_named_in_another_case(jenkins_fake, where):
+    """A route naming job "Build" triggers Jenkins' "build" (Jenkins finds items in any case:
+    Jenkins.items is CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_ORDER); a person may rename
+    "Build" to "build", AbstractItem.renameTo), whose queue item's task names it "build".
+    Compared exactly, the lookup of a build whose trigger's answer was lost (a failed start's
+    cancel: workers.engine.failures; a lost trigger after a restart: its recorded item's page)
+    found nothing, and the item waited in Jenkins' queue for an agent that never came."""
+    jenkins_fake.add_job("build")
+    item = jenkins_fake.queue_build("build", label=NODE,
+                                    parameters={"CI_AUTOSCALER_AGENT": NODE})
+    adapter = adapter_for(jenkins_fake)
+
+    found = adapter.find_queue_item(
+        "Build", "CI_AUTOSCALER_AGENT", NODE,
+        **({"queue": []} if where == "known" else {}),
+        known=item.queue_id if where == "known" else None)
+
+    assert found == item.queue_id
+
+
 def test_extra_headers_are_sent_and_their_values_never_logged(jenkins_fake, monkeypatch):
     """python-jenkins adds the headers of JENKINS_API_EXTRA_HEADERS (a proxy's credential in
     front of Jenkins, say) and logs them, values too, as a warning: our log line names them
@@ -777,3 +798,26 @@ def test_a_jenkins_on_an_internal_ca_is_trusted_through_requests_ca_bundle(tmp_p
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_runs_carrying_finds_a_pipeline_run_on_the_controller_under_its_job_s_name_now(
+        jenkins_fake):
+    """A Pipeline's run goes on on a one-off executor (WorkflowRun is a Queue.FlyweightTask),
+    in an `input` before any node block too: found by the parameter it carries under its
+    job's name now; one of a job we may not READ shows no run (its executor's
+    currentExecutable is null: Executor.getCurrentExecutableForApi), and is no error."""
+    jenkins_fake.add_job("build")
+    jenkins_fake.add_job("secret/deploy")
+    ours = jenkins_fake.queue_build("build", label=NODE, parameters={"CI_AUTOSCALER_AGENT": NODE})
+    hidden = jenkins_fake.queue_build("secret/deploy", label="x",
+                                      parameters={"CI_AUTOSCALER_AGENT": NODE})
+    jenkins_fake.start_pipeline_on_controller(ours.queue_id)
+    jenkins_fake.start_pipeline_on_controller(hidden.queue_id)
+    jenkins_fake.move_job("build", "archive")
+    jenkins_fake.unreadable = {"secret"}
+    adapter = adapter_for(jenkins_fake)
+
+    [run] = adapter.runs_carrying("CI_AUTOSCALER_AGENT", NODE)
+
+    assert (run.job, run.number) == ("archive/build", 1)
+    assert adapter.runs_carrying("CI_AUTOSCALER_AGENT", "cia-other-1") == []

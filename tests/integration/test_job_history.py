@@ -64,8 +64,9 @@ def app(request, app_on_cluster):
 
 def oom_kill_seen(kube, agent: str) -> None:
     """The kubelet OOM-kills the agent's build container while it runs, and the worker's pod
-    watch records the kill."""
-    kube.kubelet_status(NAMESPACE, agent, phase="Running",
+    watch records the kill. Its pod has no other container, and restartPolicy Never: the
+    kubelet sets its phase Failed (kubelet getPhase: every container terminated, one failed)."""
+    kube.kubelet_status(NAMESPACE, agent, phase="Failed",
                         states={AGENT_CONTAINER: terminated("OOMKilled", 137)})
     runs = f"{runtime.current().settings.key_prefix}usage:run:{agent}"
     wait_until(lambda: runtime.current().state.redis.hget(runs, "oom_limit") is not None,
@@ -93,6 +94,9 @@ def pod_memory(kube, agent: str) -> int:
 def sampled(kube, agent: str, memories: list[str], cpu: str = "700m") -> None:
     """metrics-server's samples of the running agent, one per stamp; each is awaited in the
     run's record (the worker's poll writes it)."""
+    # a running pod's (metrics-server serves none for a pod that is not Running: kmock_cluster)
+    if (kube.pod(NAMESPACE, agent).get("status") or {}).get("phase") != "Running":
+        kube.kubelet_status(NAMESPACE, agent, phase="Running")
     labels = kube.pod(NAMESPACE, agent)["metadata"]["labels"]
     runs = f"{runtime.current().settings.key_prefix}usage:cpu:{agent}"
     for i, memory in enumerate(memories):
@@ -511,3 +515,30 @@ def test_an_oom_killed_build_of_a_renamed_job_is_started_again_under_its_new_nam
     assert int(again["memory_bytes"]) >= 2 * int(rec["memory_bytes"])
     [run] = jenkins_fake.build_with(AGENT_PARAMETER, again["agent"])
     assert run.job == "build-legacy"
+
+
+def test_an_oom_kill_of_a_build_whose_size_the_record_lacks_doubles_the_pod_once(
+        app_on_cluster, kube, jenkins_fake):
+    """A provision whose pod create was made but whose answer was lost (a timeout, a 500 on
+    its way back) is retried by RQ; the retry finds the pod and writes only the build's
+    status (workers.engine.tasks), so the record has no memory_bytes. The OOM kill then
+    knows the build's size from the killed container's limit alone, which holds the injected
+    agent's share (and any memory-backed volume's): taken as the build's size and made a pod
+    total again, the agent counted twice and the job's next memory was raised past double."""
+    app = app_on_cluster(CONFIG.replace("RETRY", "false"), namespace=NAMESPACE,
+                         CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2",
+                         nodes=(("node-a", "16", "6Gi"),))
+    key = push(app.test_client(), 0)
+    work(app)
+    rec = record(app, key)
+    assert int(rec["memory_bytes"]) == 4 * GIB
+    limit = memory_bytes(agent_container(kube, rec["agent"])["resources"]["limits"]["memory"])
+    assert limit == 4 * GIB + AGENT_MEMORY
+    # the record as that retried provision leaves it
+    runtime.current().state.redis.hdel(
+        f"{runtime.current().settings.key_prefix}build:{key}", "memory_bytes")
+    oom_kill_seen(kube, rec["agent"])
+    finish(app, jenkins_fake, key, "FAILURE")
+    history = usage().history("build", "mvn")
+    assert history.oom_kills == 1
+    assert history.oom_floor_bytes == 2 * limit, (history.oom_floor_bytes - 2 * limit) / MIB

@@ -21,6 +21,7 @@ from workers.adapters.kube_snapshot import ClusterWatch
 from workers.core.capacity import WaitingBuild, capacity_state
 from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.errors import RetryableError
+from workers.core.fit import Limits
 from workers.core.models import CpuRange, MemoryRange, PodTemplate, Toleration
 from workers.core.placement import (Placement, capacity_left, decide, free,
                                      reservation_room)
@@ -390,6 +391,38 @@ def test_daemon_requests_are_those_of_the_nodes_the_waiting_templates_may_use(
                           node_selector={"pool": "gpu"})
     assert watch.daemon_requests([nowhere]) == Resources(600, 576 * MI)
     assert watch.daemon_requests() == Resources(600, 576 * MI)
+
+
+def test_a_node_added_has_the_daemonsets_and_pod_slots_of_the_nodes_of_its_shape(
+        kube, watching):
+    """A mixed pool: three general nodes (4 cores, max-pods 17, as an EKS t3.medium's ENIs
+    allow) run kube-proxy; two storage nodes of 8 cores and two of 16 run a local-disk
+    provisioner too (a DaemonSet whose nodeSelector is the instance family: the DaemonSet
+    controller places a pod only where it matches, pkg/controller/daemon
+    NodeShouldRunDaemonPod). The node added is of the commonest shape, the general one:
+    its DaemonSets and pod slots are those of that shape's nodes, not the storage nodes'
+    sum that outnumbers them (taken apart from the shape, 600m went with a 4-core node);
+    a shape from config that no node has: the commonest requests over every node, its pod
+    slots not known."""
+    for name, cpu, storage in (("g-a", "4", False), ("g-b", "4", False), ("g-c", "4", False),
+                               ("s-a", "8", True), ("s-b", "8", True),
+                               ("s-c", "16", True), ("s-d", "16", True)):
+        kube.add_node(name, cpu=cpu, memory="16Gi", pods="17")
+        kube.add_pod("kube-system", f"kube-proxy-{name}", node=name, daemon_set="kube-proxy",
+                     requests=[{"cpu": "100m", "memory": "64Mi"}])
+        if storage:
+            for ds in ("local-volume-provisioner", "node-exporter-nvme"):
+                kube.add_pod("storage", f"{ds}-{name}", node=name, daemon_set=ds,
+                             requests=[{"cpu": "250m", "memory": "128Mi"}])
+    watch = watching()
+    builds = PodTemplate(cpu=CpuRange(min="1", default="1", max="1"),
+                         memory=MemoryRange(min=GI, default=GI, max=GI))
+    assert watch.daemon_requests([builds]) == Resources(100, 64 * MI)
+    assert watch.fresh_node([builds]) == (Resources(4000, 16 * GI), Resources(100, 64 * MI),
+                                          Limits(pods=16))
+    # (the pod limit of a shape no node has is not known: a bigger type has more max-pods)
+    assert watch.fresh_node([builds], Resources(32000, 64 * GI)) == (
+        Resources(32000, 64 * GI), Resources(600, 320 * MI), None)
 
 
 @pytest.mark.parametrize("as_status", [False, True], ids=["error-event", "http-410"])

@@ -77,6 +77,30 @@ def test_builds_land_on_the_idlest_nodes_and_never_on_a_cordoned_one(cluster):
     assert nodes.count("busy") <= 1
 
 
+def test_a_node_that_takes_no_pod_shows_no_free_capacity(cluster, kube):
+    """The cordoned node, a NotReady one (its kubelet's heartbeat lost: Ready Unknown) and one
+    Cluster Autoscaler is removing (its ToBeDeletedByClusterAutoscaler taint) take no build:
+    /metrics and the status page show each node's free "as placement sees them" (README),
+    none there. They showed their idle cores free beside builds waiting and nodes_needed
+    asking for more nodes."""
+    kube.add_node("lost", cpu="4", memory="16Gi")
+    kube.patch_node("lost", {"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}})
+    kube.add_node("leaving", cpu="4", memory="16Gi", taints=[{
+        "key": "ToBeDeletedByClusterAutoscaler", "value": "1733580000", "effect": "NoSchedule"}])
+    work(cluster)  # nothing queued: the worker's runtime and its watch start
+    view = runtime.current().view
+    wait_until(lambda: {"lost", "leaving"} <= {n.name for n in view.snapshot()},
+               timeout=10, what="the nodes added in the watch")
+    scheduling.refresh_capacity(runtime.current())
+    text = cluster.test_client().get("/metrics").get_data(as_text=True)
+
+    def free(node):
+        line = f'ci_autoscaler_node_free_cores{{node="{node}"}} '
+        return next(float(x[len(line):]) for x in text.splitlines() if x.startswith(line))
+    assert [free(n) for n in ("cordoned", "lost", "leaving")] == [0, 0, 0]
+    assert free("idle") == 4
+
+
 def test_a_full_cluster_makes_builds_wait_and_metrics_say_how_many_nodes(cluster, kube,
                                                                          jenkins_fake):
     client = cluster.test_client()
@@ -307,6 +331,44 @@ def test_nodes_needed_counts_the_daemonsets_a_node_added_will_run(
         reconcile.reconcile_once(runtime.current())
         assert metric(app, "ci_autoscaler_reference_node_cores") == 4
         assert metric(app, "ci_autoscaler_nodes_needed") == 4
+        assert metric(app, "ci_autoscaler_builds_unplaceable") == 0
+    finally:
+        runtime.install(None)
+
+
+def test_nodes_needed_counts_the_pod_slots_a_node_added_has_left_after_its_daemonsets(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """Small nodes of a pod limit (EKS: an instance type's ENI limit sets max-pods, 8 here as
+    on a t3.micro; the kubelet reports it as allocatable `pods`, kube-scheduler's
+    NodeResourcesFit counts it), three slots of which the DaemonSets take (aws-node,
+    kube-proxy, ebs-csi-node): five builds a node added. Ten small builds wait: by cpu and
+    memory one node holds them all, by pods it takes two, and nodes_needed said 1."""
+    config = tmp_path / "config.yaml"
+    config.write_text(one_template_config("""
+        cpu: {min: 100m, default: 100m, max: 100m}
+        memory: {min: 128Mi, default: 128Mi, max: 128Mi}
+    """))
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    for name in ("a", "b"):
+        kube.add_node(name, cpu="4", memory="16Gi", pods="8")
+        for ds in ("aws-node", "kube-proxy", "ebs-csi-node"):
+            kube.add_pod("kube-system", f"{ds}-{name}", node=name, daemon_set=ds,
+                         requests=[{"cpu": "50m", "memory": "64Mi"}])
+        for i in range(5):  # the other five slots: a team's pods
+            kube.add_pod("shop", f"cart-{name}-{i}", node=name,
+                         requests=[{"cpu": "10m", "memory": "16Mi"}])
+    runtime.install(None)
+    try:
+        app = create_app()
+        client = app.test_client()
+        keys = [push(client, i) for i in range(10)]
+        work(app)
+        state = app.extensions["ci_autoscaler"].state
+        assert {state.get_build(k)["status"] for k in keys} == {"waiting"}
+        assert {state.get_build(k)["wait_reason"] for k in keys} == {"insufficient_pods"}
+        reconcile.reconcile_once(runtime.current())
+        assert metric(app, "ci_autoscaler_nodes_needed") == 2
         assert metric(app, "ci_autoscaler_builds_unplaceable") == 0
     finally:
         runtime.install(None)

@@ -65,6 +65,33 @@ def test_a_pod_with_our_label_whose_build_is_unknown_is_deleted_within_one_pass(
     assert "cia-left-behind" not in jenkins_fake.nodes
 
 
+def test_a_pod_whose_build_redis_lost_is_kept_while_its_agent_runs_the_build_in_jenkins(
+        app, kube, jenkins_fake, redis_conn):
+    """Redis lost every key (a Redis without persistence restarted, FLUSHALL, a failover to
+    a replica that lagged): the pods' builds are unknown, but Jenkins still runs them on our
+    agents. Deleting such a pod as an orphan killed a running build; it is kept while its
+    agent's executor runs something (computer/NAME/api/json, Executor.isIdle), and deleted
+    with its Jenkins node in the first pass after its build ended."""
+    push(app.test_client(), 1)
+    work(app)
+    (build,) = jenkins_fake.builds
+    (pod,) = kube.pods(NAMESPACE)
+    agent = pod["metadata"]["name"]
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]  # the build runs on it
+    redis_conn.flushdb()  # the data loss
+    rt = runtime.current()
+
+    for later in (0, 15, 10 * LOST_EVENT_SECONDS):
+        assert reconcile.reconcile_once(rt, now=time.time() + later)["pods_deleted"] == 0
+    assert pod_names(kube) == [agent] and deletes(kube, agent) == []
+    assert agent in jenkins_fake.nodes
+
+    jenkins_fake.finish_build(build.queue_id)
+    assert reconcile.reconcile_once(rt)["pods_deleted"] == 1
+    assert pod_names(kube) == [] and agent not in jenkins_fake.nodes
+
+
 def test_a_pod_without_our_label_is_never_touched_even_when_the_api_returns_it(app, kube):
     # kmock ignores label selectors, so our list returns these pods too.
     kube.add_foreign_pod(NAMESPACE, "someone-elses")

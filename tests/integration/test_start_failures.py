@@ -171,6 +171,27 @@ def test_a_pod_evicted_before_its_agent_connected_is_placed_again_once_then_fail
     assert failures_counted(app, "Evicted") == 1
 
 
+@pytest.mark.parametrize("reason", ["OutOfcpu", "OutOfpods", "UnexpectedAdmissionError"])
+def test_a_pod_the_kubelet_rejected_at_admission_is_placed_again_not_failed(
+        app, kube, jenkins_fake, reason):
+    """The kubelet of the node the scheduler bound the pod to refuses it at admission (its
+    own fit check found the node short, or the GPU's device plugin failed the allocation:
+    pkg/kubelet/lifecycle/predicate.go): phase Failed, reason OutOfcpu (OutOfpods,
+    UnexpectedAdmissionError), nothing of the build ever ran. No fault of the build: placed
+    again on another node, as an eviction before its agent connected is, not failed as
+    `pod_failed` with the push's developer told its build failed."""
+    key, agent, item = one_build(app, kube, jenkins_fake)
+
+    kube.kubelet_rejects(NAMESPACE, agent, node="node-a", reason=reason)
+    until(app, lambda: [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] not in ([agent], []))
+
+    build = state_of(app).get_build(key)
+    assert build["agent"] != agent and build["status"] == "triggered", build
+    assert not build.get("fail_reason")
+    assert "node-a" in build["excluded_nodes"] and agent not in jenkins_fake.nodes
+    assert jenkins_fake.cancelled_items == [] and failures_counted(app, "pod_failed") == 0
+
+
 def test_a_build_that_started_is_aborted_when_its_agent_is_killed_before_connecting(
         app, kube, jenkins_fake):
     """A Pipeline runs on the controller before any agent connects: its build is aborted."""

@@ -17,7 +17,7 @@ from tests.support.payloads import fixture
 from workers.adapters.redis_state import RedisState
 from workers.core.routing import AGENT_PARAMETER
 from workers.engine import started
-from workers.engine.intake import Mover
+from workers.engine.intake import Mover, record
 
 JENKINS = "https://jenkins.example.com"
 KEY, AGENT, JOB = "0123456789abcdef0123", "cia-build-0123456789ab", "team/build"
@@ -136,3 +136,35 @@ def test_the_webhook_ignores_and_counts_another_jobs_started(redis_url):
     assert state.intake.counts() == (0, 0)
     assert 'ci_autoscaler_notifications_ignored_total{reason="job_mismatch"} 1.0' in \
         client.get("/metrics").text
+
+
+# A STARTED record as the web writes it since 2026-12-06 (workers.engine.started.record), byte
+# for byte, on the failed list where a worker of an earlier release (before that web's records,
+# e.g. 5af0c86f) put it during a rolling upgrade: "intake record is not an event; set aside"
+# (KeyError: 'build'), seen with that release's worker beside today's web.
+OLD_WORKER_SET_ASIDE = (
+    b'{"delivery":"jenkins:started:0123456789abcdef0123:7","started":{"build_key":'
+    b'"0123456789abcdef0123","job":"team/build","number":7,"agent":"cia-build-0123456789ab",'
+    b'"queue_id":4,"build_url":"https://jenkins.example.com/job/team/job/build/7/",'
+    b'"received_at":1001.5}}')
+
+
+def test_a_started_an_earlier_releases_worker_set_aside_is_applied_by_this_one(state):
+    """Left on the failed list, the build stayed `triggered` and CIWebhookIntakeFailed paged
+    for a push "not made a job" until someone moved the record back by hand. What this
+    release cannot read either stays there, once (no loop through the intake)."""
+    unreadable = orjson.dumps({"delivery": "x", "started": {"build_key": KEY, "number": "7"}})
+    push = record("gitlab:late", {"build_key": "fedcba9876543210fedc", "agent_name": "cia-x",
+                                  "source": "gitlab", "project": "team/app",
+                                  "ref": "refs/heads/main", "sha": "b" * 40, "user": "u",
+                                  "job": "build", "template": "small", "parameters": {},
+                                  "received_at": 1000.0, "node_label": ""})
+    state.redis.rpush("cia:intake:failed", OLD_WORKER_SET_ASIDE, unreadable, push)
+
+    assert Mover(state, jenkins_url=JENKINS).drain() == 0
+    build = state.get_build(KEY)
+    assert (build["status"], build["jenkins_build"], build["started_at"]) == (
+        "running", "7", "1001.5")
+    assert state.redis.lrange("cia:intake:failed", 0, -1) == [unreadable, push]
+    assert Mover(state, jenkins_url=JENKINS).drain() == 0
+    assert state.intake.counts() == (0, 2) and state.queue.count == 0

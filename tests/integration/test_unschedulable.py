@@ -84,6 +84,13 @@ def waiting_metric(app, reason: str) -> float | None:
     return values[0] if values else None
 
 
+def gauge(app, name: str) -> float:
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    [value] = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + " ")]
+    return value
+
+
 def pod_writes(kube, agent: str) -> tuple[int, int]:
     """(creates, deletes) of the agent's pod the API server saw."""
     requests = kube.requests()
@@ -151,6 +158,12 @@ def test_after_k_refused_pods_the_build_waits_as_unschedulable_and_never_loops(
     assert any("waits as unschedulable" in r.getMessage() and r.scheduler_message == message
                for r in caplog.records)
     assert waiting_metric(app, "unschedulable") == 1
+    # It waits as any build does: the age that pages (CIBuildsWaitingTooLong) counts it from
+    # its arrival. Held out of the waiting set, it read 0 however long it waited.
+    arrived = float(build["received_at"])
+    age = gauge(app, "ci_autoscaler_oldest_unpaused_waiting_build_age_seconds")
+    assert 0 < age and age == pytest.approx(time.time() - arrived, abs=1)
+    assert gauge(app, "ci_autoscaler_oldest_waiting_build_age_seconds") == pytest.approx(age, abs=1)
     writes = pod_writes(kube, first)
     assert writes == (2, 1)  # two pods made, the first deleted; the last is left Pending
     assert pod_writes(kube, agent) == (2, 0) and agent != first
@@ -167,6 +180,7 @@ def test_after_k_refused_pods_the_build_waits_as_unschedulable_and_never_loops(
     reconcile.reconcile_once(rt)
     assert not state.get_build(key).get("wait_reason")
     assert waiting_metric(app, "unschedulable") in (None, 0)
+    assert gauge(app, "ci_autoscaler_oldest_unpaused_waiting_build_age_seconds") == 0
 
 
 def test_a_build_refused_on_every_node_waits_as_unschedulable_with_the_message(

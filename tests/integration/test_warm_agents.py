@@ -401,6 +401,30 @@ def test_a_pool_whose_max_no_node_holds_makes_its_agents_at_the_most_a_node_hold
     assert (state.nodes_needed, state.unplaceable) == (0, 0)
 
 
+def test_a_build_of_a_template_whose_max_no_node_holds_takes_the_warm_agent_made_at_that(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """A build with neither a hint nor a history wants what placement could give it, which is
+    the template's max only where a node holds that: on 4Gi nodes, the agent made at the most
+    a node holds (3712Mi) is all it could get the normal way. Wanting the 8Gi max, no push
+    ever took a warm agent of such a pool (a max at the nodes' size does it: allocatable is
+    below capacity), and every one missed until its job had a history."""
+    reconfigured(monkeypatch, tmp_path, ROOMY.replace("max: 1Gi}", "max: 8Gi}"))
+    kube.add_node("node-a", cpu="4", memory="4Gi")
+    kube.add_pod("kube-system", "node-agent-a", node="node-a",
+                 requests=[{"cpu": "100m", "memory": "128Mi"}])
+    rt = runtime.current()
+    [warm] = warm_up(rt, kube, jenkins_fake, "node-a")
+    assert pool_of(rt)[0].size == Resources(900, 3712 * MI)
+    key = push(app.test_client(), 0)
+    state = app.extensions["ci_autoscaler"].state
+    Mover(state).drain()  # the provision job only: the replacement is queued after it
+    SimpleWorker([state.queue], connection=state.redis,
+                 serializer=SERIALIZER).work(burst=True, max_jobs=1)
+    rec = record(app, key)
+    assert rec["warm_agent"] == warm and rec["agent"] == warm, rec
+    assert hits(app) == {"hit": 1, "miss": 0}
+
+
 def test_a_build_takes_the_warm_agent_whose_node_has_the_most_room(app, kube, jenkins_fake,
                                                                    monkeypatch):
     """Two idle agents on two nodes; the node of the one idle the longest (the one the claim
@@ -527,6 +551,26 @@ def test_the_pool_follows_arrivals_times_start_time_and_falls_back_to_min_when_i
     assert result["warm_retired"] == 3
     assert pool_of(rt) == [] and pod_names(kube) == set()
     assert not set(idle) & set(jenkins_fake.nodes)
+
+
+def test_builds_queued_in_jenkins_on_the_templates_label_grow_no_pool(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """Builds Jenkins queued by itself on the template's label (a timer, "Build Now", a
+    Pipeline's `node('small')` block) are adopted: their agents carry that label, and they
+    never take a warm agent (Jenkins hands the item to an agent with its label, and a warm
+    agent has its own name's only: workers.warm.claim). Counted as arrivals, 60 of them in 15
+    minutes kept 3 idle agents started for builds that could take none."""
+    reconfigured(monkeypatch, tmp_path, CONFIG.replace(
+        "warm: {min: 1, max: 2, idleSeconds: 600}", "warm: {min: 0, max: 3, idleSeconds: 600}"))
+    kube.add_node("node-a", cpu="16", memory="64Gi")
+    rt = runtime.current()
+    now = time.time()
+    for i in range(60):
+        rt.state.add_build(f"b{i}", {"received_at": now - 890 + i * 14, "template": "small",
+                                     "agent": f"a{i}", "node_label": "small-label",
+                                     "queue_item": str(i)})
+    assert pool.run(rt)["warm_started"] == 0
+    assert pool_of(rt) == [] and pod_names(kube) == set()
 
 
 def test_the_start_time_is_a_moving_average_of_the_recent_starts(app):

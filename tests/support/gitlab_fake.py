@@ -52,10 +52,16 @@ canceled, skipped), ``name``, ``ref``, ``target_url``, ``description``; 400 for 
 (``{"error":"state does not have a valid value"}``). While ``hold_status_lock(path, sha)``
 plays another update of that commit's statuses, a post is answered 409 (the service's lock
 per project and sha). Then: 404 ``{"message":"404 Commit Not Found"}`` for a commit the
-repository does not hold (a force-pushed one is still held: ``forget_commit``); the ref is the
-one posted, as it is, else the first branch whose head the commit is (404 "404 References for
-commit Not Found" if none). The status of that name and ref that is pending or running is
-found (``running_or_pending``), else a new one built (state created); its non-blank
+repository does not hold (a force-pushed one is still held: ``forget_commit``); the pipeline
+is the newest of the sha (and of the ref, if one is posted; the one of ``pipeline_id``, an
+Integer, if posted: 404 "404 Pipeline for pipeline_id, sha and ref Not Found" if it names
+none, ``delete_pipeline``), else a new external one (``add_pipeline`` plays GitLab CI
+making one; first_matching_pipeline, find_or_create_pipeline); the ref is the
+one posted, as it is, else that pipeline's, else the first branch whose head the commit is
+(404 "404 References for commit Not Found" if none). The status of that name and ref that is
+pending or running in that pipeline is found (``running_or_pending``, ``in_pipelines``), else
+a new one built (state created; older ones of its name in that pipeline are retried); every
+answer carries its ``pipeline_id`` (unless ``names_pipelines`` is False); its non-blank
 target_url and description are assigned, and validated (400 ``{"message": {"target_url":
 [...]}}``, nothing saved; see ``_status_errors``: http(s) only, the allowlist of
 ``deny_requests_except``, 255 characters for ref, target_url and description:
@@ -68,7 +74,9 @@ defaults (Ci::PipelinePolicy, protected_ref). Then the event runs: pending = ``e
 CommitStatus' state machine). An invalid transition is answered 400 ``{"message":"Cannot
 transition status via :run from :running (Reason(s): ...)"}`` (Ci::Pipelines::AddJobService
 rescues StateMachines::InvalidTransition) and, the transaction rolled back, keeps nothing.
-``status_posts`` records every POST's state, name,
+``GET /projects/:id/repository/commits/:sha/statuses`` lists the latest (not retried)
+statuses of the sha's pipelines, of the ``ref`` and ``name`` given, by id, paged (404 for a
+commit not held). ``status_posts`` records every POST's state, name,
 description, target_url and answer, in order. ``outage(seconds, status)`` answers every
 request that status for a while (500 ``{"message":"500 Internal Server Error"}``, or 429 as
 below with ``Retry-After``).
@@ -100,12 +108,12 @@ TOKEN = "glpat-catchup-test-7Hq2"
 DEFAULT_PER_PAGE, MAX_PER_PAGE = 20, 100
 STATUS_STATES = ("pending", "running", "success", "failed", "canceled", "skipped")
 # The state machine's event per posted state, and the states each event moves from
-# (app/models/commit_status.rb; skip only from created).
+# (app/models/commit_status.rb, GitLab 18: skip from created or pending).
 _EVENTS = {"pending": ("enqueue", ("created",)), "running": ("run", ("pending",)),
            "success": ("success", ("created", "pending", "running")),
            "failed": ("drop", ("created", "pending", "running")),
            "canceled": ("cancel", ("created", "pending", "running")),
-           "skipped": ("skip", ("created",))}
+           "skipped": ("skip", ("created", "pending"))}
 STATUS_TEXT_MAX_CHARS = 255
 _ROLES = ("guest", "reporter", "developer", "maintainer", "owner")
 _ids = itertools.count(1)
@@ -152,6 +160,12 @@ class FakeProject:
     statuses: list[dict[str, Any]] = field(default_factory=list)
     status_posts: list[dict[str, Any]] = field(default_factory=list)
     status_locks: set[str] = field(default_factory=set)  # shas another update holds
+    # The project's pipelines, oldest first: {"id", "sha", "ref", "source"}. A status goes
+    # into one of them (see _post_status); add_pipeline plays GitLab CI making one.
+    pipelines: list[dict[str, Any]] = field(default_factory=list)
+    # Ids of statuses a newer one of the same name in the same pipeline superseded
+    # (AddJobService: job.update_older_statuses_retried!): the list leaves them out.
+    retried: set[int] = field(default_factory=set)
     # Every commit the repository holds: each sha a branch or tag pointed at, kept after a
     # force-push or a branch delete moved the ref away (unreachable objects stay until
     # housekeeping prunes them: forget_commit).
@@ -201,6 +215,9 @@ class GitLabFake:
         # maintainer); a token not named here is a maintainer's. See _post_status, and
         # _project_api for a guest's reads.
         self.roles: dict[str, str] = {}
+        # False plays a GitLab before gitlab-org/gitlab!127559 (mid-2023), whose statuses
+        # (API::Entities::CommitStatus) carry no pipeline_id
+        self.names_pipelines = True
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -318,6 +335,25 @@ class GitLabFake:
         protected.md)."""
         with self._lock:
             self.projects[path].protected.add(ref)
+
+    def add_pipeline(self, path: str, sha: str, ref: str, *, source: str = "web") -> int:
+        """GitLab makes a pipeline of the commit on `ref` (a project with a .gitlab-ci.yml:
+        its push pipeline, or one run by hand with "Run pipeline", source web): from then on
+        it is the newest pipeline of that sha and ref, the one a status posted without a
+        `pipeline_id` goes into (Ci::CreateCommitStatusService#first_matching_pipeline).
+        Its id."""
+        with self._lock:
+            pipeline = {"id": next(_ids), "sha": sha, "ref": ref, "source": source}
+            self.projects[path].pipelines.append(pipeline)
+            return pipeline["id"]
+
+    def delete_pipeline(self, path: str, pipeline_id: int) -> None:
+        """A Maintainer deletes the pipeline, its statuses with it (Ci::DestroyPipelineService)."""
+        with self._lock:
+            project = self.projects[path]
+            project.pipelines = [p for p in project.pipelines if p["id"] != pipeline_id]
+            project.statuses = [s for s in project.statuses
+                                if s["pipeline_id"] != pipeline_id]
 
     def forget_commit(self, path: str, sha: str) -> None:
         """The repository no longer holds the commit (housekeeping pruned it once no ref
@@ -531,6 +567,9 @@ class GitLabFake:
             if not project.hooks_readable:
                 return _json({"message": "403 Forbidden"}, 403, headers)
             return self._page(request, list(project.hooks), headers)
+        if request.method == "GET" and len(rest) == 4 and \
+                rest[:2] == ["repository", "commits"] and rest[3] == "statuses":
+            return self._list_statuses(request, project, rest[2], headers)
         if request.method == "POST" and len(rest) == 2 and rest[0] == "statuses":
             return self._post_status(request, project, rest[1], token, headers)
         return _json({"error": "404 Not Found"}, 404, headers)
@@ -574,6 +613,11 @@ class GitLabFake:
         state = data.get("state")
         if state not in STATUS_STATES:
             return _json({"error": "state does not have a valid value"}, 400, headers)
+        if data.get("pipeline_id") is not None:  # Grape: optional :pipeline_id, type: Integer
+            try:
+                data = {**data, "pipeline_id": int(data["pipeline_id"])}
+            except (TypeError, ValueError):
+                return _json({"error": "pipeline_id is invalid"}, 400, headers)
         role = _ROLES.index(self.roles.get(token, "maintainer"))
         if role < _ROLES.index("developer"):  # authorize! :create_commit_status
             return _json({"message": "403 Forbidden"}, 403, headers)
@@ -590,18 +634,38 @@ class GitLabFake:
         # Ci::CreateCommitStatusService#validate: the commit first, then the ref: the one
         # posted, as it is (not looked up), else the first branch that contains the commit
         # (repository.branch_names_contains; here: a branch whose head it is).
-        name = data.get("name") or data.get("context") or "default"
+        # params[:name] || params[:context] || 'default': Ruby's ||, so a blank name is kept
+        # (and refused below: CommitStatus validates :name, presence: true)
+        name = next((data[k] for k in ("name", "context") if data.get(k) is not None),
+                    "default")
         post = {"sha": sha, "state": state, "name": name,
                 "description": data.get("description"),
-                "target_url": data.get("target_url")}
+                "target_url": data.get("target_url"), "pipeline_id": data.get("pipeline_id")}
         if sha not in project.commits:
             project.status_posts.append({**post, "answer": 404})
             return _json({"message": "404 Commit Not Found"}, 404, headers)
-        ref = data.get("ref") or next(
+        # first_matching_pipeline: the newest pipeline of the sha, of the ref posted if any,
+        # the one of pipeline_id if one is posted; the ref: the one posted, else that
+        # pipeline's, else the first branch that contains the commit (repository.
+        # branch_names_contains; here: a branch whose head it is).
+        matching = [p for p in reversed(project.pipelines) if p["sha"] == sha
+                    and (not data.get("ref") or p["ref"] == data["ref"])
+                    and (post["pipeline_id"] is None or p["id"] == post["pipeline_id"])]
+        ref = data.get("ref") or (matching[0]["ref"] if matching else None) or next(
             (n for n, c in sorted(project.branches.items()) if c.sha == sha), None)
         if not ref:
             project.status_posts.append({**post, "answer": 404})
             return _json({"message": "404 References for commit Not Found"}, 404, headers)
+        if post["pipeline_id"] is not None and not matching:
+            # #validate: a pipeline_id that names no pipeline of this sha and ref (deleted)
+            project.status_posts.append({**post, "answer": 404})
+            return _json({"message": "404 Pipeline for pipeline_id, sha and ref Not Found"},
+                         404, headers)
+        # find_or_create_pipeline: saved before the checks below, whatever they answer
+        pipeline = matching[0] if matching else None
+        if pipeline is None:
+            pipeline = {"id": next(_ids), "sha": sha, "ref": ref, "source": "external"}
+            project.pipelines.append(pipeline)
         if ref in project.protected and role < _ROLES.index("maintainer"):
             # Ci::PipelinePolicy: protected_ref (Gitlab::UserAccess#can_update_branch? or
             # #can_create_tag? false) prevents :update_pipeline, and the service answers
@@ -611,12 +675,17 @@ class GitLabFake:
         # attributes_for_keys (lib/api/helpers.rb) keeps only the present (non-blank) ones.
         attrs = {k: data[k] for k in ("target_url", "description") if data.get(k)}
         errors = self._status_errors({**attrs, "ref": ref})
+        if not str(name).strip():
+            errors["name"] = ["can't be blank"]
         if errors:  # commit_status.invalid? -> bad_request(errors.messages): nothing saved
             project.status_posts.append({**post, "answer": 400})
             return _json({"message": errors}, 400, headers)
         now = _iso(time.time())
-        status = next((s for s in project.statuses if s["sha"] == sha and s["name"] == name
-                       and s["ref"] == ref and s["status"] in ("pending", "running")), None)
+        # external_commit_status_scope: running_or_pending, in_pipelines(pipeline), for_ref,
+        # by_name (and for_user: one token's user here)
+        status = next((s for s in project.statuses if s["pipeline_id"] == pipeline["id"]
+                       and s["name"] == name and s["ref"] == ref
+                       and s["status"] in ("pending", "running")), None)
         if self._failing_posts:  # AddJobService's rescue StandardError: rolled back
             project.status_posts.append({**post, "answer": 400})
             return _json({"message": self._failing_posts.pop(0)}, 400, headers)
@@ -626,6 +695,7 @@ class GitLabFake:
                       "name": name, "target_url": None, "description": None,
                       "created_at": now, "started_at": None, "finished_at": None,
                       "allow_failure": False, "coverage": None,
+                      "pipeline_id": pipeline["id"],
                       "author": {"id": 1, "username": "ci-autoscaler",
                                  "name": "ci-autoscaler"}}
         current = status["status"]
@@ -640,6 +710,8 @@ class GitLabFake:
                           f":{current} (Reason(s): Status cannot transition via "
                           f"\"{event}\")"}, 400, headers)
         if not found:
+            project.retried.update(s["id"] for s in project.statuses
+                                   if s["pipeline_id"] == pipeline["id"] and s["name"] == name)
             project.statuses.append(status)
         status.update(attrs)
         status["status"] = state
@@ -648,7 +720,28 @@ class GitLabFake:
         if state in STATUS_STATES[2:]:
             status["finished_at"] = now
         project.status_posts.append({**post, "answer": 201})
-        return _json(status, 201, headers)
+        return _json(self._entity(status), 201, headers)
+
+    def _entity(self, status: dict[str, Any]) -> dict[str, Any]:
+        return status if self.names_pipelines else \
+            {k: v for k, v in status.items() if k != "pipeline_id"}
+
+    def _list_statuses(self, request: Request, project: FakeProject, sha: str,
+                       headers: dict[str, str]) -> Response:
+        """GET /projects/:id/repository/commits/:sha/statuses (lib/api/commit_statuses.rb):
+        404 "404 Commit Not Found" for a commit the repository does not hold; else the
+        statuses of the sha's pipelines, the latest only (not retried) unless `all`, of the
+        `ref` and `name` given, ordered by id, paged; each with its pipeline_id (exposed since
+        gitlab-org/gitlab!127559)."""
+        if sha not in project.commits:
+            return _json({"message": "404 Commit Not Found"}, 404, headers)
+        ref, name = request.args.get("ref"), request.args.get("name")
+        every = request.args.get("all") in ("true", "True", "1")
+        items = [s for s in project.statuses if s["sha"] == sha
+                 and (every or s["id"] not in project.retried)
+                 and (not ref or s["ref"] == ref) and (not name or s["name"] == name)]
+        return self._page(request, [self._entity(s) for s in sorted(items, key=lambda s: s["id"])],
+                          headers)
 
     def _status_errors(self, attrs: dict[str, str]) -> dict[str, list[str]]:
         """The validation errors of a commit status's texts, as errors.messages gives them.

@@ -91,7 +91,7 @@ Agent/Delete.
 
 Limits: crumbs are not bound to a web session; nothing builds by itself (the test starts and
 finishes builds); ``fail_next`` answers before auth; every parameter is a string parameter;
-``tree`` is applied to job pages and a computer's own page only.
+``tree`` is applied to job pages, a computer's own page, the computers' list and the queue only.
 """
 
 from __future__ import annotations
@@ -1052,11 +1052,13 @@ class JenkinsFake:
             return _json({"_class": "hudson.model.User", "id": self.user,
                           "fullName": self.user, "absoluteUrl": f"{self.url}/user/{self.user}"})
         if path == "/computer/api/json":
-            return _json({"_class": "hudson.model.ComputerSet", "busyExecutors": 0,
-                          "displayName": "Nodes",
-                          "totalExecutors": sum(n.num_executors for n in self.nodes.values()),
-                          "computer": [self._built_in_computer()]
-                          + [self._computer(n) for n in self.nodes.values()]})
+            computers = {"_class": "hudson.model.ComputerSet", "busyExecutors": 0,
+                         "displayName": "Nodes",
+                         "totalExecutors": sum(n.num_executors for n in self.nodes.values()),
+                         "computer": [self._built_in_computer()]
+                         + [self._computer(n) for n in self.nodes.values()]}
+            tree = request.args.get("tree")  # hudson.model.Api: only what the tree names
+            return _json(_tree(computers, tree) if tree else computers)
         if path == "/computer/doCreateItem":
             return _post_only(method) or self._missing(
                 "Agent/Create", "hudson.model.Computer.Create") or self._create_node(request)
@@ -1101,20 +1103,37 @@ class JenkinsFake:
                                   request.args.get("tree"))
         return _error(404, "Not Found")
 
-    @staticmethod
-    def _built_in_computer() -> dict[str, Any]:
+    def _built_in_computer(self) -> dict[str, Any]:
         """The built-in node's computer as Jenkins lists it first (ComputerSet.get_all:
         Jenkins.getComputers, the built-in one first): no executors here (numExecutors 0, as
         the controller's own should have), online (a LocalChannel), described by
-        Messages.Hudson_NodeDescription."""
+        Messages.Hudson_NodeDescription. Its `oneOffExecutors` run the Pipeline runs in
+        progress: a WorkflowRun is a Queue.FlyweightTask, which Queue.makeFlyWeightTaskBuildable
+        starts on the built-in node's computer (kept for this even with no executors:
+        AbstractCIBase.updateComputerList) as a OneOffExecutor; each exports its
+        currentExecutable, the run with its own exported fields (number, url, actions...),
+        between node blocks (an `input`, a `sleep`) as much as within one."""
+        runs = [b for b in self.builds if b.state == "running" and b.number is not None
+                and getattr(self.job(b.job), "kind", WORKFLOW_JOB) == WORKFLOW_JOB]
+        # Executor.getCurrentExecutableForApi: null for a run of a job we may not READ
+        one_off = [{"_class": "hudson.model.OneOffExecutor", "idle": False,
+                    "likelyStuck": False, "number": -1, "progress": -1,
+                    "currentExecutable": None if not self._readable(b.job) else {
+                        "_class": "org.jenkinsci.plugins.workflow.job.WorkflowRun",
+                        "number": b.number, "building": True, "result": None,
+                        "url": self._run_url(b), "actions": [{
+                            "_class": "hudson.model.ParametersAction", "parameters": [
+                                {"_class": "hudson.model.StringParameterValue", "name": k,
+                                 "value": v} for k, v in b.parameters.items()]}]}}
+                   for b in runs]
         return {"_class": BUILT_IN_COMPUTER, "actions": [], "assignedLabels": [
                     {"name": "built-in"}], "description": "the Jenkins controller's built-in node",
                 "displayName": BUILT_IN_NAME, "executors": [], "icon": "symbol-computer",
                 "iconClassName": "icon-computer", "idle": True, "jnlpAgent": False,
                 "launchSupported": True, "manualLaunchAllowed": True, "monitorData": {},
                 "numExecutors": 0, "offline": False, "offlineCause": None,
-                "offlineCauseReason": "", "oneOffExecutors": [], "temporarilyOffline": False,
-                "absoluteRemotePath": None}
+                "offlineCauseReason": "", "oneOffExecutors": one_off,
+                "temporarilyOffline": False, "absoluteRemotePath": None}
 
     def _dying_computer(self, name: str) -> FakeNode | None:
         """The computer of a deleted node while its executor still runs a Pipeline block:

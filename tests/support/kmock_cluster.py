@@ -231,6 +231,9 @@ class KubeServer:
         # (namespace, name) -> (the pod, when its DELETE came)
         self._quota_lag = 0.0
         self._deleted_late: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
+        # PodMetrics of pods not Running, held back from metrics.k8s.io until they run
+        # (_pod_metrics_labels): stored key -> the PodMetrics as last given
+        self._metrics_held: dict[Any, dict[str, Any]] = {}
         # as_chart_service_account: each installation's ServiceAccount token -> the agent
         # namespace its Role is in, and every request of one RBAC refused, "METHOD /path: ..."
         self._service_accounts: dict[str, str] = {}
@@ -510,6 +513,26 @@ class KubeServer:
                                          "reason": "TerminationByKubelet",
                                          "message": message}])
 
+    def kubelet_rejects(self, namespace: str, name: str, *, node: str,
+                        reason: str = "OutOfcpu",
+                        message: str = "Node didn't have enough resource: cpu, requested: "
+                                       "1100, used: 7500, capacity: 8000") -> None:
+        """The pod bound to `node` (the scheduler's part), then refused by that node's kubelet
+        at admission: its own fit check found the node short (its view of the node's pods
+        ahead of the scheduler's: a pod it still runs, a device plugin that lost its GPU).
+        pkg/kubelet/lifecycle/predicate.go Admit: reason "OutOf<resource>" for a resource
+        short (OutOfcpu, OutOfmemory, OutOfpods, OutOfnvidia.com/gpu), the predicate's name
+        for another (NodeAffinity), UnexpectedAdmissionError when a device allocation
+        failed; kubelet.go rejectPod writes phase Failed with that reason and the message
+        "Pod was rejected: " + the predicate's, and no container was ever created (no
+        containerStatuses)."""
+        self._core().patch_namespaced_pod(name, namespace, {"spec": {"nodeName": node}},
+                                          _request_timeout=_CALL_TIMEOUT)
+        status = {"phase": "Failed", "reason": reason,
+                  "message": f"Pod was rejected: {message}", "startTime": _now()}
+        self._core().patch_namespaced_pod_status(name, namespace, {"status": status},
+                                                 _request_timeout=_CALL_TIMEOUT)
+
     def add_foreign_pod(self, namespace: str, name: str, *,
                         labels: dict[str, str] | None = None) -> None:
         """A pod someone else made (no managed-by label of ours unless given in labels)."""
@@ -760,12 +783,28 @@ class KubeServer:
         a label patched on a pod (a warm agent claimed, a failed build's pod kept) is on its
         next PodMetrics with the usage of the last scrape. Stored PodMetrics of a pod that
         exists get its labels now; one without a pod keeps the labels the test gave (kinder
-        than metrics-server, which lists none for it: tests of the watch alone use that)."""
+        than metrics-server, which lists none for it: tests of the watch alone use that).
+        Nor does metrics-server serve PodMetrics for a pod that is not Running (Pending: its
+        image pulling; Succeeded or Failed: its containers ended, the kubelet reports none):
+        metrics-server pkg/api/pod.go, getPodMetrics, "ignore pod not in Running phase"
+        (later releases: the kubelet's /metrics/resource has running containers only). Those
+        of a pod not Running are held back, and served again once it runs."""
         objects = self._emu.objects
+        for key, raw in list(self._metrics_held.items()):
+            pod_key = (PODS, key[1], key[2])
+            if pod_key in objects and not objects[pod_key].deleted and (
+                    objects[pod_key].raw.get("status") or {}).get("phase") == "Running":
+                if objects[key].deleted:  # else given anew since
+                    objects[key] = raw
+                del self._metrics_held[key]
         for key, obj in list(objects.items()):
             pod_key = (PODS, key[1], key[2])
             if key[0] != POD_METRICS or obj.deleted or pod_key not in objects \
                     or objects[pod_key].deleted:
+                continue
+            if (objects[pod_key].raw.get("status") or {}).get("phase") != "Running":
+                self._metrics_held[key] = copy.deepcopy(obj.raw)
+                obj.delete()
                 continue
             labels = (objects[pod_key].raw.get("metadata") or {}).get("labels") or {}
             if (obj.raw.get("metadata") or {}).get("labels") != labels:

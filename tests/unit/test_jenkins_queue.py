@@ -164,3 +164,16 @@ REBUILD = "com.sonyericsson.rebuild.RebuildCause"
 def test_an_item_is_our_own_triggers_only_when_our_user_alone_queued_it(causes, ours):
     assert queued_by_only(causes, "ci-bot") is ours
     assert queued_by_only(causes, "") is False  # no user set: nothing is told ours
+
+
+def test_a_run_of_a_job_named_in_another_case_is_the_same_run():
+    """A route naming job "Build" triggers Jenkins' "build" (Jenkins finds items in any
+    case: Jenkins.items is CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_ORDER)), whose runs,
+    node blocks and queue items name it "build": the build's run, made from the route's name,
+    was not found among its agent's blocks (workers.engine.lost_runs: a lost agent's block
+    was never retried) nor its queue's (agent_starts.unreached, lost_runs._blocks_waiting)."""
+    ours = RunRef("Team/Build", 5)
+    jenkins = run_of_url("http://jenkins/job/team/job/build/5/")
+
+    assert ours == jenkins and ours in {jenkins} and ours in (jenkins,)
+    assert RunRef("Team/Build", 6) != jenkins and RunRef("Team/Builds", 5) != jenkins

@@ -42,6 +42,8 @@ def test_an_end_of_another_run_than_the_builds_is_refused(build_run, number, ok)
     # no item is named "", "." or "..": another spelling of a path, the job "build" itself
     ("build", "../build", False), ("build", "/build", False), ("a/build", "a//build", False),
     ("build", "./build", False), ("a/build", "a/x/../build", False), ("build", " ../build", False),
+    # names in any case, as Jenkins finds items (a route naming "Build", Jenkins' "build")
+    ("Build", "team/build", True), ("team/Build", "build", True), ("Build", "build", False),
 ])
 def test_a_moved_job_keeps_its_name_under_another_parent(build_job, notified, moved):
     assert moved_job(build_job, notified) is moved

@@ -344,18 +344,23 @@ def waiting(draw):
 @settings(max_examples=80, deadline=None)
 @given(st.data(), clusters(), waiting(),
        st.none() | st.sampled_from([Resources(8000, 32 * GI), Resources(2000, 4 * GI)]),
-       targets)
+       targets, st.none() | st.builds(
+           Limits, pods=st.none() | st.integers(1, 6),
+           ephemeral_bytes=st.none() | st.sampled_from([15 * GI, 40 * GI]),
+           extended=st.sampled_from([(), ((GPU, 1),), ((GPU, 2),)])))
 def test_plan_on_the_index_is_the_first_fit_decreasing_plan(data, cluster, builds, reference,
-                                                            target):
+                                                            target, limits):
     changed = data.draw(changes(cluster))
     index = PlacementIndex(target)
     index.replace_all(cluster)
     nodes = reference_nodes(cluster, changed)
-    assert capacity_state_on_index(builds, index, reference, changed=changed) == \
-        capacity_state(builds, nodes, reference, target_utilisation=target)
+    assert capacity_state_on_index(builds, index, reference, changed=changed,
+                                   fresh_limits=limits) == \
+        capacity_state(builds, nodes, reference, target_utilisation=target,
+                       fresh_limits=limits)
     shape = reference or Resources(8000, 32 * GI)
-    assert plan_on_index(builds, index, shape, changed=changed) == \
-        plan(builds, nodes, shape, target_utilisation=target)
+    assert plan_on_index(builds, index, shape, changed=changed, fresh_limits=limits) == \
+        plan(builds, nodes, shape, target_utilisation=target, fresh_limits=limits)
 
 
 class CountingList(list):

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from workers.core import node_affinity
 from workers.core.capacity import WaitingBuild, capacity_state, plan, reference_shape, shortfall
 from workers.core.cluster import NodeState, Resources, Taint
-from workers.core.fit import lacks, needs
+from workers.core.fit import Limits, lacks, needs
 from workers.core.models import CpuRange, MemoryRange, PodTemplate, Toleration
 from workers.core.placement import Placement, Wait, decide, free, why_not
 
@@ -270,10 +270,14 @@ def test_nodes_needed_is_zero_iff_every_waiting_build_fits(waiting, cluster):
 
 
 @settings(max_examples=200, deadline=None)
-@given(waiting_builds(), clusters(max_nodes=6))
-def test_the_waiting_builds_fit_onto_that_many_fresh_reference_nodes(waiting, cluster):
+@given(waiting_builds(), clusters(max_nodes=6), st.none() | st.integers(1, 4))
+def test_the_waiting_builds_fit_onto_that_many_fresh_reference_nodes(waiting, cluster,
+                                                                    fresh_pods):
+    """`fresh_pods`: the pod slots a fresh node has for builds (its max-pods less its
+    DaemonSets' pods): no fresh node is planned more builds than that."""
     reference = Resources(8000, 32 * GI)
-    result = plan(waiting, cluster, reference)
+    result = plan(waiting, cluster, reference,
+                  fresh_limits=None if fresh_pods is None else Limits(pods=fresh_pods))
     fresh = {f"new-{i}": [] for i in range(result.nodes_needed)}
     for w in waiting:
         where = result.assignment[w.build_key]
@@ -281,6 +285,7 @@ def test_the_waiting_builds_fit_onto_that_many_fresh_reference_nodes(waiting, cl
             fresh[where].append(w.min_size)
     for sizes in fresh.values():
         assert sizes and Resources.total(sizes).fits_in(reference)
+        assert fresh_pods is None or len(sizes) <= fresh_pods
     placed_somewhere = sum(len(v) for v in fresh.values()) + sum(
         1 for v in result.assignment.values() if v is not None and not v.startswith("new-"))
     assert placed_somewhere == len(waiting) - result.unplaceable == len(waiting)

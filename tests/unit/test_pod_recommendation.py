@@ -105,3 +105,23 @@ def test_a_floor_stored_by_the_release_before_is_the_builds_size():
     converted = podsize.pod_history(WITH_SERVICE, history)
     stored = UsageHistory.from_dict(json.loads(json.dumps(converted.to_dict())))
     assert (stored.oom_floor_bytes, stored.build_floor_bytes) == (8 * GIB + 512 * MIB, 0)
+
+
+TMPFS = PodTemplate.model_validate({"image": "python:3.12", **RANGES, "workspaceVolume": {
+    "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}})
+OWN_AGENT = PodTemplate.model_validate({"image": "jenkins/inbound-agent", **RANGES,
+                                        "agentInjection": False})
+
+
+@given(st.sampled_from([INJECTED, TMPFS, OWN_AGENT, WITH_SERVICE]),
+       st.integers(min_value=512 * MIB, max_value=16 * GIB))
+@settings(max_examples=50, deadline=None)
+def test_the_builds_size_read_back_from_its_containers_limit(template, memory):
+    """An OOM kill knows the killed container's limit (the pod's spec); a build record without
+    its size (workers.job_history.learn) reads the size from it. The limit holds the injected
+    agent's share and the tmpfs on top of the size: read whole, an OOM kill's floor counted
+    them twice (pod_memory adds them again)."""
+    first = podsize.container_requests(template, Resources(1000, memory))
+    build = first[1] if template.build_containers and not template.agent_injection \
+        else first[0]
+    assert podsize.limit_build_memory(template, build.memory_bytes) == memory

@@ -25,6 +25,19 @@ def test_a_build_with_no_history_or_hint_wants_the_templates_max_memory():
     assert wanted(template, template) == Want(R(1000, 4 * GI), cpu=False)
 
 
+@given(st.integers(min_value=1 * GI, max_value=8 * GI))
+def test_an_agent_made_at_what_the_biggest_node_holds_covers_a_build_with_no_history(node):
+    """The pool makes its agents at the template's max, no more than a node holds
+    (agent_size); a build with neither a hint nor a history wants the same, so it takes one.
+    Wanting the max that no node holds, it missed every such agent."""
+    template = _template()
+    largest = R(4000, node)
+    agent = agent_size(template, [], largest)
+    want = wanted(template, template, largest=largest)
+    assert covers(agent, want)
+    assert want.size.memory_bytes == min(4 * GI, max(512 * MI, node - 256 * MI))
+
+
 def test_a_build_sized_from_history_wants_its_history_size_and_a_hint_its_cpu_too():
     template = _template()
     history = with_default(template, Recommendation(1500, 768 * MI, SizeSource.HISTORY, 5))

@@ -596,6 +596,13 @@ class CapacityStore:
                 return None
         return None  # not reached: itertools.count never ends
 
+    @staticmethod
+    def oldest_held_since(state: Mapping[str, str]) -> float | None:
+        """From a read_state: when the longest-waiting build held as unschedulable arrived
+        (write_state's `held_since`), or None."""
+        value = state.get("held_since") or ""
+        return float(value) if value else None
+
     def mark_paused(self, paused: dict[str, bool]) -> None:
         """Set the pause marks of waiting builds (build key -> paused) from their wait reasons,
         on every refresh of the capacity state: a build paused before the mark existed (an
@@ -629,10 +636,13 @@ class CapacityStore:
     def write_state(self, state: CapacityState, nodes: Iterable[NodeRow],
                     *, reasons: dict[str, int], metrics_available: bool,
                     too_big: Mapping[str, str] | None = None,
+                    held_since: float | None = None,
                     now: float | None = None) -> list[str]:
         """The capacity state and one row per node (see placement.NodeRow), replacing the
         rows written before; `too_big`: why each build bigger than a reference node waits
-        (waiting_text.too_big_text), which the status page shows. The builds of `too_big`
+        (waiting_text.too_big_text), which the status page shows; `held_since`: when the
+        longest-waiting build held as unschedulable arrived (its pod left Pending to the
+        scheduler, it is not in the waiting set: oldest_held_since). The builds of `too_big`
         no write of the last TOO_BIG_NOTED_SECONDS named (to be logged once each)."""
         too_big = dict(too_big or {})
         now = time.time() if now is None else now
@@ -645,6 +655,7 @@ class CapacityStore:
             "reference_memory_bytes": state.reference.memory_bytes,
             "metrics_available": int(metrics_available),
             "reasons": json.dumps(reasons), "updated_at": now,
+            "held_since": "" if held_since is None else repr(held_since),
         }
         # JSON of plain ints, formatted directly: this runs for every node on every decision
         per_node = {name: f'{{"allocatable": [{ac}, {am}], "requested": [{rc}, {rm}], '

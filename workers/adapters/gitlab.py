@@ -89,6 +89,7 @@ _LOCK_FAILED = "Failed to obtain a lock"
 # API::Helpers#find_project!'s answer for a project the token's user may not see, or none at
 # that id or path (not_found!('Project')): a commit or ref GitLab does not find says so.
 _PROJECT_NOT_FOUND = "404 Project Not Found"
+_PIPELINE_NOT_FOUND = "404 Pipeline for pipeline_id"
 # require_repository_enabled!'s answer (not_found!('Repository')): the project's Repository
 # feature is off for the token's user.
 _REPOSITORY_NOT_FOUND = "404 Repository Not Found"
@@ -114,6 +115,12 @@ class Forbidden(PermanentError):
     """GitLab answered 403 (not insufficient_scope) to a commit status: the token's user may
     not set statuses in that project, or on that protected ref. Every build of the project
     (or ref) is refused alike until someone changes the role or the protection."""
+
+
+class PipelineGone(PermanentError):
+    """GitLab answered 404 "Pipeline for pipeline_id, sha and ref Not Found" to a commit
+    status posted with a pipeline_id (Ci::CreateCommitStatusService#validate): that pipeline
+    was deleted. Nothing was saved; the same post without it goes into the newest one."""
 
 
 class LinkRefused(PermanentError):
@@ -369,14 +376,18 @@ def project_hooks(*, gl: gitlab.Gitlab, project: str | int,
 def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, name: str,
                       target_url: str | None = None, description: str | None = None,
                       ref: str | None = None, max_retries: int = MAX_RETRIES,
-                      project_id: int | str | None = None) -> dict[str, Any]:
+                      project_id: int | str | None = None,
+                      pipeline_id: int | str | None = None) -> dict[str, Any]:
     """POST /projects/:id/statuses/:sha (needs the api scope): the status GitLab stored.
     With max_retries=0 a 429 or 5xx is not tried again here: the RetryableError carries the
     wait GitLab asked for (Retry-After, or the RateLimit-* reset), for a caller that keeps
     its own schedule (workers.commit_statuses). With `project_id`, the post goes to the
     project by its numeric id, which a rename or move keeps (GitLab follows an old path only
-    until another project or group takes it); `project` (its path) names it in messages."""
+    until another project or group takes it); `project` (its path) names it in messages.
+    With `pipeline_id`, into that pipeline, not the newest of the sha and ref."""
     data = {"state": state, "name": name}
+    if pipeline_id:
+        data["pipeline_id"] = int(pipeline_id)  # Grape: type: Integer
     if target_url:
         data["target_url"] = target_url
     if description:
@@ -407,6 +418,9 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
                 f"protected branch or tag ({ref or 'the ref'} here, if protected), leave to "
                 "push or merge to it (to create it): the Maintainer role by GitLab's "
                 "defaults; an archived project is read-only to all") from err.__cause__
+        if getattr(err.__cause__, "response_code", None) == 404 and pipeline_id and \
+                _message(err.__cause__).startswith(_PIPELINE_NOT_FOUND):
+            raise PipelineGone(str(err)) from err.__cause__
         if getattr(err.__cause__, "response_code", None) == 404 and \
                 _message(err.__cause__) == _PROJECT_NOT_FOUND:
             # find_project! before anything else: every build of the project is refused alike
@@ -427,6 +441,19 @@ def set_commit_status(*, gl: gitlab.Gitlab, project: str, sha: str, state: str, 
                 session.last_pause.seconds:
             err.retry_after = session.last_pause.seconds
         raise
+
+
+def commit_statuses(*, gl: gitlab.Gitlab, project: str, sha: str, name: str,
+                    ref: str | None = None, project_id: int | str | None = None,
+                    max_retries: int = MAX_RETRIES) -> list[dict[str, Any]]:
+    """GET /projects/:id/repository/commits/:sha/statuses of that name (and ref), every page:
+    the latest statuses of the commit's pipelines, each with its pipeline_id (a GitLab since
+    gitlab-org/gitlab!127559). With max_retries=0 a 429 or 5xx is not tried again here."""
+    params = {"name": name, **({"ref": ref} if ref else {})}
+    with _translated(f"read the commit statuses {name} of {project}@{sha[:12]}"):
+        commit = _project(gl, project_id or project).commits.get(sha, lazy=True)
+        return [s.asdict() for s in commit.statuses.list(
+            get_all=True, max_retries=max_retries, **params)]
 
 
 def _refused_fields(err: PermanentError) -> set[str]:

@@ -24,7 +24,8 @@ Keys (under the prefix):
   ``intake:claimed:<mover>``   list: the records a mover took and has not finished
   ``intake:movers``            set: the movers that may hold records
   ``intake:mover:<mover>``     a mover's heartbeat (expires unless renewed)
-  ``intake:failed``            list: records no job could be made of (logged; kept to inspect)
+  ``intake:failed``            list: records no job could be made of (logged; kept to inspect);
+                               one a later release reads is put back (Mover.retake_set_aside)
 """
 
 from collections.abc import Iterable
@@ -102,6 +103,19 @@ end
 redis.call('RPUSH', KEYS[3], ARGV[1])
 return redis.call('LREM', KEYS[1], 1, ARGV[1])
 """
+# KEYS[1] the failed list, KEYS[2] the intake; ARGV the records to put back: each one still on
+# the failed list goes to the intake's end, once (two movers taking the same record back
+# make one record of it). How many went.
+_RETAKE = """
+local n = 0
+for i = 1, #ARGV do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    redis.call('RPUSH', KEYS[2], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
 # KEYS[1] the mover's heartbeat, KEYS[2] its claimed list, KEYS[3] the intake, KEYS[4] the
 # movers set; ARGV[1] the mover. Nothing is moved while the heartbeat lives.
 _RECOVER = """
@@ -155,6 +169,7 @@ class Intake:
         self._recover = connection.register_script(_RECOVER)
         self._drop = connection.register_script(_DROP)
         self._set_aside = connection.register_script(_SET_ASIDE)
+        self._retake = connection.register_script(_RETAKE)
 
     def claimed_key(self, mover: str) -> str:
         return f"{self.prefix}intake:claimed:{mover}"
@@ -232,6 +247,16 @@ class Intake:
         claimed = self.claimed_key(mover)
         mark = self.prefix + "commit:" + commit if commit else claimed
         self._drop(keys=[claimed, mark], args=[record, run])
+
+    def set_aside_records(self, limit: int) -> list[bytes]:
+        """Up to `limit` records of the failed list, oldest first."""
+        return list(self.redis.lrange(self.failed_key, 0, limit - 1)) if limit > 0 else []
+
+    def retake(self, records: list[bytes]) -> int:
+        """These records, if still on the failed list, put back on the intake; how many."""
+        if not records:
+            return 0
+        return int(self._retake(keys=[self.failed_key, self.key], args=records))
 
     def recover(self) -> int:
         """Put back the records of every mover whose heartbeat has lapsed; how many."""

@@ -44,8 +44,8 @@ from workers.core import label_probe
 from workers.core.errors import ConfigError, NotOurs, NotReadBack, Overloaded, \
     PermanentError, PermissionMissing, RetryableError, Unauthorized, Unavailable
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
-from workers.core.jenkins_queue import job_of_url, run_of, run_of_url
-from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo
+from workers.core.jenkins_queue import job_of_url, run_of, run_of_url, same_job
+from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo, RunRef
 
 T = TypeVar("T")
 log = logging.getLogger("ci_autoscaler.jenkins")
@@ -609,7 +609,8 @@ class JenkinsAdapter:
                         queue: list[QueueItem] | None = None,
                         known: int | None = None, since: float | None = None,
                         agent: str | None = None, whole: bool = False) -> int | None:
-        """The id of the item whose `parameter` is `value`: queued (`queue`, or the queue
+        """The id of the item of `job` (in any case, as Jenkins finds it: same_job) whose
+        `parameter` is `value`: queued (`queue`, or the queue
         read now), or started (among the job's runs, by Run.getQueueId: those made since
         `since`, the build's first trigger attempt, up to RUNS_PAGE * RUNS_MAX_PAGES;
         without it the newest RUNS_PAGE: `_runs`; `whole`: NotReadBack when not found among
@@ -621,14 +622,15 @@ class JenkinsAdapter:
         read, not its id trusted: a controller killed before it saved its queue gives that id
         to another item (workers.engine.lost_triggers)."""
         for item in self.queue_items() if queue is None else queue:
-            if item.job == job and item.parameters.get(parameter) == value:
+            if same_job(item.job, job) and item.parameters.get(parameter) == value:
                 return item.id
         for build in self._runs(job, "queueId,actions[parameters[name,value]]", since, whole):
             if _parameters(build.get("actions")).get(parameter) == value and "queueId" in build:
                 return int(build["queueId"])
         if known is not None:
             page = self.queue_item(known)
-            if page is not None and page.job == job and page.parameters.get(parameter) == value:
+            if page is not None and same_job(page.job, job) \
+                    and page.parameters.get(parameter) == value:
                 return int(known)
         if agent is not None:
             self._not_being_started(agent)
@@ -701,6 +703,26 @@ class JenkinsAdapter:
         return {c["displayName"] for c in computers.get("computer") or []
                 if c.get("displayName") and c.get("offline") is False
                 and c.get("_class") != BUILT_IN_COMPUTER}  # the controller's, no agent
+
+    def runs_carrying(self, parameter: str, value: str) -> list[RunRef]:
+        """One GET of the computers' one-off executors: a WorkflowRun is a Queue.FlyweightTask,
+        run by a OneOffExecutor (on the built-in node's computer, kept for this with no
+        executors: Queue.makeFlyWeightTaskBuildable, AbstractCIBase.updateComputerList) for
+        as long as the run goes on, in an `input` before any node block too; each exports
+        its currentExecutable, the run, whose actions carry its parameters. A run of a job
+        the API user may not READ shows none (Executor.getCurrentExecutableForApi)."""
+        computers = self._get_json(
+            "read the runs on one-off executors", "computer/api/json?tree=computer["
+            "oneOffExecutors[currentExecutable[number,url,actions[parameters[name,value]]]]]")
+        found = []
+        for computer in computers.get("computer") or []:
+            for executor in (computer or {}).get("oneOffExecutors") or []:
+                executable = (executor or {}).get("currentExecutable")
+                run = run_of(executable)
+                if run is not None and \
+                        _parameters(executable.get("actions")).get(parameter) == value:
+                    found.append(run)
+        return found
 
     # ---- adopted agents: what one runs, and taking it offline ----------------------------
 

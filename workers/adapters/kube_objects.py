@@ -47,6 +47,7 @@ class PodIndex:
         # the requests of the DaemonSets' and static pods, per node (what a node joining
         # holds too: on_every_node)
         self.daemons: dict[str, Resources] = {}
+        self.daemon_pods: dict[str, int] = {}  # and how many they are (pod slots they take)
         self._daemon_keys: set[tuple[str, str]] = set()
 
     def put(self, key: tuple[str, str], record: PodRecord | None,
@@ -59,10 +60,10 @@ class PodIndex:
         was_daemon, daemon = key in self._daemon_keys, daemon and record is not None
         if was_daemon:
             self._daemon_keys.discard(key)
-            self._add_daemon(old[0], ZERO - old[1])
+            self._add_daemon(old[0], ZERO - old[1], -1)
         if daemon:
             self._daemon_keys.add(key)
-            self._add_daemon(record[0], record[1])
+            self._add_daemon(record[0], record[1], 1)
         if old == record:
             return []
         if old is not None:
@@ -94,7 +95,7 @@ class PodIndex:
                     del self.by_build_key[build_key]
         return [rec[0] for rec in (old, record) if rec is not None]
 
-    def _add_daemon(self, node: str, request: Resources) -> None:
+    def _add_daemon(self, node: str, request: Resources, pods: int) -> None:
         was = self.daemons.get(node, ZERO)
         total = Resources(was.cpu_millis + request.cpu_millis,
                           was.memory_bytes + request.memory_bytes)
@@ -102,6 +103,11 @@ class PodIndex:
             self.daemons.pop(node, None)
         else:
             self.daemons[node] = total
+        count = self.daemon_pods.get(node, 0) + pods
+        if count:
+            self.daemon_pods[node] = count
+        else:
+            self.daemon_pods.pop(node, None)
 
 
 # The annotation the kubelet puts on a static pod's mirror (pkg/kubelet/types

@@ -40,7 +40,7 @@ from workers.adapters.kube_objects import (
     on_every_node, parsed, pod_memory, pod_record)
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state_on_index
 from workers.core.cluster import ZERO, Holding, NodeState, Resources
-from workers.core.fit import NOTHING_HELD, Held
+from workers.core.fit import NOTHING_HELD, Held, Limits
 from workers.core.installation_pods import label_value
 from workers.core.errors import CIAutoscalerError, RetryableError
 from workers.core.models import PodTemplate
@@ -257,7 +257,8 @@ class ClusterWatch:
                        reserved: Mapping[str, tuple[str, Resources]],
                        reference: Resources | None = None,
                        target_utilisation: float = DEFAULT_TARGET_UTILISATION,
-                       per_node: Resources = ZERO) -> CapacityState:
+                       per_node: Resources = ZERO,
+                       fresh_limits: Limits | None = None) -> CapacityState:
         """``capacity.capacity_state(waiting, nodes, reference)`` for the same nodes as
         ``decide``, from the index."""
         with self._lock:
@@ -265,24 +266,53 @@ class ClusterWatch:
             return capacity_state_on_index(waiting, self._index, reference,
                                            changed=self._in_flight(reserved),
                                            target_utilisation=target_utilisation,
-                                           per_node=per_node)
+                                           per_node=per_node, fresh_limits=fresh_limits)
 
     def daemon_requests(self, templates: Sequence[PodTemplate] = ()) -> Resources:
-        """What the DaemonSets' and static pods request on a typical node (the commonest sum,
-        ties to the larger; none before a node has one): what a node joining will hold
-        before our builds (core.capacity.fresh_room). Over the nodes one of `templates`
-        (the waiting builds') may use, as the reference shape is taken
-        (capacity.reference_shape); over every Ready node when none may. Over every Ready
-        node, a shared cluster's app nodes, more than the tainted CI pool and running
-        DaemonSets that tolerate no taint, gave a CI node added their DaemonSets."""
-        unique = {template_key(t): t for t in templates}.values()
+        """What the DaemonSets' and static pods request on a node joining for builds of
+        `templates` (fresh_node)."""
+        return self.fresh_node(templates)[1]
+
+    def fresh_node(self, templates: Sequence[PodTemplate] = (),
+                   reference: Resources | None = None
+                   ) -> tuple[Resources | None, Resources, Limits | None]:
+        """What a node joining for builds of `templates` brings: its shape (`reference`, else
+        the reference shape: capacity.reference_shape), what the DaemonSets' and static pods
+        request on it, and what it has for builds beside cpu and memory (its allocatable:
+        `pods` less the DaemonSets' and static pods, ephemeral-storage, extended resources;
+        capacity._onto_fresh). The last two are the commonest pair (ties to the larger
+        requests, then the fewer slots; none before a node has one) over the nodes of that
+        shape among those one of `templates` (the waiting builds') may use; when none has
+        the shape (one from config: a bigger instance type has more max-pods), the
+        commonest requests over every such node and no limits (None: not known); over every
+        Ready node when none may. Over every Ready node, a shared cluster's app nodes, more than the tainted CI
+        pool and running DaemonSets that tolerate no taint, gave a CI node added their
+        DaemonSets; taken apart from the shape, a mixed pool's commonest DaemonSet sum could
+        be another shape's (a DaemonSet on one instance family only)."""
+        unique = list({template_key(t): t for t in templates}.values())
         with self._lock:
             names = {name for t in unique for name, _ in self._index.in_name_order(t)} or [
                 name for name, node in self._nodes.items() if node.ready]
-            sums = Counter(self._pods.daemons.get(name, ZERO) for name in names)
-        if not sums:
-            return ZERO
-        return max(sums, key=lambda r: (sums[r], r.cpu_millis, r.memory_bytes))
+            if reference is None and names:
+                reference = self._index.reference_shape(unique)
+            shaped = [n for n in names if self._nodes[n].allocatable == reference]
+            pairs = Counter((self._pods.daemons.get(name, ZERO),
+                             self._for_builds(name) if shaped else None)
+                            for name in shaped or names)
+        if not pairs:
+            return reference, ZERO, None
+        daemons, limits = max(pairs, key=lambda p: (
+            pairs[p], p[0].cpu_millis, p[0].memory_bytes,
+            -(p[1].pods if p[1] is not None and p[1].pods is not None else 1 << 30)))
+        return reference, daemons, limits
+
+    def _for_builds(self, name: str) -> Limits:  # under the lock
+        """The node's limits beside cpu and memory, its pods less its DaemonSets' and static
+        pods (those a node joining runs too)."""
+        limits = self._nodes[name].limits
+        if limits.pods is None:
+            return limits
+        return replace(limits, pods=max(0, limits.pods - self._pods.daemon_pods.get(name, 0)))
 
     def node_rows(self, *, reserved: Mapping[str, tuple[str, Resources]],
                   target_utilisation: float = DEFAULT_TARGET_UTILISATION) -> list[NodeRow]:

@@ -1,5 +1,6 @@
-"""What Redis says of its memory: `INFO memory` (used_memory, maxmemory, maxmemory_policy) and
-`INFO stats` (evicted_keys, a count since the server started), in one round trip. A Redis that
+"""What Redis says of its memory: `INFO memory` (used_memory, maxmemory, maxmemory_policy),
+`INFO stats` (evicted_keys, a count since the server started) and `INFO persistence`
+(aof_enabled: whether a restart keeps what was written), in one round trip. A Redis that
 refuses INFO (an ACL user without it; a managed Redis that renamed the command) raises
 redis.ResponseError; one that does not answer, redis-py's ConnectionError or TimeoutError.
 Managed services that disable CONFIG (ElastiCache) still answer INFO."""
@@ -15,6 +16,7 @@ class RedisMemory:
     max_bytes: int  # 0: no limit set
     policy: str  # maxmemory-policy: noeviction, allkeys-lru, volatile-lru, ...
     evicted_keys: int
+    aof_enabled: bool | None = None  # INFO persistence; None: a server that does not say
 
 
 def read(connection: redis.Redis) -> RedisMemory:
@@ -22,11 +24,18 @@ def read(connection: redis.Redis) -> RedisMemory:
     with connection.pipeline(transaction=False) as pipe:
         pipe.info("memory")
         pipe.info("stats")
-        memory, stats = pipe.execute()
+        pipe.info("persistence")
+        memory, stats, persistence = pipe.execute(raise_on_error=False)
+    for answer in (memory, stats):
+        if isinstance(answer, Exception):
+            raise answer
+    # A Redis-compatible server that refuses this section alone still gives the rest
+    aof = None if isinstance(persistence, Exception) else persistence.get("aof_enabled")
     return RedisMemory(used_bytes=_count(memory.get("used_memory")),
                        max_bytes=_count(memory.get("maxmemory")),
                        policy=str(memory.get("maxmemory_policy", "")),
-                       evicted_keys=_count(stats.get("evicted_keys")))
+                       evicted_keys=_count(stats.get("evicted_keys")),
+                       aof_enabled=None if aof is None else bool(_count(aof)))
 
 
 def _count(value: object) -> int:

@@ -48,6 +48,20 @@ CREATE TABLE IF NOT EXISTS {table} (
   UNIQUE (owner, delivery)
 )
 """
+# Rows the drainer could not read as an event (workers.engine.spool_drain): moved here, not
+# deleted, so that a person can look at them (sqlite3 FILE 'SELECT * FROM set_aside'); no
+# drainer reads this table, nor do the bounds count it.
+_SET_ASIDE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS set_aside (
+  id INTEGER PRIMARY KEY,
+  owner TEXT NOT NULL,
+  delivery TEXT NOT NULL,
+  payload BLOB NOT NULL,
+  size INTEGER NOT NULL,
+  spooled_at REAL NOT NULL,
+  set_aside_at REAL NOT NULL
+)
+"""
 # Room a put leaves free on the spool's volume: SQLite deletes through its WAL (up to its
 # 1000-page checkpoint, 4 MiB, and the checkpoint then grows the file by the pages not in it
 # yet), so a spool that had written until ENOSPC could not delete a drained row ("database or
@@ -244,6 +258,23 @@ class Spool:
     def remove(self, event_id: int) -> None:
         """Delete a row (only once Redis has taken its event); committed and fsynced."""
         self.query("DELETE FROM events WHERE id = ?", (event_id,))
+
+    def set_aside(self, event_id: int) -> None:
+        """Move a row the drainer cannot read into the `set_aside` table, in one commit: kept
+        for a person to look at, never drained."""
+        with self.transaction() as db:
+            db.execute(_SET_ASIDE_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO set_aside SELECT id, owner, delivery, payload, "
+                       "size, spooled_at, ? FROM events WHERE id = ?", (time.time(), event_id))
+            db.execute("DELETE FROM events WHERE id = ?", (event_id,))
+
+    def set_aside_events(self) -> list[tuple[str, bytes]]:
+        """(delivery, payload) of the rows set aside, oldest first."""
+        if not self.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                          "name = 'set_aside'"):
+            return []
+        return [(d, bytes(p)) for d, p in
+                self.query("SELECT delivery, payload FROM set_aside ORDER BY id")]
 
     def counts(self) -> tuple[int, int]:
         """(events, bytes) spooled that this owner drains (its own and the legacy rows);

@@ -8,7 +8,8 @@ Keys (under the prefix):
                          piles up that no one reads
   ``build:<key>``        the build's own hash (workers.adapters.redis_state) keeps
                          ``status_sent`` (the last state GitLab took), ``status_name`` (the
-                         status's name), ``status_attempts`` (failed tries since) and
+                         status's name), ``status_pipeline_id`` (GitLab's pipeline it is
+                         in, or ``none``), ``status_attempts`` (failed tries since) and
                          ``status_gitlab_failures`` (those of them GitLab answered with a
                          failure of its own: workers.adapters.gitlab.GitLabFailed), written
                          only while the build exists
@@ -22,7 +23,8 @@ from typing import Any
 
 import redis
 
-from workers.core.commit_status import NAME_FIELD, PROJECT_ID_FIELD
+from workers.core.commit_status import (NAME_FIELD, NO_PIPELINE, PIPELINE_FIELD,
+                                        PROJECT_ID_FIELD)
 from workers.core.errors import RetryableError
 
 # KEYS[1] the due set; ARGV[1] now, ARGV[2] how many. Taken off the set as they are read, so
@@ -108,12 +110,17 @@ class StatusQueue:
     def backlog(self) -> int:
         return int(self.redis.zcard(self.due_key))
 
-    def sent(self, build_key: str, state: str, name: str = "") -> None:
-        """GitLab has this state for the build (in its status named `name`): remember it, and
-        forget the failed tries."""
+    def sent(self, build_key: str, state: str, name: str = "", pipeline_id: str = "") -> None:
+        """GitLab has this state for the build (in its status named `name`, in pipeline
+        `pipeline_id`): remember it, and forget the failed tries."""
         self._write(keys=[self._build(build_key)], args=[
             SENT_FIELD, state, ATTEMPTS_FIELD, "", GITLAB_FAILURES_FIELD, "",
-            *((NAME_FIELD, name) if name else ()), ""])
+            *((NAME_FIELD, name) if name else ()),
+            *((PIPELINE_FIELD, pipeline_id) if pipeline_id else ()), ""])
+
+    def forget_pipeline(self, build_key: str) -> None:
+        """The pipeline of the build's statuses is gone: the next goes into the newest one."""
+        self._write(keys=[self._build(build_key)], args=[PIPELINE_FIELD, NO_PIPELINE, ""])
 
     def forget_project_id(self, build_key: str) -> None:
         """The build's statuses go to its project by path from now on (sender._project_id)."""

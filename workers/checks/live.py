@@ -11,7 +11,9 @@ parameter, verb or namespace), never a secret:
 - every RuntimeClass a template's pods name exists;
 - every template's range meets its LimitRanges' per-container max and min;
 - metrics-server answers;
-- Redis evicts no key at maxmemory (maxmemory-policy noeviction; workers.checks.redis_eviction).
+- Redis evicts no key at maxmemory (maxmemory-policy noeviction; workers.checks.redis_eviction);
+- and, as a warning that fails nothing, what Redis may lose of what we answered across its own
+  restart or crash (appendonly, appendfsync; workers.checks.redis_durability).
 """
 
 import logging
@@ -25,7 +27,7 @@ from workers.config import pod_schema
 from workers.adapters import kube_access, redis_connect
 from workers.adapters.jenkins import JenkinsAdapter
 from workers.adapters.kube import load_api_client
-from workers.checks import redis_eviction
+from workers.checks import redis_durability, redis_eviction
 from workers.config.config_file import FileConfig
 from workers.config.settings import Settings
 from workers.core.errors import CIAutoscalerError
@@ -52,6 +54,7 @@ class Report:
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)  # what was found well, one phrase each
     notes: list[str] = field(default_factory=list)  # what was not checked, and why
+    warnings: list[str] = field(default_factory=list)  # risks, which fail nothing
 
 
 def jenkins_jobs(jenkins: Jenkins, config: FileConfig) -> list[str]:
@@ -278,13 +281,30 @@ def redis_policy(settings: Settings) -> list[str] | None:
         connection.close()
 
 
+def redis_risks(settings: Settings) -> list[str]:
+    """What the environment's Redis may lose of what we answered (workers.checks.
+    redis_durability); [] when it cannot be read (a Redis that does not answer is told by
+    redis_policy already)."""
+    connection = settings.redis_client(socket_timeout=settings.redis_timeout_seconds,
+                                       socket_connect_timeout=settings.redis_timeout_seconds)
+    try:
+        return redis_durability.risks(connection,
+                                      replicated=redis_durability.replicated(settings))
+    except redis.RedisError:
+        return []
+    finally:
+        connection.close()
+
+
 def run(settings: Settings, config: FileConfig) -> Report:
     """Every live check against the environment's Redis, Jenkins and cluster."""
     report = Report()
     if not settings.redis_named:
         report.notes.append(REDIS_UNNAMED)
-    elif (found := redis_policy(settings)) is not None:
-        _step(report, found, REDIS_FINE)
+    else:
+        if (found := redis_policy(settings)) is not None:
+            _step(report, found, REDIS_FINE)
+        report.warnings += redis_risks(settings)
     jenkins, missing = _jenkins_of(settings)
     report.problems += missing
     if jenkins is not None:
@@ -335,6 +355,8 @@ def log_report(report: Report, *, component: str) -> None:
     loop), or one line saying all passed."""
     for note in report.notes:
         log.info(note, extra={"component": component})
+    for risk in report.warnings:
+        log.warning("start-up check found a risk", extra={"component": component, "risk": risk})
     for problem in report.problems:
         log.warning("start-up check found a problem",
                     extra={"component": component, "problem": problem})

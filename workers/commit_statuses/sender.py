@@ -206,7 +206,10 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
     try:
         if post.project_id is not None and not record.get(SENT_FIELD):
             post = dataclasses.replace(post, project_id=_project_id(sender, key, post, ctx))
-        _post(sender, post, ctx, tries=int(record.get(GITLAB_FAILURES_FIELD) or 0))
+        elif record.get(SENT_FIELD) and core.PIPELINE_FIELD not in record:
+            post = dataclasses.replace(post, pipeline_id=_status_pipeline(sender, post, ctx))
+        answer = _post(sender, key, post, ctx,
+                       tries=int(record.get(GITLAB_FAILURES_FIELD) or 0))
     except gitlab_api.StatusLocked as err:
         # GitLab's lock is on this commit alone: the other builds' posts go on meanwhile.
         result = _retry_later(sender, key, err, ctx, everyone=False)
@@ -230,8 +233,12 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
             log.error("commit statuses off", extra={**ctx, "error": sender.off})
             return "refused"
         result = "already" if _TRANSITION_REFUSED in str(err) else "refused"
-        # not tried again: GitLab's answer is final
-        sender.queue.sent(key, post.state.value, post.name)
+        # not tried again: GitLab's answer is final. Its pipeline: the one posted into, else
+        # none, the next status into the newest; but a status GitLab has already (a post
+        # whose answer was lost) is in a pipeline, looked up before the next post
+        pipeline = post.pipeline_id or ("" if result == "already" else core.NO_PIPELINE)
+        sender.queue.sent(key, post.state.value, post.name,
+                          pipeline_id="" if core.PIPELINE_FIELD in record else pipeline)
         sender.metrics.commit_status(result)
         level = logging.INFO if result == "already" else logging.ERROR
         extra = {**ctx, "error": str(err)}
@@ -248,7 +255,9 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         # default branch and a Developer's token, every status of main is refused while the
         # feature branches' are taken.
         del sender.forbidden[post.project]
-    sender.queue.sent(key, post.state.value, post.name)
+    # the pipeline GitLab put the status into: the build's next ones go there too
+    sender.queue.sent(key, post.state.value, post.name,
+                      pipeline_id=str(answer.get("pipeline_id") or core.NO_PIPELINE))
     sender.metrics.commit_status("sent")
     log.info("commit status sent", extra=ctx)
     _keep_pace(sender)
@@ -308,23 +317,56 @@ def _project_has_id(sender: Sender, path: str, project_id: int) -> bool:
         return False
 
 
-def _post(sender: Sender, post: core.Wanted, ctx: dict[str, str], *, tries: int = 0) -> None:
-    """Post the status; if GitLab refuses its link alone (LinkRefused: nothing was saved),
+def _status_pipeline(sender: Sender, post: core.Wanted, ctx: dict[str, str]) -> str | None:
+    """The pipeline of a build's status that is pending or running, for a build whose first
+    status a release before pipelines were kept sent (a state sent, no PIPELINE_FIELD): its
+    later ones go there too, as a build's whose first status this release sent. Posted
+    without, they went into the newest pipeline of the commit and ref, and one made after the
+    first status kept that one pending for ever. None if GitLab lists none (or cannot say,
+    or names no pipelines: a GitLab before gitlab-org/gitlab!127559): the newest, as before."""
+    try:
+        found = gitlab_api.commit_statuses(
+            gl=sender.gl, project=post.project, sha=post.sha, name=post.name, ref=post.ref,
+            project_id=post.project_id, max_retries=0)
+    except (RetryableError, PermanentError) as err:
+        log.warning("GitLab did not list the build's commit statuses: the status goes into "
+                    "the newest pipeline of its commit", extra={**ctx, "error": str(err)})
+        return None
+    open_ = [s for s in found if s.get("status") in ("pending", "running")
+             and str(s.get("pipeline_id") or "").isdigit()]
+    return str(max(open_, key=lambda s: int(s.get("id") or 0))["pipeline_id"]) \
+        if open_ else None
+
+
+def _post(sender: Sender, key: str, post: core.Wanted, ctx: dict[str, str], *,
+          tries: int = 0) -> dict[str, Any]:
+    """Post the status; GitLab's answer (the status it stored). If GitLab refuses its link
+    alone (LinkRefused: nothing was saved),
     post it again without the link, so that the state still shows on the commit: at once, or
-    as a retry (RetryableError) after the pause the refusal's answer asked for. After `tries`
+    as a retry (RetryableError) after the pause the refusal's answer asked for. Its pipeline
+    deleted (PipelineGone: nothing saved), it goes at once into the newest one. After `tries`
     of GitLab's own failures (GitLabFailed) since its last status taken, the one that makes
     GITLAB_FAILURE_TRIES is taken as its final answer (a PermanentError). Only those count:
     counted with every failed try (an outage's 5xx, a token refused for a while), the first
     database error after a long outage dropped the status for good."""
-    def send(target_url: str | None) -> None:
-        gitlab_api.set_commit_status(
-            gl=sender.gl, project=post.project, sha=post.sha, state=post.state.value,
-            name=post.name, target_url=target_url, description=post.description,
-            ref=post.ref, max_retries=0, project_id=post.project_id)
-    key = ctx["build_key"]
+    def send(target_url: str | None) -> dict[str, Any]:
+        nonlocal post
+        try:
+            return gitlab_api.set_commit_status(
+                gl=sender.gl, project=post.project, sha=post.sha, state=post.state.value,
+                name=post.name, target_url=target_url, description=post.description,
+                ref=post.ref, max_retries=0, project_id=post.project_id,
+                pipeline_id=post.pipeline_id)
+        except gitlab_api.PipelineGone as err:
+            log.warning("the pipeline of the build's commit status is gone: the status goes "
+                        "into the newest pipeline of its commit", extra={
+                            **ctx, "pipeline_id": post.pipeline_id, "error": str(err)})
+            sender.queue.forget_pipeline(key)
+            post = dataclasses.replace(post, pipeline_id=None)
+            return send(target_url)
     try:
         try:
-            send(None if key in sender.unlinked else post.target_url)
+            answer = send(None if key in sender.unlinked else post.target_url)
         except gitlab_api.LinkRefused as err:
             log.warning("commit status link refused by GitLab: the status is sent without it",
                         extra={**ctx, "error": str(err)})
@@ -336,8 +378,9 @@ def _post(sender: Sender, post: core.Wanted, ctx: dict[str, str], *, tries: int 
                 # once, it spent the quota's reserve, or met the 429 the pause was to avoid.
                 raise RetryableError(f"{err}; GitLab asked for a pause before the next post",
                                      retry_after=pause)
-            send(None)
+            answer = send(None)
         sender.unlinked.discard(key)
+        return answer
     except gitlab_api.GitLabFailed as err:
         if tries + 1 >= GITLAB_FAILURE_TRIES:
             sender.unlinked.discard(key)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 from itertools import compress, repeat
 from operator import and_, ge, itemgetter
 
-from workers.core.cluster import ZERO, NodeState, Resources
-from workers.core.fit import NOTHING_HELD, Held, Needs, lacks, needs
+from workers.core.cluster import ZERO, Holding, NodeState, Resources
+from workers.core.fit import NOTHING_HELD, Held, Limits, Needs, lacks, needs
 
 ONE_POD = Needs()  # what every build asks beside cpu and memory: one pod slot
 from workers.core.models import PodTemplate
@@ -84,7 +84,7 @@ def _weight(size: Resources, reference: Resources) -> float:
 
 def plan(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState], reference: Resources,
          *, target_utilisation: float = DEFAULT_TARGET_UTILISATION,
-         per_node: Resources = ZERO) -> Plan:
+         per_node: Resources = ZERO, fresh_limits: Limits | None = None) -> Plan:
     """First-fit decreasing: the biggest waiting build first, into the first existing node it
     may use and fits, else the first fresh reference node it fits, else a new one.
     A fresh node is assumed to match every template (the reference shape is the operator's).
@@ -95,13 +95,14 @@ def plan(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState], reference:
     build takes a pod slot (allocatable `pods`, EKS max-pods): a build waiting as
     insufficient_pods was planned onto the node at its pod limit, which had cpu, and
     nodes_needed said 0 while it waited.
-    `per_node`: what pods not ours take on every node (DaemonSets: see fresh_room)."""
+    `per_node`: what pods not ours take on every node (DaemonSets: see fresh_room);
+    `fresh_limits`: what a fresh node has for builds beside cpu and memory (_onto_fresh)."""
     reference = fresh_room(reference, per_node)
     order = sorted(waiting, key=lambda w: (_weight(w.min_size, reference), w.build_key),
                    reverse=True)
     existing = sorted(nodes, key=lambda n: n.name)
     room = {n.name: free(n, target_utilisation) for n in existing}
-    fresh: list[Resources] = []
+    fresh: list[Holding] = []
     assignment: dict[str, str | None] = {}
     extras = _Extras()
     for w in order:
@@ -114,7 +115,7 @@ def plan(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState], reference:
             assignment[w.build_key] = target
             extras.take(target, need)
             continue
-        assignment[w.build_key] = _onto_fresh(w.min_size, reference, fresh)
+        assignment[w.build_key] = _onto_fresh(w.min_size, need, reference, fresh, fresh_limits)
     return Plan(nodes_needed=len(fresh), assignment=assignment)
 
 
@@ -156,27 +157,53 @@ def fresh_room(reference: Resources, per_node: Resources) -> Resources:
     return (reference - per_node).clamp_min(ZERO)
 
 
-def _onto_fresh(size: Resources, reference: Resources, fresh: list[Resources]) -> str | None:
-    """First fit onto fresh reference nodes (`fresh` holds their room, updated in place),
-    opening one if needed: `new-<i>`, or None when a reference node is too small."""
+def _onto_fresh(size: Resources, need: Needs, reference: Resources, fresh: list[Holding],
+                limits: Limits | None = None) -> str | None:
+    """First fit onto fresh reference nodes (`fresh` holds their room and, as `held`, what
+    the builds planned there hold beside cpu and memory; updated in place), opening one if
+    needed: `new-<i>`, or None when a reference node is too small.
+    `limits`: what a fresh node has for builds beside cpu and memory (its allocatable
+    `pods` less its DaemonSets' pods, its ephemeral-storage, its extended resources; None:
+    not known, not counted). kube-scheduler counts these on a node added as on any
+    (NodeResourcesFit, NodePorts), and Cluster Autoscaler's estimator too (its binpacking
+    runs the scheduler's filters on the template node, DaemonSet pods on it): on small
+    nodes of an EKS max-pods (8 to 29 on t3 types), ten small builds that fit one node by
+    cpu took two by pods, and three builds waiting for a GPU on nodes of one GPU each were
+    one node by cpu; nodes_needed said 1 for both. An extended resource the fresh node
+    has none of is not counted (a fresh node is assumed to match every template)."""
     if not size.fits_in(reference):
         return None
-    index = next((i for i, left in enumerate(fresh) if size.fits_in(left)), None)
+    if limits is not None:
+        have = dict(limits.extended)
+        need = replace(need, extended=tuple((n, a) for n, a in need.extended if n in have),
+                       ephemeral_bytes=need.ephemeral_bytes
+                       if limits.ephemeral_bytes is not None else 0)
+        empty = NodeState("new", reference, limits=limits)
+        if lacks(empty, need) is not None:
+            return None  # not even an empty fresh node takes it
+
+    def takes(left: Holding) -> bool:
+        return limits is None or lacks(NodeState("new", reference, limits=limits,
+                                                 held=left.held), need) is None
+
+    index = next((i for i, left in enumerate(fresh) if size.fits_in(left) and takes(left)),
+                 None)
     if index is None:
-        fresh.append(reference)
+        fresh.append(Holding(reference.cpu_millis, reference.memory_bytes))
         index = len(fresh) - 1
-    fresh[index] = fresh[index] - size
+    left = fresh[index] - size
+    fresh[index] = Holding(left.cpu_millis, left.memory_bytes, fresh[index].held + need.held)
     return f"new-{index}"
 
 
 def capacity_state(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState],
                    reference: Resources | None = None, *,
                    target_utilisation: float = DEFAULT_TARGET_UTILISATION,
-                   per_node: Resources = ZERO) -> CapacityState:
+                   per_node: Resources = ZERO, fresh_limits: Limits | None = None) -> CapacityState:
     reference = reference or reference_shape(nodes, [w.template for w in waiting]) \
         or Resources()
     result = plan(waiting, nodes, reference, target_utilisation=target_utilisation,
-                  per_node=per_node)
+                  per_node=per_node, fresh_limits=fresh_limits)
     return CapacityState(waiting=len(waiting), shortfall=shortfall(waiting),
                          nodes_needed=result.nodes_needed, unplaceable=result.unplaceable,
                          reference=reference, too_big=_too_big(waiting, result))
@@ -186,7 +213,8 @@ def capacity_state(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState],
 
 def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, reference: Resources,
                   *, changed: Mapping[str, NodeState] | None = None,
-                  target_utilisation: float | None = None, per_node: Resources = ZERO) -> Plan:
+                  target_utilisation: float | None = None, per_node: Resources = ZERO,
+                  fresh_limits: Limits | None = None) -> Plan:
     """`plan(waiting, nodes, reference)` for the index's nodes (each replaced by its entry in
     `changed`), the same plan. Room only shrinks while planning, so for builds of one template
     key and min size the first node that fits never moves back: one lazy scan per such class
@@ -202,7 +230,7 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
     slots_left = index.pod_room(changed)  # a build takes a pod slot too (see plan)
     scans: dict[tuple, list] = {}  # (key, cpu, memory) -> [lazy hits, last hit]
     failed: dict[tuple, list[tuple[int, int]]] = {}  # key -> sizes that found no node
-    fresh: list[Resources] = []
+    fresh: list[Holding] = []
     assignment: dict[str, str | None] = {}
     extras = _Extras()
     for w in order:
@@ -225,7 +253,8 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
                 extras.take(slot, need)
                 assignment[w.build_key] = index.slot_name(slot)
             else:
-                assignment[w.build_key] = _onto_fresh(w.min_size, reference, fresh)
+                assignment[w.build_key] = _onto_fresh(w.min_size, need, reference, fresh,
+                                                      fresh_limits)
             continue
         key = template_key(w.template)
         slot = None
@@ -257,7 +286,8 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
             slots_left[slot] -= 1
             assignment[w.build_key] = index.slot_name(slot)
             continue
-        assignment[w.build_key] = _onto_fresh(w.min_size, reference, fresh)
+        assignment[w.build_key] = _onto_fresh(w.min_size, ONE_POD, reference, fresh,
+                                              fresh_limits)
     return Plan(nodes_needed=len(fresh), assignment=assignment)
 
 
@@ -265,12 +295,14 @@ def capacity_state_on_index(waiting: Sequence[WaitingBuild], index: PlacementInd
                             reference: Resources | None = None, *,
                             changed: Mapping[str, NodeState] | None = None,
                             target_utilisation: float | None = None,
-                            per_node: Resources = ZERO) -> CapacityState:
+                            per_node: Resources = ZERO,
+                            fresh_limits: Limits | None = None) -> CapacityState:
     """`capacity_state(waiting, nodes, reference)` for the index's nodes."""
     reference = reference or index.reference_shape(
         [w.template for w in waiting], changed=changed) or Resources()
     result = plan_on_index(waiting, index, reference, changed=changed,
-                           target_utilisation=target_utilisation, per_node=per_node)
+                           target_utilisation=target_utilisation, per_node=per_node,
+                           fresh_limits=fresh_limits)
     return CapacityState(waiting=len(waiting), shortfall=shortfall(waiting),
                          nodes_needed=result.nodes_needed, unplaceable=result.unplaceable,
                          reference=reference, too_big=_too_big(waiting, result))

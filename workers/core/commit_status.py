@@ -38,6 +38,17 @@ NAME_FIELD = "status_name"
 # mirror at the old path holds the same commits). Records before it, and the catch-up's, have
 # none: their statuses go by the path.
 PROJECT_ID_FIELD = "project_id"
+# The build's record: the pipeline GitLab put its first status into (the answer's
+# pipeline_id), where its later ones go. Without a pipeline_id GitLab takes the newest
+# pipeline of the sha and ref (Ci::CreateCommitStatusService#first_matching_pipeline): one
+# made of the commit after the first status (the project's own CI, a "Run pipeline")
+# took the later states, and the first pipeline's status stayed pending for ever.
+PIPELINE_FIELD = "status_pipeline_id"
+# PIPELINE_FIELD when GitLab named no pipeline (a GitLab before gitlab-org/gitlab!127559
+# answers none; a status refused; a pipeline deleted): the next status goes into the newest.
+# A record with a state sent and no PIPELINE_FIELD at all was begun by a release before
+# pipelines were kept (workers.commit_statuses.sender: its pipeline is looked up, once).
+NO_PIPELINE = "none"
 # Retries of a status GitLab did not take (5xx, 429, unreachable): exponential from the
 # first pause, capped, unless GitLab asked for a longer wait (Retry-After).
 RETRY_FIRST_SECONDS = 2.0
@@ -100,6 +111,8 @@ class Wanted:
     ref: str | None = None
     # The project's numeric id (PROJECT_ID_FIELD), which the post goes to when known.
     project_id: str | None = None
+    # The pipeline of the build's first status (PIPELINE_FIELD), which the post goes into.
+    pipeline_id: str | None = None
 
 
 def status_name(job: str, installation: str = "") -> str:
@@ -231,9 +244,15 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
         state, text = State.PENDING, "queued"
     name = record.get(NAME_FIELD) or status_name(job, installation)
     project_id = record.get(PROJECT_ID_FIELD) or ""
+    pipeline_id = record.get(PIPELINE_FIELD) or ""
     return Wanted(project, sha, name, state, description(text, secrets),
                   target if state != State.PENDING else None, ref_name(record.get("ref", "")),
-                  project_id if project_id.isdigit() and project_id.isascii() else None)
+                  project_id if _is_id(project_id) else None,
+                  pipeline_id if _is_id(pipeline_id) else None)
+
+
+def _is_id(value: str) -> bool:
+    return value.isdigit() and value.isascii()
 
 
 def ref_name(ref: str) -> str | None:

@@ -222,6 +222,14 @@ def _unquote(text: str) -> str:
         errors="replace")
 
 
+def same_job(one: str, other: str) -> bool:
+    """Whether two full job names ("folder/name") name one Jenkins job: in any case, as
+    Jenkins finds items (Jenkins.items, cloudbees-folder's AbstractFolder.items:
+    CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_ORDER)). A route naming "Build" triggers
+    "build", whose queue items and runs name it as Jenkins has it."""
+    return bool(one) and one.lower() == other.lower()
+
+
 def job_of_url(url: str) -> str:
     """The job's full name ("folder/name") in a job's or run's URL, absolute or relative;
     "" if it names none. (Parsed here: the core imports no URL library.)"""

@@ -78,11 +78,12 @@ def moved_job(build_job: str | None, notified_job: str) -> bool:
     or `name`): the run page of "../build" or "/build" is job "build"'s (requests removes
     dot segments, the adapter skips empty ones), so a forged COMPLETED naming it passed for
     the build's job moved, and had its name recorded as the build's job."""
-    if not build_job or notified_job == build_job:
+    if not build_job or notified_job.lower() == build_job.lower():
         return False
     parts = notified_job.split("/")
+    # in any case, as Jenkins finds items (job_matches): a route's "Build" is Jenkins' "build"
     return all(part.strip() not in ("", ".", "..") for part in parts) \
-        and parts[-1] == build_job.rsplit("/", 1)[-1]
+        and parts[-1].lower() == build_job.rsplit("/", 1)[-1].lower()
 
 
 def confirm_moved(*, build_key: str, build_job: str, job: str, number: int,
@@ -177,8 +178,9 @@ def job_gone_over(*, job: str, agent: str, activity: AgentActivity | None) -> Co
     wait for it), nor does the job's absence alone: the notification never suffices (issue
     17), Jenkins' API must show both.
 
-    Not told apart: a moved Pipeline's run between two node blocks, its agent idle for that
-    moment (our builds run one agent block, README's Jenkinsfile); so too a run of a job our
+    Not told apart here: a moved Pipeline's run between two node blocks or in an `input`
+    before its first, its agent idle for that moment (the caller asks Jenkins' one-off
+    executors, which run it: workers.engine.run_confirm.job_gone); so too a run of a job our
     API user may not READ (it answers 404 as a gone one does), whose run on the agent shows
     only as a busy executor (`hidden_runs`), between its node blocks."""
     if activity is None:

@@ -197,12 +197,10 @@ def being_removed(node: NodeState) -> bool:
                for t in node.taints)
 
 
-def why_not(node: NodeState, template: PodTemplate) -> str | None:
-    """Why the template may not run on this node at all, or None if it may. A node a node
-    autoscaler is removing takes no pod even from a template that tolerates every taint
-    (`tolerations: [{operator: Exists}]`): kube-scheduler would bind it there, and the
-    autoscaler's drain evict it moments later (a warm agent's pool made one, saw it go,
-    and made one there again, pass after pass)."""
+def closed(node: NodeState) -> str | None:
+    """Why the node takes no new pod of any template, or None: NotReady (or Unknown: the node
+    lifecycle controller's), cordoned, under a pressure the kubelet refuses pods for, or
+    being removed by a node autoscaler (`why_not`'s first checks)."""
     if not node.ready:
         return "NotReady"
     if node.unschedulable:
@@ -211,6 +209,17 @@ def why_not(node: NodeState, template: PodTemplate) -> str | None:
         return node.pressure
     if being_removed(node):
         return "being removed by a node autoscaler"
+    return None
+
+
+def why_not(node: NodeState, template: PodTemplate) -> str | None:
+    """Why the template may not run on this node at all, or None if it may. A node a node
+    autoscaler is removing takes no pod even from a template that tolerates every taint
+    (`tolerations: [{operator: Exists}]`): kube-scheduler would bind it there, and the
+    autoscaler's drain evict it moments later (a warm agent's pool made one, saw it go,
+    and made one there again, pass after pass)."""
+    if (why := closed(node)) is not None:
+        return why
     for k, v in template.node_selector.items():
         if node.labels.get(k) != v:
             return f"nodeSelector {k}={v}"

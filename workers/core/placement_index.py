@@ -18,7 +18,7 @@ from workers.core.fit import lacks, needs, ports_conflict
 from workers.core.models import PodTemplate, Toleration
 from workers.core.placement import (
     DEFAULT_TARGET_UTILISATION, Decision, Placement, Wait, WaitReason, admission, admitted,
-    blocked_wait, fmt, free, no_matching_node, shrunk_to, utilisation_after, why_not)
+    blocked_wait, closed, fmt, free, no_matching_node, shrunk_to, utilisation_after, why_not)
 from workers.core.sizing import choose_size, template_default, template_min
 
 
@@ -41,6 +41,12 @@ NodeRow = tuple[str, int, int, int, int, int | None, int | None, int, int]
 
 
 def node_row(node: NodeState, node_free: Resources) -> NodeRow:
+    """What /metrics and the status page show of a node. Its free is none on a node that
+    takes no pod (placement.closed: NotReady, cordoned, pressure, being removed), as
+    placement sees it: a cordoned node showed its cores free beside builds waiting and
+    nodes_needed asking for more."""
+    if closed(node) is not None:
+        node_free = Resources()
     return (node.name, node.allocatable.cpu_millis, node.allocatable.memory_bytes,
             node.requested.cpu_millis + node.in_flight.cpu_millis,
             node.requested.memory_bytes + node.in_flight.memory_bytes,
@@ -582,7 +588,7 @@ class PlacementIndex:
         for name, slot in self._slots.items():
             node = alt.get(name)
             if node is not None:
-                f = free(node, target)
+                f = free(node, target) if closed(node) is None else Resources()
                 requested, usage, in_flight = node.requested, node.usage, node.in_flight
                 ac, am = node.allocatable.cpu_millis, node.allocatable.memory_bytes
                 fc, fm = f.cpu_millis, f.memory_bytes
@@ -590,6 +596,8 @@ class PlacementIndex:
                 requested, usage, in_flight = loads[slot]
                 ac, am = shapes[slot]
                 fc, fm = fcs[slot], fms[slot]
+                if closed(self._nodes[slot]) is not None:  # as node_row
+                    fc = fm = 0
             out.append((name, ac, am, requested.cpu_millis + in_flight.cpu_millis,
                         requested.memory_bytes + in_flight.memory_bytes,
                         None if usage is None else usage.cpu_millis,

@@ -209,6 +209,15 @@ def pod_memory(template: PodTemplate, build_memory_bytes: int) -> int:
     return pod_total(template, Resources(0, build_memory_bytes)).memory_bytes
 
 
+def limit_build_memory(template: PodTemplate, limit_bytes: int) -> int:
+    """The build's size from its (first) build container's memory limit (container_requests:
+    memory limit = request): less the memory-backed volumes it gets on top, and the agent's
+    share when the agent is injected into it. Taken as the build's size, pod_memory counted
+    those a second time."""
+    share = memory_volumes(template) + (template.agent_memory if template.agent_injection else 0)
+    return limit_bytes - share if limit_bytes > share else limit_bytes
+
+
 def build_memory(template: PodTemplate, pod_memory_bytes: int) -> int:
     """The memory of each build container for a pod total (build_size's, for memory)."""
     cpu = pod_total(template, Resources(template.cpu.default, 0)).cpu_millis

@@ -145,12 +145,24 @@ class QueueItem:
     causes: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RunRef:
-    """One run of a Jenkins job: the job's full name ("folder/name") and the run's number."""
+    """One run of a Jenkins job: the job's full name ("folder/name") and the run's number.
+    Equal to a run of the job named in any case, as Jenkins finds items (Jenkins.items,
+    cloudbees-folder's AbstractFolder.items: CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_
+    ORDER)): a route naming "Build" triggers Jenkins' "build", whose runs, node blocks and
+    queue items name it so."""
 
     job: str
     number: int
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RunRef):
+            return NotImplemented
+        return self.number == other.number and self.job.lower() == other.job.lower()
+
+    def __hash__(self) -> int:
+        return hash((self.job.lower(), self.number))
 
 
 @dataclass(frozen=True)
@@ -412,6 +424,12 @@ class Jenkins(Protocol):
 
     def agent_activity(self, name: str) -> AgentActivity | None:
         """What the agent does now; None if Jenkins has no such agent."""
+        ...
+
+    def runs_carrying(self, parameter: str, value: str) -> list[RunRef]:
+        """The runs in progress on one-off executors (a Pipeline's run, which goes on on the
+        controller, outside its node blocks too) whose `parameter` is `value`, of any job:
+        found by what they carry, whatever their job is called now."""
         ...
 
     def disable_agent(self, name: str, reason: str) -> bool:

@@ -36,6 +36,26 @@ DETAIL_MAX_CHARS = 300  # a kubelet message can be long (a registry's whole answ
 # admission: Failed, reason NodeShutdown, "Pod was rejected as the node is shutting down."
 # (nodeshutdown_manager_linux.go Admit; no condition), nothing of it ever run.
 KUBELET_STOPS = frozenset({"Terminated", "Preempting", "NodeShutdown"})
+# The kubelet refusing a pod at admission, after the scheduler bound it (its own fit check
+# found the node short: its view of the node's pods ahead of the scheduler's, a GPU the device
+# plugin lost): phase Failed, no container ever created, reason "OutOf<resource>"
+# (OutOfcpu, OutOfmemory, OutOfpods, OutOfnvidia.com/gpu) for a resource short, the failed
+# predicate's name for another (NodeAffinity, NodePorts, ...), UnexpectedAdmissionError for
+# a device allocation that failed; message "Pod was rejected: " + the predicate's
+# (pkg/kubelet/lifecycle/predicate.go Admit, pkg/kubelet/kubelet.go rejectPod). Nothing of
+# the build ran: a disruption (placed again elsewhere once), not the build's failure.
+REJECTED_PREFIX = "Pod was rejected:"
+KUBELET_REJECTIONS = frozenset({"UnexpectedAdmissionError", "NodeAffinity", "NodePorts",
+                                "PodOSSelectorNodeLabelDoesNotMatch", "PodOSNotSupported"})
+
+
+def rejected_at_admission(pod: PodInfo) -> bool:
+    """Whether the node's kubelet refused the pod at admission (KUBELET_REJECTIONS)."""
+    return pod.phase == PodPhase.FAILED and bool(pod.reason) and (
+        pod.reason.startswith("OutOf") or pod.reason in KUBELET_REJECTIONS
+        or (pod.message or "").startswith(REJECTED_PREFIX))
+
+
 # The kubelet ending a pod at its activeDeadlineSeconds: phase Failed, reason
 # DeadlineExceeded, "Pod was active on the node longer than the specified deadline"
 # (pkg/kubelet/active_deadline.go). A template's deadline shorter than the pull's bound
@@ -199,7 +219,7 @@ def start_failure(pod: PodInfo, fatal_waiting_reasons: Iterable[str]
             return StartFailure(str(reason), _detail(
                 _name(c), c.reason or "Error", f"exit code {c.exit_code}"))
     if pod.reason == FailureReason.EVICTED or (pod.phase == PodPhase.FAILED and (
-            pod.reason in KUBELET_STOPS or pod.disruption)):
+            pod.reason in KUBELET_STOPS or pod.disruption)) or rejected_at_admission(pod):
         # before its containers' exits: a shutdown's SIGTERM (exit 143) is no fault of theirs
         reason = FailureReason.EVICTED if pod.reason == FailureReason.EVICTED \
             else FailureReason.POD_FAILED

@@ -62,14 +62,21 @@ class Candidate:
     load: float | None = None
 
 
-def wanted(template: PodTemplate, sized: PodTemplate, *, hinted: bool = False) -> Want:
+def wanted(template: PodTemplate, sized: PodTemplate, *, hinted: bool = False,
+           largest: Resources | None = None) -> Want:
     """What a build of `template` needs of a warm agent. `sized` is the template with the
     build's own default (its hint, else its job's history), or `template` itself when it has
     neither: then it wants the template's max memory, as placement gives it up to that with
-    headroom, and an agent with less could OOM-kill it. CPU is compressible: the template's
-    default is asked for, and (but for a hint) not held to."""
+    headroom, and an agent with less could OOM-kill it; but no more than the pod may have on
+    `largest` (as agent_size: placement gives it no more there). Wanting a max no node holds,
+    it was covered by no agent of its pool (made at what a node holds), and every build
+    missed. CPU is compressible: the template's default is asked for, and (but for a hint)
+    not held to."""
     if sized is template:
-        return Want(Resources(template.cpu.default, template.memory.max))
+        memory = template.memory.max
+        if largest is not None:
+            memory = min(memory, build_size(template, largest).memory_bytes)
+        return Want(Resources(template.cpu.default, memory))
     return Want(template_default(sized), cpu=hinted)
 
 

@@ -34,7 +34,7 @@ from workers.adapters.redis_state import FINISHED, BuildStatus
 from workers.agent_starts import online
 from workers.core.errors import CIAutoscalerError, PermanentError
 from workers.core.jenkins_queue import first_triggered, items_waiting_on, \
-    items_waiting_on_agents, queued_by_only
+    items_waiting_on_agents, queued_by_only, same_job
 from workers.core.keys import agent_name, build_key, is_own_agent_name
 from workers.core.models import BuildRequest, Source
 from workers.core.ports import QueueItem, RunRef
@@ -98,7 +98,9 @@ def wanted(rt: runtime.Runtime, queue: list[QueueItem],
         if status is None and not is_own_agent_name(label, item.job, rt.settings.installation):
             continue  # a name another installation gave: its agent, not ours to remake
         if template not in rt.config.templates:  # expired, or the template is gone
-            template = next((r.template for r in rt.config.routes if r.job == item.job), None)
+            # the route naming its job in any case (a route's "Build" is Jenkins' "build")
+            template = next((r.template for r in rt.config.routes
+                             if same_job(r.job, item.job)), None)
         if template is None:
             log.warning("a queue item waits on a gone agent of a job no route names",
                         extra={"queue_item": item.id, "job": item.job, "label": label})
@@ -305,7 +307,7 @@ def kept_for_another_run(rt: runtime.Runtime, key: str, build: dict[str, str], j
     activity = rt.jenkins.agent_activity(agent)
     if activity is None:
         return None
-    others = [r for r in activity.runs if (r.job, r.number) != (job, number)]
+    others = [r for r in activity.runs if r != RunRef(job, number)]  # in any case
     if others:
         _record_taken(rt, key, build, others[0], "executor after its run ended", disabled)
         return f"#{others[0].number} of {others[0].job!r}"

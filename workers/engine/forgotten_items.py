@@ -83,7 +83,7 @@ def nothing_left(rt: runtime.Runtime, build: dict[str, str], queue: PassQueue) -
     ExecutorStepExecution.PlaceholderTask; the run itself goes on on the controller, its
     agent idle until the block runs), nor on an adopted build's label; and, for a build of
     ours, no item or run of its job since its trigger carries its agent (see the module
-    docstring)."""
+    docstring), nor does a run in progress of any job (renamed or moved: runs_carrying)."""
     job, agent = build.get("job") or "", build.get("agent") or ""
     if not job or not agent or not build.get("request"):
         return False
@@ -104,14 +104,20 @@ def nothing_left(rt: runtime.Runtime, build: dict[str, str], queue: PassQueue) -
     # cancel: more runs since than the lookup reads, or a record without its trigger time
     # (the newest runs alone read), and the build's run may be among those not read.
     try:
-        return rt.jenkins.find_queue_item(job, AGENT_PARAMETER, carried,
-                                          queue=queue.items(), since=first_triggered(build),
-                                          whole=True) is None
+        if rt.jenkins.find_queue_item(job, AGENT_PARAMETER, carried, queue=queue.items(),
+                                      since=first_triggered(build), whole=True) is not None:
+            return False
     except NotReadBack as err:
         log.warning("a build Jenkins no longer ties to an item is kept: its job's "
                     "runs read do not reach back to its trigger",
                     extra={"agent": agent, "job": job, "error": str(err)})
         return False
+    # Its Pipeline run may go on under another name: its job renamed while the item waited
+    # (refused only while the job builds, Job.checkRename) or moved since (Items.move), in
+    # an `input` before its first node block (nothing on its agent, no item on its label),
+    # the job's runs at the old name a new job's. Jenkins runs it on a one-off executor,
+    # carrying the build's agent: found so, whatever its job is called now.
+    return not rt.jenkins.runs_carrying(AGENT_PARAMETER, carried)
 
 
 def _took_one_meanwhile(rt: runtime.Runtime, build: dict[str, str], agent: str) -> bool:

@@ -41,6 +41,8 @@ log = logging.getLogger("ci_autoscaler.intake")
 PROVISION_TASK = "workers.tasks.provision_agent"
 RELEASE_TASK = "workers.tasks.release_agent"
 HEARTBEAT_SECONDS = 30  # a mover silent this long has its records put back for another
+# Set-aside records looked at per pass for ones this release reads (Mover.retake_set_aside)
+RETAKE_LIMIT = 1000
 
 
 def record(delivery_id: str, build: dict[str, Any], *, project_id: int | None = None) -> bytes:
@@ -110,6 +112,14 @@ def _run_of(raw: bytes) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class _NoRoute:
+    """A push record the routes no longer take: its build and why."""
+
+    build: dict[str, Any]
+    ignored: Ignored
+
+
+@dataclass(frozen=True)
 class Release:
     """A claimed intake record of a notification that ends a build: the release job's
     arguments."""
@@ -160,38 +170,69 @@ class Mover:
         for a record that is not an event (set aside on the failed list, logged) or a push the
         routes no longer take (dropped, logged)."""
         try:
-            event = orjson.loads(raw)
-            if "release" in event:
-                return Release(raw, _release_kwargs(event["release"]))
-            if started_notes.KIND in event:
-                return started_notes.parse(raw, event[started_notes.KIND])
-            build = event["build"]
-            if self.routes is not None:
-                made = rebuilt(build, self.routes, installation=self.installation)
-                if isinstance(made, Ignored):
-                    return self._ignore(raw, build, made)
-                build = made.to_dict()
-            new_build = {"status": "queued", "agent": build["agent_name"], "job": build["job"],
-                         "template": build["template"], "project": build["project"],
-                         "ref": build["ref"], "sha": build["sha"],
-                         "received_at": build["received_at"],
-                         # the delivery that started this run: gitlab:<id> for a webhook,
-                         # catch-up:<commit key> for a push the catch-up found
-                         # (workers.engine.catchup)
-                         "delivery": str(event.get("delivery") or ""),
-                         "queued_at": time.time(),  # the stage QUEUED (workers.core.stages)
-                         # whose run mark (commit:<key>) goes when this run's state expires
-                         "commit": _commit_of(build),
-                         # what the reconcile loop provisions again from if this job is lost
-                         "request": orjson.dumps(build).decode()}
-            if isinstance(event.get(PROJECT_ID_FIELD), int):
-                new_build[PROJECT_ID_FIELD] = event[PROJECT_ID_FIELD]
-            return raw, build["build_key"], {"build": build}, new_build
+            read = self._read(raw)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             log.error("intake record is not an event; set aside",
                       extra={"error": f"{type(err).__name__}: {err}", "bytes": len(raw)})
             self.intake.set_aside(self.name, raw, **_run_of(raw))
             return None
+        if isinstance(read, _NoRoute):
+            return self._ignore(raw, read.build, read.ignored)
+        return read
+
+    def _read(self, raw: bytes
+              ) -> tuple[bytes, str, dict[str, Any], dict[str, Any]] | Release | Started | _NoRoute:
+        """`_parse`'s reading, with no effect: raises (orjson.JSONDecodeError, KeyError,
+        TypeError, ValueError) for a record that is not an event this release reads."""
+        event = orjson.loads(raw)
+        if "release" in event:
+            return Release(raw, _release_kwargs(event["release"]))
+        if started_notes.KIND in event:
+            return started_notes.parse(raw, event[started_notes.KIND])
+        build = event["build"]
+        if self.routes is not None:
+            made = rebuilt(build, self.routes, installation=self.installation)
+            if isinstance(made, Ignored):
+                return _NoRoute(build, made)
+            build = made.to_dict()
+        new_build = {"status": "queued", "agent": build["agent_name"], "job": build["job"],
+                     "template": build["template"], "project": build["project"],
+                     "ref": build["ref"], "sha": build["sha"],
+                     "received_at": build["received_at"],
+                     # the delivery that started this run: gitlab:<id> for a webhook,
+                     # catch-up:<commit key> for a push the catch-up found
+                     # (workers.engine.catchup)
+                     "delivery": str(event.get("delivery") or ""),
+                     "queued_at": time.time(),  # the stage QUEUED (workers.core.stages)
+                     # whose run mark (commit:<key>) goes when this run's state expires
+                     "commit": _commit_of(build),
+                     # what the reconcile loop provisions again from if this job is lost
+                     "request": orjson.dumps(build).decode()}
+        if isinstance(event.get(PROJECT_ID_FIELD), int):
+            new_build[PROJECT_ID_FIELD] = event[PROJECT_ID_FIELD]
+        return raw, build["build_key"], {"build": build}, new_build
+
+    def retake_set_aside(self) -> int:
+        """Put back on the intake the records on the failed list that this release reads:
+        set aside by a mover of an earlier release, during a rolling upgrade, as not events
+        of its kinds (a STARTED, which a newer web writes: README, Development, rolling
+        upgrades). Left there, they were never applied, and CIWebhookIntakeFailed paged for
+        pushes that were not lost until someone moved them back by hand. A record this
+        release cannot read stays (this release's own set-aside ones: no loop), and so does
+        a push: every release reads the kind, so one was set aside for what it holds, and
+        built late its commit may since have been pushed over (the runbook's call). How many."""
+        readable = []
+        for raw in self.intake.set_aside_records(RETAKE_LIMIT):
+            try:
+                if isinstance(self._read(raw), (tuple, _NoRoute)):
+                    continue  # a push
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+                continue
+            readable.append(raw)
+        if moved := self.intake.retake(readable):
+            log.warning("intake records an earlier release set aside taken back",
+                        extra={"records": moved})
+        return moved
 
     def _ignore(self, raw: bytes, build: dict[str, Any], ignored: Ignored) -> None:
         """A push the routes no longer take (they changed while it waited in the intake or a
@@ -252,6 +293,7 @@ class Mover:
         """Claim and convert until the intake is empty; how many jobs were made."""
         self.intake.heartbeat(self.name, self.heartbeat_seconds)
         self.intake.load_functions()
+        self.retake_set_aside()
         made = 0
         try:
             while records := self.intake.claim(self.name, self.batch):
@@ -282,6 +324,7 @@ class Mover:
                     if moved := self.intake.recover():
                         log.warning("intake records of a lost mover put back",
                                     extra={"records": moved})
+                    self.retake_set_aside()
                     self._convert_held()
                     recover_due = now + self.heartbeat_seconds
                 self._convert_all(self.intake.claim(self.name, self.batch,

@@ -47,7 +47,7 @@ from typing import Any
 import redis
 
 from workers import runtime
-from workers.engine import caps, redrive, repairs, retention, scale_up, scheduling, tasks
+from workers.engine import caps, data_loss, redrive, repairs, retention, scale_up, scheduling, tasks
 from workers.telemetry import liveness
 from workers.adapters.expiry import expire_ended
 from workers.agent_starts import jenkins_away, online as agent_start, unschedulable, \
@@ -259,8 +259,10 @@ def run_forever(rt: runtime.Runtime, stop: threading.Event,
     # Its hold every period and its renewals between passes fail together: said once
     outage = OutageLog(log, "reconcile lease unavailable", "reconcile lease available again")
     polls = OutageLog(log, "agent poll failed", "agent poll works again")
+    losses = data_loss.LossWatch(rt.state.redis, rt.state.prefix)
     while not stop.is_set():
         alive()
+        losses.check()
         held_at = time.monotonic()  # Redis counts the TTL from when it ran the hold
         try:
             leader = lease.hold()

@@ -1,7 +1,8 @@
 """The repairs of a reconcile pass: what events missed, found by comparing the Jenkins queue,
 the build state in Redis, and the pods and Jenkins agents this service manages.
 
-- ``delete_stray_pods``: pods of ours whose build is unknown (orphans), whose pod ended
+- ``delete_stray_pods``: pods of ours whose build is unknown (orphans: once Jenkins says their
+  agent runs nothing, as Redis may have lost a running build's record), whose pod ended
   (Failed or Succeeded, or its agent's container did, beside a service running on), whose
   build finished (a release that did not complete), or that outlived their template's
   deadline (e.g. stuck Pending, which activeDeadlineSeconds misses).
@@ -47,7 +48,7 @@ from collections.abc import Iterable
 from workers import commit_statuses, runtime
 from workers.engine import (adopted_done, adoption, blocked_builds, forgotten_items,
                             jenkins_leftovers, label_probe, lost_agents, lost_runs, lost_triggers,
-                            retention, run_confirm, tasks, unserved)
+                            orphans, retention, run_confirm, tasks, unserved)
 from workers.adapters import lease, run_bound
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
@@ -113,13 +114,15 @@ def open_builds(rt: runtime.Runtime, now: float) -> dict[str, dict[str, str]]:
 
 
 def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float, *,
-                      starts_judged: bool = True) -> int:
-    """Needs no Jenkins: a release while Jenkins is away leaves the agent's Jenkins node to
+                      starts_judged: bool = True, jenkins: JenkinsSteps | None = None) -> int:
+    """Needs no Jenkins but for orphans: a release while Jenkins is away leaves the agent's Jenkins node to
     delete_agentless_nodes (tasks.delete_node_or_leave). Without `starts_judged` (the pass's
     start-failure sweep did not run: Jenkins away), a pod whose build that sweep would fail
     is left to a pass that can: released here, the build would not be failed, and its queue
     item would wait in Jenkins for an agent that never comes. The pod of a build whose fail
-    stopped half-way (agent_starts.watch.unfinished) is left to the sweep in every pass."""
+    stopped half-way (agent_starts.watch.unfinished) is left to the sweep in every pass.
+    An orphan (its build unknown) is deleted only once `jenkins` says its agent runs nothing:
+    Redis may have lost the record of a build that runs (workers.engine.orphans)."""
     deleted = 0
     live = [pod for pod in ours(pods) if not pod.deleting]
     # A warm agent is the pool's until a build claims it, then that build's (workers.warm).
@@ -139,6 +142,8 @@ def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float, *,
                 (not starts_judged and _start_failed(rt, pod, state, now)):
             continue
         if not state:  # no build to release: the pod and its Jenkins agent only
+            if not orphans.deletable(rt, pod.name, jenkins):
+                continue
             if rt.cluster.delete_pod(pod.name):
                 tasks.engine_metrics(rt).agent_deleted("unknown", reason)
             tasks.delete_node_or_leave(rt, pod.name)
@@ -402,7 +407,8 @@ def repair(rt: runtime.Runtime, now: float | None = None,
     own = jenkins is None
     jenkins = JenkinsSteps(rt.state, now) if jenkins is None else jenkins
     pods = rt.cluster.list_pods() if pods is None else pods
-    result = {"pods_deleted": delete_stray_pods(rt, pods, now, starts_judged=starts_judged)}
+    result = {"pods_deleted": delete_stray_pods(rt, pods, now, starts_judged=starts_judged,
+                                                jenkins=jenkins)}
     # Read once: what the repairs below change does not make a build stalled (a released
     # build had its pod; an adopted one was just queued), so the next pass sees the rest.
     builds = open_builds(rt, now)

@@ -5,17 +5,18 @@ every COMPLETED or FINALIZED (workers.tasks.release_agent); the reconcile's lost
 still there, or gone. The logger stays ci_autoscaler.tasks, where these lines were logged.
 """
 
+import json
 import logging
 from typing import Any
 
 from workers import runtime
 from workers.adapters.redis_state import run_ref
 from workers.core import notifications
-from workers.core.jenkins_queue import first_triggered
+from workers.core.jenkins_queue import first_triggered, same_job
 from workers.core.notifications import Confirmed, confirm_completion, confirm_moved, \
     job_gone_over, moved_job
 from workers.core.ports import BuildState, RunInfo
-from workers.core.routing import BUILD_KEY_PARAMETER
+from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
 from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.tasks")
@@ -201,18 +202,41 @@ def job_renamed(rt: runtime.Runtime, build_key: str, build: dict[str, str]) -> s
     a rename only while the job builds, Job.checkRename, not while its items wait) or moved
     (Items.move). The item must carry the build's CI_AUTOSCALER_BUILD_KEY: after a
     controller killed without its shutdown an id is given again (workers.engine
-    .lost_triggers). Jenkins' word, never a notification's. None if not renamed, or the item
-    is forgotten."""
+    .lost_triggers). The item forgotten, the build's run in progress names it, if Jenkins
+    runs it on a one-off executor (_running_as). Jenkins' word, never a notification's. None
+    if not renamed, or neither says."""
     job, item = build.get("job") or "", build.get("queue_item") or ""
     if not job or not item.isdigit():
         return None
     found = rt.jenkins.queue_item(int(item))
+    if found is None:
+        return _running_as(rt, build)
     # Jenkins finds items by name in any case (Jenkins.items is a case-insensitive map): the
     # same name in another case is the same job, found under the name the build has
-    if found is None or not found.job or found.job.lower() == job.lower() \
+    if not found.job or same_job(found.job, job) \
             or found.parameters.get(BUILD_KEY_PARAMETER) != build_key:
         return None
     return found.job
+
+
+def _running_as(rt: runtime.Runtime, build: dict[str, str]) -> str | None:
+    """The job, under another name than the build's, of a run in progress that carries the
+    build's agent (the name its trigger gave it: its first agent's, workers.engine
+    .agent_names), our agent names being unique per build: a Pipeline's run goes on on a
+    one-off executor for as long as it runs (Jenkins.runs_carrying), in an `input` before
+    its first node block or between two too, its agent idle then, so that a job moved into
+    a folder while it waited there (Items.move checks no running build) looked deleted
+    (job_gone: the old name 404, the agent running nothing) once Jenkins had forgotten the
+    build's item. None for an adopted build (its run carries nothing of ours)."""
+    if build.get("node_label") or not build.get("request"):
+        return None
+    parameters = json.loads(build["request"]).get("parameters") or {}
+    carried = parameters.get(AGENT_PARAMETER) or build.get("agent")
+    if not carried:
+        return None
+    job = build.get("job") or ""
+    return next((run.job for run in rt.jenkins.runs_carrying(AGENT_PARAMETER, carried)
+                 if not same_job(run.job, job)), None)
 
 
 def job_gone(rt: runtime.Runtime, build: dict[str, str]) -> Confirmed | notifications.Refused:
@@ -220,7 +244,8 @@ def job_gone(rt: runtime.Runtime, build: dict[str, str]) -> Confirmed | notifica
     .job_gone_over): its agent's computer is read first, and the job's page only if the agent
     runs nothing, so a COMPLETED naming a missing run of a busy or unconnected agent's build
     costs one GET more, not two; the build's queue item (one or two GETs) only once the job
-    is gone too."""
+    is gone too; and then the one-off executors (_running_as: one GET), where a moved job's
+    Pipeline run goes on between its node blocks, its agent idle."""
     job, agent = build.get("job") or "", build.get("agent") or ""
     if not job or not agent:
         return notifications.Refused(notifications.NOT_CONFIRMED,
@@ -238,4 +263,10 @@ def job_gone(rt: runtime.Runtime, build: dict[str, str]) -> Confirmed | notifica
                                      f"job {job!r} is gone from that name and the build's "
                                      "queue item still waits in Jenkins' queue (the job "
                                      "moved)")
+    if isinstance(decision, Confirmed) and (moved := _running_as(rt, build)) is not None:
+        # A deleted job's runs were aborted (ItemDeletion.cancelBuildsInProgress); a moved
+        # one's Pipeline run goes on, between node blocks (an `input`), its agent idle
+        return notifications.Refused(notifications.NOT_CONFIRMED,
+                                     f"job {job!r} is gone from that name and Jenkins runs "
+                                     f"the build's run as job {moved!r} (the job moved)")
     return decision

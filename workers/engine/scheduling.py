@@ -21,7 +21,7 @@ from workers.concurrency.coalesce import Coalesced
 from workers.core import hints, podsize, topology
 from workers.core.capacity import CapacityState, WaitingBuild, capacity_state, shortfall
 from workers.core.cluster import NodeState, Resources, ZERO, holds
-from workers.core.fit import NOTHING_HELD, Held, Needs, needs
+from workers.core.fit import NOTHING_HELD, Held, Limits, Needs, needs
 from workers.core.errors import RetryableError
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import (
@@ -54,8 +54,8 @@ class IndexedView(Protocol):
 
     def capacity_state(self, waiting: Sequence[WaitingBuild], *, reserved: Reserved,
                        reference: Resources | None = None,
-                       target_utilisation: float = ..., per_node: Resources = ...
-                       ) -> CapacityState: ...
+                       target_utilisation: float = ..., per_node: Resources = ...,
+                       fresh_limits: Limits | None = None) -> CapacityState: ...
 
     def node_rows(self, *, reserved: Reserved, target_utilisation: float = ...
                   ) -> list[NodeRow]: ...
@@ -392,16 +392,24 @@ def largest_node(rt: Runtime, template: PodTemplate) -> Resources | None:
 
 @runtime_checkable
 class DaemonView(Protocol):
-    """A ClusterView that knows what the DaemonSets' pods request on a node (ClusterWatch)."""
+    """A ClusterView that knows what the DaemonSets' pods take on a node (ClusterWatch)."""
 
-    def daemon_requests(self, templates: Sequence[PodTemplate] = ()) -> Resources: ...
+    def fresh_node(self, templates: Sequence[PodTemplate] = (),
+                   reference: Resources | None = None
+                   ) -> tuple[Resources | None, Resources, Limits | None]: ...
 
 
-def daemons(rt: Runtime, planned: Sequence[WaitingBuild]) -> Resources:
-    """What a node joining for the `planned` builds will hold before them (its DaemonSets'
-    and static pods), when the view can tell (the simulator's nodes run none)."""
-    return rt.view.daemon_requests([w.template for w in planned]) \
-        if isinstance(rt.view, DaemonView) else ZERO
+def fresh_node(rt: Runtime, planned: Sequence[WaitingBuild]
+               ) -> tuple[Resources | None, Resources, Limits | None]:
+    """A node joining for the `planned` builds: its shape (the configured reference, else
+    None: the commonest, capacity.reference_shape), what its DaemonSets' and static pods
+    request, and what it has for builds beside cpu and memory (its pod slots left by them,
+    its GPUs; None: not counted), when the view can
+    tell (the simulator's nodes run none), read off the same nodes (ClusterWatch.fresh_node)."""
+    reference = rt.settings.reference_node
+    if not planned or not isinstance(rt.view, DaemonView):
+        return reference, ZERO, None
+    return rt.view.fresh_node([w.template for w in planned], reference)
 
 
 def warm_room(rt: Runtime, builds: int = 0) -> list[WaitingBuild]:
@@ -443,17 +451,17 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
     waiting, reasons, paused, held = waiting_builds(rt)
     planned = waiting + warm_room(rt, len(waiting))  # nodes_needed counts the pools up to their min
     # what a node added would hold before our builds (nothing to plan: not read)
-    per_node = daemons(rt, planned) if planned else ZERO
+    reference, per_node, fresh_limits = fresh_node(rt, planned)
     if isinstance(rt.view, IndexedView):
         reserved = rt.capacity.reservations()
-        state = rt.view.capacity_state(planned, reserved=reserved,
-                                       reference=rt.settings.reference_node,
-                                       target_utilisation=target, per_node=per_node)
+        state = rt.view.capacity_state(planned, reserved=reserved, reference=reference,
+                                       target_utilisation=target, per_node=per_node,
+                                       fresh_limits=fresh_limits)
         rows = rt.view.node_rows(reserved=reserved, target_utilisation=target)
     else:
         nodes = observe(rt)
-        state = capacity_state(planned, nodes, rt.settings.reference_node,
-                               target_utilisation=target, per_node=per_node)
+        state = capacity_state(planned, nodes, reference, target_utilisation=target,
+                               per_node=per_node, fresh_limits=fresh_limits)
         rows = [node_row(n, free(n, target)) for n in nodes]
     if len(planned) > len(waiting):  # the waiting count and shortfall are the builds' own
         state = replace(state, waiting=len(waiting), shortfall=shortfall(waiting))
@@ -465,7 +473,7 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
                for key, size in state.too_big if key in builds}
     for key in rt.capacity.write_state(state, rows, reasons=dict(reasons),
                                        metrics_available=rt.view.metrics_available,
-                                       too_big=too_big):
+                                       too_big=too_big, held_since=held_since(rt)):
         size = dict(state.too_big)[key]
         log.warning("build bigger than a node of the reference shape: more nodes of that "
                     "shape will not start it", extra={
@@ -476,6 +484,17 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
     rt.capacity.mark_paused(paused)  # left out of the wait that pages (CIBuildsWaitingTooLong)
     rt.capacity.mark_held(held)  # not counted as waiting ahead of later builds
     return state
+
+
+def held_since(rt: Runtime) -> float | None:
+    """When the longest-waiting of the builds held as unschedulable arrived (their last pod
+    left Pending to kube-scheduler, out of the waiting set: workers.agent_starts.unschedulable),
+    or None: they wait as much as any, and the age that pages (CIBuildsWaitingTooLong)
+    counts them."""
+    keys = rt.capacity.unschedulable()
+    arrived = [float(r) for (r,) in rt.state.build_fields(keys, "received_at") if r] \
+        if keys else []
+    return min(arrived, default=None)
 
 
 _refreshes: "weakref.WeakKeyDictionary[object, Coalesced]" = weakref.WeakKeyDictionary()

@@ -101,6 +101,7 @@ class Drainer:
         self.batch, self.interval_seconds = batch, interval_seconds
         self._others: dict[str, int] = {}  # other owners' rows, as last logged
         self._others_at = float("-inf")
+        self._newer: set[int] = set()  # rows of a newer release's kind, logged once each
 
     def drain(self) -> int:
         """Move what is spooled into the intake until the spool is empty or Redis refuses
@@ -124,7 +125,8 @@ class Drainer:
                 for event in events:
                     after = event.id
                     try:
-                        self._move(event)
+                        if not self._move(event):
+                            continue
                     except RetryableError as err:
                         if not isinstance(err.__cause__, NotReplicated):
                             raise
@@ -158,11 +160,23 @@ class Drainer:
                                                   "this_owner": self.spool.owner})
             self._others = others
 
-    def _move(self, event) -> None:
+    def _move(self, event) -> bool:
+        """The row handed on and deleted, or set aside in the file (unreadable): True; left
+        in the spool for the release that wrote it: False."""
         try:
             data = orjson.loads(event.payload)
         except orjson.JSONDecodeError:
             data = None
+        if isinstance(data, dict) and "kind" in data and data["kind"] != NOTE_KIND:
+            # A row of a kind a newer release spools (a rollback with a persistent spool, or a
+            # spool adopted from a newer web): deleted as "not a push", the event the newer web
+            # answered 202 for was lost; kept, its release drains it once it runs again.
+            if event.id not in self._newer:
+                self._newer.add(event.id)
+                log.warning("spooled event of a kind this release does not read; left for "
+                            "the release that wrote it", extra={
+                                "delivery": event.delivery, "kind": str(data["kind"])[:64]})
+            return False
         if isinstance(data, dict) and data.get("kind") == NOTE_KIND and self.notes is not None:
             try:
                 self.notes(data.get("note"), float(data.get("received_at") or time.time()))
@@ -173,20 +187,24 @@ class Drainer:
                               "Jenkins about a build not heard of)",
                               extra={"delivery": event.delivery})
             self.spool.remove(event.id)
-            return
+            return True
         try:
             push = SpooledPush.from_bytes(event.payload)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            # Not written by this version of spool_push: kept out of the way of the rest.
-            log.error("spooled event is not a push; deleted",
-                      extra={"delivery": event.delivery, "error": type(err).__name__})
-            self.spool.remove(event.id)
-            return
+            # Not written by any version of spool_push (a damaged file; a newer kind is left
+            # above): kept out of the way of the rest, but not lost: set aside in the
+            # file for a person to look at (deleted, a push answered 202 was gone unseen).
+            self.spool.set_aside(event.id)
+            log.error("spooled event is not a push; set aside in the spool file's set_aside "
+                      "table", extra={"delivery": event.delivery, "error": type(err).__name__,
+                                      "spool": str(self.spool.directory)})
+            return True
         pushed = push.push_to(self.intake)  # RetryableError: the row stays
         self.spool.remove(event.id)
         log.info("spooled push moved to the intake", extra={
             "build_key": pushed.build_key, "queued": pushed.queued,
             **({"reason": pushed.reason} if pushed.reason else {})})
+        return True
 
     def run(self, stop: threading.Event) -> None:
         """Until `stop` is set: drain, then look again after the interval; while Redis

@@ -81,7 +81,11 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
     if run is None or not job or template is None or not template.history:
         return
     if run.oom_limit_bytes:
-        given = int(build.get("memory_bytes") or 0) or run.oom_limit_bytes
+        # the build's size; a record without it (a provision retried after its pod's create
+        # answer was lost writes none) has it from the killed container's limit, which holds
+        # the agent's share and any tmpfs: pod_memory below adds those again
+        given = int(build.get("memory_bytes") or 0) \
+            or podsize.limit_build_memory(template, run.oom_limit_bytes)
         # doubled as a pod total, as the recommendation it floors (workers.job_history.sized)
         killed = podsize.pod_memory(template, given)
         # (a floor stored by a release before, the build's size, made the pod's first)

@@ -244,6 +244,9 @@ class SimJenkins:
                                  or name in self.disabled,
                                  temporarily_offline=name in self.disabled, runs=runs)
 
+    def runs_carrying(self, parameter: str, value: str) -> list[RunRef]:
+        return []  # the simulated builds run on their agents' executors: none on one-off ones
+
     def _node_for(self, label: str) -> str | None:
         """The node a build on this label goes to: the one of that name, else one with that
         label (under the lock)."""

@@ -84,6 +84,12 @@ class CapacityCollector:
         state, nodes = self.store.read_state()
         oldest = self.store.oldest_waiting_since()
         now, unpaused = time.time(), self.store.oldest_unpaused_since()
+        # A build held as unschedulable waits too (its pod left Pending to kube-scheduler,
+        # out of the waiting set): left out, it waited for hours with no alert.
+        held = self.store.oldest_held_since(state)
+        if held is not None:
+            oldest, unpaused = (held if since is None else min(since, held)
+                                for since in (oldest, unpaused))
         for metric, since in ((m.OLDEST_WAITING_BUILD_AGE_SECONDS, oldest),
                               (m.OLDEST_UNPAUSED_WAITING_BUILD_AGE_SECONDS, unpaused)):
             yield _gauge(metric, 0.0 if since is None else max(0.0, now - since))
@@ -307,6 +313,8 @@ class RedisMemoryCollector:
         # to a replica, reads to Prometheus as a counter reset).
         yield CounterMetricFamily(m.REDIS_EVICTED_KEYS_TOTAL.name, m.REDIS_EVICTED_KEYS_TOTAL.doc,
                                   value=float(memory.evicted_keys))
+        if memory.aof_enabled is not None:  # workers.core.redis_durability
+            yield _gauge(m.REDIS_AOF_ENABLED, float(memory.aof_enabled))
 
 
 class CatchUpCollector:

@@ -329,6 +329,11 @@ REDIS_EVICTING = _m("redis_evicting", G, STATE, "1 when Redis's maxmemory-policy
 REDIS_UP = _m("redis_up", G, PROC, "1 when this scrape read from Redis all that /metrics reads "
               "there; 0 when Redis did not answer or refused a read (those figures are then "
               "left out of the scrape).")
+# Without the append-only file a Redis restart loses every key written since its last RDB
+# snapshot, answered pushes among them (workers.core.redis_durability); CIRedisNotPersistent.
+REDIS_AOF_ENABLED = _m("redis_aof_enabled", G, STATE, "1 when Redis keeps an append-only file "
+                       "(INFO persistence aof_enabled); 0: a Redis restart loses what was "
+                       "written since its last snapshot, answered pushes among them.")
 REDIS_EVICTED_KEYS_TOTAL = _m("redis_evicted_keys_total", C, STATE, "Keys Redis has evicted "
                               "since it started (INFO evicted_keys), any client's: 0 under "
                               "noeviction.")
@@ -353,7 +358,7 @@ CATALOGUE: tuple[Metric, ...] = (
     *NODE_CORES.values(), *NODE_BYTES.values(),
     MISSED_PUSHES_TOTAL, GITLAB_HOOK_DISABLED, OOM_KILLS_TOTAL,
     REDIS_UP, REDIS_MEMORY_USED_BYTES, REDIS_MEMORY_MAX_BYTES, REDIS_EVICTING,
-    REDIS_EVICTED_KEYS_TOTAL,
+    REDIS_EVICTED_KEYS_TOTAL, REDIS_AOF_ENABLED,
     COMMIT_STATUS_TOTAL, COMMIT_STATUS_BACKLOG, JENKINS_LEFTOVERS,
 )
 

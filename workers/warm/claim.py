@@ -5,6 +5,7 @@ request's agent name and CI_AUTOSCALER_AGENT all name the warm agent, whose labe
 triggered on at once; its replacement is queued once the trigger has ended (queue_replacement). No pod is made. The build takes its agent slot
 first (workers.engine.caps): a warm agent never lets a template exceed its maxConcurrent or maxAgents.
 The wanted size is its size hint, else its job's history size, else the template's max memory
+(no more than the pod may have on the biggest node it may use: scheduling.largest_node)
 (scheduling.sized_for, then workers.core.warm_claim.wanted); an agent with less memory (or,
 for a hint, fewer cores) is never taken, a bigger one is. Of those that cover it, the build
 takes the one whose node has the most room by use (claim_order), as the simulator's e does,
@@ -60,7 +61,9 @@ def try_claim(rt: Runtime, request: BuildRequest, template: PodTemplate,
     sized = scheduling.sized_for(rt, request, template)
     want = wanted(template, sized,
                   hinted=sized is not template and
-                  apply_hint(template, request.parameters)[0] is not template)
+                  apply_hint(template, request.parameters)[0] is not template,
+                  # (read from the watched cache only when it counts: no API call)
+                  largest=scheduling.largest_node(rt, template) if sized is template else None)
     rt.state.update_build(request.build_key, warm_want_memory=want.size.memory_bytes)
     # over its template's cap it waits the normal way; over maxAgents it may still take an
     # idle agent, whose slot of maxAgents becomes its own (a warm agent holds one: caps)

@@ -78,12 +78,15 @@ def pool_lease(rt: Runtime, template: str) -> Lease:
 
 def arrivals(rt: Runtime, now: float, since: float) -> dict[str, Seen]:
     """The builds received since `since`, by template: when each arrived, and the memory it
-    wanted of a warm agent (workers.warm.claim; None for one that never asked)."""
+    wanted of a warm agent (workers.warm.claim; None for one that never asked). Not those
+    Jenkins queued by itself on a label (adopted, workers.engine.adoption): Jenkins hands
+    such an item to an agent with that label, which no warm agent has (its label is its own
+    name), so they never take one; counted, they kept a pool of idle agents for them."""
     keys = rt.state.builds_since(since)
     out: dict[str, Seen] = defaultdict(list)
-    for template, received, want in rt.state.build_fields(keys, "template", "received_at",
-                                                          "warm_want_memory"):
-        if template and received:
+    for template, received, want, label in rt.state.build_fields(
+            keys, "template", "received_at", "warm_want_memory", "node_label"):
+        if template and received and not label:
             out[template].append((float(received), int(want) if want else None))
     return out
 
