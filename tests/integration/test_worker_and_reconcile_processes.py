@@ -352,3 +352,43 @@ def test_a_sigterm_while_the_process_imports_its_modules_stops_it_cleanly(comman
     assert code == 0, "".join(process.raw[-10:])
     assert time.monotonic() - started < 5
     assert not any("Traceback" in line for line in process.raw), "".join(process.raw[-20:])
+
+
+def test_a_build_whose_worker_was_killed_mid_provision_is_provisioned_again_within_seconds(
+        app_on_cluster, jenkins_fake):
+    """A worker SIGKILLed (an OOM kill, a failed liveness probe) while it provisions a build:
+    its provision lease (60 s by default) outlived it, and the reconcile loop then waited a
+    lease period more since the build's last touch, so the build waited a minute or more for
+    nothing, as did its release's retries ("being provisioned"). A lease its holder stopped
+    renewing (every 5 s) is its dead holder's: the build is provisioned again at once, and is
+    built once."""
+    app = app_on_cluster(CONFIG, namespace=NAMESPACE)  # the default provision lease
+    state = state_of(app)
+    key = push(app.test_client(), 1)
+    arrived, release = jenkins_fake.hold_next("/job/build/buildWithParameters")
+    worker = Process("worker")
+    reconciler = Process("reconcile", "--interval", "1")
+    second = None
+    try:
+        assert arrived.wait(60), "the worker never asked Jenkins for the build"
+        children = [int(pid) for pid in Path(f"/proc/{worker.proc.pid}/task/{worker.proc.pid}"
+                                                "/children").read_text().split()]
+        for pid in [worker.proc.pid, *children]:  # the container's processes, all at once
+            os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        worker.proc.wait(timeout=30)
+        release.set()  # Jenkins takes the trigger its client is no longer there for
+        second = Process("worker")  # the Deployment's new pod
+        wait_until(lambda: state.get_build(key).get("status") == "triggered"
+                   and state.get_build(key).get("restarted_at"), timeout=120,
+                   what=lambda: f"the build provisioned again: {state.get_build(key)}")
+        waited = time.monotonic() - killed
+    finally:
+        release.set()
+        worker.stop(signal.SIGKILL)
+        for process in (reconciler, second):
+            if process is not None:
+                process.stop()
+    assert waited < 45, waited  # the lease's 60 s, and as long again, before
+    assert [b.parameters["CI_AUTOSCALER_BUILD_KEY"] for b in jenkins_fake.builds] == [key]
+    assert reconciler.said("provisioning a stalled build again") == 1, reconciler.raw[-20:]

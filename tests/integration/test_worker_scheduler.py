@@ -6,6 +6,7 @@ as it forks the scheduler stops it: the scheduler's process, running the worker'
 handlers until it installs its own, ran on, and the worker waited for it for ever."""
 
 import os
+import time
 import signal
 import subprocess
 import sys
@@ -252,3 +253,51 @@ def test_a_second_sigterm_stops_a_busy_worker_cold_with_its_scheduler(
     assert _gone(scheduler), text
     assert "Scheduler stopping" in text, text
     assert Worker.all(connection=connection) == [], text  # deregistered
+
+
+def test_a_worker_killed_with_its_scheduler_has_its_retries_moved_by_the_other_worker_soon(
+        redis_url, tmp_path):
+    """Two worker processes; the one whose scheduler holds the lock is killed with it (SIGKILL
+    to its process group, as the kubelet kills a container whose liveness probe failed, or the
+    kernel an OOM pod). RQ's lock outlives its holder by its time to live, 61 s (interval + 60,
+    rq/scheduler.py acquire_locks; RQ's issue 1758: another worker took over after more than
+    10 minutes then): every retry of every build waited that long for nothing. A lock its
+    holder has not renewed (each second) for SCHEDULER_STALE_SECONDS is taken over."""
+    connection = redis.Redis.from_url(redis_url)
+    queue = Queue("scheduler-holder-killed", connection=connection, serializer=SERIALIZER)
+    lock = f"rq:scheduler-lock:{queue.name}"
+    logs = [(tmp_path / f"worker-{n}.log").open("w") for n in (1, 2)]
+    first = subprocess.Popen([sys.executable, "-c", WORKER.replace(repr(QUEUE), repr(queue.name)),
+                              redis_url], cwd=ROOT, stdout=logs[0], stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    second = None
+    try:
+        wait_until(lambda: _children(first.pid), timeout=30,
+                   what="the first worker's scheduler process")
+        holder = wait_until(lambda: connection.get(lock), timeout=30, what="its lock")
+        second = subprocess.Popen(
+            [sys.executable, "-c", WORKER.replace(repr(QUEUE), repr(queue.name)), redis_url],
+            cwd=ROOT, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: len(Worker.all(connection=connection)) == 2, timeout=30,
+                   what="the second worker registered")
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        killed = time.monotonic()
+        job = queue.enqueue_in(timedelta(seconds=1), "time.time")  # a retry's pause
+        wait_until(lambda: job.get_status(refresh=True) == "finished", timeout=45,
+                   what=lambda: f"the retry run by the second worker: lock "
+                                f"{connection.get(lock)!r} (the dead one's {holder!r}), ttl "
+                                f"{connection.ttl(lock)}")
+        assert time.monotonic() - killed < 30
+        assert connection.get(lock) not in (None, holder)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        for log in logs:
+            log.close()

@@ -34,6 +34,7 @@ return 0
 _ACQUIRE_PAST_MAXMEMORY = """#!lua flags=allow-oom
 return redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
 """
+RENEWED = "renewed-"  # the token's head of a lease its holder renews (Lease `renewed`)
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('del', KEYS[1])
@@ -43,11 +44,15 @@ return 0
 
 
 class Lease:
-    def __init__(self, connection: redis.Redis, key: str, seconds: float):
+    def __init__(self, connection: redis.Redis, key: str, seconds: float, *,
+                 renewed: bool = False):
+        """`renewed`: its holder renews it for as long as it holds it (a Heartbeat), so it may
+        be taken for its dead holder's once it is not renewed (`free_if_stale`); one held
+        through a short step without renewals is left to lapse."""
         self.connection = connection
         self.key = key
         self.millis = max(1, int(seconds * 1000))
-        self.token = uuid.uuid4().hex
+        self.token = (RENEWED if renewed else "") + uuid.uuid4().hex
 
     def acquire(self) -> bool:
         """Take the lease if nobody holds it; True if this owner holds it now."""
@@ -71,6 +76,48 @@ class Lease:
 
 def held(connection: redis.Redis, key: str) -> bool:
     return bool(connection.exists(key))
+
+
+# A task's lease is renewed this often at most (workers.concurrency.heartbeat: every third of
+# its time to live, 20 s for the provision lease's 60), so that its holder's death is seen
+# long before the lease lapses (`free_if_stale`).
+RENEW_MOST_SECONDS = 5.0
+# A lease not renewed for this many of its renewals is its dead holder's: a renewal may fail
+# twice (Redis busy) and a loaded machine may hold the renewing thread a while.
+STALE_RENEWALS = 4
+_FREE_STALE = """
+local holder = redis.call('get', KEYS[1])
+if not holder or string.sub(holder, 1, #ARGV[2]) ~= ARGV[2] then
+  return 0
+end
+local left = redis.call('pttl', KEYS[1])
+if left >= 0 and left <= tonumber(ARGV[1]) then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+def renew_seconds(seconds: float) -> float:
+    """How often the holder of a lease of `seconds` renews it."""
+    return min(seconds / 3, RENEW_MOST_SECONDS)
+
+
+def free_if_stale(connection: redis.Redis, keys: list[str], seconds: float) -> list[str]:
+    """Delete those of the task leases `keys` (of `seconds` to live) their holder has not renewed
+    for STALE_RENEWALS renewals: it died (SIGKILL, an OOM kill, a node lost) and its lease
+    would hold its build for up to `seconds` more (a minute by default), then a lease period
+    more for the reconcile loop to see it quiet. Only a lease taken `renewed` (one held through
+    a short step, never renewed, is left to lapse); none too short to tell (its renewals come
+    every third of it, so it lapses first). The ones deleted."""
+    left = int((seconds - STALE_RENEWALS * renew_seconds(seconds)) * 1000)
+    if left <= 0 or not keys:
+        return []
+    script = connection.register_script(_FREE_STALE)
+    with connection.pipeline(transaction=False) as pipe:
+        for key in keys:
+            script(keys=[key], args=[left, RENEWED], client=pipe)
+        return [key for key, freed in zip(keys, pipe.execute()) if freed]
 
 
 class LeaseLost(RunEnded):

@@ -1,6 +1,7 @@
 """A lease kept for as long as a task runs: renewed on a side thread every third of its time
-to live, however slow the task's calls are (Jenkins or the API server slow under faults, a
-Retry-After, a re-drive waiting for its turn).
+to live (every 5 s at most, so a dead holder's is seen soon: workers.adapters.lease
+free_if_stale), however slow the task's calls are (Jenkins or the API server slow under
+faults, a Retry-After, a re-drive waiting for its turn).
 
 Renewals between the task's steps would not do: one slow call (four attempts with backoffs,
 each up to the client timeout) outlasts the lease, and a second task (a re-drive, a replay of
@@ -24,13 +25,12 @@ from types import TracebackType
 
 import redis
 
-from workers.adapters.lease import Lease
+from workers.adapters.lease import Lease, renew_seconds
 from workers.concurrency import redis_away
 from workers.concurrency.side import block_stop_signals
 from workers.core.errors import RetryableError
 
 log = logging.getLogger("ci_autoscaler.heartbeat")
-BEATS_PER_TTL = 3  # a renewal may fail twice (Redis busy) before the lease can lapse
 # How often a task's end asks again to let its lease go while Redis does not answer.
 LET_GO_PAUSE_SECONDS = 0.2
 
@@ -43,7 +43,7 @@ class Heartbeat:
         self._what = what or lease.key
         self._stop = threading.Event()
         self._lost = threading.Event()
-        self._interval = lease.millis / 1000 / BEATS_PER_TTL
+        self._interval = renew_seconds(lease.millis / 1000)  # a third of it, 5 s at most
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"heartbeat {self._what}")
 

@@ -45,7 +45,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from workers.telemetry import liveness
-from workers.concurrency import full_redis, job_end, redis_away, scheduler_stop
+from workers.concurrency import full_redis, job_end, redis_away, scheduler_lock, scheduler_stop
 from workers.concurrency.side import block_stop_signals
 from workers.core.errors import RetryableError
 
@@ -167,7 +167,15 @@ class PoolWorker(SimpleWorker):
 
     @property
     def dequeue_timeout(self) -> int:
-        return max(1, min(super().dequeue_timeout, self._dequeue_seconds))
+        """An idle read for a job lasts DEQUEUE_SECONDS at most; SCHEDULER_CHECK_SECONDS while
+        this worker runs no scheduler process (another worker's holds the lock, which it takes
+        over once its holder died: `_keep_scheduler`), so an idle worker looks that often."""
+        most = self._dequeue_seconds
+        scheduler = getattr(self, "scheduler", None)  # none yet while RQ's __init__ reads this
+        if scheduler is not None and not self._burst and (
+                scheduler._process is None or not scheduler._process.is_alive()):
+            most = min(most, int(SCHEDULER_CHECK_SECONDS))
+        return max(1, min(super().dequeue_timeout, most))
 
     @property
     def running(self) -> int:
@@ -394,7 +402,14 @@ class PoolWorker(SimpleWorker):
             return
         self._scheduler_checked_at = at
         try:
-            self.scheduler.acquire_locks(auto_start=True)
+            held = self.scheduler.acquire_locks(auto_start=True)
+            others = [self.scheduler.get_locking_key(name)
+                      for name in sorted(self.scheduler._queue_names - held)]
+            # a dead worker's lock lives on for a minute (workers.concurrency.scheduler_lock)
+            if others and scheduler_lock.free_stale(self.connection, others,
+                                                    self.scheduler.interval):
+                log.warning("scheduler lock of a dead worker taken over")
+                self.scheduler.acquire_locks(auto_start=True)
         except redis.RedisError as err:  # a later heartbeat asks again
             log.warning("scheduler not restarted: Redis unavailable",
                         extra={"error": type(err).__name__})

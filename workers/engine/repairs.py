@@ -49,7 +49,7 @@ from workers import commit_statuses, runtime
 from workers.engine import (adopted_done, adoption, blocked_builds, forgotten_items,
                             jenkins_leftovers, label_probe, lost_agents, lost_runs, lost_triggers,
                             orphans, retention, run_confirm, tasks, unserved)
-from workers.adapters import run_bound
+from workers.adapters import lease, run_bound
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
 from workers.agent_starts import disrupted
@@ -341,8 +341,9 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     only one being deleted), no task holding the build's lease, and not touched for a lease
     period, or for ten while the queue still holds jobs (the workers are behind: the job may
     still be in there), counted from when its job's RQ retry was due, if one was scheduled
-    (RETRY_AT). A duplicate run is harmless (every step is idempotent and the lease keeps two
-    tasks apart), so when in doubt, restart."""
+    (RETRY_AT); or at once when the lease was its holder's that stopped renewing it (the
+    worker died mid-provision). A duplicate run is harmless (every step is idempotent and the
+    lease keeps two tasks apart), so when in doubt, restart."""
     # A pod being deleted is not the build's: nothing else makes its next one (one stuck
     # Terminating on a node that cannot be reached, evicted by the node lifecycle controller,
     # is force-deleted by the provision: workers.engine.terminating).
@@ -353,33 +354,43 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     # triggered beside its refused create, and its STARTED made it running with no pod
     # (tasks._wait_for_quota); restarted too, it got a second provision and a warning a period.
     waiting = set(rt.capacity.waiting())
-    restarted = 0
+    candidates = {}
     for key, build in builds.items():
-        run_bound.checkpoint()  # the pass may end before this build
         status = build.get("status")
-        if key in waiting:
+        if key in waiting or not build.get("request"):
             continue
         # running: a Pipeline's STARTED comes before its agent connects; a pod drained before
         # that is made again (after it connected, the build is lost: workers.engine.lost_agents)
         # A build on a warm agent it claimed has no pod of its own to make: if that agent is
         # lost before the build starts, workers.warm.lost places the build again.
         own_pod = key in have_pod or bool(build.get("warm_agent"))
-        stalled = status in (BuildStatus.QUEUED, BuildStatus.POD_CREATED) or (
-            status == BuildStatus.TRIGGERED and not own_pod
-            and not build.get(blocked_builds.FIELD)) or (
-            status == BuildStatus.RUNNING and not own_pod
-            and not build.get("agent_online_at"))
+        if status in (BuildStatus.QUEUED, BuildStatus.POD_CREATED) or (
+                status == BuildStatus.TRIGGERED and not own_pod
+                and not build.get(blocked_builds.FIELD)) or (
+                status == BuildStatus.RUNNING and not own_pod
+                and not build.get("agent_online_at")):
+            candidates[key] = build
+    # A lease its holder stopped renewing: the provision died with its worker (SIGKILL, an
+    # OOM kill), and its build is provisioned again now, not a lease period later (when the
+    # lease lapses) and one more (quiet since that provision's last touch).
+    dead = set(lease.free_if_stale(rt.state.redis, [tasks.lease_key(rt, k) for k in candidates],
+                                   rt.settings.provision_lease_seconds))
+    restarted = 0
+    for key, build in candidates.items():
+        run_bound.checkpoint()  # the pass may end before this build
         # RETRY_AT: when its job's RQ retry is due (workers.engine.jobs), a lease period and more
         # after its last touch; the retry is in RQ's scheduled registry, not in the queue
         last_touched = max(float(build.get(f) or 0)
                            for f in ("updated_at", "received_at", "restarted_at", RETRY_AT))
-        if not stalled or now - last_touched < quiet \
-                or not build.get("request") or held(rt.state.redis, tasks.lease_key(rt, key)):
+        lease_key = tasks.lease_key(rt, key)
+        if lease_key not in dead and (now - last_touched < quiet
+                                      or held(rt.state.redis, lease_key)):
             continue
         tasks.queue_provision(rt, BuildRequest.from_dict(json.loads(build["request"])))
         rt.state.update_build(key, restarted_at=now)
-        log.warning("provisioning a stalled build again", extra={"build_key": key,
-                                                                 "status": status})
+        log.warning("provisioning a stalled build again", extra={
+            "build_key": key, "status": build.get("status"),
+            "provision": "died with its worker" if lease_key in dead else "quiet"})
         restarted += 1
     return restarted
 

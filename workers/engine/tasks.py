@@ -111,12 +111,14 @@ def lease_key(rt: runtime.Runtime, build_key: str) -> str:
     return rt.state.prefix + "provisioning:" + build_key
 
 
-def provision_lease(rt: runtime.Runtime, build_key: str) -> Lease:
+def provision_lease(rt: runtime.Runtime, build_key: str, *, renewed: bool = False) -> Lease:
     """Held while a task provisions the build: two tasks never provision one build at once, and
     a build whose provision died with its worker is known by the lease having lapsed. Kept by
     a heartbeat for as long as the task runs (workers.concurrency.heartbeat): a provision
-    slower than the lease's time to live does not lose it to a second task."""
-    return Lease(rt.state.redis, lease_key(rt, build_key), rt.settings.provision_lease_seconds)
+    slower than the lease's time to live does not lose it to a second task. `renewed`: taken by
+    a task that keeps it so, whose death is then seen within seconds (lease.free_if_stale)."""
+    return Lease(rt.state.redis, lease_key(rt, build_key), rt.settings.provision_lease_seconds,
+                 renewed=renewed)
 
 
 def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = True,
@@ -126,7 +128,7 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
     builds before it in a re-drive (workers.concurrency.turns)."""
     from workers.engine import redrive  # it imports this module
     try:
-        lease = provision_lease(rt, request.build_key)
+        lease = provision_lease(rt, request.build_key, renewed=True)  # by its Heartbeat
         if not lease.acquire():
             raise RetryableError(f"build {request.build_key} is being provisioned by another task")
         try:
@@ -546,7 +548,7 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
         # Not while a provision of the build runs: its pod may be on its way (created beside
         # the build's trigger), and a slot freed now would be taken by another build before
         # this pod is gone. The job is retried (JOB_RETRY) once the provision has ended.
-        lease = provision_lease(rt, build_key)
+        lease = provision_lease(rt, build_key, renewed=True)  # by its Heartbeat
         if not lease.acquire():
             raise RetryableError(f"build {build_key} is being provisioned: released after it")
         try:

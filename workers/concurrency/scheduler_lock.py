@@ -1,0 +1,41 @@
+"""A scheduler lock whose holder died is taken over within seconds, not a minute.
+
+RQ's scheduler (the process that moves retried jobs back to their queue when their pause is
+over) holds one lock per queue, set with a time to live of its interval + 60 s (61 s) and
+renewed on each turn of its loop, every second (rq/scheduler.py acquire_locks, heartbeat).
+A worker killed with its scheduler (SIGKILL to the container: an OOM kill, a failed liveness
+probe, a node lost) leaves that lock for up to 61 s, and no other worker's scheduler may move
+a job meanwhile (RQ's issue 1758: "the other worker seems to pick up the task after ...
+more than 10 minutes"; PoolWorker asks every SCHEDULER_CHECK_SECONDS, still behind the 61 s):
+every retried provision and release waited a minute for nothing.
+
+A lock whose time to live shows it was not renewed for STALE_SECONDS is deleted (atomically,
+only if still unrenewed), so the caller's next acquire takes it. A living scheduler renews it
+every second; one held off for STALE_SECONDS (a frozen process) finds on its next renewal that
+another owns it and stops scheduling that queue (RQ's heartbeat drops a lock taken over), so
+the queue is never left without one for long, and never has two for more than a turn."""
+
+import redis
+
+# A living scheduler renews its lock every second (its interval); one not renewed for this
+# long is its dead holder's.
+STALE_SECONDS = 10
+
+# KEYS[1] the lock; ARGV[1] the time to live a lock renewed STALE_SECONDS ago at most has left.
+# 1: deleted (stale); 0: left (renewed lately, or gone, or without a time to live).
+_FREE_STALE = """
+local ttl = redis.call('TTL', KEYS[1])
+if ttl >= 0 and ttl <= tonumber(ARGV[1]) then
+    redis.call('DEL', KEYS[1])
+    return 1
+end
+return 0
+"""
+
+
+def free_stale(connection: redis.Redis, keys: list[str], interval: float) -> list[str]:
+    """Delete those of the scheduler locks `keys` (set with a time to live of `interval` + 60 s,
+    as RQ sets them) that were not renewed for STALE_SECONDS; the ones deleted."""
+    script = connection.register_script(_FREE_STALE)
+    left = int(interval) + 60 - STALE_SECONDS
+    return [key for key in keys if script(keys=[key], args=[left])]
