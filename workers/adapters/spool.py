@@ -255,6 +255,13 @@ class Spool:
                           (self.owner, LEGACY_OWNER, after, limit))
         return [SpooledEvent(i, d, bytes(p)) for i, d, p in rows]
 
+    def count_through(self, event_id: int) -> int:
+        """How many of this owner's rows and the legacy ones have an id up to `event_id` (read
+        from the owner index: no payload is read)."""
+        (events,), = self.query("SELECT count(*) FROM events WHERE owner IN (?, ?) AND id <= ?",
+                                (self.owner, LEGACY_OWNER, event_id))
+        return int(events)
+
     def remove(self, event_id: int) -> None:
         """Delete a row (only once Redis has taken its event); committed and fsynced."""
         self.query("DELETE FROM events WHERE id = ?", (event_id,))

@@ -102,6 +102,9 @@ class Drainer:
         self._others: dict[str, int] = {}  # other owners' rows, as last logged
         self._others_at = float("-inf")
         self._newer: set[int] = set()  # rows of a newer release's kind, logged once each
+        # Up to this row id every row was moved, or left for a newer release (`_left` of
+        # them): a pass reads on from there, not every left row again (ids only grow).
+        self._settled = self._left = 0
 
     def drain(self) -> int:
         """Move what is spooled into the intake until the spool is empty or Redis refuses
@@ -119,13 +122,17 @@ class Drainer:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return 0
-            moved, kept, after = 0, None, 0
+            if self._settled and self.spool.count_through(self._settled) != self._left:
+                self._settled = self._left = 0  # rows came below it (adopted in place)
+            moved, kept, after = 0, None, self._settled
             # never another owner's rows
             while events := self.spool.oldest(self.batch, after=after):
                 for event in events:
                     after = event.id
                     try:
                         if not self._move(event):
+                            if kept is None:
+                                self._settled, self._left = event.id, self._left + 1
                             continue
                     except RetryableError as err:
                         if not isinstance(err.__cause__, NotReplicated):
@@ -137,6 +144,8 @@ class Drainer:
                         kept = kept or err
                         continue
                     moved += 1
+                    if kept is None:
+                        self._settled = event.id
             self._log_others()
             if kept is not None:
                 raise kept
