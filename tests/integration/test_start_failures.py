@@ -333,6 +333,25 @@ def test_an_agent_that_never_connects_is_replaced_once_on_another_node_then_fail
     assert pod_creates(kube) == 2 and kube.pods(NAMESPACE) == []
 
 
+def test_an_agent_that_never_connects_on_another_candidate_leaves_out_that_node(
+        app, kube, jenkins_fake):
+    """kube-scheduler bound the pod to node-b, another of the placement's candidates than the
+    record's node-a (workers.core.placement.alternates), and its agent never connected there:
+    the node left out is node-b, where it ran. node-a left out instead, the build went back
+    to node-b and timed out there again, failed."""
+    key, agent, _ = one_build(app, kube, jenkins_fake)
+    state, rt = state_of(app), runtime.current()
+    build = state.get_build(key)
+    assert build["node"] == "node-a" and "node-b" in build["candidates"].split(","), build
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-b",
+                        states={"jnlp": running(time.time())})
+
+    assert agent_start.poll(rt, time.time() + CONNECT_TIMEOUT_SECONDS + 1)[
+        "agents_replaced"] == 1
+
+    assert state.get_build(key)["excluded_nodes"].split(",") == ["node-b"]
+
+
 def test_agent_start_is_measured_when_the_computer_comes_online_not_at_started(
         app, kube, jenkins_fake):
     key, agent, item = one_build(app, kube, jenkins_fake)
