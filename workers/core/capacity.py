@@ -164,7 +164,7 @@ def _onto_fresh(size: Resources, need: Needs, reference: Resources, fresh: list[
     needed: `new-<i>`, or None when a reference node is too small.
     `limits`: what a fresh node has for builds beside cpu and memory (its allocatable
     `pods` less its DaemonSets' pods, its ephemeral-storage, its extended resources; None:
-    not known, not counted). kube-scheduler counts these on a node added as on any
+    not known, not counted, hostPorts still). kube-scheduler counts these on a node added as on any
     (NodeResourcesFit, NodePorts), and Cluster Autoscaler's estimator too (its binpacking
     runs the scheduler's filters on the template node, DaemonSet pods on it): on small
     nodes of an EKS max-pods (8 to 29 on t3 types), ten small builds that fit one node by
@@ -173,14 +173,18 @@ def _onto_fresh(size: Resources, need: Needs, reference: Resources, fresh: list[
     has none of is not counted (a fresh node is assumed to match every template)."""
     if not size.fits_in(reference):
         return None
-    if limits is not None:
+    # A fresh node's hostPorts are its builds' alone, whatever its limits: counted when those
+    # are not known too (a shape from config), or three builds binding one port were 1 node.
+    counted = limits is not None or bool(need.host_ports)
+    limits = Limits() if limits is None else limits
+    if counted:
         need = _on_fresh(need, limits)
         if lacks(NodeState("new", reference, limits=limits), need) is not None:
             return None  # not even an empty fresh node takes it (fresh_lacks)
 
     def takes(left: Holding) -> bool:
-        return limits is None or lacks(NodeState("new", reference, limits=limits,
-                                                 held=left.held), need) is None
+        return not counted or lacks(NodeState("new", reference, limits=limits,
+                                              held=left.held), need) is None
 
     index = next((i for i, left in enumerate(fresh) if size.fits_in(left) and takes(left)),
                  None)
