@@ -5,6 +5,8 @@ asking cpu and memory alone fits on a node without a GPU (here a-plain), so no G
 ever added for the build, and kube-scheduler, binding it there, made the pass re-drive the
 build, in vain, pass after pass. Real redis-server, kmock over HTTP, the Jenkins fake."""
 
+import json
+
 import pytest
 
 from tests.integration.test_placement_fit_on_cluster import GPU, build, push
@@ -21,12 +23,20 @@ routes:
     ref: "refs/heads/gpu-*"
     job: build
     template: gpu
+  - project: "*"
+    ref: "refs/heads/pair-*"
+    job: build
+    template: gpu-pair
 templates:
   gpu:
     cpu: {min: 900m, default: 900m, max: 900m}
     memory: {min: 768Mi, default: 768Mi, max: 768Mi}
     ephemeralStorage: 2Gi
     resources: {nvidia.com/gpu: 1}
+  gpu-pair:
+    cpu: {min: 900m, default: 900m, max: 900m}
+    memory: {min: 768Mi, default: 768Mi, max: 768Mi}
+    resources: {nvidia.com/gpu: 2}
 """
 
 
@@ -95,3 +105,23 @@ def test_builds_waiting_for_a_gpu_count_a_node_each_of_one_gpu(app, kube):
 
     assert exported(app, "ci_autoscaler_nodes_needed ") == 3
     assert exported(app, "ci_autoscaler_builds_unplaceable ") == 0
+
+
+def test_a_build_asking_more_gpus_than_a_node_has_is_told_so_not_bigger_by_cpu(app, kube):
+    """A build asking two GPUs where the pool's nodes have one each: no node added places it
+    (kube-scheduler's NodeResourcesFit counts the GPUs on a new node as on any), so it is
+    left out of nodes_needed as unplaceable. Its wait (the status page, the commit status the
+    developer reads) named cpu and memory: "bigger than a node of the reference shape (it
+    asks 900m cpu, 768 MiB ...; such a node has 8 cpu, 32 GiB)", which it is not; it lacks
+    the node's GPUs."""
+    disk = {"ephemeral-storage": "100Gi"}
+    kube.add_node("gpu-1", cpu="8", memory="32Gi", extended={GPU: "1", **disk})
+    pair = push(app, 1, ref="refs/heads/pair-train")
+    work(app)
+    assert build(app, pair)["wait_reason"] == f"insufficient_{GPU}", build(app, pair)
+
+    reconcile.reconcile_once(runtime.current())
+
+    assert exported(app, "ci_autoscaler_builds_unplaceable ") == 1
+    text = json.loads(runtime.current().capacity.read_state()[0]["too_big"])[pair]
+    assert GPU in text and "bigger than" not in text, text

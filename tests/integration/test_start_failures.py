@@ -192,6 +192,31 @@ def test_a_pod_the_kubelet_rejected_at_admission_is_placed_again_not_failed(
     assert jenkins_fake.cancelled_items == [] and failures_counted(app, "pod_failed") == 0
 
 
+def test_a_pod_rejected_on_another_candidate_than_the_placements_is_kept_off_that_node(
+        app, kube, jenkins_fake):
+    """kube-scheduler has the last word among the placement's candidates (required node
+    affinity, ours preferred: workers.core.placement.alternates): it bound the pod to node-b,
+    the build's record naming node-a, and node-b's kubelet refused it (OutOfcpu). The node
+    left out is the one that refused it, the pod's spec.nodeName: node-a left out instead,
+    the build went back to node-b, whose kubelet refused it again, and the second refusal
+    failed it (workers.agent_starts.disrupted: once)."""
+    key, agent, _ = one_build(app, kube, jenkins_fake)
+    build = state_of(app).get_build(key)
+    assert build["node"] == "node-a" and "node-b" in build["candidates"].split(","), build
+
+    kube.kubelet_rejects(NAMESPACE, agent, node="node-b")
+    until(app, lambda: [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] not in ([agent], []))
+
+    build = state_of(app).get_build(key)
+    again = build["agent"]
+    assert again != agent and not build.get("fail_reason"), build
+    assert build["excluded_nodes"].split(",") == ["node-b"]
+    terms = kube.pod(NAMESPACE, again)["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    allowed = {v for t in terms for e in t["matchExpressions"] for v in e["values"]}
+    assert "node-b" not in allowed and "node-a" in allowed, terms
+
+
 def test_a_build_that_started_is_aborted_when_its_agent_is_killed_before_connecting(
         app, kube, jenkins_fake):
     """A Pipeline runs on the controller before any agent connects: its build is aborted."""
@@ -306,6 +331,25 @@ def test_an_agent_that_never_connects_is_replaced_once_on_another_node_then_fail
     reconcile.reconcile_once(rt)
     work(app)
     assert pod_creates(kube) == 2 and kube.pods(NAMESPACE) == []
+
+
+def test_an_agent_that_never_connects_on_another_candidate_leaves_out_that_node(
+        app, kube, jenkins_fake):
+    """kube-scheduler bound the pod to node-b, another of the placement's candidates than the
+    record's node-a (workers.core.placement.alternates), and its agent never connected there:
+    the node left out is node-b, where it ran. node-a left out instead, the build went back
+    to node-b and timed out there again, failed."""
+    key, agent, _ = one_build(app, kube, jenkins_fake)
+    state, rt = state_of(app), runtime.current()
+    build = state.get_build(key)
+    assert build["node"] == "node-a" and "node-b" in build["candidates"].split(","), build
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-b",
+                        states={"jnlp": running(time.time())})
+
+    assert agent_start.poll(rt, time.time() + CONNECT_TIMEOUT_SECONDS + 1)[
+        "agents_replaced"] == 1
+
+    assert state.get_build(key)["excluded_nodes"].split(",") == ["node-b"]
 
 
 def test_agent_start_is_measured_when_the_computer_comes_online_not_at_started(

@@ -176,6 +176,25 @@ def test_a_node_whose_host_port_is_taken_is_passed_over():
     assert lacks(taken, needs(SMALL)) is None
 
 
+def test_builds_binding_one_host_port_need_a_node_added_each_whatever_its_shape_says():
+    """Three builds binding hostPort 8080 wait, the only node's port taken. kube-scheduler's
+    NodePorts filter lets one such pod on a node, a node added too (Cluster Autoscaler's
+    estimator runs the same filters on its template node): three nodes. A fresh node's
+    hostPorts are its builds' alone, known whatever its shape: with the shape from config
+    (no node has it, its pod slots and GPUs not known: ClusterWatch.fresh_node) or no node
+    to read it from, the three fit one node by cpu and nodes_needed said 1."""
+    template = SMALL.model_copy(update={"pod_spec_patch": {"containers": [
+        {"name": "jnlp", "ports": [{"containerPort": 8080, "hostPort": 8080}]}]}})
+    taken = NodeState("a-taken", BIG, held=Held(pods=1, host_ports=frozenset({("TCP", "", 8080)})))
+    waiting = [WaitingBuild(f"k{i}", template, Resources(500, GI)) for i in range(3)]
+    index = PlacementIndex()
+    index.replace_all([taken])
+    for limits in (None, Limits(pods=110)):
+        plan = capacity_plan(waiting, [taken], BIG, fresh_limits=limits)
+        assert plan.nodes_needed == 3, limits
+        assert plan_on_index(waiting, index, BIG, fresh_limits=limits) == plan
+
+
 def test_the_pod_asks_for_what_placement_counted():
     template = GPU_TEMPLATE.model_copy(update={"ephemeral_storage": 20 * GI})
     build = BuildRequest(build_key="k", agent_name="agent-k", source="gitlab", project="p",

@@ -49,11 +49,16 @@ def place_again(rt: runtime.Runtime, key: str, agent: str, state: dict[str, str]
         return False
     if agent_names.busy(rt, agent, context={"build_key": key}):
         return False  # connected and took work since: not before its agent connected
+    # The node that stopped it is the one its pod is bound to (spec.nodeName): kube-scheduler
+    # may have bound it to another of the placement's candidates than the record's `node`
+    # (workers.core.placement.alternates), and with that one left out instead, the build
+    # went back to the node that had refused it, and its second stop failed it.
+    pod = rt.cluster.get_pod(agent)
+    node = (pod.node if pod is not None else None) or state.get("node") or ""
     rt.jenkins.delete_node(agent)
     if rt.cluster.delete_pod(agent):
         tasks.engine_metrics(rt).agent_deleted(state.get("template", "unknown"), DELETED)
     rt.capacity.release(key)
-    node = state.get("node") or ""
     excluded = {n for n in (state.get("excluded_nodes") or "").split(",") if n} | {node}
     rt.state.update_build(key, **{FIELD: done + 1, AGENT_FIELD: agent},
                           excluded_nodes=",".join(sorted(n for n in excluded if n)),

@@ -180,7 +180,9 @@ def _replace(rt: runtime.Runtime, build: Pending, node: str | None, attempts: in
         if agent_names.busy(rt, build.agent, context={"build_key": build.build_key}):
             return False  # it came online since the check: the next one marks it
         rt.jenkins.delete_node(build.agent)
-        node = build.fields.get("node") or node or ""
+        # the node it ran on (spec.nodeName), not the record's pick: kube-scheduler may have
+        # bound it to another of the placement's candidates (core.placement.alternates)
+        node = node or build.fields.get("node") or ""
         excluded = {n for n in build.fields.get("excluded_nodes", "").split(",") if n}
         excluded.add(node)
         if rt.cluster.delete_pod(build.agent):

@@ -164,7 +164,7 @@ def _onto_fresh(size: Resources, need: Needs, reference: Resources, fresh: list[
     needed: `new-<i>`, or None when a reference node is too small.
     `limits`: what a fresh node has for builds beside cpu and memory (its allocatable
     `pods` less its DaemonSets' pods, its ephemeral-storage, its extended resources; None:
-    not known, not counted). kube-scheduler counts these on a node added as on any
+    not known, not counted, hostPorts still). kube-scheduler counts these on a node added as on any
     (NodeResourcesFit, NodePorts), and Cluster Autoscaler's estimator too (its binpacking
     runs the scheduler's filters on the template node, DaemonSet pods on it): on small
     nodes of an EKS max-pods (8 to 29 on t3 types), ten small builds that fit one node by
@@ -173,18 +173,18 @@ def _onto_fresh(size: Resources, need: Needs, reference: Resources, fresh: list[
     has none of is not counted (a fresh node is assumed to match every template)."""
     if not size.fits_in(reference):
         return None
-    if limits is not None:
-        have = dict(limits.extended)
-        need = replace(need, extended=tuple((n, a) for n, a in need.extended if n in have),
-                       ephemeral_bytes=need.ephemeral_bytes
-                       if limits.ephemeral_bytes is not None else 0)
-        empty = NodeState("new", reference, limits=limits)
-        if lacks(empty, need) is not None:
-            return None  # not even an empty fresh node takes it
+    # A fresh node's hostPorts are its builds' alone, whatever its limits: counted when those
+    # are not known too (a shape from config), or three builds binding one port were 1 node.
+    counted = limits is not None or bool(need.host_ports)
+    limits = Limits() if limits is None else limits
+    if counted:
+        need = _on_fresh(need, limits)
+        if lacks(NodeState("new", reference, limits=limits), need) is not None:
+            return None  # not even an empty fresh node takes it (fresh_lacks)
 
     def takes(left: Holding) -> bool:
-        return limits is None or lacks(NodeState("new", reference, limits=limits,
-                                                 held=left.held), need) is None
+        return not counted or lacks(NodeState("new", reference, limits=limits,
+                                              held=left.held), need) is None
 
     index = next((i for i, left in enumerate(fresh) if size.fits_in(left) and takes(left)),
                  None)
@@ -194,6 +194,27 @@ def _onto_fresh(size: Resources, need: Needs, reference: Resources, fresh: list[
     left = fresh[index] - size
     fresh[index] = Holding(left.cpu_millis, left.memory_bytes, fresh[index].held + need.held)
     return f"new-{index}"
+
+
+def _on_fresh(need: Needs, limits: Limits) -> Needs:
+    """`need` as a fresh node of these limits counts it (_onto_fresh): an extended resource
+    it has none of, and ephemeral-storage when it reports none, not counted."""
+    have = dict(limits.extended)
+    return replace(need, extended=tuple((n, a) for n, a in need.extended if n in have),
+                   ephemeral_bytes=need.ephemeral_bytes
+                   if limits.ephemeral_bytes is not None else 0)
+
+
+def fresh_lacks(need: Needs, room: Resources, limits: Limits | None) -> str | None:
+    """What an empty fresh reference node (`room`: fresh_room) lacks beside cpu and memory
+    for a build of these needs (fit.lacks' wait reason: insufficient_nvidia.com/gpu, say),
+    or None, also when its limits are not known (_onto_fresh: not counted). Such a build is
+    unplaceable though it fits the node's cpu and memory: told as bigger than the node by
+    them, a build asking two GPUs of a pool of one each read "it asks 900m cpu; such a node
+    has 8000m cpu"."""
+    if limits is None:
+        return None
+    return lacks(NodeState("new", room, limits=limits), _on_fresh(need, limits))
 
 
 def capacity_state(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState],

@@ -60,6 +60,15 @@ def too_big_text(asks: Resources, reference: Resources, daemons: Resources = ZER
             "start it")
 
 
+def lacks_text(reason: str) -> str:
+    """Why a build that fits a node of the reference shape by cpu and memory waits when such a
+    node has too little of something else for it (core.capacity.fresh_lacks' wait reason:
+    its GPUs, its pod slots left by the DaemonSets, its ephemeral-storage), for a person."""
+    name = reason.removeprefix("insufficient_")
+    return (f"asks more {name} than a node of the reference shape has for builds: more such "
+            "nodes would not start it")
+
+
 def waiting_text(reason: str, detail: str = "", *, nodes_needed: int | None = None,
                  too_big: str = "") -> str:
     """E.g. "waiting for capacity: insufficient memory, 2 nodes needed", "waiting: cap

@@ -19,7 +19,8 @@ from workers.engine import caps, namespace_sizes
 from workers.adapters.warm_store import WarmStore
 from workers.concurrency.coalesce import Coalesced
 from workers.core import hints, podsize, topology
-from workers.core.capacity import CapacityState, WaitingBuild, capacity_state, shortfall
+from workers.core.capacity import (
+    CapacityState, WaitingBuild, capacity_state, fresh_lacks, fresh_room, shortfall)
 from workers.core.cluster import NodeState, Resources, ZERO, holds
 from workers.core.fit import NOTHING_HELD, Held, Limits, Needs, needs
 from workers.core.errors import RetryableError
@@ -31,7 +32,7 @@ from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import moved_by, template_default, template_min
 from workers.core.warm_pool import WarmState, missing_below_min, pinned
 from workers.core.warm_claim import agent_size
-from workers.core.waiting_text import too_big_text
+from workers.core.waiting_text import lacks_text, too_big_text
 from workers.job_history.sized import past_hint, sized
 from workers.runtime import Runtime
 
@@ -468,22 +469,35 @@ def refresh_capacity(rt: Runtime) -> CapacityState:
     # Builds no node of the reference shape can hold: nodes_needed leaves them out (such
     # nodes would not start them), and their wait said only "insufficient memory", as a full
     # cluster's does, with 0 nodes needed. Told on the status page, and logged once each.
-    builds = {w.build_key for w in waiting}
-    too_big = {key: too_big_text(size, state.reference, per_node)
+    builds = {w.build_key: w for w in waiting}
+    too_big = {key: unplaceable_text(builds[key].template, size, state.reference, per_node,
+                                     fresh_limits)
                for key, size in state.too_big if key in builds}
     for key in rt.capacity.write_state(state, rows, reasons=dict(reasons),
                                        metrics_available=rt.view.metrics_available,
                                        too_big=too_big, held_since=held_since(rt)):
         size = dict(state.too_big)[key]
+        # (the message kept for greps; `why` tells one short of GPUs or pod slots apart)
         log.warning("build bigger than a node of the reference shape: more nodes of that "
                     "shape will not start it", extra={
-                        "build_key": key, "cpu_millis": size.cpu_millis,
+                        "build_key": key, "why": too_big[key], "cpu_millis": size.cpu_millis,
                         "memory_bytes": size.memory_bytes,
                         "reference_cpu_millis": state.reference.cpu_millis,
                         "reference_memory_bytes": state.reference.memory_bytes})
     rt.capacity.mark_paused(paused)  # left out of the wait that pages (CIBuildsWaitingTooLong)
     rt.capacity.mark_held(held)  # not counted as waiting ahead of later builds
     return state
+
+
+def unplaceable_text(template: PodTemplate, size: Resources, reference: Resources,
+                     per_node: Resources, limits: Limits | None) -> str:
+    """Why a build no fresh node of the reference shape holds waits: bigger than its room by
+    cpu or memory (too_big_text), else short of what else it asks (capacity.fresh_lacks:
+    its GPUs, pod slots, ephemeral-storage)."""
+    room = fresh_room(reference, per_node)
+    if size.fits_in(room) and (why := fresh_lacks(needs(template), room, limits)):
+        return lacks_text(why)
+    return too_big_text(size, reference, per_node)
 
 
 def held_since(rt: Runtime) -> float | None:
