@@ -518,5 +518,24 @@ def decision_fields(decision: Placement) -> dict[str, str | int]:
             "candidates": ",".join(node for node, _ in decision.candidates)}
 
 
+def planned(agent: str, decision: Placement) -> str:
+    """The placement of the pod about to be made for `agent`, kept on the record beside the
+    create's mark (workers.engine.tasks.POD_PLANNED): an attempt whose create's answer was
+    lost never wrote decision_fields, and the retry that finds its pod knows nothing of it."""
+    return json.dumps({"agent": agent, **decision_fields(decision)})
+
+
+def planned_fields(raw: str | None, agent: str) -> dict[str, str | int]:
+    """The decision_fields `planned` kept, if they are of the pod of `agent` (a build placed
+    again has a new agent name), else none."""
+    try:
+        kept = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(kept, dict) or kept.pop("agent", None) != agent:
+        return {}
+    return kept
+
+
 def request_json(request: BuildRequest) -> str:
     return json.dumps(request.to_dict())
