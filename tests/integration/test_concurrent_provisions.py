@@ -455,3 +455,30 @@ def test_a_burst_never_offers_a_host_port_its_own_builds_took_before_their_pods_
     builds = [state.get_build(k) for k in keys]
     assert Counter(b.get("node") or b["wait_reason"] for b in builds) == {
         "node-0": 1, "node-1": 1, "host_ports": 1}, builds
+
+
+
+def test_the_pod_a_retry_finds_after_its_creates_answers_were_lost_is_on_the_record(
+        world, kube, jenkins_fake):
+    """The create made the pod and every answer was lost (a 500 on its way back); RQ's retry
+    finds the pod and marks the build triggered. It wrote none of the placement the create's
+    success writes: the status page showed no node nor size for the build, the unschedulable
+    repair (workers.agent_starts.unschedulable) had no candidates to leave out when the
+    scheduler refused the pod, so the build was placed again on the nodes just refused, and
+    an OOM kill read the build's size back from the killed container's limit."""
+    app, proxy = world(nodes=3)
+    key = push(app.test_client(), 0)
+    proxy.fail_next("POST", PODS, status=500, times=4, after=True)
+    work_while(app, lambda: None)  # the job fails its attempt; RQ retries it later
+    rt = runtime.current()
+    [pod] = kube.pods(NAMESPACE)
+    assert "node" not in rt.state.get_build(key)
+    tasks.provision_agent(json.loads(rt.state.get_build(key)["request"]))  # RQ's retry
+    rec = rt.state.get_build(key)
+    assert rec["status"] == "triggered" and len(kube.pods(NAMESPACE)) == 1
+    terms = pod["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    candidates = terms[0]["matchExpressions"][0]["values"]
+    assert sorted(rec.get("candidates", "").split(",")) == sorted(candidates), rec
+    assert rec.get("node") == candidates[0]
+    assert (rec.get("cpu_millis"), rec.get("memory_bytes")) == ("250", str(256 * 2**20))

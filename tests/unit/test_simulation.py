@@ -341,6 +341,18 @@ def test_a_warm_agent_smaller_than_the_job_wants_is_not_taken():
     assert not any(b.reason == "OOMKilled" for b in engine.builds)
 
 
+def test_builds_of_a_template_whose_max_no_node_holds_take_warm_agents():
+    # the small template's max is 4 GiB, its nodes have 3: the pool makes its agents at the
+    # most a node holds, and a build with no history wants no more (workers.warm.claim).
+    # Wanting the max, as the product did before, no build took one.
+    builds = [TraceBuild(i * 45.0, "small", 30.0, 1, GI, "app") for i in range(60)]
+    scenario = Scenario("max-over-nodes", "test", (NodeShape(8000, 3 * GI, 2),),
+                        tuple(builds), seed=1)
+    engine, strategy = play(scenario, WarmPools, history=False)
+    assert strategy.hits >= 0.8 * len(engine.builds), strategy.hits
+    assert all(b.status == "finished" for b in engine.builds)
+
+
 def test_idle_warm_agents_give_way_to_builds_that_wait():
     # one 8-core node: a stream of short small builds keeps a pool of small warm agents,
     # then large builds need their room

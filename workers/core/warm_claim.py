@@ -22,10 +22,10 @@ after NOT_READY_GRACE_SECONDS: nodes miss a heartbeat now and then and come back
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from workers.core.cluster import NodeState, Resources
+from workers.core.cluster import ZERO, NodeState, Resources
 from workers.core.models import PodTemplate
 from workers.core.placement import why_not
-from workers.core.podsize import build_size
+from workers.core.podsize import build_size, placement_template
 from workers.core.sizing import template_default
 
 # The taints of a node a node autoscaler removes: workers.core.placement.REMOVAL_TAINT_KEYS.
@@ -138,6 +138,26 @@ def agent_size(template: PodTemplate, wants: Sequence[Resources],
     if largest is not None:
         memory = min(memory, build_size(template, largest).memory_bytes)
     return Resources(default.cpu_millis, memory)
+
+
+def largest_room(nodes: Sequence[NodeState], template: PodTemplate, *,
+                 others: bool = True) -> Resources | None:
+    """The `largest` of agent_size and wanted: the most room a pod of the template could
+    have on a node it may use (placement.why_not: Ready, uncordoned, nodeSelector, taints),
+    the biggest allocatable (by memory) less what pods not ours request on every such node,
+    the least of them on any (DaemonSets run on each node; other workloads come and go, and
+    a node of the shape may be added); None when no node matches. Each node's `requested`
+    is what pods not ours request; `others` False: it cannot be told (the biggest
+    allocatable then)."""
+    usable = [n for n in nodes if why_not(n, placement_template(template)) is None]
+    if not usable:
+        return None
+    biggest = max((n.allocatable for n in usable), key=lambda a: (a.memory_bytes, a.cpu_millis))
+    if not others:
+        return biggest
+    every = Resources(min(n.requested.cpu_millis for n in usable),
+                      min(n.requested.memory_bytes for n in usable))
+    return (biggest - every).clamp_min(ZERO)
 
 
 def load_after(allocatable: Resources, free: Resources, extra: Resources) -> float:

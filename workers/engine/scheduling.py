@@ -26,12 +26,12 @@ from workers.core.fit import NOTHING_HELD, Held, Limits, Needs, needs
 from workers.core.errors import RetryableError
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import (
-    Decision, Placement, Wait, WaitReason, alternates, decide, reservation_room, why_not)
+    Decision, Placement, Wait, WaitReason, alternates, decide, reservation_room)
 from workers.core.placement import free
 from workers.core.placement_index import NodeRow, node_row
 from workers.core.sizing import moved_by, template_default, template_min
 from workers.core.warm_pool import WarmState, missing_below_min, pinned
-from workers.core.warm_claim import agent_size
+from workers.core.warm_claim import agent_size, largest_room
 from workers.core.waiting_text import lacks_text, too_big_text
 from workers.job_history.sized import past_hint, sized
 from workers.runtime import Runtime
@@ -367,10 +367,8 @@ def waiting_builds(rt: Runtime) -> tuple[list[WaitingBuild], Counter, dict[str, 
 
 
 def largest_node(rt: Runtime, template: PodTemplate) -> Resources | None:
-    """The most room a pod of the template could have on a node it may use (placement.
-    why_not: Ready, uncordoned, nodeSelector, taints): the biggest allocatable (by memory)
-    less what pods not ours request on every such node, the least of them on any (DaemonSets
-    run on each node; other workloads come and go, and a node of the shape may be added);
+    """The most room a pod of the template could have on a node it may use
+    (workers.core.warm_claim.largest_room, on the nodes with what pods not ours request);
     None while the cluster is not listed yet, or no node matches. A view that cannot tell
     our pods apart: the biggest allocatable."""
     view, apart = rt.view, isinstance(rt.view, AgentPods)
@@ -379,16 +377,7 @@ def largest_node(rt: Runtime, template: PodTemplate) -> Resources | None:
             view.snapshot()
     except RetryableError:
         return None
-    placed = podsize.placement_template(template)
-    usable = [n for n in nodes if why_not(n, placed) is None]
-    if not usable:
-        return None
-    biggest = max((n.allocatable for n in usable), key=lambda a: (a.memory_bytes, a.cpu_millis))
-    if not apart:
-        return biggest
-    every = Resources(min(n.requested.cpu_millis for n in usable),
-                      min(n.requested.memory_bytes for n in usable))
-    return (biggest - every).clamp_min(ZERO)
+    return largest_room(nodes, template, others=apart)
 
 
 @runtime_checkable
@@ -530,6 +519,25 @@ def decision_fields(decision: Placement) -> dict[str, str | int]:
     return {"node": decision.node, "cpu_millis": decision.size.cpu_millis,
             "memory_bytes": decision.size.memory_bytes, "decision": decision.reason,
             "candidates": ",".join(node for node, _ in decision.candidates)}
+
+
+def planned(agent: str, decision: Placement) -> str:
+    """The placement of the pod about to be made for `agent`, kept on the record beside the
+    create's mark (workers.engine.tasks.POD_PLANNED): an attempt whose create's answer was
+    lost never wrote decision_fields, and the retry that finds its pod knows nothing of it."""
+    return json.dumps({"agent": agent, **decision_fields(decision)})
+
+
+def planned_fields(raw: str | None, agent: str) -> dict[str, str | int]:
+    """The decision_fields `planned` kept, if they are of the pod of `agent` (a build placed
+    again has a new agent name), else none."""
+    try:
+        kept = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(kept, dict) or kept.pop("agent", None) != agent:
+        return {}
+    return kept
 
 
 def request_json(request: BuildRequest) -> str:

@@ -52,6 +52,12 @@ SESSION_MAX_AGE_SECONDS = 5.0  # how old a read of Jenkins' session a trigger ma
 JOB_REFUSED = "job_refused"
 # Written before a provision creates the build's pod: only a build that has it can have one.
 POD_ATTEMPTED = "pod_attempted_at"
+# Written with it: the placement of the pod being made (scheduling.planned). A retry that
+# finds the pod (its create's answer lost: a timeout, a 500 on its way back) writes it on the
+# record as the create's success would have; without it, the build's node, size and candidates
+# were nowhere (the status page, the unschedulable repair's nodes to leave out, its OOM kill's
+# size).
+POD_PLANNED = "pod_planned"
 # What an attempt that may have made the pod leaves in the record (the last three: records
 # written before POD_ATTEMPTED was).
 _POD_MARKS = (POD_ATTEMPTED, "pod_created_at", "node", "trigger_attempted_at")
@@ -218,6 +224,9 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             # Nodes where this build's agent did not come online (workers.agent_starts.online).
             decision = scheduling.place(rt, request, template,
                                         exclude_nodes=scheduling.excluded(state))
+    if pod is not None and not state.get("node"):  # made by an attempt whose answer was lost
+        if placed := scheduling.planned_fields(state.get(POD_PLANNED), agent):
+            rt.state.update_build(key, **placed)
     if decision is not None:
         if isinstance(decision, Wait):
             decision = scheduling.refused_wait(decision, state)
@@ -248,7 +257,8 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
         except Exception:
             _unreserve(rt, key)
             raise
-        rt.state.update_build(key, **{POD_ATTEMPTED: time.time()})
+        rt.state.update_build(key, **{POD_ATTEMPTED: time.time(),
+                                      POD_PLANNED: scheduling.planned(agent, decision)})
         manifest = agent_pod_manifest(
             build=request, template=template, size=decision.size,
             namespace=rt.settings.agent_namespace,

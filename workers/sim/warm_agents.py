@@ -39,15 +39,14 @@ figures of both sides):
   the target's count of builds arrived within that shorter window).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from workers.core.cluster import ZERO, Resources
 from workers.core.models import PodTemplate, WarmPool
-from workers.core import podsize
-from workers.core.placement import Wait, capacity_left, decide, free, why_not
+from workers.core.placement import Wait, capacity_left, decide, free
 from workers.core.sizing import template_default, template_min
 from workers.core.warm_claim import (Candidate, Want, agent_size, claim_order, covers,
-                                     load_after)
+                                     largest_room, load_after)
 from workers.core.warm_claim import wanted as wanted_of
 from workers.core.warm_pool import (DEFAULT_QUANTILE, WARM_MAX_AGE_SECONDS, IdleAgent, Need,
                                     WarmAgent, WarmState, arrival_rate, give_way, pinned,
@@ -111,14 +110,28 @@ class WarmPools(HistorySized):
         return super().sized(b) if self.history else b.template
 
     # --- builds ---------------------------------------------------------------------------
-    def wanted(self, b: BuildRun) -> Want:
+    def wanted(self, engine: Engine, b: BuildRun) -> Want:
         """What the build needs of a warm agent (the product's rule): its job's history
-        size; with no history, the template's max memory. The simulator has no hints."""
-        return wanted_of(b.template, self.sized(b))
+        size; with no history, the template's max memory, no more than the pod may have on
+        the biggest node (as the pool makes its agents: workers.warm.claim). The simulator
+        has no hints."""
+        sized = self.sized(b)
+        return wanted_of(b.template, sized, largest=self.largest(engine, b.template)
+                         if sized is b.template else None)
+
+    @staticmethod
+    def largest(engine: Engine, template: PodTemplate) -> Resources | None:
+        """The most room a pod of the template could have on a node (the product's
+        scheduling.largest_node: largest_room on what pods not ours request, here each
+        node's background). Taken as the biggest allocatable, with every node's background
+        requests left out, the agents of a template whose max no node holds fitted on no
+        node, and the pool stayed empty."""
+        return largest_room([replace(engine.node_state(n), requested=n.background_request)
+                             for n in engine.nodes], template)
 
     def submit(self, engine: Engine, b: BuildRun) -> None:
         t = b.spec.template
-        wanted = self.wanted(b)
+        wanted = self.wanted(engine, b)
         self.arrivals[t].append(b.spec.arrival)
         self.demand[t].append((b.spec.arrival, wanted.size))
         if self.claim(engine, b, wanted):
@@ -174,7 +187,7 @@ class WarmPools(HistorySized):
         if self.waiting and any(p.idle(now) or self.claim_starting
                                 for ps in self.pods.values() for p in ps):
             for b in list(self.waiting):  # an agent online (or starting) since it waited
-                if self.claim(engine, b, self.wanted(b)):
+                if self.claim(engine, b, self.wanted(engine, b)):
                     self.waiting.remove(b)
         super().schedule(engine, reconcile)
         if self.waiting:  # builds always win: idle agents whose room lets them fit go
@@ -224,11 +237,8 @@ class WarmPools(HistorySized):
         if not decided.start:
             return
         template = engine.scenario.templates[t]
-        placed = podsize.placement_template(template)
-        usable = [n.allocatable for n in map(engine.node_state, engine.nodes)
-                  if why_not(n, placed) is None]
-        largest = max(usable, key=lambda a: (a.memory_bytes, a.cpu_millis), default=None)
-        pinned_at = pinned(template, self.agent_size(template, t, now, largest))
+        pinned_at = pinned(template, self.agent_size(template, t, now,
+                                                     self.largest(engine, template)))
         for _ in range(decided.start):  # each decision sees the agents held before it
             decision = decide(pinned_at, [engine.node_state(n) for n in engine.nodes],
                               target_utilisation=self.target,
