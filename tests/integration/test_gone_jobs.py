@@ -555,3 +555,40 @@ def test_a_forged_completed_kills_no_pipeline_in_an_input_whose_job_moved(
 
     assert _kept(kube, jenkins_fake, agent) and _ignored(client, "not_confirmed") == 1
     assert jenkins_fake.dispatch() == [] and run.state == "running"
+
+
+def test_a_pass_reads_the_one_off_executors_once_for_all_its_builds(world, kube, jenkins_fake):
+    """A job deleted while two of its builds ran, Jenkins having forgotten their items: each
+    build asked whether its run goes on under another name (run_confirm.job_renamed) and,
+    its job gone, again (run_confirm.job_gone): four GETs of every computer's one-off
+    executors, each listing every Pipeline run in progress with its actions (a big Jenkins
+    runs hundreds: the built-in node's OneOffExecutors), for what one read tells (a run
+    that ended since errs only towards keeping an agent; one that began since left its item
+    less than the 5 minutes Jenkins keeps it). One read per pass, both agents released."""
+    client, key, agent, build = _running_on_its_agent(world, kube, jenkins_fake)
+    body = fixture("gitlab_push_real_lrz.json")
+    body |= {"ref": "refs/heads/other", "after": "1" * 40, "checkout_sha": "1" * 40}
+    other_key = client.post("/webhooks/gitlab", json=body, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+        "Idempotency-Key": "delivery-2"}).json["build_key"]
+    work(world)
+    [other_agent] = set(jenkins_fake.nodes) - {agent}
+    kube.set_pod_phase(NAMESPACE, other_agent, "Running", node="node-a")
+    jenkins_fake.connect_agent(other_agent)
+    [other] = jenkins_fake.build_with(AGENT_PARAMETER, other_agent)
+    block = jenkins_fake.start_pipeline(other.queue_id)
+    assert jenkins_fake.dispatch() == [(block.queue_id, other_agent)]
+    jenkins_fake.delete_job("build")
+    jenkins_fake.forget_left_items()
+    before = _one_off_reads(jenkins_fake)
+
+    assert _pass()["lost_builds_released"] == 2
+
+    assert _one_off_reads(jenkins_fake) - before == 1
+    assert _released(world, kube, jenkins_fake, key, agent)
+    assert _released(world, kube, jenkins_fake, other_key, other_agent)
+
+
+def _one_off_reads(jenkins_fake) -> int:
+    return sum("oneOffExecutors" in r.query.get("tree", "")
+               for r in jenkins_fake.requests_to("/computer/api/json"))
