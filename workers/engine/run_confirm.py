@@ -245,7 +245,11 @@ def _running_as(rt: runtime.Runtime, build: dict[str, str],
     job = build.get("job") or ""
     runs = carrying(carried) if carrying is not None \
         else rt.jenkins.runs_carrying(AGENT_PARAMETER, carried)
-    return next((run.job for run in runs if not same_job(run.job, job)), None)
+    # Its name in another case is another name here: asked only once Jenkins found nothing
+    # of the build under its own (a folder loaded from disk finds its items in their exact
+    # case: cloudbees-folder AbstractFolder.onLoad, loadChildren's CopyOnWriteMap.Tree<>()),
+    # the run's name is the one Jenkins finds
+    return next((run.job for run in runs if run.job != job), None)
 
 
 def job_gone(rt: runtime.Runtime, build: dict[str, str],
