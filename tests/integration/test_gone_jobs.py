@@ -46,6 +46,20 @@ def _running_on_its_agent(world, kube, jenkins_fake):
     return client, key, agent, build
 
 
+def _another_push_waiting(world, kube, jenkins_fake, client, agent):
+    """A push of another branch: its build queued, its pod running, its agent connected."""
+    body = fixture("gitlab_push_real_lrz.json")
+    body |= {"ref": "refs/heads/other", "after": "1" * 40, "checkout_sha": "1" * 40}
+    other_key = client.post("/webhooks/gitlab", json=body, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+        "Idempotency-Key": "delivery-2"}).json["build_key"]
+    work(world)
+    [other_agent] = set(jenkins_fake.nodes) - {agent}
+    kube.set_pod_phase(NAMESPACE, other_agent, "Running", node="node-a")
+    jenkins_fake.connect_agent(other_agent)
+    return other_key, other_agent
+
+
 def _released(world, kube, jenkins_fake, key, agent) -> bool:
     state = world.extensions["ci_autoscaler"].state.get_build(key)
     return kube.pod(NAMESPACE, agent) is None and agent not in jenkins_fake.nodes \
@@ -321,15 +335,7 @@ def test_a_job_disabled_while_two_builds_waited_releases_both_agents(world, kube
     idle."""
     jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
     client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
-    body = fixture("gitlab_push_real_lrz.json")
-    body |= {"ref": "refs/heads/other", "after": "1" * 40, "checkout_sha": "1" * 40}
-    other_key = client.post("/webhooks/gitlab", json=body, headers={
-        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
-        "Idempotency-Key": "delivery-2"}).json["build_key"]
-    work(world)
-    [other_agent] = set(jenkins_fake.nodes) - {agent}
-    kube.set_pod_phase(NAMESPACE, other_agent, "Running", node="node-a")
-    jenkins_fake.connect_agent(other_agent)
+    other_key, other_agent = _another_push_waiting(world, kube, jenkins_fake, client, agent)
 
     jenkins_fake.disable_job("build")
     [cancelled] = [b for b in jenkins_fake.builds if b.state == "cancelled"]
@@ -567,15 +573,7 @@ def test_a_pass_reads_the_one_off_executors_once_for_all_its_builds(world, kube,
     that ended since errs only towards keeping an agent; one that began since left its item
     less than the 5 minutes Jenkins keeps it). One read per pass, both agents released."""
     client, key, agent, build = _running_on_its_agent(world, kube, jenkins_fake)
-    body = fixture("gitlab_push_real_lrz.json")
-    body |= {"ref": "refs/heads/other", "after": "1" * 40, "checkout_sha": "1" * 40}
-    other_key = client.post("/webhooks/gitlab", json=body, headers={
-        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
-        "Idempotency-Key": "delivery-2"}).json["build_key"]
-    work(world)
-    [other_agent] = set(jenkins_fake.nodes) - {agent}
-    kube.set_pod_phase(NAMESPACE, other_agent, "Running", node="node-a")
-    jenkins_fake.connect_agent(other_agent)
+    other_key, other_agent = _another_push_waiting(world, kube, jenkins_fake, client, agent)
     [other] = jenkins_fake.build_with(AGENT_PARAMETER, other_agent)
     block = jenkins_fake.start_pipeline(other.queue_id)
     assert jenkins_fake.dispatch() == [(block.queue_id, other_agent)]
