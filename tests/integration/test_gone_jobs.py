@@ -17,9 +17,10 @@ import pytest
 
 from tests.integration.test_notifications_confirmed import _ignored, _notify, _started
 from tests.integration.test_push_to_pod import NAMESPACE, push, world  # noqa: F401
-from tests.support.app import GITLAB_TOKEN, work
+from tests.support.app import GITLAB_TOKEN, production_env, work
 from tests.support.jenkins_fake import FREESTYLE_JOB
-from tests.support.payloads import fixture
+from tests.support.payloads import EXAMPLE_CONFIG, fixture
+from service.app import create_app
 from workers import runtime
 from workers.engine import reconcile
 from workers.core.routing import AGENT_PARAMETER
@@ -43,6 +44,20 @@ def _running_on_its_agent(world, kube, jenkins_fake):
     block = jenkins_fake.start_pipeline(build.queue_id)
     assert jenkins_fake.dispatch() == [(block.queue_id, agent)]
     return client, key, agent, build
+
+
+def _another_push_waiting(world, kube, jenkins_fake, client, agent):
+    """A push of another branch: its build queued, its pod running, its agent connected."""
+    body = fixture("gitlab_push_real_lrz.json")
+    body |= {"ref": "refs/heads/other", "after": "1" * 40, "checkout_sha": "1" * 40}
+    other_key = client.post("/webhooks/gitlab", json=body, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+        "Idempotency-Key": "delivery-2"}).json["build_key"]
+    work(world)
+    [other_agent] = set(jenkins_fake.nodes) - {agent}
+    kube.set_pod_phase(NAMESPACE, other_agent, "Running", node="node-a")
+    jenkins_fake.connect_agent(other_agent)
+    return other_key, other_agent
 
 
 def _released(world, kube, jenkins_fake, key, agent) -> bool:
@@ -320,15 +335,7 @@ def test_a_job_disabled_while_two_builds_waited_releases_both_agents(world, kube
     idle."""
     jenkins_fake.add_job("build", kind=FREESTYLE_JOB)
     client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
-    body = fixture("gitlab_push_real_lrz.json")
-    body |= {"ref": "refs/heads/other", "after": "1" * 40, "checkout_sha": "1" * 40}
-    other_key = client.post("/webhooks/gitlab", json=body, headers={
-        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
-        "Idempotency-Key": "delivery-2"}).json["build_key"]
-    work(world)
-    [other_agent] = set(jenkins_fake.nodes) - {agent}
-    kube.set_pod_phase(NAMESPACE, other_agent, "Running", node="node-a")
-    jenkins_fake.connect_agent(other_agent)
+    other_key, other_agent = _another_push_waiting(world, kube, jenkins_fake, client, agent)
 
     jenkins_fake.disable_job("build")
     [cancelled] = [b for b in jenkins_fake.builds if b.state == "cancelled"]
@@ -555,3 +562,79 @@ def test_a_forged_completed_kills_no_pipeline_in_an_input_whose_job_moved(
 
     assert _kept(kube, jenkins_fake, agent) and _ignored(client, "not_confirmed") == 1
     assert jenkins_fake.dispatch() == [] and run.state == "running"
+
+
+def test_a_pass_reads_the_one_off_executors_once_for_all_its_builds(world, kube, jenkins_fake):
+    """A job deleted while two of its builds ran, Jenkins having forgotten their items: each
+    build asked whether its run goes on under another name (run_confirm.job_renamed) and,
+    its job gone, again (run_confirm.job_gone): four GETs of every computer's one-off
+    executors, each listing every Pipeline run in progress with its actions (a big Jenkins
+    runs hundreds: the built-in node's OneOffExecutors), for what one read tells (a run
+    that ended since errs only towards keeping an agent; one that began since left its item
+    less than the 5 minutes Jenkins keeps it). One read per pass, both agents released."""
+    client, key, agent, build = _running_on_its_agent(world, kube, jenkins_fake)
+    other_key, other_agent = _another_push_waiting(world, kube, jenkins_fake, client, agent)
+    [other] = jenkins_fake.build_with(AGENT_PARAMETER, other_agent)
+    block = jenkins_fake.start_pipeline(other.queue_id)
+    assert jenkins_fake.dispatch() == [(block.queue_id, other_agent)]
+    jenkins_fake.delete_job("build")
+    jenkins_fake.forget_left_items()
+    before = _one_off_reads(jenkins_fake)
+
+    assert _pass()["lost_builds_released"] == 2
+
+    assert _one_off_reads(jenkins_fake) - before == 1
+    assert _released(world, kube, jenkins_fake, key, agent)
+    assert _released(world, kube, jenkins_fake, other_key, other_agent)
+
+
+def _one_off_reads(jenkins_fake) -> int:
+    return sum("oneOffExecutors" in r.query.get("tree", "")
+               for r in jenkins_fake.requests_to("/computer/api/json"))
+
+
+@pytest.fixture
+def folder_route_world(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """The example's routes naming job "team/Build", which Jenkins has as "team/build"."""
+    config = tmp_path / "config.yaml"
+    config.write_text(EXAMPLE_CONFIG.read_text().replace("job: build", "job: team/Build"))
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    for name in ("node-a", "node-b"):
+        kube.add_node(name, cpu="8", memory="32Gi", labels={"kubernetes.io/os": "linux"})
+    kube.add_namespace(NAMESPACE, labels={"pod-security.kubernetes.io/enforce": "restricted"})
+    runtime.install(None)
+    yield create_app()
+    runtime.install(None)
+
+
+def test_a_pipeline_in_an_input_is_followed_to_its_folder_jobs_own_name_after_a_restart(
+        folder_route_world, kube, jenkins_fake):
+    """A route names "team/Build", Jenkins' job is "team/build": found in any case while the
+    folder is as it was made, the build was triggered. Jenkins restarts while the Pipeline
+    waits in an ``input`` before its first node block: the folder, loaded from disk, finds
+    its items in their exact case only (AbstractFolder.onLoad: loadChildren's
+    CopyOnWriteMap.Tree<>(), natural order), so "team/Build" answers 404 and the agent runs
+    nothing, as after a delete. The run going on carries the build's agent under the name
+    Jenkins has, "team/build": taken for the same job as the build's (same_job), it was no
+    sign of the build going on, and the pass released the agent the run's block waits for.
+    The build follows the run to the name Jenkins finds, and keeps its agent."""
+    world = folder_route_world
+    jenkins_fake.add_job("team/build")
+    jenkins_fake.any_job = False  # no other job than those made
+    client, key, agent, build = _waiting_on_its_agent(world, kube, jenkins_fake)
+    assert build.job == "team/build"
+    run = jenkins_fake.start_pipeline_on_controller(build.queue_id)
+    _started(client, jenkins_fake.notification(build, "STARTED"))
+    jenkins_fake.restart()
+    jenkins_fake.connect_agent(agent)
+    assert jenkins_fake.job("team/Build") is None
+
+    assert _pass()["lost_builds_released"] == 0
+    work(world)
+
+    assert _kept(kube, jenkins_fake, agent)
+    state = world.extensions["ci_autoscaler"].state.get_build(key)
+    assert state["job"] == "team/build"
+    block = jenkins_fake.next_node_block(run)  # the input answered
+    assert jenkins_fake.dispatch() == [(block.queue_id, agent)]

@@ -435,6 +435,13 @@ class JenkinsFake:
         # "down" while nothing listens, "loading" while every URL answers the loading page.
         self.phase: str | None = None
         self._port = 0  # the port it listens on, kept across a restart
+        # True once the controller restarted (`come_up`): its folders were loaded from disk.
+        # Jenkins.items is CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_ORDER) always, and so
+        # is a folder's own map as the folder is made (cloudbees-folder AbstractFolder.items),
+        # but AbstractFolder.onLoad replaces it with what loadChildren (DefaultChildLoader)
+        # makes, a CopyOnWriteMap.Tree<>() in natural order: a folder's items are found by
+        # their name's exact case once Jenkins has restarted (`job`).
+        self.folders_loaded = False
         # Jenkins.SESSION_HASH: 8 hex digits, new on every start of the controller ("the
         # current session ID number (that changes for every run) to allow clients to reliably
         # wait for a restart": hudson.cli.SessionIdCommand); hudson.model.Api.setHeaders sends
@@ -532,12 +539,13 @@ class JenkinsFake:
     def job(self, name: str) -> FakeJob | None:
         """The job of that full name, as Jenkins would find it (None: no such job): in any
         case, as Jenkins finds items (Jenkins.items and cloudbees-folder's AbstractFolder.items
-        are CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_ORDER)); the job found keeps its own
-        name (FakeJob.name), which is what Jenkins gives back."""
+        are CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_ORDER)), but for the names inside a
+        folder once Jenkins restarted (`folders_loaded`); the job found keeps its own name
+        (FakeJob.name), which is what Jenkins gives back."""
         with self._lock:
             if name in self.declared:
                 return self.declared[name]
-            same = next((j for n, j in self.declared.items() if n.lower() == name.lower()),
+            same = next((j for n, j in self.declared.items() if self._same_item(n, name)),
                         None)
             if same is not None:
                 return same
@@ -545,6 +553,15 @@ class JenkinsFake:
                     f.lower() for f in self._folders()} | self.deleted_jobs:
                 return None
             return self.declared.setdefault(name, FakeJob(name))
+
+    def _same_item(self, one: str, other: str) -> bool:
+        """Whether two full names find one item: the top-level name in any case; a folder's
+        item's in any case too, until the folders are loaded from disk (`folders_loaded`)."""
+        if not self.folders_loaded:
+            return one.lower() == other.lower()
+        top, _, inside = one.partition("/")
+        other_top, _, other_inside = other.partition("/")
+        return top.lower() == other_top.lower() and inside == other_inside
 
     def delete_job(self, name: str) -> list[FakeBuild]:
         """A person (or branch-api's orphaned item strategy, once branch indexing finds the
@@ -1973,7 +1990,9 @@ class JenkinsFake:
         - nodes from nodes/NAME/config.xml (the same JNLP secret: a MAC of the name under a
           persisted key), every computer offline;
         - no web session: crumbs issued before are refused (403 "No valid crumb");
-        - a new Jenkins.SESSION_HASH (`session`).
+        - a new Jenkins.SESSION_HASH (`session`);
+        - folders loaded from disk, whose items are found in their name's exact case
+          (`folders_loaded`).
 
         After a hard stop, the queue is what queue.xml held (Queue.load: the items of its
         last save, WaitingItem.COUNTER set to the counter it saved; no queue.xml, nothing and
@@ -1983,6 +2002,7 @@ class JenkinsFake:
         with self._lock:
             self.phase = "loading"
             self.session = secrets.token_hex(4)
+            self.folders_loaded = True  # AbstractFolder.onLoad: loadChildren's map
             if self._hard_stop:
                 saved = self._saved_queue or set()
                 lost = [b for b in self.builds if b.state == "queued" and b.queue_id not in saved]

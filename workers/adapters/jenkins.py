@@ -705,23 +705,29 @@ class JenkinsAdapter:
                 and c.get("_class") != BUILT_IN_COMPUTER}  # the controller's, no agent
 
     def runs_carrying(self, parameter: str, value: str) -> list[RunRef]:
+        """The runs on one-off executors whose `parameter` is `value` (one_off_runs)."""
+        return self.one_off_runs(parameter).get(value, [])
+
+    def one_off_runs(self, parameter: str) -> dict[str, list[RunRef]]:
         """One GET of the computers' one-off executors: a WorkflowRun is a Queue.FlyweightTask,
         run by a OneOffExecutor (on the built-in node's computer, kept for this with no
         executors: Queue.makeFlyWeightTaskBuildable, AbstractCIBase.updateComputerList) for
         as long as the run goes on, in an `input` before any node block too; each exports
         its currentExecutable, the run, whose actions carry its parameters. A run of a job
-        the API user may not READ shows none (Executor.getCurrentExecutableForApi)."""
+        the API user may not READ shows none (Executor.getCurrentExecutableForApi). The runs
+        by the value of their `parameter` (those without it left out)."""
         computers = self._get_json(
             "read the runs on one-off executors", "computer/api/json?tree=computer["
             "oneOffExecutors[currentExecutable[number,url,actions[parameters[name,value]]]]]")
-        found = []
+        found: dict[str, list[RunRef]] = {}
         for computer in computers.get("computer") or []:
             for executor in (computer or {}).get("oneOffExecutors") or []:
                 executable = (executor or {}).get("currentExecutable")
-                run = run_of(executable)
-                if run is not None and \
-                        _parameters(executable.get("actions")).get(parameter) == value:
-                    found.append(run)
+                if (run := run_of(executable)) is None:
+                    continue
+                value = _parameters(executable.get("actions")).get(parameter)
+                if value is not None:
+                    found.setdefault(value, []).append(run)
         return found
 
     # ---- adopted agents: what one runs, and taking it offline ----------------------------

@@ -226,7 +226,9 @@ def same_job(one: str, other: str) -> bool:
     """Whether two full job names ("folder/name") name one Jenkins job: in any case, as
     Jenkins finds items (Jenkins.items, cloudbees-folder's AbstractFolder.items:
     CopyOnWriteMap.Tree(String.CASE_INSENSITIVE_ORDER)). A route naming "Build" triggers
-    "build", whose queue items and runs name it as Jenkins has it."""
+    "build", whose queue items and runs name it as Jenkins has it. (A folder loaded from
+    disk, after a restart, finds its items in their exact case only: AbstractFolder.onLoad
+    takes loadChildren's CopyOnWriteMap.Tree<>(); see run_confirm._running_as.)"""
     return bool(one) and one.lower() == other.lower()
 
 

@@ -432,6 +432,12 @@ class Jenkins(Protocol):
         found by what they carry, whatever their job is called now."""
         ...
 
+    def one_off_runs(self, parameter: str) -> dict[str, list[RunRef]]:
+        """runs_carrying for every value at once (one read of Jenkins for a reconcile pass's
+        builds, not one each): the runs in progress on one-off executors by the value of
+        their `parameter`."""
+        ...
+
     def disable_agent(self, name: str, reason: str) -> bool:
         """Take the agent temporarily offline with this reason: it takes no new work, and a
         build under way on it goes on. True if it went offline now, False if it was already

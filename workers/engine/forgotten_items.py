@@ -41,7 +41,7 @@ from workers.adapters.redis_state import BuildStatus
 from workers.engine import run_confirm
 from workers.engine.adoption import OFFLINE_REASON
 from workers.core.errors import NotReadBack, PermanentError
-from workers.core.ports import QueueItem
+from workers.core.ports import QueueItem, RunRef
 from workers.core.jenkins_queue import first_triggered, waiting_label
 from workers.core.routing import AGENT_PARAMETER
 
@@ -51,16 +51,29 @@ FOUND = "its queue item is gone from Jenkins (cancelled, and forgotten since), n
 
 
 class PassQueue:
-    """Jenkins' queue, read when a pass's first candidate needs it and kept for the rest."""
+    """Jenkins' queue, read when a pass's first candidate needs it and kept for the rest; so
+    too the runs on Jenkins' one-off executors (`carrying`)."""
 
     def __init__(self, rt: runtime.Runtime) -> None:
         self._rt = rt
         self._items: list[QueueItem] | None = None
+        self._one_off: dict[str, list[RunRef]] | None = None
 
     def items(self) -> list[QueueItem]:
         if self._items is None:
             self._items = self._rt.jenkins.queue_items()
         return self._items
+
+    def carrying(self, agent: str) -> list[RunRef]:
+        """The runs in progress on one-off executors carrying `agent` as their
+        CI_AUTOSCALER_AGENT (Jenkins.runs_carrying), all read once for the pass: the read lists
+        every Pipeline run going on, with its actions. Older than a candidate's other reads,
+        it errs only towards keeping an agent: a run that ended since is still in it; one
+        that began since left its item less than the 5 minutes Jenkins keeps it (its build's
+        item is asked first, and only a forgotten one's runs are looked for here)."""
+        if self._one_off is None:
+            self._one_off = self._rt.jenkins.one_off_runs(AGENT_PARAMETER)
+        return list(self._one_off.get(agent, ()))
 
 
 def cancelled(rt: runtime.Runtime, build: dict[str, str], queue: PassQueue) -> bool:
@@ -117,7 +130,7 @@ def nothing_left(rt: runtime.Runtime, build: dict[str, str], queue: PassQueue) -
     # an `input` before its first node block (nothing on its agent, no item on its label),
     # the job's runs at the old name a new job's. Jenkins runs it on a one-off executor,
     # carrying the build's agent: found so, whatever its job is called now.
-    return not rt.jenkins.runs_carrying(AGENT_PARAMETER, carried)
+    return not queue.carrying(carried)
 
 
 def _took_one_meanwhile(rt: runtime.Runtime, build: dict[str, str], agent: str) -> bool:

@@ -217,7 +217,8 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         # (JENKINS_RUN), or the run the queue item names, or the job's run that left the
         # queue as the item; "unknown" with a number is that run gone from the job.
         told = number_now is not None
-        if state == BuildState.UNKNOWN and (renamed := run_confirm.job_renamed(rt, key, build)):
+        if state == BuildState.UNKNOWN and (renamed := run_confirm.job_renamed(
+                rt, key, build, queue.carrying)):
             # No run under the job's name: renamed while the build waited, its run goes on
             # (or ended) under the new name, which its notifications name: followed. Asked
             # first, while Jenkins keeps the item: the old name may be a new job's, whose
@@ -257,7 +258,7 @@ def finish_lost_builds(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         if state == BuildState.UNKNOWN:
             # No run to read: its job may be gone, deleted (its runs aborted) or moved (its
             # run goes on): the build's agent tells (run_confirm.job_gone)
-            gone = run_confirm.job_gone(rt, build)
+            gone = run_confirm.job_gone(rt, build, queue.carrying)
             if isinstance(gone, Confirmed):
                 state, why = BuildState.FINISHED, gone.reason
             elif not told and forgotten_items.cancelled(rt, build, queue):

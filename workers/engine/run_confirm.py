@@ -7,6 +7,7 @@ still there, or gone. The logger stays ci_autoscaler.tasks, where these lines we
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from workers import runtime
@@ -15,7 +16,7 @@ from workers.core import notifications
 from workers.core.jenkins_queue import first_triggered, same_job
 from workers.core.notifications import Confirmed, confirm_completion, confirm_moved, \
     job_gone_over, moved_job
-from workers.core.ports import BuildState, RunInfo
+from workers.core.ports import BuildState, RunInfo, RunRef
 from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
 from workers.telemetry.metrics import EngineMetrics
 
@@ -23,6 +24,9 @@ log = logging.getLogger("ci_autoscaler.tasks")
 # The build's field holding its run's number as Jenkins' API gave it (own_run): unlike
 # `jenkins_build`, which a STARTED notification writes, no notification can set it.
 JENKINS_RUN = "jenkins_run"
+# The runs on Jenkins' one-off executors carrying an agent (Jenkins.runs_carrying's, as a
+# reconcile pass read them once: workers.engine.forgotten_items.PassQueue.carrying)
+Carrying = Callable[[str], list[RunRef]]
 
 
 def confirmed(rt: runtime.Runtime, build_key: str,
@@ -195,7 +199,8 @@ def agent_busy(rt: runtime.Runtime, agent: str) -> bool:
     return activity is not None and bool(activity.runs or activity.hidden_runs)
 
 
-def job_renamed(rt: runtime.Runtime, build_key: str, build: dict[str, str]) -> str | None:
+def job_renamed(rt: runtime.Runtime, build_key: str, build: dict[str, str],
+                carrying: Carrying | None = None) -> str | None:
     """The build's job's name now, if a person renamed or moved it since its trigger: the
     build's queue item (Jenkins keeps it about 5 minutes once it left the queue) names its
     job by its task, the job itself, renamed in place (AbstractItem.renameTo; Jenkins refuses
@@ -210,7 +215,7 @@ def job_renamed(rt: runtime.Runtime, build_key: str, build: dict[str, str]) -> s
         return None
     found = rt.jenkins.queue_item(int(item))
     if found is None:
-        return _running_as(rt, build)
+        return _running_as(rt, build, carrying)
     # Jenkins finds items by name in any case (Jenkins.items is a case-insensitive map): the
     # same name in another case is the same job, found under the name the build has
     if not found.job or same_job(found.job, job) \
@@ -219,7 +224,8 @@ def job_renamed(rt: runtime.Runtime, build_key: str, build: dict[str, str]) -> s
     return found.job
 
 
-def _running_as(rt: runtime.Runtime, build: dict[str, str]) -> str | None:
+def _running_as(rt: runtime.Runtime, build: dict[str, str],
+                carrying: Carrying | None = None) -> str | None:
     """The job, under another name than the build's, of a run in progress that carries the
     build's agent (the name its trigger gave it: its first agent's, workers.engine
     .agent_names), our agent names being unique per build: a Pipeline's run goes on on a
@@ -227,7 +233,9 @@ def _running_as(rt: runtime.Runtime, build: dict[str, str]) -> str | None:
     its first node block or between two too, its agent idle then, so that a job moved into
     a folder while it waited there (Items.move checks no running build) looked deleted
     (job_gone: the old name 404, the agent running nothing) once Jenkins had forgotten the
-    build's item. None for an adopted build (its run carries nothing of ours)."""
+    build's item. None for an adopted build (its run carries nothing of ours). `carrying`:
+    the runs carrying an agent as a reconcile pass read them (forgotten_items.PassQueue);
+    asked of Jenkins without it."""
     if build.get("node_label") or not build.get("request"):
         return None
     parameters = json.loads(build["request"]).get("parameters") or {}
@@ -235,11 +243,17 @@ def _running_as(rt: runtime.Runtime, build: dict[str, str]) -> str | None:
     if not carried:
         return None
     job = build.get("job") or ""
-    return next((run.job for run in rt.jenkins.runs_carrying(AGENT_PARAMETER, carried)
-                 if not same_job(run.job, job)), None)
+    runs = carrying(carried) if carrying is not None \
+        else rt.jenkins.runs_carrying(AGENT_PARAMETER, carried)
+    # Its name in another case is another name here: asked only once Jenkins found nothing
+    # of the build under its own (a folder loaded from disk finds its items in their exact
+    # case: cloudbees-folder AbstractFolder.onLoad, loadChildren's CopyOnWriteMap.Tree<>()),
+    # the run's name is the one Jenkins finds
+    return next((run.job for run in runs if run.job != job), None)
 
 
-def job_gone(rt: runtime.Runtime, build: dict[str, str]) -> Confirmed | notifications.Refused:
+def job_gone(rt: runtime.Runtime, build: dict[str, str],
+             carrying: Carrying | None = None) -> Confirmed | notifications.Refused:
     """Whether the build is over because its job is gone (workers.core.notifications
     .job_gone_over): its agent's computer is read first, and the job's page only if the agent
     runs nothing, so a COMPLETED naming a missing run of a busy or unconnected agent's build
@@ -263,7 +277,8 @@ def job_gone(rt: runtime.Runtime, build: dict[str, str]) -> Confirmed | notifica
                                      f"job {job!r} is gone from that name and the build's "
                                      "queue item still waits in Jenkins' queue (the job "
                                      "moved)")
-    if isinstance(decision, Confirmed) and (moved := _running_as(rt, build)) is not None:
+    if isinstance(decision, Confirmed) and \
+            (moved := _running_as(rt, build, carrying)) is not None:
         # A deleted job's runs were aborted (ItemDeletion.cancelBuildsInProgress); a moved
         # one's Pipeline run goes on, between node blocks (an `input`), its agent idle
         return notifications.Refused(notifications.NOT_CONFIRMED,

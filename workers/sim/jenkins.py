@@ -247,6 +247,9 @@ class SimJenkins:
     def runs_carrying(self, parameter: str, value: str) -> list[RunRef]:
         return []  # the simulated builds run on their agents' executors: none on one-off ones
 
+    def one_off_runs(self, parameter: str) -> dict[str, list[RunRef]]:
+        return {}  # as runs_carrying
+
     def _node_for(self, label: str) -> str | None:
         """The node a build on this label goes to: the one of that name, else one with that
         label (under the lock)."""
