@@ -11,6 +11,7 @@ import pytest
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import JENKINS_TOKEN, one_template_config, work
+from tests.support.kmock_cluster import terminated
 from workers import runtime
 from workers.engine import reconcile
 from workers.agent_starts import online as agent_start
@@ -46,6 +47,10 @@ def pod_names(kube):
     return sorted(p["metadata"]["name"] for p in kube.pods(NAMESPACE))
 
 
+def container_names(pod):
+    return [c["name"] for c in pod["spec"]["containers"]]
+
+
 def deletes(kube, name):
     return [r for r in kube.requests() if r.startswith("DELETE") and r.endswith("/" + name)]
 
@@ -77,6 +82,8 @@ def test_a_pod_whose_build_redis_lost_is_kept_while_its_agent_runs_the_build_in_
     (build,) = jenkins_fake.builds
     (pod,) = kube.pods(NAMESPACE)
     agent = pod["metadata"]["name"]
+    # (its agent runs: the kubelet took the pod; one not taken runs nothing: orphans.never_runs)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
     jenkins_fake.connect_agent(agent)
     assert jenkins_fake.dispatch() == [(build.queue_id, agent)]  # the build runs on it
     redis_conn.flushdb()  # the data loss
@@ -89,6 +96,34 @@ def test_a_pod_whose_build_redis_lost_is_kept_while_its_agent_runs_the_build_in_
 
     jenkins_fake.finish_build(build.queue_id)
     assert reconcile.reconcile_once(rt)["pods_deleted"] == 1
+    assert pod_names(kube) == [] and agent not in jenkins_fake.nodes
+
+
+def test_an_orphan_pod_that_ended_is_deleted_though_jenkins_still_holds_its_block(
+        app, kube, jenkins_fake, redis_conn):
+    """Redis lost the build's record, and then its agent container was OOM-killed: the
+    Pipeline's node block stays on the agent's executor, waiting for an agent that comes
+    back (REALITY.md: a Pipeline waits for its agent; workers.engine.lost_agents), so
+    Jenkins shows a run there for ever. Kept till "that build ends", the dead pod stayed
+    for good and the run hung; an agent container that ended runs nothing, ever: deleted,
+    with its Jenkins node (whose removal ends the block: RemovedNodeListener)."""
+    push(app.test_client(), 1)
+    work(app)
+    (build,) = jenkins_fake.builds
+    (pod,) = kube.pods(NAMESPACE)
+    agent = pod["metadata"]["name"]
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
+    jenkins_fake.start_pipeline(build.queue_id)
+    assert [node for _, node in jenkins_fake.dispatch()] == [agent]  # its block runs there
+    redis_conn.flushdb()  # the data loss
+    kube.kubelet_status(NAMESPACE, agent, phase="Failed", states={
+        name: terminated("OOMKilled", 137) for name in container_names(pod)})
+    jenkins_fake.disconnect_agent(agent)  # its process died with the container
+    assert jenkins_fake.nodes[agent].running is not None  # the block waits for it
+
+    # fails without the fix: 0, the pod kept for a build that can never end
+    assert reconcile.reconcile_once(runtime.current())["pods_deleted"] == 1
     assert pod_names(kube) == [] and agent not in jenkins_fake.nodes
 
 

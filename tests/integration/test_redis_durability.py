@@ -112,6 +112,8 @@ def test_a_data_loss_is_told_and_the_build_jenkins_runs_keeps_its_agent(
     (build,) = jenkins_fake.builds
     (pod,) = kube.pods(NAMESPACE)
     agent = pod["metadata"]["name"]
+    # (its agent runs: the kubelet took the pod; one not taken runs nothing: orphans.never_runs)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
     jenkins_fake.connect_agent(agent)
     assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
     reconciler = Process("reconcile", "--interval", str(INTERVAL))

@@ -10,11 +10,20 @@ deleted only when Jenkins answers that its agent's executors are idle
 (computer/NAME/api/json: Executor.isIdle; a run of a job we may not read counts too), or
 that it has no such agent; while Jenkins cannot be asked, it is kept. A kept pod is deleted
 in the first pass after its build ends (the kubelet's activeDeadlineSeconds still bounds it).
+
+Jenkins is not asked about a pod whose agent runs nothing and never will: one that ended
+(Failed or Succeeded), or whose agent's container did (restartPolicy Never), or one no kubelet
+took yet (Pending without status.startTime: no container of it ever ran). Kept, such a pod
+stayed while Jenkins was away (a Pending one asking the cluster autoscaler for a node), and,
+Jenkins up, for ever: a Pipeline's node block stays on the executor of an agent whose process
+died, waiting for it to come back (workers.engine.lost_agents), so its agent "ran a build"
+that could never end, and the run hung with it.
 """
 
 import logging
 
 from workers import runtime
+from workers.core.ports import PodInfo, PodPhase
 from workers.engine.jenkins_steps import JenkinsSteps
 
 log = logging.getLogger("ci_autoscaler.repairs")
@@ -23,8 +32,12 @@ log = logging.getLogger("ci_autoscaler.repairs")
 _told: set[str] = set()
 
 
-def deletable(rt: runtime.Runtime, agent: str, jenkins: JenkinsSteps | None) -> bool:
-    """Whether the orphan pod `agent` runs nothing in Jenkins (or has no Jenkins agent)."""
+def deletable(rt: runtime.Runtime, pod: PodInfo, jenkins: JenkinsSteps | None) -> bool:
+    """Whether the orphan pod runs nothing in Jenkins (or has no Jenkins agent)."""
+    agent = pod.name
+    if never_runs(pod):
+        _told.discard(agent)
+        return True
     if jenkins is None:  # no Jenkins to ask: a running build is never risked
         return False
     missing = object()
@@ -40,3 +53,10 @@ def deletable(rt: runtime.Runtime, agent: str, jenkins: JenkinsSteps | None) -> 
                     "runs a build in Jenkins: kept until that build ends",
                     extra={"agent": agent})
     return False
+
+
+def never_runs(pod: PodInfo) -> bool:
+    """Whether no agent process runs in the pod, nor ever will: it ended, its agent's
+    container ended, or no kubelet has taken it (no container started)."""
+    return pod.phase in (PodPhase.SUCCEEDED, PodPhase.FAILED) or pod.agent_ended or \
+        (pod.phase == PodPhase.PENDING and pod.start_time is None)

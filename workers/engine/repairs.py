@@ -142,7 +142,7 @@ def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float, *,
                 (not starts_judged and _start_failed(rt, pod, state, now)):
             continue
         if not state:  # no build to release: the pod and its Jenkins agent only
-            if not orphans.deletable(rt, pod.name, jenkins):
+            if not orphans.deletable(rt, pod, jenkins):
                 continue
             if rt.cluster.delete_pod(pod.name):
                 tasks.engine_metrics(rt).agent_deleted("unknown", reason)
