@@ -127,6 +127,30 @@ def test_an_orphan_pod_that_ended_is_deleted_though_jenkins_still_holds_its_bloc
     assert pod_names(kube) == [] and agent not in jenkins_fake.nodes
 
 
+def test_orphans_are_asked_about_in_one_read_of_jenkins_whatever_their_number(
+        app, kube, jenkins_fake):
+    """After a data loss every agent pod is an orphan until its build ends (workers.engine.
+    orphans): Jenkins was asked about each one, one GET computer/NAME/api/json per pod per
+    pass (500 builds, 500 GETs every pass for as long as they ran). One GET of the
+    computers' list (computer/api/json, the same fields) answers for all of them."""
+    names = [f"cia-orphan-{i}" for i in range(4)]
+    for name in names:
+        kube.add_pod(NAMESPACE, name, node="node-a",
+                     labels={**OURS, BUILD_KEY_LABEL: "no-such-build"})
+        kube.kubelet_status(NAMESPACE, name, phase="Running")
+        jenkins_fake.add_node(name, label=name, description=NODE_DESCRIPTION)
+        jenkins_fake.connect_agent(name)
+    busy = jenkins_fake.queue_node_block("pipeline", label=names[0])
+    assert jenkins_fake.dispatch() == [(busy.queue_id, names[0])]
+
+    assert reconcile.reconcile_once(runtime.current())["pods_deleted"] == 3
+    assert pod_names(kube) == [names[0]]  # the one whose agent runs a block is kept
+    asked = [r.path for r in jenkins_fake.requests
+             if r.path.startswith("/computer/cia-orphan-") and r.path.endswith("/api/json")
+             and "executors" in r.query.get("tree", "")]  # what its agent runs
+    assert asked == []  # fails without the fix: a GET for each of the four
+
+
 def test_a_pod_without_our_label_is_never_touched_even_when_the_api_returns_it(app, kube):
     # kmock ignores label selectors, so our list returns these pods too.
     kube.add_foreign_pod(NAMESPACE, "someone-elses")

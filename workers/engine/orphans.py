@@ -6,8 +6,8 @@ lost its data: a Redis without persistence restarted, a FLUSHALL, a failover to 
 that had not caught up, keys evicted at maxmemory (README, Redis memory). Then every agent
 pod is an orphan while Jenkins still runs its build: deleted, its build was killed in the
 middle (the pod gone, its Jenkins node deleted under the running executor). So an orphan is
-deleted only when Jenkins answers that its agent's executors are idle
-(computer/NAME/api/json: Executor.isIdle; a run of a job we may not read counts too), or
+deleted only when Jenkins answers that its agent's executors are idle (computer/api/json,
+every agent in one read: Executor.isIdle; a run of a job we may not read counts too), or
 that it has no such agent; while Jenkins cannot be asked, it is kept. A kept pod is deleted
 in the first pass after its build ends (the kubelet's activeDeadlineSeconds still bounds it).
 
@@ -23,7 +23,7 @@ that could never end, and the run hung with it.
 import logging
 
 from workers import runtime
-from workers.core.ports import PodInfo, PodPhase
+from workers.core.ports import AgentActivity, PodInfo, PodPhase
 from workers.engine.jenkins_steps import JenkinsSteps
 
 log = logging.getLogger("ci_autoscaler.repairs")
@@ -32,27 +32,41 @@ log = logging.getLogger("ci_autoscaler.repairs")
 _told: set[str] = set()
 
 
-def deletable(rt: runtime.Runtime, pod: PodInfo, jenkins: JenkinsSteps | None) -> bool:
-    """Whether the orphan pod runs nothing in Jenkins (or has no Jenkins agent)."""
-    agent = pod.name
-    if never_runs(pod):
-        _told.discard(agent)
-        return True
-    if jenkins is None:  # no Jenkins to ask: a running build is never risked
+class Orphans:
+    """The orphans of one pass: Jenkins is asked what every agent runs once, at the first
+    orphan that needs it (computer/api/json), not once per pod (after a data loss every pod
+    is an orphan till its build ends: a GET each, every pass)."""
+
+    def __init__(self, rt: runtime.Runtime, jenkins: JenkinsSteps | None):
+        self._rt, self._jenkins = rt, jenkins
+        self._agents: dict[str, AgentActivity] | object | None = None  # read: by name
+
+    def deletable(self, pod: PodInfo) -> bool:
+        """Whether the orphan pod runs nothing in Jenkins (or has no Jenkins agent)."""
+        agent = pod.name
+        if never_runs(pod):
+            _told.discard(agent)
+            return True
+        if self._jenkins is None:  # no Jenkins to ask: a running build is never risked
+            return False
+        if self._agents is None:
+            self._agents = self._jenkins.run(self._rt.jenkins.agents_activity,
+                                             skipped=_UNREAD)
+        if not isinstance(self._agents, dict):  # Jenkins away, or the read failed
+            return False  # asked again next pass
+        activity = self._agents.get(agent)
+        if activity is None or not (activity.runs or activity.hidden_runs):
+            _told.discard(agent)
+            return True
+        if agent not in _told:
+            _told.add(agent)
+            log.warning("agent pod's build is unknown to Redis (its data lost?) and its agent "
+                        "runs a build in Jenkins: kept until that build ends",
+                        extra={"agent": agent})
         return False
-    missing = object()
-    activity = jenkins.run(rt.jenkins.agent_activity, agent, skipped=missing)
-    if activity is missing:  # Jenkins away, or this read failed: asked again next pass
-        return False
-    if activity is None or not (activity.runs or activity.hidden_runs):
-        _told.discard(agent)
-        return True
-    if agent not in _told:
-        _told.add(agent)
-        log.warning("agent pod's build is unknown to Redis (its data lost?) and its agent "
-                    "runs a build in Jenkins: kept until that build ends",
-                    extra={"agent": agent})
-    return False
+
+
+_UNREAD = object()
 
 
 def never_runs(pod: PodInfo) -> bool:
