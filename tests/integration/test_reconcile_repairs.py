@@ -55,6 +55,23 @@ def deletes(kube, name):
     return [r for r in kube.requests() if r.startswith("DELETE") and r.endswith("/" + name)]
 
 
+def running_on_its_agent(app, kube, jenkins_fake, *, pipeline: bool = False):
+    """One push made into a pod whose agent connected and runs its build (or, `pipeline`,
+    its Pipeline's node block): (the Jenkins build, its pod, its agent's name). The kubelet
+    is played: an agent runs only in a pod a kubelet took (orphans.never_runs)."""
+    push(app.test_client(), 1)
+    work(app)
+    (build,) = jenkins_fake.builds
+    (pod,) = kube.pods(NAMESPACE)
+    agent = pod["metadata"]["name"]
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
+    if pipeline:
+        jenkins_fake.start_pipeline(build.queue_id)
+    assert [node for _, node in jenkins_fake.dispatch()] == [agent]  # it runs there
+    return build, pod, agent
+
+
 def test_a_pod_with_our_label_whose_build_is_unknown_is_deleted_within_one_pass(
         app, kube, jenkins_fake):
     kube.add_pod(NAMESPACE, "cia-left-behind", node="node-a",
@@ -77,15 +94,7 @@ def test_a_pod_whose_build_redis_lost_is_kept_while_its_agent_runs_the_build_in_
     agents. Deleting such a pod as an orphan killed a running build; it is kept while its
     agent's executor runs something (computer/NAME/api/json, Executor.isIdle), and deleted
     with its Jenkins node in the first pass after its build ended."""
-    push(app.test_client(), 1)
-    work(app)
-    (build,) = jenkins_fake.builds
-    (pod,) = kube.pods(NAMESPACE)
-    agent = pod["metadata"]["name"]
-    # (its agent runs: the kubelet took the pod; one not taken runs nothing: orphans.never_runs)
-    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
-    jenkins_fake.connect_agent(agent)
-    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]  # the build runs on it
+    build, _, agent = running_on_its_agent(app, kube, jenkins_fake)
     redis_conn.flushdb()  # the data loss
     rt = runtime.current()
 
@@ -107,15 +116,7 @@ def test_an_orphan_pod_that_ended_is_deleted_though_jenkins_still_holds_its_bloc
     Jenkins shows a run there for ever. Kept till "that build ends", the dead pod stayed
     for good and the run hung; an agent container that ended runs nothing, ever: deleted,
     with its Jenkins node (whose removal ends the block: RemovedNodeListener)."""
-    push(app.test_client(), 1)
-    work(app)
-    (build,) = jenkins_fake.builds
-    (pod,) = kube.pods(NAMESPACE)
-    agent = pod["metadata"]["name"]
-    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
-    jenkins_fake.connect_agent(agent)
-    jenkins_fake.start_pipeline(build.queue_id)
-    assert [node for _, node in jenkins_fake.dispatch()] == [agent]  # its block runs there
+    _, pod, agent = running_on_its_agent(app, kube, jenkins_fake, pipeline=True)
     redis_conn.flushdb()  # the data loss
     kube.kubelet_status(NAMESPACE, agent, phase="Failed", states={
         name: terminated("OOMKilled", 137) for name in container_names(pod)})
