@@ -77,6 +77,7 @@ def test_a_pod_past_its_deadline_is_deleted_while_jenkins_is_down_and_its_node_o
     rt, state = runtime.current(), state_of(app)
     kube.add_pod(NAMESPACE, "cia-left-behind", node="node-a",
                  labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE, BUILD_KEY_LABEL: "no-such-build"})
+    kube.kubelet_status(NAMESPACE, "cia-left-behind", phase="Running")  # its agent may run
     jenkins_fake.add_node("cia-left-behind", label="cia-left-behind",
                           description=NODE_DESCRIPTION)
     assert key in rt.capacity.reservation_records() and rt.capacity.slots() == {key: "small"}
@@ -97,6 +98,29 @@ def test_a_pod_past_its_deadline_is_deleted_while_jenkins_is_down_and_its_node_o
     assert passed["pods_deleted"] == 1 and kube.pods(NAMESPACE) == []
     assert passed["jenkins_agents_deleted"] == 1  # the orphan's went with its pod
     assert not {agent, "cia-left-behind"} & set(jenkins_fake.nodes)
+
+
+def test_orphan_pods_whose_agent_never_runs_are_deleted_while_jenkins_is_down(
+        app, kube, jenkins_fake):
+    """An orphan pod (its build unknown) waits for Jenkins' word that its agent runs nothing
+    (workers.engine.orphans), but not one whose agent cannot run: one the kubelet never took
+    (Pending, Unschedulable: no container ran; kept, it asked the cluster autoscaler for a
+    node for as long as Jenkins was away, and activeDeadlineSeconds never counts for it) and
+    one that ended (Failed). A Running one is kept till Jenkins can be asked."""
+    labels = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, BUILD_KEY_LABEL: "no-such-build"}
+    for name in ("cia-unplaced", "cia-ended", "cia-running"):
+        kube.add_pod(NAMESPACE, name, labels=labels)
+        jenkins_fake.add_node(name, label=name, description=NODE_DESCRIPTION)
+    kube.set_pod_unschedulable(NAMESPACE, "cia-unplaced", since=time.time() - 60)
+    kube.kubelet_status(NAMESPACE, "cia-ended", phase="Failed", node="node-a")
+    kube.kubelet_status(NAMESPACE, "cia-running", phase="Running", node="node-a")
+    jenkins_fake.go_down()
+
+    with pytest.raises(Unavailable):
+        reconcile.reconcile_once(runtime.current())
+
+    # fails without the fix: all three kept while Jenkins is away
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == ["cia-running"]
 
 
 def test_settled_reservations_are_released_and_stale_slots_freed_while_jenkins_loads(

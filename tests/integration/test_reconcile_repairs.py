@@ -11,6 +11,7 @@ import pytest
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import JENKINS_TOKEN, one_template_config, work
+from tests.support.kmock_cluster import terminated
 from workers import runtime
 from workers.engine import reconcile
 from workers.agent_starts import online as agent_start
@@ -46,8 +47,29 @@ def pod_names(kube):
     return sorted(p["metadata"]["name"] for p in kube.pods(NAMESPACE))
 
 
+def container_names(pod):
+    return [c["name"] for c in pod["spec"]["containers"]]
+
+
 def deletes(kube, name):
     return [r for r in kube.requests() if r.startswith("DELETE") and r.endswith("/" + name)]
+
+
+def running_on_its_agent(app, kube, jenkins_fake, *, pipeline: bool = False):
+    """One push made into a pod whose agent connected and runs its build (or, `pipeline`,
+    its Pipeline's node block): (the Jenkins build, its pod, its agent's name). The kubelet
+    is played: an agent runs only in a pod a kubelet took (orphans.never_runs)."""
+    push(app.test_client(), 1)
+    work(app)
+    (build,) = jenkins_fake.builds
+    (pod,) = kube.pods(NAMESPACE)
+    agent = pod["metadata"]["name"]
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
+    if pipeline:
+        jenkins_fake.start_pipeline(build.queue_id)
+    assert [node for _, node in jenkins_fake.dispatch()] == [agent]  # it runs there
+    return build, pod, agent
 
 
 def test_a_pod_with_our_label_whose_build_is_unknown_is_deleted_within_one_pass(
@@ -72,13 +94,7 @@ def test_a_pod_whose_build_redis_lost_is_kept_while_its_agent_runs_the_build_in_
     agents. Deleting such a pod as an orphan killed a running build; it is kept while its
     agent's executor runs something (computer/NAME/api/json, Executor.isIdle), and deleted
     with its Jenkins node in the first pass after its build ended."""
-    push(app.test_client(), 1)
-    work(app)
-    (build,) = jenkins_fake.builds
-    (pod,) = kube.pods(NAMESPACE)
-    agent = pod["metadata"]["name"]
-    jenkins_fake.connect_agent(agent)
-    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]  # the build runs on it
+    build, _, agent = running_on_its_agent(app, kube, jenkins_fake)
     redis_conn.flushdb()  # the data loss
     rt = runtime.current()
 
@@ -90,6 +106,50 @@ def test_a_pod_whose_build_redis_lost_is_kept_while_its_agent_runs_the_build_in_
     jenkins_fake.finish_build(build.queue_id)
     assert reconcile.reconcile_once(rt)["pods_deleted"] == 1
     assert pod_names(kube) == [] and agent not in jenkins_fake.nodes
+
+
+def test_an_orphan_pod_that_ended_is_deleted_though_jenkins_still_holds_its_block(
+        app, kube, jenkins_fake, redis_conn):
+    """Redis lost the build's record, and then its agent container was OOM-killed: the
+    Pipeline's node block stays on the agent's executor, waiting for an agent that comes
+    back (REALITY.md: a Pipeline waits for its agent; workers.engine.lost_agents), so
+    Jenkins shows a run there for ever. Kept till "that build ends", the dead pod stayed
+    for good and the run hung; an agent container that ended runs nothing, ever: deleted,
+    with its Jenkins node (whose removal ends the block: RemovedNodeListener)."""
+    _, pod, agent = running_on_its_agent(app, kube, jenkins_fake, pipeline=True)
+    redis_conn.flushdb()  # the data loss
+    kube.kubelet_status(NAMESPACE, agent, phase="Failed", states={
+        name: terminated("OOMKilled", 137) for name in container_names(pod)})
+    jenkins_fake.disconnect_agent(agent)  # its process died with the container
+    assert jenkins_fake.nodes[agent].running is not None  # the block waits for it
+
+    # fails without the fix: 0, the pod kept for a build that can never end
+    assert reconcile.reconcile_once(runtime.current())["pods_deleted"] == 1
+    assert pod_names(kube) == [] and agent not in jenkins_fake.nodes
+
+
+def test_orphans_are_asked_about_in_one_read_of_jenkins_whatever_their_number(
+        app, kube, jenkins_fake):
+    """After a data loss every agent pod is an orphan until its build ends (workers.engine.
+    orphans): Jenkins was asked about each one, one GET computer/NAME/api/json per pod per
+    pass (500 builds, 500 GETs every pass for as long as they ran). One GET of the
+    computers' list (computer/api/json, the same fields) answers for all of them."""
+    names = [f"cia-orphan-{i}" for i in range(4)]
+    for name in names:
+        kube.add_pod(NAMESPACE, name, node="node-a",
+                     labels={**OURS, BUILD_KEY_LABEL: "no-such-build"})
+        kube.kubelet_status(NAMESPACE, name, phase="Running")
+        jenkins_fake.add_node(name, label=name, description=NODE_DESCRIPTION)
+        jenkins_fake.connect_agent(name)
+    busy = jenkins_fake.queue_node_block("pipeline", label=names[0])
+    assert jenkins_fake.dispatch() == [(busy.queue_id, names[0])]
+
+    assert reconcile.reconcile_once(runtime.current())["pods_deleted"] == 3
+    assert pod_names(kube) == [names[0]]  # the one whose agent runs a block is kept
+    asked = [r.path for r in jenkins_fake.requests
+             if r.path.startswith("/computer/cia-orphan-") and r.path.endswith("/api/json")
+             and "executors" in r.query.get("tree", "")]  # what its agent runs
+    assert asked == []  # fails without the fix: a GET for each of the four
 
 
 def test_a_pod_without_our_label_is_never_touched_even_when_the_api_returns_it(app, kube):

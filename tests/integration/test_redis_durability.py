@@ -13,11 +13,12 @@ from tests.integration.test_check_config_live import (  # noqa: F401 (env: a fix
     check_live_in_process, env, errors)
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
-from tests.integration.test_reconcile_repairs import app  # noqa: F401 (a fixture)
+from tests.integration.test_reconcile_repairs import (  # noqa: F401 (app: a fixture)
+    app, running_on_its_agent)
 from tests.integration.test_redis_eviction import (  # noqa: F401 (worker_env: a fixture)
     _web, scraped, worker_env)
 from tests.integration.test_worker_and_reconcile_processes import INTERVAL, Process
-from tests.support.app import make_app, work
+from tests.support.app import make_app
 from tests.support.monitoring import wait_until
 
 RISK = "start-up check found a risk"
@@ -107,13 +108,7 @@ def test_a_data_loss_is_told_and_the_build_jenkins_runs_keeps_its_agent(
     """The reconcile process runs; Redis restarts without its append-only file, and comes back
     empty, while a build runs in Jenkins on our agent. The process says so at error, and keeps
     that agent's pod and Jenkins node till the build ends."""
-    push(app.test_client(), 1)
-    work(app)
-    (build,) = jenkins_fake.builds
-    (pod,) = kube.pods(NAMESPACE)
-    agent = pod["metadata"]["name"]
-    jenkins_fake.connect_agent(agent)
-    assert jenkins_fake.dispatch() == [(build.queue_id, agent)]
+    build, _, agent = running_on_its_agent(app, kube, jenkins_fake)
     reconciler = Process("reconcile", "--interval", str(INTERVAL))
     try:
         wait_until(lambda: reconciler.said("reconciled") >= 2, timeout=60, what="two passes")

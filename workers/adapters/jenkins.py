@@ -734,32 +734,19 @@ class JenkinsAdapter:
 
     def agent_activity(self, name: str) -> AgentActivity | None:
         data = self._get_json(
-            f"read agent {name!r}", f"computer/{quote(name, safe='')}/api/json?tree=offline,"
-            "temporarilyOffline,offlineCauseReason,offlineCause[timestamp],"
-            "executors[idle,currentExecutable[number,url]]", missing={})
-        if not data:
-            return None
-        executors = [executor or {} for executor in data.get("executors") or []]
-        runs = tuple(run for run in (run_of(executor.get("currentExecutable"))
-                                     for executor in executors) if run)
-        # Jenkins' tree API gives every object's _class: a node block's executable is
-        # ExecutorStepExecution$PlaceholderTask$PlaceholderExecutable
-        blocks = tuple(run for run, executor in ((run_of(e.get("currentExecutable")), e)
-                                                 for e in executors)
-                       if run and str((executor.get("currentExecutable") or {}).get(
-                           "_class", "")).endswith(PLACEHOLDER_EXECUTABLE))
-        # An executor busy with a run of a job we may not READ shows no currentExecutable
-        # (Executor.getCurrentExecutableForApi checks Item.READ) but `idle` false (Executor
-        # .isIdle checks nothing): it is not idle for us either
-        hidden = sum(1 for executor in executors if executor.get("idle") is False
-                     and run_of(executor.get("currentExecutable")) is None)
-        return AgentActivity(offline=bool(data.get("offline")),
-                             temporarily_offline=bool(data.get("temporarilyOffline")), runs=runs,
-                             blocks=blocks,
-                             hidden_runs=hidden,
-                             # Computer.getOfflineCauseReason: the offlineMessage alone
-                             offline_reason=str(data.get("offlineCauseReason") or ""),
-                             channel_lost_at=_channel_lost_at(data.get("offlineCause")))
+            f"read agent {name!r}", f"computer/{quote(name, safe='')}/api/json?tree="
+            f"{_ACTIVITY_TREE}", missing={})
+        return _activity_of(data) if data else None
+
+    def agents_activity(self) -> dict[str, AgentActivity]:
+        """One GET of the computers' list (ComputerSet exports every Computer with the
+        fields computer/NAME/api/json gives), by name (displayName: the node's name for an
+        agent); the built-in node's left out."""
+        computers = self._get_json("read what the agents run",
+                                   f"computer/api/json?tree=computer[displayName,"
+                                   f"{_ACTIVITY_TREE}]")
+        return {str(c["displayName"]): _activity_of(c) for c in computers.get("computer") or []
+                if c and c.get("displayName") and c.get("_class") != BUILT_IN_COMPUTER}
 
     def disable_agent(self, name: str, reason: str) -> bool:
         """True if it was online and is taken offline now (read first). Not by
@@ -937,3 +924,34 @@ class JenkinsAdapter:
                 raise error(f"Jenkins answered HTTP {status} to {what}",
                             retry_after=wait) from err
             raise PermanentError(f"Jenkins answered HTTP {status} to {what}") from err
+
+
+# What computer/NAME/api/json (and each computer of computer/api/json) is asked for: what the
+# agent does now (AgentActivity)
+_ACTIVITY_TREE = ("offline,temporarilyOffline,offlineCauseReason,offlineCause[timestamp],"
+                  "executors[idle,currentExecutable[number,url]]")
+
+
+def _activity_of(data: dict) -> AgentActivity:
+    """An AgentActivity from a computer's JSON (_ACTIVITY_TREE)."""
+    executors = [executor or {} for executor in data.get("executors") or []]
+    runs = tuple(run for run in (run_of(executor.get("currentExecutable"))
+                                 for executor in executors) if run)
+    # Jenkins' tree API gives every object's _class: a node block's executable is
+    # ExecutorStepExecution$PlaceholderTask$PlaceholderExecutable
+    blocks = tuple(run for run, executor in ((run_of(e.get("currentExecutable")), e)
+                                             for e in executors)
+                   if run and str((executor.get("currentExecutable") or {}).get(
+                       "_class", "")).endswith(PLACEHOLDER_EXECUTABLE))
+    # An executor busy with a run of a job we may not READ shows no currentExecutable
+    # (Executor.getCurrentExecutableForApi checks Item.READ) but `idle` false (Executor
+    # .isIdle checks nothing): it is not idle for us either
+    hidden = sum(1 for executor in executors if executor.get("idle") is False
+                 and run_of(executor.get("currentExecutable")) is None)
+    return AgentActivity(offline=bool(data.get("offline")),
+                         temporarily_offline=bool(data.get("temporarilyOffline")), runs=runs,
+                         blocks=blocks,
+                         hidden_runs=hidden,
+                         # Computer.getOfflineCauseReason: the offlineMessage alone
+                         offline_reason=str(data.get("offlineCauseReason") or ""),
+                         channel_lost_at=_channel_lost_at(data.get("offlineCause")))

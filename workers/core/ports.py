@@ -426,6 +426,10 @@ class Jenkins(Protocol):
         """What the agent does now; None if Jenkins has no such agent."""
         ...
 
+    def agents_activity(self) -> dict[str, AgentActivity]:
+        """What every agent does now, by name, in one call (the built-in node's left out)."""
+        ...
+
     def runs_carrying(self, parameter: str, value: str) -> list[RunRef]:
         """The runs in progress on one-off executors (a Pipeline's run, which goes on on the
         controller, outside its node blocks too) whose `parameter` is `value`, of any job:

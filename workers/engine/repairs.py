@@ -130,6 +130,7 @@ def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float, *,
     live = [pod for pod in live if warm.get(pod.name) != ""]
     keys = [warm.get(pod.name) or pod.labels.get(BUILD_KEY_LABEL, "") for pod in live]
     rows = rt.state.build_fields(keys, *_STRAY_FIELDS)  # one round trip for every pod
+    orphan = orphans.Orphans(rt, jenkins)  # Jenkins asked once for them all
     for pod, key, row in zip(live, keys, rows):
         run_bound.checkpoint()  # the pass may end before this build
         state = {k: v for k, v in zip(_STRAY_FIELDS, row) if v is not None} if key else {}
@@ -142,7 +143,7 @@ def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float, *,
                 (not starts_judged and _start_failed(rt, pod, state, now)):
             continue
         if not state:  # no build to release: the pod and its Jenkins agent only
-            if not orphans.deletable(rt, pod.name, jenkins):
+            if not orphan.deletable(pod):
                 continue
             if rt.cluster.delete_pod(pod.name):
                 tasks.engine_metrics(rt).agent_deleted("unknown", reason)

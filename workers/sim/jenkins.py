@@ -244,6 +244,12 @@ class SimJenkins:
                                  or name in self.disabled,
                                  temporarily_offline=name in self.disabled, runs=runs)
 
+    def agents_activity(self) -> dict[str, AgentActivity]:
+        with self._lock:
+            names = list(self.nodes)
+        return {name: activity for name in names
+                if (activity := self.agent_activity(name)) is not None}
+
     def runs_carrying(self, parameter: str, value: str) -> list[RunRef]:
         return []  # the simulated builds run on their agents' executors: none on one-off ones
 
