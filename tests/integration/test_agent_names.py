@@ -10,6 +10,7 @@ connected, took the build on a node we took for gone, and the new pod's agent wa
 "already connected"."""
 
 import json
+import logging
 import threading
 import time
 
@@ -21,8 +22,10 @@ from tests.integration.test_unschedulable import push
 from tests.integration.test_stuck_terminating import (  # noqa: F401 (the fixture)
     GRACE, app, deleted_metric, force_deletes, partitioned_build, pod_agent, unreachable)
 from tests.support.app import JENKINS_TOKEN, work
+from tests.support.monitoring import wait_until
 from tests.support.kmock_cluster import running
 from workers import runtime
+from workers.adapters import lease as leases
 from workers.engine import failures, lost_agents, lost_triggers, reconcile, tasks
 from workers.adapters.expiry import expire_ended
 from workers.engine.agent_names import OFFLINE_REASON, PREVIOUS
@@ -447,3 +450,64 @@ def test_a_jenkins_user_without_agent_disconnect_still_places_the_build_again(
     new = tasks.provision_agent(request)["agent"]
     assert new != agent and agent not in jenkins_fake.nodes
     assert jenkins_fake.requests_to(f"/computer/{agent}/changeOfflineCause", "POST")
+
+
+class _HeldAfter(logging.Handler):
+    """Holds the thread that logs a message containing `text` (once) until `go` is set."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.text, self.held, self.go = text, threading.Event(), threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage() and not self.held.is_set():
+            self.held.set()
+            self.go.wait(30)
+
+
+def test_a_provision_held_up_past_its_lease_leaves_the_build_to_the_one_started_again(
+        app, kube, jenkins_fake, monkeypatch, caplog):
+    """A provision held up (its worker frozen, or cut off from Redis) after it read that the
+    build's pod is gone, while the reconcile loop freed its lease (unrenewed: workers.engine.
+    repairs restart_stalled) and the provision it started again placed the build under a new
+    name: the first went on to rename the build from its stale read (deleting the old name's
+    node again, clearing the new pod's marks), and only then saw its lease lost. It stops
+    before the rename."""
+    monkeypatch.setattr(leases, "RENEW_MOST_SECONDS", 0.25)  # its renewals every 0.25 s
+    key = push(app)
+    work(app)
+    agent = state_of(app, key)["agent"]
+    request = json.loads(state_of(app, key)["request"])
+    kube.delete_pod(NAMESPACE, agent)  # drained before its agent connected
+    rt = runtime.current()
+    lease_key = tasks.lease_key(rt, key)
+    read = _HeldAfter(f'"GET /api/v1/namespaces/{NAMESPACE}/pods/{agent} ')  # urllib3's line
+    http = logging.getLogger("urllib3.connectionpool")
+    level, errors = http.level, []
+
+    def provision() -> None:
+        try:
+            tasks.provision_agent(request)
+        except RetryableError as err:
+            errors.append(str(err))
+    http.addHandler(read)
+    http.setLevel(logging.DEBUG)
+    thread = threading.Thread(target=provision, daemon=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="ci_autoscaler.heartbeat"):
+            thread.start()
+            assert read.held.wait(30), "the provision never read the build's pod"
+            # freed as its holder's (unrenewed), then taken by the provision started again
+            rt.state.redis.set(lease_key, leases.RENEWED + "the provision started again")
+            wait_until(lambda: any(r.getMessage().startswith("lease lost while its task runs")
+                                   for r in caplog.records), timeout=30,
+                       what="the held-up provision's heartbeat finds its lease another's")
+            read.go.set()
+            thread.join(30)
+    finally:
+        read.go.set()
+        http.removeHandler(read)
+        http.setLevel(level)
+    assert state_of(app, key)["agent"] == agent and PREVIOUS not in state_of(app, key)
+    assert agent in jenkins_fake.nodes  # left to the holder of the lease
+    assert errors and "lease lost before a new agent name" in errors[0], errors

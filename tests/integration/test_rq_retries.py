@@ -11,6 +11,7 @@ from rq.scheduler import RQScheduler
 
 from workers.adapters.redis_state import JOB_RETRY, SERIALIZER
 from workers.adapters.rq_retries import queue_due_retries
+from workers.concurrency.pool_worker import PoolWorker
 
 TASK = "workers.tasks.release_agent"
 
@@ -61,3 +62,30 @@ def test_a_retry_whose_job_expired_leaves_only_its_entry(redis_conn):
     redis_conn.delete(f"rq:job:{job_id}")
     assert queue_due_retries(queue, time.time()) == 0
     assert queue.count == 0 and queue.scheduled_job_registry.get_job_ids() == []
+
+
+def test_a_workers_scheduler_held_up_past_a_takeover_moves_nothing(redis_conn):
+    """A worker's scheduler held up after its heartbeat (a frozen process, a stalled node, a
+    long pass) for longer than another worker waits before it takes the lock over
+    (workers.concurrency.scheduler_lock: 10 s unrenewed) went on with its move once it could:
+    RQ's scheduler asks whether it holds its locks in its heartbeat only, and moved the due
+    retries the new holder moves too, each queued and run twice (rq/scheduler.py work:
+    heartbeat, then enqueue_scheduled_jobs). It moves a queue's jobs only while it holds the
+    queue's lock."""
+    queue, job_id = _waiting_retry(redis_conn, due_in=-1)
+    lock = RQScheduler.get_locking_key(queue.name)
+    redis_conn.set(lock, "another worker's scheduler", ex=61)
+    worker = PoolWorker([queue], connection=redis_conn, serializer=SERIALIZER)
+    worker._start_scheduler()  # as RQ's work() does: the lock is another's, no process started
+    assert worker.scheduler is not None and worker.scheduler._process is None
+    redis_conn.delete(lock)  # that one gone: this worker's scheduler took it, and heartbeats
+    assert worker.scheduler.acquire_locks() == {queue.name}
+
+    redis_conn.set(lock, "the scheduler that took over", ex=61)  # while this one was held up
+    worker.scheduler.enqueue_scheduled_jobs()
+    assert queue.count == 0 and queue.scheduled_job_registry.get_job_ids() == [job_id]
+
+    redis_conn.set(lock, worker.scheduler.name, ex=61)  # its own again: it moves them, once
+    worker.scheduler.enqueue_scheduled_jobs()
+    worker.scheduler.enqueue_scheduled_jobs()
+    assert queue.get_job_ids() == [job_id] and queue.scheduled_job_registry.get_job_ids() == []

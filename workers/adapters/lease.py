@@ -53,9 +53,14 @@ class Lease:
         self.key = key
         self.millis = max(1, int(seconds * 1000))
         self.token = (RENEWED if renewed else "") + uuid.uuid4().hex
+        self.renewed = renewed
+        # time.monotonic() when the last acquire was sent: Redis counts the TTL from a moment
+        # after it (workers.concurrency.heartbeat counts its holder's time from it)
+        self.sent_at = time.monotonic()
 
     def acquire(self) -> bool:
         """Take the lease if nobody holds it; True if this owner holds it now."""
+        self.sent_at = time.monotonic()
         try:
             return bool(self.connection.set(self.key, self.token, nx=True, px=self.millis))
         except redis.exceptions.OutOfMemoryError:  # Redis full: see the module's docstring
@@ -103,6 +108,25 @@ def renew_seconds(seconds: float) -> float:
     return min(seconds / 3, RENEW_MOST_SECONDS)
 
 
+def stale_seconds(seconds: float) -> float:
+    """How long a renewed lease of `seconds` goes unrenewed before `free_if_stale` may free it
+    (`seconds` when it never does: too short to tell)."""
+    stale = STALE_RENEWALS * renew_seconds(seconds)
+    return stale if stale < seconds else seconds
+
+
+def holder_seconds(lease: Lease) -> float:
+    """How long the living holder of `lease` may go without a renewal before it must take the
+    lease for lost: a renewal sooner than `free_if_stale` may free it (it was cut off from
+    Redis, or frozen: SIGSTOP, a node starved of CPU), so that its next step never runs beside
+    the provision the reconcile loop started again meanwhile; the whole time to live for a
+    lease nobody frees early."""
+    seconds = lease.millis / 1000
+    if not lease.renewed or stale_seconds(seconds) >= seconds:
+        return seconds
+    return stale_seconds(seconds) - renew_seconds(seconds)
+
+
 def free_if_stale(connection: redis.Redis, keys: list[str], seconds: float) -> list[str]:
     """Delete those of the task leases `keys` (of `seconds` to live) their holder has not renewed
     for STALE_RENEWALS renewals: it died (SIGKILL, an OOM kill, a node lost) and its lease
@@ -110,7 +134,7 @@ def free_if_stale(connection: redis.Redis, keys: list[str], seconds: float) -> l
     more for the reconcile loop to see it quiet. Only a lease taken `renewed` (one held through
     a short step, never renewed, is left to lapse); none too short to tell (its renewals come
     every third of it, so it lapses first). The ones deleted."""
-    left = int((seconds - STALE_RENEWALS * renew_seconds(seconds)) * 1000)
+    left = int((seconds - stale_seconds(seconds)) * 1000)
     if left <= 0 or not keys:
         return []
     script = connection.register_script(_FREE_STALE)

@@ -8,8 +8,15 @@ each up to the client timeout) outlasts the lease, and a second task (a re-drive
 the intake) then provisions the same build. A renewal on its own thread keeps the lease
 through any one call, and still lets it lapse within its time to live when the process dies
 (the thread dies with it). If a renewal finds the lease taken by another, or none succeeds for
-a whole time to live (Redis away), the lease is lost: `check` raises before the task's next
-effect, so the two never act on one build at once.
+`holder_seconds` (Redis away from this worker, or the process frozen), the lease is lost:
+`check` raises before the task's next effect, so the two never act on one build at once. That
+is less than its time to live for a provision's lease, which the reconcile loop frees once it
+went unrenewed for 20 s (workers.adapters.lease free_if_stale): a worker alive but cut off
+from Redis that long (a network partition, a failover) or frozen (SIGSTOP, a node starved of
+CPU) kept placing and triggering its build until a renewal went through again, beside the
+provision started again meanwhile (a second pod under a new agent name, a second trigger).
+`check` counts that time itself: a frozen process's heartbeat thread wakes no sooner than the
+task's, and a renewal Redis does not answer holds the thread up to its socket time-out.
 
 The task lets its lease go at its end (`let_go`) once Redis answers: with Redis away then (a
 failover, a restart) the release raised in the task's `finally`, the task's own end was lost
@@ -25,7 +32,7 @@ from types import TracebackType
 
 import redis
 
-from workers.adapters.lease import Lease, renew_seconds
+from workers.adapters.lease import Lease, holder_seconds, renew_seconds
 from workers.concurrency import redis_away
 from workers.concurrency.side import block_stop_signals
 from workers.core.errors import RetryableError
@@ -44,6 +51,8 @@ class Heartbeat:
         self._stop = threading.Event()
         self._lost = threading.Event()
         self._interval = renew_seconds(lease.millis / 1000)  # a third of it, 5 s at most
+        self._most = holder_seconds(lease)  # unrenewed longer, it may be another's
+        self._renewed = lease.sent_at  # when the last renewal that went through was sent
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"heartbeat {self._what}")
 
@@ -58,6 +67,10 @@ class Heartbeat:
 
     @property
     def lost(self) -> bool:
+        if not self._lost.is_set() and time.monotonic() - self._renewed >= self._most:
+            self._lost.set()
+            log.warning("lease lost while its task runs: not renewed in time",
+                        extra={"lease": self._what, "seconds": self._most})
         return self._lost.is_set()
 
     def check(self, step: str) -> None:
@@ -68,22 +81,25 @@ class Heartbeat:
 
     def _run(self) -> None:
         block_stop_signals()
-        renewed = time.monotonic()
-        ttl = self._lease.millis / 1000
         while not self._stop.wait(self._interval):
+            if self.lost:  # not renewed in time (a beat held up, the process frozen)
+                return
+            sent = time.monotonic()
             try:
                 held = self._lease.renew()
             except Exception as err:  # Redis busy or away: the next beat tries again
-                if time.monotonic() - renewed < ttl:
+                if not self.lost:
                     log.warning("lease renewal failed", extra={
                         "lease": self._what, "error": type(err).__name__})
                     continue
-                held = False  # not renewed for a whole time to live: it may have lapsed
+                return
             if not held:
                 self._lost.set()
                 log.warning("lease lost while its task runs", extra={"lease": self._what})
                 return
-            renewed = time.monotonic()
+            if self.lost:  # sent too late: Redis may have let another take it before
+                return
+            self._renewed = sent  # Redis counts the TTL from when it ran it, after this
 
 
 def let_go(lease: Lease, *, what: str = "") -> bool:

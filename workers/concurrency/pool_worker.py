@@ -222,9 +222,10 @@ class PoolWorker(SimpleWorker):
 
     def _start_scheduler(self, burst: bool = False, *args: Any, **kwargs: Any) -> None:
         """RQ's, at its start: a worker not in burst mode whose Redis does not answer starts
-        without it, and its heartbeats start it once Redis answers (`_keep_scheduler`)."""
+        without it, and its heartbeats start it once Redis answers (`_keep_scheduler`). Its
+        scheduler moves jobs only while it holds their queue's lock (scheduler_lock)."""
         try:
-            super()._start_scheduler(burst, *args, **kwargs)
+            scheduler_lock.start(self, burst, *args, **kwargs)  # RQ's, fenced
         except redis.exceptions.RedisError as err:
             if burst or not redis_away.away(err):
                 raise

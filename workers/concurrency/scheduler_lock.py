@@ -13,9 +13,21 @@ A lock whose time to live shows it was not renewed for STALE_SECONDS is deleted 
 only if still unrenewed), so the caller's next acquire takes it. A living scheduler renews it
 every second; one held off for STALE_SECONDS (a frozen process) finds on its next renewal that
 another owns it and stops scheduling that queue (RQ's heartbeat drops a lock taken over), so
-the queue is never left without one for long, and never has two for more than a turn."""
+the queue is never left without one for long. RQ's scheduler heartbeats before its move, not
+in it: one held up after its heartbeat or in its move (a frozen process, a stalled node, a
+slow pass) went on to move the jobs it had read beside the one that took over, each queued
+twice. A worker's scheduler is a FencedScheduler: it moves a queue's jobs only in a
+transaction on that queue's lock (workers.adapters.rq_retries move_due)."""
+
+import time
+from typing import Any
 
 import redis
+from rq import Queue
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.scheduler import RQScheduler
+
+from workers.adapters import rq_retries
 
 # A living scheduler renews its lock every second (its interval); one not renewed for this
 # long is its dead holder's.
@@ -39,3 +51,38 @@ def free_stale(connection: redis.Redis, keys: list[str], interval: float) -> lis
     script = connection.register_script(_FREE_STALE)
     left = int(interval) + 60 - STALE_SECONDS
     return [key for key in keys if script(keys=[key], args=[left])]
+
+
+class FencedScheduler(RQScheduler):
+    """RQ's scheduler, whose move of a queue's due jobs is made only while it holds that
+    queue's lock (RQScheduler.enqueue_scheduled_jobs, rq 3.0, less its rate-limited jobs: we
+    queue none)."""
+
+    def enqueue_scheduled_jobs(self) -> None:
+        self._status = self.Status.WORKING
+        for name in sorted(self._acquired_locks):
+            queue = Queue(name, connection=self.connection, serializer=self.serializer)
+            rq_retries.move_due(queue, time.time(), self.name)
+        self._status = self.Status.STARTED
+
+
+def start(worker: Any, burst: bool = False, logging_level: str | int | None = "INFO",
+          date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+          log_format: str = DEFAULT_LOGGING_FORMAT) -> None:
+    """RQ's Worker._start_scheduler (rq/worker/base.py, rq 3.0), with a FencedScheduler."""
+    worker.scheduler = scheduler = FencedScheduler(
+        worker.queues, connection=worker.connection, serializer=worker.serializer,
+        logging_level=worker.log.level if logging_level is None else logging_level,
+        date_format=date_format, log_format=log_format)
+    scheduler.acquire_locks()
+    if not scheduler.acquired_locks:
+        return
+    if not burst:
+        scheduler.start()
+        return
+    try:
+        scheduler.register_birth()
+        scheduler.enqueue_scheduled_jobs()
+    finally:
+        scheduler.release_locks()
+        scheduler.register_death()

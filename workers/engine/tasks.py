@@ -199,7 +199,11 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             and any(state.get(f) for f in _PLACED_MARKS):
         # Placed again: under a new agent name, the old one's Jenkins node deleted first, so
         # the old pod's agent process (still running on a node cut off, or in its grace
-        # period) can never connect and take the build (workers.engine.agent_names).
+        # period) can never connect and take the build (workers.engine.agent_names). Not
+        # once the lease is lost (this task held up, the build provisioned again meanwhile):
+        # from its stale read it renamed the build under the new provision, clearing the
+        # marks of the pod that one made.
+        beat.check("a new agent name")
         request = agent_names.renamed(rt, request, state,
                                       cleared=_PLACED_MARKS + _SIZE_MARKS)
         agent = request.agent_name
