@@ -49,7 +49,8 @@ def metrics():
                       templates=ctx.config.templates,
                       projects=named_projects(ctx.config.routes, ctx.config.catch_up),
                       spool=ctx.spool, stranded=lambda: stranded_events(ctx.settings),
-                      counters=ctx.counters)
+                      counters=ctx.counters,
+                      fatal_reasons=ctx.settings.fatal_waiting_reasons)
     # content_type, not mimetype: Flask adds a charset to a mimetype, and CONTENT_TYPE_LATEST has
     # one already; a parameter named twice is malformed, and Prometheus 3 fails a scrape whose
     # Content-Type a strict parser refuses.

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_placement_on_cluster import cluster, push  # noqa: F401
-from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, work
+from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app, work
 from tests.support.dashboards import ROOT, names_in_dashboard_and_rules
 from tests.support.monitoring import promtool, scrape, serve_app, wait_until
 from tests.support.payloads import fixture
@@ -252,3 +252,22 @@ def test_the_metrics_content_type_names_each_parameter_once(app):
     assert media_type == "text/plain"  # the Prometheus text format, by its version
     assert params.get("charset", "utf-8").lower() == "utf-8"
     assert params.get("version") in ("0.0.4", "1.0.0")
+
+
+def test_start_failures_of_a_waiting_reason_the_operator_made_fatal_exist_at_zero(redis_url):
+    """CI_AUTOSCALER_FATAL_WAITING_REASONS may name more kubelet reasons than the defaults
+    (README: RegistryUnavailable; pkg/kubelet/images/types.go). Their start-failure series
+    were not exported until a first failure made them at 1, and increase() counts nothing for
+    a series' first sample (Prometheus docs, "Query functions", increase()): CIAgentStartFailing
+    (> 2 in 30 minutes) stayed silent for 3 builds of a template failing RegistryUnavailable."""
+    app = make_app(redis_url, fatal_waiting_reasons_text="ErrImagePull,RegistryUnavailable")
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    zero = {(s.labels["template"], s.labels["reason"]): s.value
+            for f in text_string_to_metric_families(text)
+            if f.name == "ci_autoscaler_agent_start_failures"
+            for s in f.samples if s.name.endswith("_total")}
+    templates = app.extensions["ci_autoscaler"].config.templates
+    assert templates
+    for template in templates:
+        assert zero[template, "RegistryUnavailable"] == 0
+        assert zero[template, "ImagePullBackOff"] == 0  # the defaults' stay, counted before

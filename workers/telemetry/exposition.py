@@ -361,11 +361,13 @@ class SharedCollector:
     failover's drop is no reset to Prometheus)."""
 
     def __init__(self, engine: m.EngineMetrics, templates: Iterable[str],
-                 projects: Iterable[str] = (), counters: MonotonicCounters | None = None):
+                 projects: Iterable[str] = (), counters: MonotonicCounters | None = None,
+                 fatal_reasons: Iterable[str] = ()):
         self.engine = engine
         self.templates = sorted(templates)
         self.projects = sorted(projects)
         self.counters = counters
+        self.fatal_reasons = sorted(fatal_reasons)
 
     def collect(self) -> Iterator[Family]:
         if self.counters is None:
@@ -382,7 +384,8 @@ class SharedCollector:
 
         raw = self.engine.store.read(x.name for x in SHARED)
         for metric in SHARED:
-            zero = dict.fromkeys(m.shared_children(metric, self.templates, self.projects))
+            zero = dict.fromkeys(m.shared_children(metric, self.templates, self.projects,
+                                                  self.fatal_reasons))
             if metric.kind == m.Kind.COUNTER:
                 family = CounterMetricFamily(metric.name, metric.doc, labels=metric.labels)
                 values = {k: 0.0 for k in zero} | counter_values(raw[metric.name])
@@ -447,12 +450,14 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
                templates: Iterable[str], projects: Iterable[str] = (),
                spool: spool_file.Spool | None = None,
                stranded: Callable[[], int] | None = None,
-               counters: MonotonicCounters | None = None) -> bytes:
+               counters: MonotonicCounters | None = None,
+               fatal_reasons: Iterable[str] = ()) -> bytes:
     """The Prometheus text. When Redis cannot be read, what comes from it is left out (and
     counted once in errors_total{component="metrics"}); the scrape still answers.
     `projects`: those the config names, whose missed-push counters exist at 0; `stranded`:
     the pushes in this installation's default spools of other Redis targets; `counters`: the
-    pod's offsets that keep the shared counters from going down (workers.telemetry.monotonic_counters)."""
+    pod's offsets that keep the shared counters from going down (workers.telemetry.monotonic_counters);
+    `fatal_reasons`: the settings' fatal waiting reasons, whose start failures exist at 0."""
     templates = list(templates)
     from_redis: list[Family] = []
     redis_up = 1.0
@@ -463,7 +468,7 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
                       PassesCollector(PassStore(state.redis, prefix=state.prefix)),
                       QueueCollector(state.queue, state.intake),
                       AgentsCollector(state, templates), WarmAgentsCollector(state, templates),
-                      SharedCollector(engine, templates, projects, counters),
+                      SharedCollector(engine, templates, projects, counters, fatal_reasons),
                       CatchUpCollector(CatchUpStore(state.redis, prefix=state.prefix)),
                       CommitStatusCollector(StatusQueue(state.redis, prefix=state.prefix)),
                       LeftoversCollector(state)):

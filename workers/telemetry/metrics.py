@@ -468,17 +468,21 @@ class EngineMetrics:
                      max(0.0, seconds), metric.buckets)
 
 
-def shared_children(metric: Metric, templates: Iterable[str],
-                    projects: Iterable[str] = ()) -> list[tuple[str, ...]]:
+def shared_children(metric: Metric, templates: Iterable[str], projects: Iterable[str] = (),
+                    fatal_reasons: Iterable[str] = ()) -> list[tuple[str, ...]]:
     """The label sets of a ``shared`` metric that exist at 0 before anything is counted
-    (`projects`: those the config names, for the catch-up's counter)."""
+    (`projects`: those the config names, for the catch-up's counter; `fatal_reasons`: the
+    container waiting reasons CI_AUTOSCALER_FATAL_WAITING_REASONS makes start failures, beyond
+    the defaults: increase() counts nothing for a series' first sample)."""
     templates = sorted(set(templates))
     if metric is MISSED_PUSHES_TOTAL:
         return [(p,) for p in sorted(set(projects))]
     if metric is AGENTS_DELETED_TOTAL:
         return [(t, r) for t in templates for r in DELETE_REASONS]
     if metric is AGENT_START_FAILURES_TOTAL:
-        return [(t, r) for t in templates for r in START_FAILURE_REASONS]
+        reasons = (*START_FAILURE_REASONS,
+                   *sorted(set(fatal_reasons) - set(START_FAILURE_REASONS)))
+        return [(t, r) for t in templates for r in reasons]
     if metric is WARM_HITS_TOTAL:
         return [(t, r) for t in templates for r in WARM_RESULTS]
     if metric is WARM_LOST_TOTAL:
