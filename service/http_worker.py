@@ -272,7 +272,7 @@ class Worker(ThreadWorker):
         self.nr_conns -= 1
         try:
             util.write_error(conn.sock, 431, "Request Header Fields Too Large",
-                             f"The request's head is over {HEAD_BUFFER_BYTES} bytes.")
+                             f"The request head is over {HEAD_BUFFER_BYTES} bytes")
         except OSError:  # the answer does not fit the socket's buffer: closed all the same
             pass
         self.linger(conn)

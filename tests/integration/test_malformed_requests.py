@@ -135,8 +135,9 @@ HEAD = (b"POST /webhooks/gitlab HTTP/1.1\r\nHost: x\r\nContent-Type: application
     (HEAD.replace(b"HTTP/1.1", b"?token=" + JENKINS_TOKEN.encode() * 200 + b" HTTP/1.1")
      + b"\r\n", 414),
     (HEAD + b"X-Gitlab-Token: " + GITLAB_TOKEN.encode() * 600 + b"\r\n\r\n", 431),
+    (HEAD + b"X-Gitlab-Token: " + GITLAB_TOKEN.encode() * 4000, 431),  # no end: the worker's
 ], ids=["header-name", "header-value", "folding", "version", "line-too-long",
-        "header-too-large"])
+        "header-too-large", "head-without-end"])
 def test_a_request_gunicorn_refuses_is_answered_a_json_reason_without_what_was_sent(
         web, request_head, status):
     """gunicorn answers a request it cannot parse with an HTML page quoting what the client
