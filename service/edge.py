@@ -12,6 +12,7 @@ X-Forwarded-For.
 """
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -235,8 +236,20 @@ def source_of(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
+def webhook_path(path: str) -> str:
+    """The route a request's path names: its repeated slashes merged, as Flask's router reads
+    a path (service.ports.routed), and a final slash left out. A hook's URL pasted with one
+    (`https://ci.example.com/webhooks/gitlab/`, or the host's URL ending in '/' before the
+    path) was 404 to every delivery, which GitLab counts as failures: four disable the hook."""
+    if "//" not in path and not path.endswith("/"):  # as senders send it: nothing to do
+        return path
+    path = re.sub("/{2,}", "/", "/" + path.lstrip("/"))
+    return path[:-1] if len(path) > 1 and path.endswith("/") else path
+
+
 class WebhookRoutes:
-    """POST-only routes by exact path, each a Handler; anything else goes on to `fallback`."""
+    """POST-only routes by path (webhook_path), each a Handler; anything else goes on to
+    `fallback`."""
 
     def __init__(self, routes: dict[str, Handler], fallback: Callable[..., Iterable[bytes]], *,
                  admitted: dict[str, Callable[[Environ], bool]] | None = None,
@@ -248,14 +261,14 @@ class WebhookRoutes:
         """The most body bytes this request's route reads (its limit) when it reads the body:
         a POST that passes its route's token check; else None. The web worker reads such a
         body in its main loop before the request takes a thread (service.http_worker)."""
-        admitted = self.admitted.get(environ.get("PATH_INFO", ""))
+        admitted = self.admitted.get(webhook_path(environ.get("PATH_INFO", "")))
         if admitted is None or environ.get("REQUEST_METHOD") != "POST" \
                 or not admitted(environ):
             return None
         return self.body_limit
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
+        path = webhook_path(environ.get("PATH_INFO", ""))
         handler = self.routes.get(path)
         if handler is None:
             return self.fallback(environ, start_response)

@@ -34,7 +34,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from service.body_wait import SERVER_DRAINS, BodyWait, arrived, body_wait, head_environ
 from service.deadline_reader import DeadlineReader, ReadTimedOut, address, cut_off
-from service.refused_requests import hide_queries
+from service.refused_requests import hide_queries, write_json_error
 
 # A request's head (request line and headers) must have arrived this long after the first
 # moment it could be read: a new connection's accept, or a kept-alive one turning readable.
@@ -69,6 +69,10 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 BODIES_BUFFERED_BYTES = 32 * 2**20
 
 log = logging.getLogger("ci_autoscaler.web")
+# gunicorn answers a request it cannot parse (its handle_error) through util.write_error, with
+# an HTML page quoting what the client sent; the web answers it in JSON like every other refusal
+# (service.refused_requests.write_json_error). Set where gunicorn loads this worker class.
+util.write_error = write_json_error
 
 
 class Conn(TConn):
@@ -268,7 +272,7 @@ class Worker(ThreadWorker):
         self.nr_conns -= 1
         try:
             util.write_error(conn.sock, 431, "Request Header Fields Too Large",
-                             f"The request's head is over {HEAD_BUFFER_BYTES} bytes.")
+                             f"The request head is over {HEAD_BUFFER_BYTES} bytes")
         except OSError:  # the answer does not fit the socket's buffer: closed all the same
             pass
         self.linger(conn)

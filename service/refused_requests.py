@@ -20,9 +20,12 @@ every atom and URI is redacted with the settings' secrets and this request's tok
 too, as the app's own log of a 404 is (service.edge.log_rejection).
 """
 
+import json
 import logging
 import re
 from typing import Any
+
+from gunicorn import util
 
 from workers.core.redaction import redact
 
@@ -106,3 +109,23 @@ def hide_queries(log: Any, secrets: tuple[str, ...] | None = None) -> None:
         log.atoms = hiding
     if secrets is not None:
         hidden.secrets = secrets
+
+
+# gunicorn's message for a request it refuses (gunicorn.workers.base.handle_error) quotes what
+# the client sent: the request line with its query (the plugin's token), a header line it could
+# not read (a token header's value). Its answer keeps the words before the first quote, ':' or
+# '(' only: "Invalid HTTP Version", "Invalid HTTP header name", "Request Line is too large".
+_MESSAGE_HEAD = re.compile(r"[^'\":(]*")
+
+
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it cannot take (util.write_error, which handle_error and
+    the web's worker call), as every other answer of the web: a JSON body with the reason, not
+    an HTML page (DESIGN.md: bad input is a 4xx with a JSON reason), and without what the
+    client sent (see _MESSAGE_HEAD)."""
+    words = (_MESSAGE_HEAD.match(mesg or "")[0].strip() or reason)[:200]
+    body = json.dumps({"error": reason.lower().replace(" ", "_"),
+                       "reason": f"{words}: gunicorn cannot take this request"}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)

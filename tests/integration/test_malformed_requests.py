@@ -122,6 +122,36 @@ def test_a_content_length_int_refuses_is_400_and_the_worker_serves_on(web, lengt
     assert "Exception in worker process" not in web.log.read_text()
 
 
+HEAD = (b"POST /webhooks/gitlab HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-Gitlab-Event: Push Hook\r\nContent-Length: 2\r\n")
+
+
+@pytest.mark.parametrize("request_head,status", [
+    (HEAD + b"X-Gitlab-Token " + GITLAB_TOKEN.encode() + b"\r\n\r\n", 400),  # no colon
+    (HEAD + b"X-Gitlab-Token: " + GITLAB_TOKEN.encode() + b"\x00\r\n\r\n", 400),  # a NUL
+    (HEAD + b"X-Gitlab-Token: " + GITLAB_TOKEN.encode() + b"\r\n x\r\n\r\n", 400),  # folded
+    (HEAD.replace(b"\r\nHost", b"?token=" + JENKINS_TOKEN.encode() + b" x\r\nHost")
+     + b"\r\n", 400),  # a space in the query: the rest read as the HTTP version
+    (HEAD.replace(b"HTTP/1.1", b"?token=" + JENKINS_TOKEN.encode() * 200 + b" HTTP/1.1")
+     + b"\r\n", 414),
+    (HEAD + b"X-Gitlab-Token: " + GITLAB_TOKEN.encode() * 600 + b"\r\n\r\n", 431),
+    (HEAD + b"X-Gitlab-Token: " + GITLAB_TOKEN.encode() * 4000, 431),  # no end: the worker's
+], ids=["header-name", "header-value", "folding", "version", "line-too-long",
+        "header-too-large", "head-without-end"])
+def test_a_request_gunicorn_refuses_is_answered_a_json_reason_without_what_was_sent(
+        web, request_head, status):
+    """gunicorn answers a request it cannot parse with an HTML page quoting what the client
+    sent (the request line with its query, the header it could not read); every other answer
+    of the web, and DESIGN.md's rule for bad input, is a 4xx with a JSON reason."""
+    reply = _send(web.port, request_head, b"{}")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), reply[:300]
+    assert b"Content-Type: application/json" in head, head
+    answer = json.loads(body)
+    assert answer["reason"] and answer["error"], answer
+    assert GITLAB_TOKEN.encode() not in body and JENKINS_TOKEN.encode() not in body, body
+
+
 # Every atom of gunicorn's access log (gunicorn.glogging.Logger.atoms) that holds the query or
 # a token header: the request line, the query, the environ's URI and query, the token headers.
 ACCESS_FORMAT = ("%(r)s|%(U)s|%({path_info}e)s|%(q)s|%({raw_uri}e)s|%({query_string}e)s|%({x-gitlab-token}i)s|"

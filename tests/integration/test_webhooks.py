@@ -362,6 +362,24 @@ def test_a_store_that_fails_halfway_is_spooled_and_the_redelivery_is_queued_once
     assert stored() == 1
 
 
+@pytest.mark.parametrize("path", ["/webhooks/gitlab/", "/webhooks//gitlab", "/webhooks//gitlab/"])
+def test_a_hook_url_pasted_with_a_final_or_a_doubled_slash_is_the_webhook(client, stored, path):
+    """A hook's URL as operators paste it: with a final '/', or the host's URL ending in '/'
+    before the path. Each was 404, which GitLab counts as a failed delivery (four disable the
+    hook), and the Notification plugin ignores: its builds' agents were never released."""
+    response = client.post(path, data=PUSH, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+        "Content-Type": "application/json", "Idempotency-Key": f"slash-{path}"})
+    assert response.status_code == 202 and response.json["status"] == "queued", response.json
+    assert stored() == 1
+    assert client.post(path, data=PUSH, headers={"X-Gitlab-Event": "Push Hook"}
+                       ).status_code == 401  # the token is checked all the same
+    payload = fixture("jenkins_notification_finalized.json")
+    response = client.post(f"{path.replace('gitlab', 'jenkins')}?token={JENKINS_TOKEN}",
+                           json=payload)
+    assert response.status_code == 200 and response.json["status"] == "ignored", response.json
+
+
 @pytest.mark.parametrize("path", ["/webhooks/gitlab", "/webhooks/jenkins"])
 def test_a_webhook_path_takes_post_only(client, stored, path):
     response = client.get(path)

@@ -40,6 +40,20 @@ def test_annotated_tag_builds_the_commit_not_the_tag_object():
     assert build.parameters["TAG"] == payload["ref"].removeprefix("refs/tags/")
 
 
+def test_a_tag_push_test_of_an_older_gitlab_is_its_branch_push_sample():
+    """GitLab's "Test" of tag push events sent the branch push sample (ref
+    refs/heads/<default branch>) with X-Gitlab-Event "Tag Push Hook" (TestHooks::ProjectService
+    aliased tag_push_events_data to push_events_data); GitLab itself names a push's kind by
+    its ref (Gitlab::DataBuilder::Push.build), and its build got {branch} "" and {tag} "main"."""
+    push = parse_gitlab_push("Tag Push Hook", fixture("gitlab_push_real_lrz.json"))
+    assert push.event is EventKind.PUSH
+    build = route_push(push, ROUTES)
+    assert build.job == "build" and build.parameters["GIT_BRANCH"] == "main"
+    tag = parse_gitlab_push("Push Hook", fixture("gitlab_tag_push_create_real_lrz.json"))
+    assert tag.event is EventKind.TAG_PUSH  # and the other way round
+    assert route_push(tag, ROUTES).parameters["TAG"] == "v0.2.0-test"
+
+
 @pytest.mark.parametrize("name,header,reason", [
     ("gitlab_tag_push_delete_real_lrz.json", "Tag Push Hook", "tag deleted"),
     ("gitlab_merge_request_open_real_lrz.json", "Merge Request Hook", "does not start builds"),

@@ -101,6 +101,14 @@ def parse_gitlab_push(event_header: str | None, payload: Any) -> Push | Ignored:
     ref = _field(payload, "ref", str)
     after = _field(payload, "after", str)
     project = _field(payload, "project.path_with_namespace", str)
+    # GitLab names a push's kind by its ref (Gitlab::DataBuilder::Push.build: a tag ref is a
+    # tag_push), and so is it read here: a branch's ref is never a tag's {tag}. The header can
+    # say otherwise: GitLab's "Test" of tag push events sent its branch push sample (ref
+    # refs/heads/<default branch>) as a Tag Push Hook (TestHooks::ProjectService aliased
+    # tag_push_events_data to push_events_data, before build_sample took is_tag), and its
+    # build got {branch} "" and {tag} "main".
+    event = EventKind.TAG_PUSH if ref.startswith("refs/tags/") else \
+        EventKind.PUSH if ref.startswith("refs/heads/") else event
     if after in ZERO_SHAS:
         return Ignored("tag deleted" if event is EventKind.TAG_PUSH else "branch deleted")
     # An annotated tag's `after` is the tag object; checkout_sha is the commit to build.
