@@ -437,6 +437,25 @@ def test_gitlab_not_serving_ends_the_pass_after_two_projects(redis_url, gitlab_f
     assert catchup.catch_up_once(cu)["queued"] == 1  # nothing forgotten
 
 
+def test_gitlab_answering_no_call_in_time_ends_the_pass_after_two_projects(redis_url,
+                                                                          gitlab_fake):
+    """GitLab overloaded (its workers all busy: each call taken, none answered within the
+    client's timeout): every project's listing and hooks ran into the timeout four times
+    (python-gitlab retries a timeout), one project after another, all pass long: with 1,000
+    projects and the 10 s timeout, a pass of 22 hours that added to GitLab's load. Two
+    projects in a row not answered end it, as GitLab not serving does."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    cu.gl = gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token, timeout=0.2)
+    gitlab_fake.stall(0.6)
+    result = catchup.catch_up_once(cu)
+    assert result == {"projects_failed": 2}, result
+    # the first one's listing and hooks, the second one's listing: 3 calls, retried
+    assert len(gitlab_fake.requests) <= 3 * (1 + gitlab_api.MAX_RETRIES)
+    gitlab_fake.stall(0)
+    gitlab_fake.push("team/e", "fix", sha(2))
+    assert catchup.catch_up_once(cu)["queued"] == 1  # nothing forgotten
+
+
 def test_gitlab_not_serving_ends_the_pass_after_two_groups(redis_url, gitlab_fake):
     """Routes for every project and four groups to list: GitLab away, each pass listed every
     group, each listing tried 4 times and logged, before it came to the projects."""

@@ -201,6 +201,7 @@ class GitLabFake:
         self._window: tuple[int, int] = (0, 0)  # (window start, requests counted)
         self._throttled: list[int] = []  # Retry-After of the next 429s to answer
         self._outage: tuple[float, int, int] | None = None  # (until, status, Retry-After)
+        self.stall_seconds = 0.0  # see stall
         self.url_allowlist: frozenset[str] | None = None  # see deny_requests_except
         self.redirects: dict[str, str] = {}  # old path (lower case) -> path; rename_project
         self._failing_posts: list[str] = []  # see fail_status_posts
@@ -456,6 +457,14 @@ class GitLabFake:
         with self._lock:
             self._outage = (time.monotonic() + seconds, status, retry_after)
 
+    def stall(self, seconds: float) -> None:
+        """Every request from now on is answered only after `seconds`: GitLab taking calls but
+        answering none in time (Puma's workers all busy, or its database or Gitaly stuck:
+        Workhorse holds each request up to its proxyHeadersTimeout, 5 minutes by default,
+        gitlab-workhorse's config), which a client with a shorter timeout sees as a read
+        timeout. 0 ends it."""
+        self.stall_seconds = seconds
+
     def status_history(self, path: str, sha: str | None = None) -> list[tuple[str, str, int]]:
         """(state, description, answer) of every status POST to the project (to that commit),
         in order."""
@@ -472,6 +481,8 @@ class GitLabFake:
         request = Request(environ)
         raw_path = environ.get("RAW_URI", environ.get("REQUEST_URI", request.path))
         raw_path = raw_path.split("?", 1)[0]
+        if self.stall_seconds:
+            time.sleep(self.stall_seconds)  # the server's own delay (see stall), no test's wait
         response = self._respond(request, raw_path)
         with self._lock:
             self.requests.append(Recorded(request.method, raw_path, dict(request.args),

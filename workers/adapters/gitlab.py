@@ -25,7 +25,8 @@ from gitlab import exceptions as gl_errors
 
 from workers.core import rate_limits
 from workers.core.catchup import BRANCH_PREFIX, TAG_PREFIX, Head
-from workers.core.errors import CredentialsRefused, PermanentError, RetryableError, Unavailable
+from workers.core.errors import CredentialsRefused, Overloaded, PermanentError, RetryableError, \
+    Unavailable
 from workers.core.models import EventKind
 from workers.core.redaction import URL_USERINFO
 
@@ -242,7 +243,14 @@ def _translated(what: str, scope: str = "read_api") -> Iterator[None]:
         raise PermanentError(detail) from err
     except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
         raise Unavailable(f"{what}: GitLab unreachable ({type(err).__name__})") from err
-    except requests.RequestException as err:  # a read timeout: this call's, maybe
+    except requests.Timeout as err:
+        # A read timeout (a connect timeout is a ConnectionError, above): GitLab took the call
+        # and answered none in time, after python-gitlab's retries. One slow repository's, or
+        # GitLab overloaded, whose every call then times out alike (the catch-up tells them
+        # apart by projects in a row, as it does GitLab not serving).
+        raise Overloaded(f"{what}: GitLab answered not in time ({type(err).__name__})"
+                         ) from err
+    except requests.RequestException as err:
         raise RetryableError(f"{what}: GitLab unreachable ({type(err).__name__})") from err
 
 

@@ -33,7 +33,8 @@ from workers.adapters.redis_state import RedisState
 from workers.config.config_file import FileConfig
 from workers.config.settings import Settings
 from workers.core import catchup as core, catchup_project as projects
-from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError, Unavailable
+from workers.core.errors import CIAutoscalerError, Overloaded, PermanentError, RetryableError, \
+    Unavailable
 from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.catchup")
@@ -46,6 +47,10 @@ HOOK_STATE_PERIODS = 3  # the hook metric lives this many passes unless renewed
 # there the passes never reached the projects after it. That project's hooks are read all
 # the same: a database read, served while Gitaly takes too long to list its branches.
 UNSERVED_IN_A_ROW = 2
+# Not served: no connection or a front's 502/503/504 (Unavailable), or no answer in time, the
+# retries' included (Overloaded: a GitLab whose every call times out cost 4 timeouts per call,
+# a project's listing and its hooks, for every project of the pass).
+NOT_SERVED = (Unavailable, Overloaded)
 
 
 @dataclass
@@ -108,7 +113,7 @@ def listed_projects(cu: CatchUp, failed: Counter | None = None,
             if failed is not None:
                 failed["groups_failed"] += 1
             _failed(cu, "listing a group's projects failed", group, err)
-            unserved = unserved + 1 if isinstance(err, Unavailable) else 0
+            unserved = unserved + 1 if isinstance(err, NOT_SERVED) else 0
             if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
                 raise
     return dict(found.values())
@@ -243,7 +248,7 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
         except CIAutoscalerError as err:
             total["projects_failed"] += 1
             _failed(cu, "catch-up of a project failed", name, err)
-            unserved = unserved + 1 if isinstance(err, Unavailable) else 0
+            unserved = unserved + 1 if isinstance(err, NOT_SERVED) else 0
             if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
                 break
         looked_at.append(name)
