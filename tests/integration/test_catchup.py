@@ -456,6 +456,18 @@ def test_gitlab_answering_no_call_in_time_ends_the_pass_after_two_projects(redis
     assert catchup.catch_up_once(cu)["queued"] == 1  # nothing forgotten
 
 
+def test_gitlab_s_html_error_page_is_logged_by_its_title(redis_url, gitlab_fake, caplog):
+    """Puma away, Workhorse answers its 502.html page: the log's error held the page's first
+    200 characters (doctype, meta tags, no word of what happened) in every line."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    gitlab_fake.outage(60, status=502)
+    caplog.set_level(logging.WARNING, logger="ci_autoscaler.catchup")
+    catchup.catch_up_once(cu)
+    errors = [str(getattr(r, "error", "")) for r in caplog.records]
+    assert errors and all(e.endswith("GitLab answered 502: GitLab is not responding (502)")
+                          for e in errors), errors
+
+
 def test_gitlab_not_serving_ends_the_pass_after_two_groups(redis_url, gitlab_fake):
     """Routes for every project and four groups to list: GitLab away, each pass listed every
     group, each listing tried 4 times and logged, before it came to the projects."""
@@ -541,6 +553,22 @@ def test_a_refused_token_fails_the_pass_with_a_reason_and_never_the_token(
     assert any("401" in json.dumps(getattr(r, "error", "")) for r in caplog.records)
     assert all(bad_token not in r.getMessage() and bad_token not in json.dumps(
         getattr(r, "error", "")) for r in caplog.records)
+
+
+def test_an_expired_token_is_logged_as_expired(world, gitlab_fake, caplog):
+    """A token past its expiry date (GitLab 16 gives every access token at most a year, so
+    every installation meets it) is answered 401 {"error": "invalid_token",
+    "error_description": "Token is expired. ..."}: the log said "401: invalid_token", as for
+    a mistyped or revoked token, and the operator could not tell that the token only needs
+    renewing."""
+    app, state, new_catch_up = world
+    caplog.set_level(logging.ERROR, logger="ci_autoscaler.catchup")
+    gitlab_fake.expired_tokens.add(gitlab_fake.token)
+    assert catchup.catch_up_once(new_catch_up()) == {"groups_failed": 1}
+    errors = [str(getattr(r, "error", "")) for r in caplog.records]
+    assert errors and all("401" in e and "Token is expired" in e and
+                          gitlab_fake.token not in e for e in errors), errors
+    assert metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="unauthorized"}') == 1
 
 
 def test_a_token_without_an_api_scope_ends_the_pass_as_a_refused_token_and_says_read_api(

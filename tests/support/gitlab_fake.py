@@ -127,6 +127,26 @@ def captured_project_id(name: str = "gitlab_push_real_lrz.json") -> int:
     return fixture(name)["project"]["id"]
 
 
+# The head of GitLab's public/502.html, which Workhorse serves while Puma does not answer.
+BAD_GATEWAY_PAGE = """<!DOCTYPE html>
+<html class="devise-layout-html">
+<head>
+  <meta content="width=device-width, initial-scale=1, maximum-scale=1" name="viewport">
+  <meta charset="utf-8">
+  <title>GitLab is not responding (502)</title>
+  <style>
+    body { color: #666; text-align: center; font-family: "Helvetica Neue", Helvetica, Arial,
+    sans-serif; margin: auto; font-size: 14px; }
+  </style>
+</head>
+<body>
+  <h1>502</h1>
+  <div class="container"><h3>Whoops, GitLab is taking too much time to respond.</h3></div>
+</body>
+</html>
+"""
+
+
 def _iso(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(at))
 
@@ -194,6 +214,7 @@ class GitLabFake:
     def __init__(self, *, token: str = TOKEN, scopes: tuple[str, ...] = ("read_api",)):
         self.tokens: dict[str, set[str]] = {token: set(scopes)}
         self.token = token
+        self.expired_tokens: set[str] = set()  # known tokens past their expiry date; see _respond
         self.projects: dict[str, FakeProject] = {}
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
@@ -496,6 +517,15 @@ class GitLabFake:
         headers = self._rate_limit_headers()
         token = request.headers.get("PRIVATE-TOKEN") or \
             request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token in self.expired_tokens:
+            # An access token past its expires_at (GitLab 16+ gives every one at most a year):
+            # API::APIGuard rescues Gitlab::Auth::ExpiredError as rack-oauth2's
+            # Bearer::Unauthorized(:invalid_token, "Token is expired. You can either do
+            # re-authorization or token refresh."), its body as below (lib/api/api_guard.rb)
+            return _json({"error": "invalid_token", "error_description": "Token is expired. "
+                          "You can either do re-authorization or token refresh."}, 401,
+                         {**headers, "WWW-Authenticate": 'Bearer realm="", error='
+                          '"invalid_token", error_description="Token is expired."'})
         if token not in self.tokens:
             return _json({"message": "401 Unauthorized"}, 401, headers)
         if not self.tokens[token] & {"api", "read_api"}:
@@ -816,6 +846,10 @@ class GitLabFake:
                 if status == 429:
                     return Response("Retry later\n", 429, {"Retry-After": str(retry_after),
                                                            "Content-Type": "text/plain"})
+                if status == 502:
+                    # Puma away: Workhorse answers its error page, public/502.html, as HTML
+                    # (gitlab-workhorse internal/staticpages/error_pages.go), not JSON
+                    return Response(BAD_GATEWAY_PAGE, 502, {"Content-Type": "text/html"})
                 return _json({"message": f"{status} Internal Server Error"}, status, {})
             if self._throttled:
                 after = self._throttled.pop(0)

@@ -11,6 +11,7 @@ RetryableError carrying the wait. Library errors become RetryableError / Permane
 the HTTP status and GitLab's message; the token is sent in a header and never in a message.
 """
 
+import json
 import logging
 import re
 import time
@@ -43,6 +44,8 @@ MAX_WAIT_SECONDS = 60.0  # a longer Retry-After (or reset) gives up this call, t
 STATUS_LOCK_WAIT_SECONDS = 10.0
 STATUS_CALL_TIMEOUT_SECONDS = STATUS_LOCK_WAIT_SECONDS + 10.0
 _BODY_CHARS = 200
+_HTML_TITLE = re.compile(r"<title[^>]*>([^<]*)</title>", re.IGNORECASE)
+_HTML_HEAD_CHARS = 4000
 # What a load balancer or GitLab's own nginx/Workhorse answers while Puma is away (an upgrade,
 # a restart), and Cloudflare's 520-530 in front of one (python-gitlab retries them all, as
 # transient: gitlab.const.RETRYABLE_TRANSIENT_ERROR_CODES): every call fails alike, not one
@@ -202,7 +205,26 @@ def _message(err: gl_errors.GitlabError) -> str:
     text = err.error_message
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
-    return str(text)[:_BODY_CHARS]
+    text = str(text)
+    # An HTML page (Workhorse's public/502.html while Puma is away, a proxy's own error page):
+    # its title, not its doctype and meta tags, says what happened
+    title = _HTML_TITLE.search(text[:_HTML_HEAD_CHARS]) if text.lstrip().startswith("<") \
+        else None
+    if title:
+        text = " ".join(title.group(1).split())
+    return text[:_BODY_CHARS]
+
+
+def _description(err: gl_errors.GitlabError) -> str:
+    """GitLab's `error_description` beside an OAuth-style `error` (python-gitlab keeps the
+    `error` alone as the message): a 401's `invalid_token` says only there that the token
+    "is expired" or "was revoked" (API::APIGuard: rack-oauth2's Bearer::Unauthorized)."""
+    try:
+        body = json.loads(err.response_body or b"")
+    except (TypeError, ValueError):
+        return ""
+    text = body.get("error_description") if isinstance(body, dict) else None
+    return f": {str(text)[:_BODY_CHARS]}" if isinstance(text, str) and text else ""
 
 
 @contextmanager
@@ -213,7 +235,8 @@ def _translated(what: str, scope: str = "read_api") -> Iterator[None]:
     try:
         yield
     except gl_errors.GitlabAuthenticationError as err:
-        raise TokenRefused(f"{what}: GitLab refused the API token (401: {_message(err)}); "
+        raise TokenRefused(f"{what}: GitLab refused the API token (401: {_message(err)}"
+                           f"{_description(err)}); "
                            f"give GITLAB_API_TOKEN a valid token with the {scope} scope"
                            ) from err
     except gl_errors.RedirectError as err:
