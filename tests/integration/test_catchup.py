@@ -516,6 +516,21 @@ def test_a_slow_repositorys_hooks_are_read_though_its_listing_times_out(redis_ur
     assert cu.store.hooks_disabled() == {"team/a": 1}
 
 
+def test_two_slow_repositories_side_by_side_do_not_end_every_pass(redis_url, gitlab_fake):
+    """Two repositories next to each other in the pass (two big monorepos, `team/a` and
+    `team/b`) whose listings the front answers 504 every pass, while GitLab serves their
+    hooks: taken for GitLab not serving (two projects in a row), every pass ended there, and
+    the pushes of every project after them were never caught up. A project whose hooks GitLab
+    served shows that GitLab serves."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    gitlab_fake.fail_project("team/a", 504, under="repository/")
+    gitlab_fake.fail_project("team/b", 504, under="repository/")
+    gitlab_fake.push("team/e", "fix", sha(2))
+    result = catchup.catch_up_once(cu)
+    assert result["projects_failed"] == 2 and result["projects"] == 3, result
+    assert result["queued"] == 1
+
+
 def test_the_pass_slows_down_before_the_rate_limit_and_meets_no_429(world, gitlab_fake):
     app, state, new_catch_up = world
     # Windows of 2 s (GitLab's are 60 s): a pass on a loaded machine (CI's two cores under the

@@ -45,7 +45,8 @@ HOOK_STATE_PERIODS = 3  # the hook metric lives this many passes unless renewed
 # one's calls and their retries, and logged each one's failure, through all of GitLab's
 # downtime. Not one: a front's 502 or 504 can be one slow repository's, every pass, and ended
 # there the passes never reached the projects after it. That project's hooks are read all
-# the same: a database read, served while Gitaly takes too long to list its branches.
+# the same: a database read, served while Gitaly takes too long to list its branches; served,
+# they show GitLab serving, so two slow repositories side by side do not end every pass.
 UNSERVED_IN_A_ROW = 2
 # Not served: no connection or a front's 502/503/504 (Unavailable), or no answer in time, the
 # retries' included (Overloaded: a GitLab whose every call times out cost 4 timeouts per call,
@@ -254,6 +255,7 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
         looked_at.append(name)
         try:  # after a listing's 504 too: a slow repository's hooks (a database read) are served
             total["hooks_disabled"] += bool(check_hooks(cu, name, now, ref and ref.id))
+            unserved = 0  # GitLab answered: the listing failed for that repository alone
         except CIAutoscalerError as err:
             _failed(cu, "reading a project's hooks failed", name, err)
             if ends_pass(err):
