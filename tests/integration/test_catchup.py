@@ -368,6 +368,31 @@ def test_a_repository_for_members_only_is_no_missing_repository(world, gitlab_fa
     assert catchup.pass_failed(first) and first["projects_failed"] == 1, first
 
 
+def test_a_project_failing_alike_every_pass_is_logged_as_an_error_once(world, gitlab_fake,
+                                                                     caplog):
+    """A project of a listed group whose code the token's user may not read (a Guest's, or a
+    members-only repository): the same ERROR line every pass, 720 a day for each such
+    project, burying the lines that say something new. Logged once as an error (and again
+    once it failed otherwise, or was caught up in between); counted every pass."""
+    app, state, new_catch_up = world
+    project = gitlab_fake.add_project("team/public", branches={"main": sha(5)})
+    project.repository_members_only = True
+    project.outsiders.add(gitlab_fake.token)
+    caplog.set_level(logging.INFO, logger="ci_autoscaler.catchup")
+    cu = new_catch_up()
+    for _ in range(3):
+        assert catchup.catch_up_once(cu)["projects_failed"] == 1
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.getMessage(), r.project) for r in errors] == [
+        ("catch-up of a project failed", "team/public")]
+    assert metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="permanent"}') == 3
+    project.outsiders.clear()  # made a member: caught up; then failing again is news
+    assert "projects_failed" not in catchup.catch_up_once(cu)
+    project.outsiders.add(gitlab_fake.token)
+    catchup.catch_up_once(cu)
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 2
+
+
 def test_a_project_shared_with_a_listed_group_is_not_one_of_its_projects(redis_url,
                                                                          gitlab_fake):
     """GitLab lists a group's projects with those other namespaces shared with it unless

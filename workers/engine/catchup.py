@@ -48,6 +48,9 @@ HOOK_STATE_PERIODS = 3  # the hook metric lives this many passes unless renewed
 # the same: a database read, served while Gitaly takes too long to list its branches; served,
 # they show GitLab serving, so two slow repositories side by side do not end every pass.
 UNSERVED_IN_A_ROW = 2
+_GROUP_FAILED = "listing a group's projects failed"
+_PROJECT_FAILED = "catch-up of a project failed"
+_HOOKS_FAILED = "reading a project's hooks failed"
 # Not served: no connection or a front's 502/503/504 (Unavailable), or no answer in time, the
 # retries' included (Overloaded: a GitLab whose every call times out cost 4 timeouts per call,
 # a project's listing and its hooks, for every project of the pass).
@@ -65,6 +68,8 @@ class CatchUp:
     store: CatchUpStore = field(init=False)
     metrics: EngineMetrics = field(init=False)
     _hooks_unreadable_logged: set[str] = field(default_factory=set, init=False)
+    # (what, project or group) -> the error last logged for it (see _failed)
+    _failing: dict[tuple[str, str], str] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.store = CatchUpStore(self.state.redis, prefix=self.state.prefix)
@@ -110,10 +115,11 @@ def listed_projects(cu: CatchUp, failed: Counter | None = None,
                     name = found.get(p.path.lower(), (p.path, None))[0]
                     found[p.path.lower()] = (name, projects.ProjectRef(name, p.id, p.path, now))
             unserved = 0
+            _succeeded(cu, _GROUP_FAILED, group)
         except CIAutoscalerError as err:
             if failed is not None:
                 failed["groups_failed"] += 1
-            _failed(cu, "listing a group's projects failed", group, err)
+            _failed(cu, _GROUP_FAILED, group, err)
             unserved = unserved + 1 if isinstance(err, NOT_SERVED) else 0
             if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
                 raise
@@ -246,9 +252,10 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
             total.update(counts)
             total["projects"] += 1
             unserved = 0
+            _succeeded(cu, _PROJECT_FAILED, name)
         except CIAutoscalerError as err:
             total["projects_failed"] += 1
-            _failed(cu, "catch-up of a project failed", name, err)
+            _failed(cu, _PROJECT_FAILED, name, err)
             unserved = unserved + 1 if isinstance(err, NOT_SERVED) else 0
             if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
                 break
@@ -256,8 +263,9 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
         try:  # after a listing's 504 too: a slow repository's hooks (a database read) are served
             total["hooks_disabled"] += bool(check_hooks(cu, name, now, ref and ref.id))
             unserved = 0  # GitLab answered: the listing failed for that repository alone
+            _succeeded(cu, _HOOKS_FAILED, name)
         except CIAutoscalerError as err:
-            _failed(cu, "reading a project's hooks failed", name, err)
+            _failed(cu, _HOOKS_FAILED, name, err)
             if ends_pass(err):
                 break
     else:  # every project listed was looked at: the hook states of the others are stale
@@ -286,9 +294,20 @@ def ends_pass(err: CIAutoscalerError) -> bool:
 
 
 def _failed(cu: CatchUp, what: str, where: str, err: CIAutoscalerError) -> None:
+    """Counted every time; logged as an error or warning once while it fails alike pass after
+    pass (a Guest's 403, a deleted project's 404, every 2 minutes for ever), then at INFO. An
+    error that ends the pass (a refused token) is one line a pass: always at its level."""
     cu.metrics.error("catch_up", err)
     level = logging.ERROR if isinstance(err, PermanentError) else logging.WARNING
+    if cu._failing.get((what, where)) == str(err) and not ends_pass(err):
+        level = logging.INFO
+    cu._failing[(what, where)] = str(err)
     log.log(level, what, extra={"project": where, "error": str(err)})
+
+
+def _succeeded(cu: CatchUp, what: str, where: str) -> None:
+    """What failed there before is news again when it fails next."""
+    cu._failing.pop((what, where), None)
 
 
 def run_forever(cu: CatchUp, stop: threading.Event,
