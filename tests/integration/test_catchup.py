@@ -556,6 +556,18 @@ def test_two_slow_repositories_side_by_side_do_not_end_every_pass(redis_url, git
     assert result["queued"] == 1
 
 
+def test_repositories_all_unavailable_end_the_pass_though_hooks_are_served(redis_url,
+                                                                          gitlab_fake):
+    """Gitaly away while Puma serves: every listing answered 503, every project's hooks (a
+    database read) served. That every repository fails alike is no slow repository's: two
+    in a row end the pass, as GitLab not serving does, not four tries of each project's
+    listing for every project of the pass."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    for path in FIVE_PROJECTS:
+        gitlab_fake.fail_project(path, 503, under="repository/")
+    assert catchup.catch_up_once(cu) == {"projects_failed": 2, "hooks_disabled": 0}
+
+
 def test_the_pass_slows_down_before_the_rate_limit_and_meets_no_429(world, gitlab_fake):
     app, state, new_catch_up = world
     # Windows of 2 s (GitLab's are 60 s): a pass on a loaded machine (CI's two cores under the

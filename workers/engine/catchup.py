@@ -243,6 +243,7 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
         if not still_leader():
             log.warning("catch-up lease lost: pass stopped", extra={"project": name})
             break
+        slow = False  # the listing ran out of time (see _timed_out)
         try:
             ref = ref or resolve(cu, name, now)
             if ref.id in done:
@@ -257,12 +258,14 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
             total["projects_failed"] += 1
             _failed(cu, _PROJECT_FAILED, name, err)
             unserved = unserved + 1 if isinstance(err, NOT_SERVED) else 0
+            slow = _timed_out(err)
             if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
                 break
         looked_at.append(name)
         try:  # after a listing's 504 too: a slow repository's hooks (a database read) are served
             total["hooks_disabled"] += bool(check_hooks(cu, name, now, ref and ref.id))
-            unserved = 0  # GitLab answered: the listing failed for that repository alone
+            if slow:  # GitLab answered: that repository alone was too slow to list
+                unserved = 0
             _succeeded(cu, _HOOKS_FAILED, name)
         except CIAutoscalerError as err:
             _failed(cu, _HOOKS_FAILED, name, err)
@@ -274,6 +277,16 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
     result = dict(total)
     cu.store.note_pass({**result, "at": now})
     return result
+
+
+def _timed_out(err: CIAutoscalerError) -> bool:
+    """A listing that ran out of time: no answer in time, or its front's timeout (nginx's
+    504, Workhorse's 502 "GitLab is not responding"). With the project's hooks served next,
+    that repository was slow, not GitLab away: two such side by side end no pass. A 503 with
+    the hooks served says a service behind GitLab (Gitaly) is unavailable: every repository
+    alike."""
+    return isinstance(err, Overloaded) or \
+        getattr(err.__cause__, "response_code", None) in (502, 504)
 
 
 def pass_failed(result: Mapping[str, object]) -> bool:
