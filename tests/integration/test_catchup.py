@@ -493,6 +493,22 @@ def test_gitlab_s_html_error_page_is_logged_by_its_title(redis_url, gitlab_fake,
                           for e in errors), errors
 
 
+def test_a_5xx_asking_for_an_hour_ends_the_pass_instead_of_waiting(redis_url, gitlab_fake):
+    """A front's maintenance page: 503 with Retry-After 3600. python-gitlab waits any
+    retryable answer's Retry-After before it tries again, uncapped: the catch-up thread slept
+    an hour, three times, holding its lease; only a 429's wait was held to the 60 s a call
+    may wait."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    gitlab_fake.outage(60, status=503, retry_after=3600, retry_after_on_5xx=True)
+    results: list[dict] = []
+    thread = threading.Thread(target=lambda: results.append(catchup.catch_up_once(cu)),
+                              daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "the pass waits out the 503's Retry-After"
+    assert results[0]["projects_failed"] == 1, results
+
+
 def test_gitlab_not_serving_ends_the_pass_after_two_groups(redis_url, gitlab_fake):
     """Routes for every project and four groups to list: GitLab away, each pass listed every
     group, each listing tried 4 times and logged, before it came to the projects."""

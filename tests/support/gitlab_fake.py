@@ -223,6 +223,7 @@ class GitLabFake:
         self._throttled: list[int] = []  # Retry-After of the next 429s to answer
         self._outage: tuple[float, int, int] | None = None  # (until, status, Retry-After)
         self.stall_seconds = 0.0  # see stall
+        self._retry_after_on_5xx = False  # see outage
         self.url_allowlist: frozenset[str] | None = None  # see deny_requests_except
         self.redirects: dict[str, str] = {}  # old path (lower case) -> path; rename_project
         self._failing_posts: list[str] = []  # see fail_status_posts
@@ -473,10 +474,14 @@ class GitLabFake:
         with self._lock:
             self._throttled += [retry_after] * count
 
-    def outage(self, seconds: float, status: int = 500, retry_after: int = 60) -> None:
-        """Every request for the next `seconds` is answered `status` (500 or 429)."""
+    def outage(self, seconds: float, status: int = 500, retry_after: int = 60, *,
+               retry_after_on_5xx: bool = False) -> None:
+        """Every request for the next `seconds` is answered `status` (500 or 429); with
+        `retry_after_on_5xx`, a 5xx carries `Retry-After` too, as a front's maintenance page
+        may (a 503 "come back in an hour": RFC 9110 10.2.3 lets a 503 say when)."""
         with self._lock:
             self._outage = (time.monotonic() + seconds, status, retry_after)
+            self._retry_after_on_5xx = retry_after_on_5xx
 
     def stall(self, seconds: float) -> None:
         """Every request from now on is answered only after `seconds`: GitLab taking calls but
@@ -850,7 +855,9 @@ class GitLabFake:
                     # Puma away: Workhorse answers its error page, public/502.html, as HTML
                     # (gitlab-workhorse internal/staticpages/error_pages.go), not JSON
                     return Response(BAD_GATEWAY_PAGE, 502, {"Content-Type": "text/html"})
-                return _json({"message": f"{status} Internal Server Error"}, status, {})
+                return _json({"message": f"{status} Internal Server Error"}, status,
+                             {"Retry-After": str(retry_after)} if self._retry_after_on_5xx
+                             else {})
             if self._throttled:
                 after = self._throttled.pop(0)
                 return Response("Retry later\n", 429, {"Retry-After": str(after),

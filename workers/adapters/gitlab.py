@@ -52,6 +52,8 @@ _HTML_HEAD_CHARS = 4000
 # project's (a 500 can be one repository's, a Gitaly error). Raised as Unavailable, as is no
 # connection at all.
 GATEWAY_ERRORS = frozenset({502, 503, 504, *range(520, 531)})
+# The answers python-gitlab sends again (retry_transient_errors), a 429 apart.
+RETRIED_STATUSES = frozenset(gitlab.const.RETRYABLE_TRANSIENT_ERROR_CODES) - {429}
 
 
 class TokenRefused(PermanentError, CredentialsRefused):
@@ -166,6 +168,18 @@ class PacedSession(requests.Session):
             raise RetryableError(f"GitLab rate limit: {pause.reason}; more than "
                                  f"{self.max_wait_seconds:g}s away, left for a later pass",
                                  retry_after=pause.seconds)
+        if response.status_code in RETRIED_STATUSES:
+            # python-gitlab waits a retried 5xx's Retry-After (else its RateLimit-Reset, by our
+            # clock) before it sends again, uncapped (gitlab.utils.Retry): a maintenance
+            # page's 503 "Retry-After: 3600" slept the catch-up an hour, three times. Held
+            # to what a 429 may ask; without it, python-gitlab's short backoff, not the
+            # quota's reset, which our pause has read already.
+            asked = rate_limits.retry_after(response.headers)
+            if asked is not None and asked > self.max_wait_seconds:
+                raise RetryableError(f"GitLab answered {response.status_code} with Retry-After "
+                                     f"{asked:g}s; more than {self.max_wait_seconds:g}s away, "
+                                     "left for a later pass", retry_after=asked)
+            response.headers.pop("RateLimit-Reset", None)
         if pause.seconds and response.status_code != 429:
             log.info("pacing GitLab API calls", extra={"pause_seconds": round(pause.seconds, 3),
                                                        "reason": pause.reason})

@@ -33,6 +33,11 @@ def _number(headers: Mapping[str, str], name: str) -> float | None:
         return None
 
 
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """The answer's Retry-After in seconds (None: none, or not a number)."""
+    return _number(headers, "Retry-After")
+
+
 def _server_now(headers: Mapping[str, str], now: float) -> float:
     """The time on the answering server's clock: its Date header (RFC 9110, 6.6.1; whole
     seconds), else ours. RateLimit-Reset is a Unix time on GitLab's clock: timed by ours, a
