@@ -509,6 +509,24 @@ def test_a_5xx_asking_for_an_hour_ends_the_pass_instead_of_waiting(redis_url, gi
     assert results[0]["projects_failed"] == 1, results
 
 
+def test_a_5xx_with_rate_limit_headers_is_retried_soon_not_at_the_quotas_reset(
+        redis_url, gitlab_fake):
+    """GitLab.com puts RateLimit-* on every answer, a 500 too; python-gitlab sends a 500
+    again once RateLimit-Reset is reached: one project's 500 waited out the rate-limit
+    window (here an hour's) three times, with plenty of quota left."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    gitlab_fake.rate_limit(100_000, 3600)
+    gitlab_fake.fail_project("team/a", 500, under="repository/")
+    results: list[dict] = []
+    thread = threading.Thread(target=lambda: results.append(catchup.catch_up_once(cu)),
+                              daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "the 500 is retried at the quota's reset"
+    assert results[0]["projects_failed"] == 1 and results[0]["projects"] == 4, results
+    assert gitlab_fake.answered(500) == 1 + gitlab_api.MAX_RETRIES
+
+
 def test_gitlab_not_serving_ends_the_pass_after_two_groups(redis_url, gitlab_fake):
     """Routes for every project and four groups to list: GitLab away, each pass listed every
     group, each listing tried 4 times and logged, before it came to the projects."""
