@@ -368,6 +368,31 @@ def test_a_repository_for_members_only_is_no_missing_repository(world, gitlab_fa
     assert catchup.pass_failed(first) and first["projects_failed"] == 1, first
 
 
+def test_a_project_failing_alike_every_pass_is_logged_as_an_error_once(world, gitlab_fake,
+                                                                     caplog):
+    """A project of a listed group whose code the token's user may not read (a Guest's, or a
+    members-only repository): the same ERROR line every pass, 720 a day for each such
+    project, burying the lines that say something new. Logged once as an error (and again
+    once it failed otherwise, or was caught up in between); counted every pass."""
+    app, state, new_catch_up = world
+    project = gitlab_fake.add_project("team/public", branches={"main": sha(5)})
+    project.repository_members_only = True
+    project.outsiders.add(gitlab_fake.token)
+    caplog.set_level(logging.INFO, logger="ci_autoscaler.catchup")
+    cu = new_catch_up()
+    for _ in range(3):
+        assert catchup.catch_up_once(cu)["projects_failed"] == 1
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.getMessage(), r.project) for r in errors] == [
+        ("catch-up of a project failed", "team/public")]
+    assert metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="permanent"}') == 3
+    project.outsiders.clear()  # made a member: caught up; then failing again is news
+    assert "projects_failed" not in catchup.catch_up_once(cu)
+    project.outsiders.add(gitlab_fake.token)
+    catchup.catch_up_once(cu)
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 2
+
+
 def test_a_project_shared_with_a_listed_group_is_not_one_of_its_projects(redis_url,
                                                                          gitlab_fake):
     """GitLab lists a group's projects with those other namespaces shared with it unless
@@ -437,6 +462,71 @@ def test_gitlab_not_serving_ends_the_pass_after_two_projects(redis_url, gitlab_f
     assert catchup.catch_up_once(cu)["queued"] == 1  # nothing forgotten
 
 
+def test_gitlab_answering_no_call_in_time_ends_the_pass_after_two_projects(redis_url,
+                                                                          gitlab_fake):
+    """GitLab overloaded (its workers all busy: each call taken, none answered within the
+    client's timeout): every project's listing and hooks ran into the timeout four times
+    (python-gitlab retries a timeout), one project after another, all pass long: with 1,000
+    projects and the 10 s timeout, a pass of 22 hours that added to GitLab's load. Two
+    projects in a row not answered end it, as GitLab not serving does."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    cu.gl = gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token, timeout=0.2)
+    gitlab_fake.stall(0.6)
+    result = catchup.catch_up_once(cu)
+    assert result == {"projects_failed": 2}, result
+    # the first one's listing and hooks, the second one's listing: 3 calls, retried
+    assert len(gitlab_fake.requests) <= 3 * (1 + gitlab_api.MAX_RETRIES)
+    gitlab_fake.stall(0)
+    gitlab_fake.push("team/e", "fix", sha(2))
+    assert catchup.catch_up_once(cu)["queued"] == 1  # nothing forgotten
+
+
+def test_gitlab_s_html_error_page_is_logged_by_its_title(redis_url, gitlab_fake, caplog):
+    """Puma away, Workhorse answers its 502.html page: the log's error held the page's first
+    200 characters (doctype, meta tags, no word of what happened) in every line."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    gitlab_fake.outage(60, status=502)
+    caplog.set_level(logging.WARNING, logger="ci_autoscaler.catchup")
+    catchup.catch_up_once(cu)
+    errors = [str(getattr(r, "error", "")) for r in caplog.records]
+    assert errors and all(e.endswith("GitLab answered 502: GitLab is not responding (502)")
+                          for e in errors), errors
+
+
+def test_a_5xx_asking_for_an_hour_ends_the_pass_instead_of_waiting(redis_url, gitlab_fake):
+    """A front's maintenance page: 503 with Retry-After 3600. python-gitlab waits any
+    retryable answer's Retry-After before it tries again, uncapped: the catch-up thread slept
+    an hour, three times, holding its lease; only a 429's wait was held to the 60 s a call
+    may wait."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    gitlab_fake.outage(60, status=503, retry_after=3600, retry_after_on_5xx=True)
+    results: list[dict] = []
+    thread = threading.Thread(target=lambda: results.append(catchup.catch_up_once(cu)),
+                              daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "the pass waits out the 503's Retry-After"
+    assert results[0]["projects_failed"] == 1, results
+
+
+def test_a_5xx_with_rate_limit_headers_is_retried_soon_not_at_the_quotas_reset(
+        redis_url, gitlab_fake):
+    """GitLab.com puts RateLimit-* on every answer, a 500 too; python-gitlab sends a 500
+    again once RateLimit-Reset is reached: one project's 500 waited out the rate-limit
+    window (here an hour's) three times, with plenty of quota left."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    gitlab_fake.rate_limit(100_000, 3600)
+    gitlab_fake.fail_project("team/a", 500, under="repository/")
+    results: list[dict] = []
+    thread = threading.Thread(target=lambda: results.append(catchup.catch_up_once(cu)),
+                              daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "the 500 is retried at the quota's reset"
+    assert results[0]["projects_failed"] == 1 and results[0]["projects"] == 4, results
+    assert gitlab_fake.answered(500) == 1 + gitlab_api.MAX_RETRIES
+
+
 def test_gitlab_not_serving_ends_the_pass_after_two_groups(redis_url, gitlab_fake):
     """Routes for every project and four groups to list: GitLab away, each pass listed every
     group, each listing tried 4 times and logged, before it came to the projects."""
@@ -485,6 +575,33 @@ def test_a_slow_repositorys_hooks_are_read_though_its_listing_times_out(redis_ur
     assert cu.store.hooks_disabled() == {"team/a": 1}
 
 
+def test_two_slow_repositories_side_by_side_do_not_end_every_pass(redis_url, gitlab_fake):
+    """Two repositories next to each other in the pass (two big monorepos, `team/a` and
+    `team/b`) whose listings the front answers 504 every pass, while GitLab serves their
+    hooks: taken for GitLab not serving (two projects in a row), every pass ended there, and
+    the pushes of every project after them were never caught up. A project whose hooks GitLab
+    served shows that GitLab serves."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    gitlab_fake.fail_project("team/a", 504, under="repository/")
+    gitlab_fake.fail_project("team/b", 504, under="repository/")
+    gitlab_fake.push("team/e", "fix", sha(2))
+    result = catchup.catch_up_once(cu)
+    assert result["projects_failed"] == 2 and result["projects"] == 3, result
+    assert result["queued"] == 1
+
+
+def test_repositories_all_unavailable_end_the_pass_though_hooks_are_served(redis_url,
+                                                                          gitlab_fake):
+    """Gitaly away while Puma serves: every listing answered 503, every project's hooks (a
+    database read) served. That every repository fails alike is no slow repository's: two
+    in a row end the pass, as GitLab not serving does, not four tries of each project's
+    listing for every project of the pass."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    for path in FIVE_PROJECTS:
+        gitlab_fake.fail_project(path, 503, under="repository/")
+    assert catchup.catch_up_once(cu) == {"projects_failed": 2, "hooks_disabled": 0}
+
+
 def test_the_pass_slows_down_before_the_rate_limit_and_meets_no_429(world, gitlab_fake):
     app, state, new_catch_up = world
     # Windows of 2 s (GitLab's are 60 s): a pass on a loaded machine (CI's two cores under the
@@ -522,6 +639,22 @@ def test_a_refused_token_fails_the_pass_with_a_reason_and_never_the_token(
     assert any("401" in json.dumps(getattr(r, "error", "")) for r in caplog.records)
     assert all(bad_token not in r.getMessage() and bad_token not in json.dumps(
         getattr(r, "error", "")) for r in caplog.records)
+
+
+def test_an_expired_token_is_logged_as_expired(world, gitlab_fake, caplog):
+    """A token past its expiry date (GitLab 16 gives every access token at most a year, so
+    every installation meets it) is answered 401 {"error": "invalid_token",
+    "error_description": "Token is expired. ..."}: the log said "401: invalid_token", as for
+    a mistyped or revoked token, and the operator could not tell that the token only needs
+    renewing."""
+    app, state, new_catch_up = world
+    caplog.set_level(logging.ERROR, logger="ci_autoscaler.catchup")
+    gitlab_fake.expired_tokens.add(gitlab_fake.token)
+    assert catchup.catch_up_once(new_catch_up()) == {"groups_failed": 1}
+    errors = [str(getattr(r, "error", "")) for r in caplog.records]
+    assert errors and all("401" in e and "Token is expired" in e and
+                          gitlab_fake.token not in e for e in errors), errors
+    assert metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="unauthorized"}') == 1
 
 
 def test_a_token_without_an_api_scope_ends_the_pass_as_a_refused_token_and_says_read_api(

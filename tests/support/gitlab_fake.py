@@ -127,6 +127,26 @@ def captured_project_id(name: str = "gitlab_push_real_lrz.json") -> int:
     return fixture(name)["project"]["id"]
 
 
+# The head of GitLab's public/502.html, which Workhorse serves while Puma does not answer.
+BAD_GATEWAY_PAGE = """<!DOCTYPE html>
+<html class="devise-layout-html">
+<head>
+  <meta content="width=device-width, initial-scale=1, maximum-scale=1" name="viewport">
+  <meta charset="utf-8">
+  <title>GitLab is not responding (502)</title>
+  <style>
+    body { color: #666; text-align: center; font-family: "Helvetica Neue", Helvetica, Arial,
+    sans-serif; margin: auto; font-size: 14px; }
+  </style>
+</head>
+<body>
+  <h1>502</h1>
+  <div class="container"><h3>Whoops, GitLab is taking too much time to respond.</h3></div>
+</body>
+</html>
+"""
+
+
 def _iso(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(at))
 
@@ -194,6 +214,7 @@ class GitLabFake:
     def __init__(self, *, token: str = TOKEN, scopes: tuple[str, ...] = ("read_api",)):
         self.tokens: dict[str, set[str]] = {token: set(scopes)}
         self.token = token
+        self.expired_tokens: set[str] = set()  # known tokens past their expiry date; see _respond
         self.projects: dict[str, FakeProject] = {}
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
@@ -201,6 +222,8 @@ class GitLabFake:
         self._window: tuple[int, int] = (0, 0)  # (window start, requests counted)
         self._throttled: list[int] = []  # Retry-After of the next 429s to answer
         self._outage: tuple[float, int, int] | None = None  # (until, status, Retry-After)
+        self.stall_seconds = 0.0  # see stall
+        self._retry_after_on_5xx = False  # see outage
         self.url_allowlist: frozenset[str] | None = None  # see deny_requests_except
         self.redirects: dict[str, str] = {}  # old path (lower case) -> path; rename_project
         self._failing_posts: list[str] = []  # see fail_status_posts
@@ -451,10 +474,22 @@ class GitLabFake:
         with self._lock:
             self._throttled += [retry_after] * count
 
-    def outage(self, seconds: float, status: int = 500, retry_after: int = 60) -> None:
-        """Every request for the next `seconds` is answered `status` (500 or 429)."""
+    def outage(self, seconds: float, status: int = 500, retry_after: int = 60, *,
+               retry_after_on_5xx: bool = False) -> None:
+        """Every request for the next `seconds` is answered `status` (500 or 429); with
+        `retry_after_on_5xx`, a 5xx carries `Retry-After` too, as a front's maintenance page
+        may (a 503 "come back in an hour": RFC 9110 10.2.3 lets a 503 say when)."""
         with self._lock:
             self._outage = (time.monotonic() + seconds, status, retry_after)
+            self._retry_after_on_5xx = retry_after_on_5xx
+
+    def stall(self, seconds: float) -> None:
+        """Every request from now on is answered only after `seconds`: GitLab taking calls but
+        answering none in time (Puma's workers all busy, or its database or Gitaly stuck:
+        Workhorse holds each request up to its proxyHeadersTimeout, 5 minutes by default,
+        gitlab-workhorse's config), which a client with a shorter timeout sees as a read
+        timeout. 0 ends it."""
+        self.stall_seconds = seconds
 
     def status_history(self, path: str, sha: str | None = None) -> list[tuple[str, str, int]]:
         """(state, description, answer) of every status POST to the project (to that commit),
@@ -472,6 +507,8 @@ class GitLabFake:
         request = Request(environ)
         raw_path = environ.get("RAW_URI", environ.get("REQUEST_URI", request.path))
         raw_path = raw_path.split("?", 1)[0]
+        if self.stall_seconds:
+            time.sleep(self.stall_seconds)  # the server's own delay (see stall), no test's wait
         response = self._respond(request, raw_path)
         with self._lock:
             self.requests.append(Recorded(request.method, raw_path, dict(request.args),
@@ -485,6 +522,15 @@ class GitLabFake:
         headers = self._rate_limit_headers()
         token = request.headers.get("PRIVATE-TOKEN") or \
             request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token in self.expired_tokens:
+            # An access token past its expires_at (GitLab 16+ gives every one at most a year):
+            # API::APIGuard rescues Gitlab::Auth::ExpiredError as rack-oauth2's
+            # Bearer::Unauthorized(:invalid_token, "Token is expired. You can either do
+            # re-authorization or token refresh."), its body as below (lib/api/api_guard.rb)
+            return _json({"error": "invalid_token", "error_description": "Token is expired. "
+                          "You can either do re-authorization or token refresh."}, 401,
+                         {**headers, "WWW-Authenticate": 'Bearer realm="", error='
+                          '"invalid_token", error_description="Token is expired."'})
         if token not in self.tokens:
             return _json({"message": "401 Unauthorized"}, 401, headers)
         if not self.tokens[token] & {"api", "read_api"}:
@@ -805,7 +851,13 @@ class GitLabFake:
                 if status == 429:
                     return Response("Retry later\n", 429, {"Retry-After": str(retry_after),
                                                            "Content-Type": "text/plain"})
-                return _json({"message": f"{status} Internal Server Error"}, status, {})
+                if status == 502:
+                    # Puma away: Workhorse answers its error page, public/502.html, as HTML
+                    # (gitlab-workhorse internal/staticpages/error_pages.go), not JSON
+                    return Response(BAD_GATEWAY_PAGE, 502, {"Content-Type": "text/html"})
+                return _json({"message": f"{status} Internal Server Error"}, status,
+                             {"Retry-After": str(retry_after)} if self._retry_after_on_5xx
+                             else {})
             if self._throttled:
                 after = self._throttled.pop(0)
                 return Response("Retry later\n", 429, {"Retry-After": str(after),

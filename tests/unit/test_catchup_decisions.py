@@ -187,6 +187,19 @@ def test_calls_pause_before_the_quota_is_gone_and_as_long_as_a_429_asks(status, 
     assert bool(pause.reason) == (seconds > 0 or status == 429)
 
 
+@pytest.mark.parametrize("skew", [-300.0, 0.0, 300.0])
+def test_the_reset_is_timed_by_gitlabs_clock_not_ours(skew):
+    """RateLimit-Reset is a Unix time on GitLab's clock. Ours 5 minutes behind made a
+    10-second wait 310 s, more than a call may wait: every pass ended as soon as the quota ran
+    low; 5 minutes ahead, no pause at all, and the 429s came. The answer's Date header (RFC
+    9110: the time on the server's clock) times the reset."""
+    gitlab_now = 1_700_000_000.0
+    headers = Headers({"Date": "Tue, 14 Nov 2023 22:13:20 GMT", "RateLimit-Limit": "600",
+                       "RateLimit-Remaining": "6", "RateLimit-Reset": str(int(gitlab_now) + 10)})
+    pause = rate_limits.pause(headers, status=200, now=gitlab_now + skew)
+    assert pause.seconds == pytest.approx(10.0)
+
+
 def test_a_name_is_looked_up_again_at_its_time_or_once_its_lookup_is_old_never_later():
     at = resolve_phase("team/app")  # its time in each RESOLVE_SECONDS
     assert resolve_phase("Team/App") == at

@@ -11,6 +11,7 @@ RetryableError carrying the wait. Library errors become RetryableError / Permane
 the HTTP status and GitLab's message; the token is sent in a header and never in a message.
 """
 
+import json
 import logging
 import re
 import time
@@ -25,7 +26,8 @@ from gitlab import exceptions as gl_errors
 
 from workers.core import rate_limits
 from workers.core.catchup import BRANCH_PREFIX, TAG_PREFIX, Head
-from workers.core.errors import CredentialsRefused, PermanentError, RetryableError, Unavailable
+from workers.core.errors import CredentialsRefused, Overloaded, PermanentError, RetryableError, \
+    Unavailable
 from workers.core.models import EventKind
 from workers.core.redaction import URL_USERINFO
 
@@ -42,12 +44,16 @@ MAX_WAIT_SECONDS = 60.0  # a longer Retry-After (or reset) gives up this call, t
 STATUS_LOCK_WAIT_SECONDS = 10.0
 STATUS_CALL_TIMEOUT_SECONDS = STATUS_LOCK_WAIT_SECONDS + 10.0
 _BODY_CHARS = 200
+_HTML_TITLE = re.compile(r"<title[^>]*>([^<]*)</title>", re.IGNORECASE)
+_HTML_HEAD_CHARS = 4000
 # What a load balancer or GitLab's own nginx/Workhorse answers while Puma is away (an upgrade,
 # a restart), and Cloudflare's 520-530 in front of one (python-gitlab retries them all, as
 # transient: gitlab.const.RETRYABLE_TRANSIENT_ERROR_CODES): every call fails alike, not one
 # project's (a 500 can be one repository's, a Gitaly error). Raised as Unavailable, as is no
 # connection at all.
 GATEWAY_ERRORS = frozenset({502, 503, 504, *range(520, 531)})
+# The answers python-gitlab sends again (retry_transient_errors), a 429 apart.
+RETRIED_STATUSES = frozenset(gitlab.const.RETRYABLE_TRANSIENT_ERROR_CODES) - {429}
 
 
 class TokenRefused(PermanentError, CredentialsRefused):
@@ -162,6 +168,18 @@ class PacedSession(requests.Session):
             raise RetryableError(f"GitLab rate limit: {pause.reason}; more than "
                                  f"{self.max_wait_seconds:g}s away, left for a later pass",
                                  retry_after=pause.seconds)
+        if response.status_code in RETRIED_STATUSES:
+            # python-gitlab waits a retried 5xx's Retry-After (else its RateLimit-Reset, by our
+            # clock) before it sends again, uncapped (gitlab.utils.Retry): a maintenance
+            # page's 503 "Retry-After: 3600" slept the catch-up an hour, three times. Held
+            # to what a 429 may ask; without it, python-gitlab's short backoff, not the
+            # quota's reset, which our pause has read already.
+            asked = rate_limits.retry_after(response.headers)
+            if asked is not None and asked > self.max_wait_seconds:
+                raise RetryableError(f"GitLab answered {response.status_code} with Retry-After "
+                                     f"{asked:g}s; more than {self.max_wait_seconds:g}s away, "
+                                     "left for a later pass", retry_after=asked)
+            response.headers.pop("RateLimit-Reset", None)
         if pause.seconds and response.status_code != 429:
             log.info("pacing GitLab API calls", extra={"pause_seconds": round(pause.seconds, 3),
                                                        "reason": pause.reason})
@@ -201,7 +219,26 @@ def _message(err: gl_errors.GitlabError) -> str:
     text = err.error_message
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
-    return str(text)[:_BODY_CHARS]
+    text = str(text)
+    # An HTML page (Workhorse's public/502.html while Puma is away, a proxy's own error page):
+    # its title, not its doctype and meta tags, says what happened
+    title = _HTML_TITLE.search(text[:_HTML_HEAD_CHARS]) if text.lstrip().startswith("<") \
+        else None
+    if title:
+        text = " ".join(title.group(1).split())
+    return text[:_BODY_CHARS]
+
+
+def _description(err: gl_errors.GitlabError) -> str:
+    """GitLab's `error_description` beside an OAuth-style `error` (python-gitlab keeps the
+    `error` alone as the message): a 401's `invalid_token` says only there that the token
+    "is expired" or "was revoked" (API::APIGuard: rack-oauth2's Bearer::Unauthorized)."""
+    try:
+        body = json.loads(err.response_body or b"")
+    except (TypeError, ValueError):
+        return ""
+    text = body.get("error_description") if isinstance(body, dict) else None
+    return f": {str(text)[:_BODY_CHARS]}" if isinstance(text, str) and text else ""
 
 
 @contextmanager
@@ -212,7 +249,8 @@ def _translated(what: str, scope: str = "read_api") -> Iterator[None]:
     try:
         yield
     except gl_errors.GitlabAuthenticationError as err:
-        raise TokenRefused(f"{what}: GitLab refused the API token (401: {_message(err)}); "
+        raise TokenRefused(f"{what}: GitLab refused the API token (401: {_message(err)}"
+                           f"{_description(err)}); "
                            f"give GITLAB_API_TOKEN a valid token with the {scope} scope"
                            ) from err
     except gl_errors.RedirectError as err:
@@ -242,7 +280,14 @@ def _translated(what: str, scope: str = "read_api") -> Iterator[None]:
         raise PermanentError(detail) from err
     except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
         raise Unavailable(f"{what}: GitLab unreachable ({type(err).__name__})") from err
-    except requests.RequestException as err:  # a read timeout: this call's, maybe
+    except requests.Timeout as err:
+        # A read timeout (a connect timeout is a ConnectionError, above): GitLab took the call
+        # and answered none in time, after python-gitlab's retries. One slow repository's, or
+        # GitLab overloaded, whose every call then times out alike (the catch-up tells them
+        # apart by projects in a row, as it does GitLab not serving).
+        raise Overloaded(f"{what}: GitLab answered not in time ({type(err).__name__})"
+                         ) from err
+    except requests.RequestException as err:
         raise RetryableError(f"{what}: GitLab unreachable ({type(err).__name__})") from err
 
 

@@ -8,6 +8,8 @@ same token and never meets the 429 at all: `pause` says how long to wait before 
 """
 
 from collections.abc import Mapping
+from datetime import timezone
+from email.utils import parsedate_to_datetime
 from dataclasses import dataclass
 
 # Keep this share of the quota for others: below it, wait for the window to reset.
@@ -31,6 +33,26 @@ def _number(headers: Mapping[str, str], name: str) -> float | None:
         return None
 
 
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """The answer's Retry-After in seconds (None: none, or not a number)."""
+    return _number(headers, "Retry-After")
+
+
+def _server_now(headers: Mapping[str, str], now: float) -> float:
+    """The time on the answering server's clock: its Date header (RFC 9110, 6.6.1; whole
+    seconds), else ours. RateLimit-Reset is a Unix time on GitLab's clock: timed by ours, a
+    clock minutes behind waited minutes more (past the longest wait a call takes, which
+    ended every pass once the quota ran low), one ahead did not wait at all."""
+    value = headers.get("Date")
+    try:
+        at = parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return now
+    if at is None:
+        return now
+    return (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).timestamp()  # "-0000": UTC
+
+
 def pause(headers: Mapping[str, str], *, status: int, now: float) -> Pause:
     """The wait before the next call, given the last answer's status and headers (a mapping
     that looks names up case-insensitively, as requests' headers do)."""
@@ -44,7 +66,7 @@ def pause(headers: Mapping[str, str], *, status: int, now: float) -> Pause:
     if remaining is None or reset is None:
         return NO_PAUSE if status != 429 else Pause(1.0, "429 without Retry-After")
     reserve = max(1.0, (limit or 0.0) * RESERVE_FRACTION)
-    wait = max(0.0, reset - now)
+    wait = max(0.0, reset - _server_now(headers, now))
     if status == 429 or (remaining <= reserve and wait > 0):
         return Pause(wait, f"{remaining:g} of {limit or 0:g} requests left in the window: "
                            "waiting for its reset")

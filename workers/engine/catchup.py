@@ -33,7 +33,8 @@ from workers.adapters.redis_state import RedisState
 from workers.config.config_file import FileConfig
 from workers.config.settings import Settings
 from workers.core import catchup as core, catchup_project as projects
-from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError, Unavailable
+from workers.core.errors import CIAutoscalerError, Overloaded, PermanentError, RetryableError, \
+    Unavailable
 from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.catchup")
@@ -44,8 +45,16 @@ HOOK_STATE_PERIODS = 3  # the hook metric lives this many passes unless renewed
 # one's calls and their retries, and logged each one's failure, through all of GitLab's
 # downtime. Not one: a front's 502 or 504 can be one slow repository's, every pass, and ended
 # there the passes never reached the projects after it. That project's hooks are read all
-# the same: a database read, served while Gitaly takes too long to list its branches.
+# the same: a database read, served while Gitaly takes too long to list its branches; served,
+# they show GitLab serving, so two slow repositories side by side do not end every pass.
 UNSERVED_IN_A_ROW = 2
+_GROUP_FAILED = "listing a group's projects failed"
+_PROJECT_FAILED = "catch-up of a project failed"
+_HOOKS_FAILED = "reading a project's hooks failed"
+# Not served: no connection or a front's 502/503/504 (Unavailable), or no answer in time, the
+# retries' included (Overloaded: a GitLab whose every call times out cost 4 timeouts per call,
+# a project's listing and its hooks, for every project of the pass).
+NOT_SERVED = (Unavailable, Overloaded)
 
 
 @dataclass
@@ -59,6 +68,8 @@ class CatchUp:
     store: CatchUpStore = field(init=False)
     metrics: EngineMetrics = field(init=False)
     _hooks_unreadable_logged: set[str] = field(default_factory=set, init=False)
+    # (what, project or group) -> the error last logged for it (see _failed)
+    _failing: dict[tuple[str, str], str] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.store = CatchUpStore(self.state.redis, prefix=self.state.prefix)
@@ -104,11 +115,12 @@ def listed_projects(cu: CatchUp, failed: Counter | None = None,
                     name = found.get(p.path.lower(), (p.path, None))[0]
                     found[p.path.lower()] = (name, projects.ProjectRef(name, p.id, p.path, now))
             unserved = 0
+            _succeeded(cu, _GROUP_FAILED, group)
         except CIAutoscalerError as err:
             if failed is not None:
                 failed["groups_failed"] += 1
-            _failed(cu, "listing a group's projects failed", group, err)
-            unserved = unserved + 1 if isinstance(err, Unavailable) else 0
+            _failed(cu, _GROUP_FAILED, group, err)
+            unserved = unserved + 1 if isinstance(err, NOT_SERVED) else 0
             if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
                 raise
     return dict(found.values())
@@ -231,6 +243,7 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
         if not still_leader():
             log.warning("catch-up lease lost: pass stopped", extra={"project": name})
             break
+        slow = False  # the listing ran out of time (see _timed_out)
         try:
             ref = ref or resolve(cu, name, now)
             if ref.id in done:
@@ -240,17 +253,22 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
             total.update(counts)
             total["projects"] += 1
             unserved = 0
+            _succeeded(cu, _PROJECT_FAILED, name)
         except CIAutoscalerError as err:
             total["projects_failed"] += 1
-            _failed(cu, "catch-up of a project failed", name, err)
-            unserved = unserved + 1 if isinstance(err, Unavailable) else 0
+            _failed(cu, _PROJECT_FAILED, name, err)
+            unserved = unserved + 1 if isinstance(err, NOT_SERVED) else 0
+            slow = _timed_out(err)
             if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
                 break
         looked_at.append(name)
         try:  # after a listing's 504 too: a slow repository's hooks (a database read) are served
             total["hooks_disabled"] += bool(check_hooks(cu, name, now, ref and ref.id))
+            if slow:  # GitLab answered: that repository alone was too slow to list
+                unserved = 0
+            _succeeded(cu, _HOOKS_FAILED, name)
         except CIAutoscalerError as err:
-            _failed(cu, "reading a project's hooks failed", name, err)
+            _failed(cu, _HOOKS_FAILED, name, err)
             if ends_pass(err):
                 break
     else:  # every project listed was looked at: the hook states of the others are stale
@@ -259,6 +277,16 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
     result = dict(total)
     cu.store.note_pass({**result, "at": now})
     return result
+
+
+def _timed_out(err: CIAutoscalerError) -> bool:
+    """A listing that ran out of time: no answer in time, or its front's timeout (nginx's
+    504, Workhorse's 502 "GitLab is not responding"). With the project's hooks served next,
+    that repository was slow, not GitLab away: two such side by side end no pass. A 503 with
+    the hooks served says a service behind GitLab (Gitaly) is unavailable: every repository
+    alike."""
+    return isinstance(err, Overloaded) or \
+        getattr(err.__cause__, "response_code", None) in (502, 504)
 
 
 def pass_failed(result: Mapping[str, object]) -> bool:
@@ -279,9 +307,20 @@ def ends_pass(err: CIAutoscalerError) -> bool:
 
 
 def _failed(cu: CatchUp, what: str, where: str, err: CIAutoscalerError) -> None:
+    """Counted every time; logged as an error or warning once while it fails alike pass after
+    pass (a Guest's 403, a deleted project's 404, every 2 minutes for ever), then at INFO. An
+    error that ends the pass (a refused token) is one line a pass: always at its level."""
     cu.metrics.error("catch_up", err)
     level = logging.ERROR if isinstance(err, PermanentError) else logging.WARNING
+    if cu._failing.get((what, where)) == str(err) and not ends_pass(err):
+        level = logging.INFO
+    cu._failing[(what, where)] = str(err)
     log.log(level, what, extra={"project": where, "error": str(err)})
+
+
+def _succeeded(cu: CatchUp, what: str, where: str) -> None:
+    """What failed there before is news again when it fails next."""
+    cu._failing.pop((what, where), None)
 
 
 def run_forever(cu: CatchUp, stop: threading.Event,
