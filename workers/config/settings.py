@@ -6,7 +6,7 @@ fault and the reason; the YAML file of routes and templates is workers.config.co
 import hashlib
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic import ValidationInfo, field_validator, model_validator
@@ -346,6 +346,14 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError("cannot be read as a Redis URL (redis://[[user]:password@]host"
                              "[:port][/db]); percent-encode / : @ # ? in a password") from None
+        # redis-py takes a path that is no number ("/1x", "/ci", "/l" for "/1") as no database
+        # at all (parse_url: int() in try/except ValueError: pass), and every process used
+        # database 0, beside whatever else keeps its keys there. A database is SELECT's index.
+        if not value.startswith("unix://"):
+            path = unquote(urlsplit(value).path).replace("/", "")
+            if path and not path.strip().lstrip("+").isdigit():  # what int() takes
+                raise ValueError("the database after host[:port]/ must be a number, such as "
+                                 "/0 (redis://[[user]:password@]host[:port][/db])")
         return value
 
     @field_validator(*HTTP_URL_FIELDS)
