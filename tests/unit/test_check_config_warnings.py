@@ -125,3 +125,18 @@ def test_the_example_warns_only_that_its_docker_template_needs_a_privileged_name
     [warning] = warnings_of(check_config(EXAMPLE_CONFIG))
     assert "templates.maven-docker: its pods need a namespace whose Pod Security level is " \
            "privileged" in warning
+
+
+@pytest.mark.parametrize("given", [".inf", '"NaN"', '"1_000Mi"'])
+def test_a_size_no_quantity_is_refused_naming_the_field_not_a_traceback(tmp_path, given):
+    """`max: .inf` (YAML's infinity) or "NaN": check-config (and every process loading the
+    file) ended in an OverflowError or decimal.InvalidOperation traceback, exit 1."""
+    path = tmp_path / "sizes.yaml"
+    path.write_text('routes:\n  - {project: "*", ref: "refs/*", job: build, template: small}\n'
+                    "templates:\n  small:\n    cpu: {min: 500m, default: 1, max: 2}\n"
+                    f"    memory: {{min: 256Mi, default: 512Mi, max: {given}}}\n")
+    result = check_config(path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {path}:6: templates.small.memory.max: not a "
+                                    "quantity"), result.stderr
