@@ -504,8 +504,18 @@ class Settings(BaseSettings):
     def _reference_shape(self) -> "Settings":
         if (self.reference_node_cpu is None) != (self.reference_node_memory is None):
             raise ValueError("CI_AUTOSCALER_REFERENCE_NODE_CPU and _MEMORY go together")
-        if self.reference_node_cpu is not None:
-            cpu_millis(self.reference_node_cpu), memory_bytes(self.reference_node_memory)
+        # each by name, and more than nothing: a quantity's error named no variable, and a
+        # node of 0 CPU was taken as the shape every node needed was counted in
+        for name, value, read in (("CPU", self.reference_node_cpu, cpu_millis),
+                                  ("MEMORY", self.reference_node_memory, memory_bytes)):
+            if value is not None:
+                try:
+                    amount = read(value)
+                except ValueError as err:
+                    raise ValueError(f"CI_AUTOSCALER_REFERENCE_NODE_{name}: {err}") from None
+                if amount <= 0:
+                    raise ValueError(f"CI_AUTOSCALER_REFERENCE_NODE_{name}: must be more "
+                                     f"than 0, not {value!r}")
         return self
 
     @property
