@@ -1,9 +1,10 @@
 """CI_AUTOSCALER_REFERENCE_NODE_CPU/_MEMORY, the node shape `nodes_needed` counts in (README):
-a value that is no quantity, or none at all, refused when the settings load, naming it."""
+a value that is no quantity, or none at all, refused when the settings load, naming it; and no
+setting of seconds or a ratio infinite or NaN."""
 
 import pytest
 
-from workers.config.settings import load_settings
+from workers.config.settings import Settings, load_settings
 from workers.core.errors import ConfigError
 
 
@@ -28,3 +29,20 @@ def test_a_reference_node_of_no_size_is_refused_naming_the_variable(monkeypatch,
         load_settings()
     [problem] = err.value.problems
     assert problem.startswith(says), problem
+
+
+FLOAT_SETTINGS = [name for name, field in Settings.model_fields.items()
+                  if field.annotation is float]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+def test_no_setting_in_seconds_or_ratios_is_infinite_or_nan(monkeypatch, name, value):
+    """CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS=inf loaded, and each gunicorn worker died making
+    its Redis client (OverflowError: cannot convert float infinity to integer), exit 3; the
+    other seconds and ratios alike. Refused at load, naming the variable."""
+    variable = Settings.model_fields[name].validation_alias.choices[0]
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert any(p.startswith(f"{variable}: ") for p in err.value.problems), err.value.problems

@@ -71,7 +71,11 @@ class Settings(BaseSettings):
     # outside load_settings) quoted the value, a REDIS_URL with its password, and for a
     # model-wide check every variable read, tokens and all (pydantic's `input_value=`).
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", populate_by_name=True,
-                                      hide_input_in_errors=True)
+                                      hide_input_in_errors=True,
+                                      # "inf" and "nan" are floats to pydantic: an infinite
+                                      # CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS crashed every
+                                      # gunicorn worker (OverflowError), exit 3
+                                      allow_inf_nan=False)
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
     jenkins_url: str = Field("", validation_alias=_env("JENKINS_URL"))
