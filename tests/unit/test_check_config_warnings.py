@@ -140,3 +140,19 @@ def test_a_size_no_quantity_is_refused_naming_the_field_not_a_traceback(tmp_path
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: {path}:6: templates.small.memory.max: not a "
                                     "quantity"), result.stderr
+
+
+@pytest.mark.parametrize("given", [".inf", ".nan"])
+def test_a_cpu_limit_factor_not_finite_is_refused_naming_the_field(tmp_path, given):
+    """cpuLimitFactor: .inf passed its ge=1 and ended check-config in an OverflowError
+    traceback (the limit in millicores), exit 1."""
+    path = tmp_path / "factor.yaml"
+    path.write_text('routes:\n  - {project: "*", ref: "refs/*", job: build, template: small}\n'
+                    f"templates:\n  small:\n    cpuLimitFactor: {given}\n"
+                    "    cpu: {min: 500m, default: 1, max: 2}\n"
+                    "    memory: {min: 256Mi, default: 512Mi, max: 1Gi}\n")
+    result = check_config(path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {path}:5: templates.small.cpuLimitFactor: "), \
+        result.stderr

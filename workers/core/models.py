@@ -40,8 +40,10 @@ OS_LABEL = "kubernetes.io/os"
 
 
 class _Model(BaseModel):
+    # allow_inf_nan: YAML's .inf and .nan are floats; cpuLimitFactor: .inf was a traceback
+    # (OverflowError) of check-config and of every process loading the file
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
-                              frozen=True)
+                              frozen=True, allow_inf_nan=False)
 
 
 class CpuRange(_Model):
