@@ -156,3 +156,19 @@ def test_a_cpu_limit_factor_not_finite_is_refused_naming_the_field(tmp_path, giv
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: {path}:5: templates.small.cpuLimitFactor: "), \
         result.stderr
+
+
+@pytest.mark.parametrize("name", ["", "A=B", "CAF\u00c9"])
+def test_an_env_name_kubernetes_refuses_is_refused_naming_the_template(tmp_path, name):
+    """A template's env var named "" or "A=B" loaded, and the API server refused every build's
+    pod (Pod spec...env[0].name: Invalid value; apimachinery IsEnvVarName and its relaxed
+    form both refuse '=' and an empty name)."""
+    path = tmp_path / "env.yaml"
+    path.write_text('routes:\n  - {project: "*", ref: "refs/*", job: build, template: small}\n'
+                    "templates:\n  small:\n    cpu: {min: 500m, default: 1, max: 2}\n"
+                    "    memory: {min: 256Mi, default: 512Mi, max: 1Gi}\n"
+                    f'    env: {{"{name}": "x"}}\n')
+    result = check_config(path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {path}:7: templates.small.env"), result.stderr
+    assert "not a name Kubernetes takes" in result.stderr
