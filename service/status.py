@@ -34,6 +34,7 @@ from workers.adapters.pass_store import Passes, PassStore
 from workers.adapters.redis_state import AGENT_PHASE_OF, BuildStatus
 from workers.adapters.warm_store import WarmStore
 from workers.core.commit_status import redact
+from workers.core.redaction import URL_USERINFO
 from workers.core.errors import RetryableError
 from workers.core.image_pulls import PULL_AGENT_FIELD, PULL_ERROR_FIELD, PULL_SINCE_FIELD
 from workers.core.stages import FIELD, current
@@ -194,7 +195,9 @@ class Page:
 
 class Scrub:
     """Blanks the settings' secrets out of any text (webhook tokens, the signing token, and
-    whatever other secret this process was given, such as a Jenkins API token)."""
+    whatever other secret this process was given, such as a Jenkins API token), and a URL's
+    user:password@ (core.redaction): a wait_detail quoting a Jenkins or proxy URL given with
+    one showed the password, which no setting names (REDIS_URL's is not a secret value)."""
 
     def __init__(self, secrets: Iterable[str]):
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
@@ -202,7 +205,7 @@ class Scrub:
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, HIDDEN)
-        return text
+        return URL_USERINFO.sub("[redacted]@", text)  # as core.redaction words it
 
 
 def secrets_of(ctx: WebContext) -> Scrub:

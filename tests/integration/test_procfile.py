@@ -249,3 +249,21 @@ def test_the_web_warns_once_when_redis_has_not_the_database_its_url_names(own_re
     _, records = _started_and_stopped_on(own_redis.url.rsplit("/", 1)[0] + "/16", tmp_path)
     assert [(r["level"], r["error"]) for r in records if r["msg"].startswith(
         "Redis refuses what REDIS_URL asks of it")] == [("warning", "DB index is out of range")]
+
+
+def test_the_worker_line_refuses_a_redis_url_whose_database_is_no_number(redis_url, tmp_path):
+    """`REDIS_URL=redis://host:6379/l` (an l for a 1) or `/ci`: redis-py reads a path that is
+    no number as no database (parse_url swallows int()'s ValueError), so the worker ran on
+    database 0, beside whatever else keeps its keys there, and said nothing. Refused at once,
+    naming the variable, as a URL redis-py cannot read is."""
+    env = web_env(redis_url.rsplit("/", 1)[0] + "/l",
+                  JENKINS_URL="http://127.0.0.1:1", JENKINS_USER="ci", JENKINS_API_TOKEN="t",
+                  KUBECONFIG=str(tmp_path / "none"))
+    try:
+        result = subprocess.run(["sh", "-c", _procfile_line("worker")], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"the worker runs on database 0: {err.stderr!r:.1500}") from None
+    assert result.returncode == 2, result.stderr[-1500:]
+    assert "error: REDIS_URL: the database after host[:port]/ must be a number" in result.stderr
+    assert "Traceback" not in result.stderr

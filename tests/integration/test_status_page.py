@@ -287,3 +287,24 @@ def test_a_short_token_is_blanked_in_the_data_and_leaves_the_page_whole(redis_ur
     assert _Tags(html).tags == _Tags(expected).tags
     assert "[hidden]-fix" in html
     assert f"{token}-fix" not in html and escape(f"{token}-fix") not in html  # as printed
+
+
+def test_a_password_in_a_url_of_a_wait_detail_is_never_on_the_page(redis_url):
+    """Jenkins' or the cluster's reason a build waits is shown as it was told (wait_detail),
+    blanked of the configured secrets only: a URL in it with a user:password@ (a Jenkins URL
+    given as https://user:token@host, an agent URL, a proxy's) showed the password to whoever
+    reads /status. The page drops it as the commit status and the cut fields do
+    (core.redaction)."""
+    app = make_app(redis_url)
+    detail = ("Waiting for next available executor: agent could not reach "
+              "https://ci-bot:wait-s3cret-pw@jenkins.example.com/computer/agent-1/")
+    ctx = app.extensions["ci_autoscaler"]
+    ctx.state.update_build("status-url-password", status="waiting", project="team/app",
+                           ref="refs/heads/main", job="build", template="small",
+                           wait_reason="cap", wait_detail=detail, parked_at="1")
+    ctx.capacity.add_waiting("status-url-password", 1.0)
+    answer = app.test_client().get("/status")
+    html = answer.get_data(as_text=True)
+    assert answer.status_code == 200
+    assert "jenkins.example.com/computer/agent-1/" in html  # the detail is on the page
+    assert "wait-s3cret-pw" not in html and "ci-bot:" not in html

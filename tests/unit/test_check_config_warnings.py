@@ -125,3 +125,50 @@ def test_the_example_warns_only_that_its_docker_template_needs_a_privileged_name
     [warning] = warnings_of(check_config(EXAMPLE_CONFIG))
     assert "templates.maven-docker: its pods need a namespace whose Pod Security level is " \
            "privileged" in warning
+
+
+@pytest.mark.parametrize("given", [".inf", '"NaN"', '"1_000Mi"'])
+def test_a_size_no_quantity_is_refused_naming_the_field_not_a_traceback(tmp_path, given):
+    """`max: .inf` (YAML's infinity) or "NaN": check-config (and every process loading the
+    file) ended in an OverflowError or decimal.InvalidOperation traceback, exit 1."""
+    path = tmp_path / "sizes.yaml"
+    path.write_text('routes:\n  - {project: "*", ref: "refs/*", job: build, template: small}\n'
+                    "templates:\n  small:\n    cpu: {min: 500m, default: 1, max: 2}\n"
+                    f"    memory: {{min: 256Mi, default: 512Mi, max: {given}}}\n")
+    result = check_config(path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {path}:6: templates.small.memory.max: not a "
+                                    "quantity"), result.stderr
+
+
+@pytest.mark.parametrize("given", [".inf", ".nan"])
+def test_a_cpu_limit_factor_not_finite_is_refused_naming_the_field(tmp_path, given):
+    """cpuLimitFactor: .inf passed its ge=1 and ended check-config in an OverflowError
+    traceback (the limit in millicores), exit 1."""
+    path = tmp_path / "factor.yaml"
+    path.write_text('routes:\n  - {project: "*", ref: "refs/*", job: build, template: small}\n'
+                    f"templates:\n  small:\n    cpuLimitFactor: {given}\n"
+                    "    cpu: {min: 500m, default: 1, max: 2}\n"
+                    "    memory: {min: 256Mi, default: 512Mi, max: 1Gi}\n")
+    result = check_config(path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {path}:5: templates.small.cpuLimitFactor: "), \
+        result.stderr
+
+
+@pytest.mark.parametrize("name", ["", "A=B", "CAF\u00c9"])
+def test_an_env_name_kubernetes_refuses_is_refused_naming_the_template(tmp_path, name):
+    """A template's env var named "" or "A=B" loaded, and the API server refused every build's
+    pod (Pod spec...env[0].name: Invalid value; apimachinery IsEnvVarName and its relaxed
+    form both refuse '=' and an empty name)."""
+    path = tmp_path / "env.yaml"
+    path.write_text('routes:\n  - {project: "*", ref: "refs/*", job: build, template: small}\n'
+                    "templates:\n  small:\n    cpu: {min: 500m, default: 1, max: 2}\n"
+                    "    memory: {min: 256Mi, default: 512Mi, max: 1Gi}\n"
+                    f'    env: {{"{name}": "x"}}\n')
+    result = check_config(path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {path}:7: templates.small.env"), result.stderr
+    assert "not a name Kubernetes takes" in result.stderr

@@ -94,10 +94,17 @@ def test_memory_quantities(text, nbytes):
     assert memory_bytes(text) == nbytes
 
 
-@pytest.mark.parametrize("bad", ["", "abc", "-1", "1Zi", None, "1.2.3"])
+@pytest.mark.parametrize("bad", ["", "abc", "-1", "1Zi", None, "1.2.3",
+                                 # Decimal() takes these; the API server's Quantity does not
+                                 # (apimachinery resource.Quantity's grammar), and NaN and the
+                                 # infinities were a traceback (InvalidOperation, OverflowError)
+                                 "NaN", "nan", "Infinity", float("inf"), float("nan"),
+                                 "1_000Mi", "2 Gi", "\uff11Gi"])
 def test_bad_quantities_are_refused(bad):
     with pytest.raises(ValueError):
         cpu_millis(bad)
+    with pytest.raises(ValueError):
+        memory_bytes(bad)
 
 
 @given(st.integers(min_value=1, max_value=10**7))

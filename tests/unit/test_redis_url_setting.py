@@ -22,6 +22,9 @@ def test_a_redis_url_redis_py_takes_is_taken(monkeypatch, url):
     # An unencoded "/" in the password: the rest reads as a port that is no number.
     ("redis://:pa/ss-w0rd-9f2@redis:6379/0", "cannot be read"),
     ("redis://redis:63x79/0", "cannot be read"),
+    # redis-py reads a path that is no number as database 0, silently
+    ("redis://:ss-w0rd@redis:6379/l", "the database after host[:port]/ must be a number"),
+    ("redis://redis:6379/ci", "the database after host[:port]/ must be a number"),
 ])
 def test_a_malformed_redis_url_is_refused_naming_the_variable_not_its_value(
         monkeypatch, url, reason):

@@ -6,7 +6,7 @@ fault and the reason; the YAML file of routes and templates is workers.config.co
 import hashlib
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic import ValidationInfo, field_validator, model_validator
@@ -71,7 +71,11 @@ class Settings(BaseSettings):
     # outside load_settings) quoted the value, a REDIS_URL with its password, and for a
     # model-wide check every variable read, tokens and all (pydantic's `input_value=`).
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", populate_by_name=True,
-                                      hide_input_in_errors=True)
+                                      hide_input_in_errors=True,
+                                      # "inf" and "nan" are floats to pydantic: an infinite
+                                      # CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS crashed every
+                                      # gunicorn worker (OverflowError), exit 3
+                                      allow_inf_nan=False)
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
     jenkins_url: str = Field("", validation_alias=_env("JENKINS_URL"))
@@ -346,6 +350,14 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError("cannot be read as a Redis URL (redis://[[user]:password@]host"
                              "[:port][/db]); percent-encode / : @ # ? in a password") from None
+        # redis-py takes a path that is no number ("/1x", "/ci", "/l" for "/1") as no database
+        # at all (parse_url: int() in try/except ValueError: pass), and every process used
+        # database 0, beside whatever else keeps its keys there. A database is SELECT's index.
+        if not value.startswith("unix://"):
+            path = unquote(urlsplit(value).path).replace("/", "")
+            if path and not path.strip().lstrip("+").isdigit():  # what int() takes
+                raise ValueError("the database after host[:port]/ must be a number, such as "
+                                 "/0 (redis://[[user]:password@]host[:port][/db])")
         return value
 
     @field_validator(*HTTP_URL_FIELDS)
@@ -496,8 +508,18 @@ class Settings(BaseSettings):
     def _reference_shape(self) -> "Settings":
         if (self.reference_node_cpu is None) != (self.reference_node_memory is None):
             raise ValueError("CI_AUTOSCALER_REFERENCE_NODE_CPU and _MEMORY go together")
-        if self.reference_node_cpu is not None:
-            cpu_millis(self.reference_node_cpu), memory_bytes(self.reference_node_memory)
+        # each by name, and more than nothing: a quantity's error named no variable, and a
+        # node of 0 CPU was taken as the shape every node needed was counted in
+        for name, value, read in (("CPU", self.reference_node_cpu, cpu_millis),
+                                  ("MEMORY", self.reference_node_memory, memory_bytes)):
+            if value is not None:
+                try:
+                    amount = read(value)
+                except ValueError as err:
+                    raise ValueError(f"CI_AUTOSCALER_REFERENCE_NODE_{name}: {err}") from None
+                if amount <= 0:
+                    raise ValueError(f"CI_AUTOSCALER_REFERENCE_NODE_{name}: must be more "
+                                     f"than 0, not {value!r}")
         return self
 
     @property

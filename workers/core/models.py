@@ -40,8 +40,10 @@ OS_LABEL = "kubernetes.io/os"
 
 
 class _Model(BaseModel):
+    # allow_inf_nan: YAML's .inf and .nan are floats; cpuLimitFactor: .inf was a traceback
+    # (OverflowError) of check-config and of every process loading the file
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
-                              frozen=True)
+                              frozen=True, allow_inf_nan=False)
 
 
 class CpuRange(_Model):
@@ -221,6 +223,18 @@ class PodTemplate(_Model):
     # Extended resources for the build container, e.g. {"nvidia.com/gpu": 1}: requested and
     # limited alike; the pod goes only to nodes that have them free (core.fit).
     resources: dict[str, int] = {}
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        # The API server refuses a pod whose env var name is empty or has '=' (or any
+        # character but printable ASCII): k8s.io/apimachinery validation IsEnvVarName, and
+        # the relaxed IsRelaxedEnvVarName alike. Loaded, every build's pod was a 422.
+        for name in value:
+            if not name or "=" in name or not (name.isascii() and name.isprintable()):
+                raise ValueError(f"{name!r}: not a name Kubernetes takes for an environment "
+                                 "variable (printable ASCII, no '=')")
+        return value
 
     @field_validator("ephemeral_storage", mode="before")
     @classmethod

@@ -1,17 +1,26 @@
 """Kubernetes resource quantities ("500m", "2Gi", "1.5") as numbers, and back."""
 
+import re
 from decimal import Decimal, InvalidOperation
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
             "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12),
             "P": Decimal(10**15), "E": Decimal(10**18)}
+# The number a quantity starts with, as Kubernetes reads it (apimachinery resource.Quantity:
+# <signedNumber> ::= <sign><digits> | <digits>.<digits> ... and the decimal exponent e<n>),
+# ASCII digits only. Decimal() took "NaN" (a traceback from the comparison below), "Infinity",
+# "1_000", "2 " (of "2 Gi") and non-ASCII digits, none of which the API server takes.
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 def parse_quantity(text: str | int | float) -> Decimal:
     """The value of a Kubernetes quantity, in base units (cores, bytes)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return Decimal(str(text))
+        number = Decimal(str(text))
+        if not number.is_finite():  # YAML's .inf and .nan: an OverflowError traceback later
+            raise ValueError(f"not a quantity: {text!r}")
+        return number
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"not a quantity: {text!r}")
     s = text.strip()
@@ -21,6 +30,8 @@ def parse_quantity(text: str | int | float) -> Decimal:
             break
     else:
         number, factor = s, Decimal(1)
+    if not _NUMBER.fullmatch(number):
+        raise ValueError(f"not a quantity: {text!r}")
     try:
         value = Decimal(number) * factor
     except InvalidOperation:
