@@ -30,10 +30,19 @@ from gunicorn import util
 from workers.core.redaction import redact
 
 HIDDEN = "[not shown: a query may hold a token]"
+HIDDEN_TOKEN = "[not shown: a token]"
 # str() of gunicorn.http.errors.InvalidRequestLine and InvalidHTTPVersion, as handle_error
 # puts them after "Invalid request from ip=<address>: "
 _REQUEST_LINE = re.compile(r"(Invalid HTTP request line: )(.)([^?]*)\?.*$", re.S)
 _VERSION = re.compile(r"(Invalid HTTP Version: ).*$", re.S)
+# str() of InvalidHeader and InvalidHeaderName: a header line without its ':' is quoted whole
+# (gunicorn.http.message: `raise InvalidHeader(curr)`), a name with a space up to the ':'
+# (InvalidHeaderName): "X-Gitlab-Token <token>" put the token in the log. What follows a token
+# header's name is hidden.
+_HEADER_LINE = re.compile(r"(Invalid HTTP [Hh]eader(?: name)?: (['\"])(?:%s))[^\w-].*?(\2)$"
+                          % "|".join(re.escape(name) for name in (
+                              "x-gitlab-token", "x-jenkins-token", "authorization")),
+                          re.S | re.I)
 
 
 # The request headers that carry a token (X-Gitlab-Token, X-Jenkins-Token, and a proxy's or a
@@ -68,7 +77,7 @@ def hidden_atoms(atoms: dict[str, Any], environ: dict[str, Any],
     for name in ("U", "{path_info}e", "{raw_uri}e"):
         atoms[name] = _uri(atoms.get(name) or "", secrets)
     for name in _HIDDEN_ATOMS & atoms.keys():
-        atoms[name] = "[not shown: a token]"
+        atoms[name] = HIDDEN_TOKEN
     return {name: redact(value, secrets) if isinstance(value, str) else value
             for name, value in atoms.items()}
 
@@ -83,7 +92,9 @@ class QueryHidden(logging.Filter):
         if isinstance(record.msg, str) and record.msg.startswith("Invalid request from ip="):
             text = record.getMessage()
             text = _REQUEST_LINE.sub(lambda m: f"{m[1]}{m[2]}{m[3]}?{HIDDEN}{m[2]}", text)
-            record.msg, record.args = _VERSION.sub(rf"\g<1>{HIDDEN}", text), ()
+            text = _HEADER_LINE.sub(rf"\g<1> {HIDDEN_TOKEN}\g<3>", text)
+            record.msg = redact(_VERSION.sub(rf"\g<1>{HIDDEN}", text), self.secrets)
+            record.args = ()
         elif isinstance(record.msg, str) and record.msg.startswith("Error handling request") \
                 and isinstance(record.args, tuple) and record.args:
             record.args = (*record.args[:-1], _uri(record.args[-1], self.secrets))

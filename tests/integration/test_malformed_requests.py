@@ -152,6 +152,24 @@ def test_a_request_gunicorn_refuses_is_answered_a_json_reason_without_what_was_s
     assert GITLAB_TOKEN.encode() not in body and JENKINS_TOKEN.encode() not in body, body
 
 
+@pytest.mark.parametrize("line", [
+    b"X-Gitlab-Token " + GITLAB_TOKEN.encode(),  # no colon: the line is quoted whole
+    b"X-Gitlab-Token " + GITLAB_TOKEN.encode() + b": x",  # a name with a space
+    b"x-jenkins-token\t" + JENKINS_TOKEN.encode(),
+], ids=["no-colon", "name-with-space", "jenkins-tab"])
+def test_a_refused_header_line_is_logged_without_its_token(web, line):
+    """gunicorn logs a header line it cannot read quoted ("Invalid request from ip=...:
+    Invalid HTTP Header: 'X-Gitlab-Token <token>'", gunicorn.http.message: InvalidHeader(curr),
+    InvalidHeaderName(name)): the answer said nothing of it, the web's log showed the token."""
+    reply = _send(web.port, HEAD + line + b"\r\n\r\n", b"{}")
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
+    name = line.split()[0].decode()  # logged before the answer is written (handle_error)
+    refused = [l for l in web.log.read_text(errors="replace").splitlines()
+               if "Invalid request from" in l]
+    assert any(f"{name} [not shown: a token]" in l for l in refused), refused  # still logged
+    assert all(GITLAB_TOKEN not in l and JENKINS_TOKEN not in l for l in refused), refused
+
+
 # Every atom of gunicorn's access log (gunicorn.glogging.Logger.atoms) that holds the query or
 # a token header: the request line, the query, the environ's URI and query, the token headers.
 ACCESS_FORMAT = ("%(r)s|%(U)s|%({path_info}e)s|%(q)s|%({raw_uri}e)s|%({query_string}e)s|%({x-gitlab-token}i)s|"

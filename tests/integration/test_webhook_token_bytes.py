@@ -24,7 +24,7 @@ def web(tmp_path_factory, redis_server):
     env = web_env(redis_server.url, CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1",
                   GITLAB_WEBHOOK_TOKEN=TOKEN, JENKINS_WEBHOOK_TOKEN=TOKEN)
     with web_process(GUNICORN, env, port, tmp / "web.log") as proc:
-        proc.port = port
+        proc.port, proc.log = port, tmp / "web.log"
         yield proc
 
 
@@ -69,3 +69,18 @@ def test_a_jenkins_token_of_non_ascii_characters_is_taken_in_its_header_and_its_
     status, answer = _post(web.port, "/webhooks/jenkins", note,
                            {"X-Jenkins-Token": TOKEN[:-1].encode()})
     assert status == 401, answer
+
+
+def test_a_token_of_non_ascii_characters_in_a_hook_urls_path_is_not_logged(web):
+    """A token put in the hook's path (`/webhooks/gitlab/<token>`) is a 404, logged with its
+    path redacted with the settings' secrets (service.edge.log_rejection). gunicorn gives the
+    path as its UTF-8 bytes read as latin-1 (PEP 3333), which the token's own text never
+    matched: the log showed it ("Schl\u00c3\u00bcssel...")."""
+    path = "/webhooks/gitlab/" + "".join(
+        c if c.isascii() else "".join(f"%{b:02X}" for b in c.encode()) for c in TOKEN)
+    status, answer = _post(web.port, path, b"{}", {})
+    assert status == 404, answer
+    rejected = [line for line in web.log.read_text().splitlines()
+                if "webhook rejected" in line and "/webhooks/gitlab/" in line]
+    assert rejected and all("[redacted]" in line for line in rejected), rejected
+    assert not any("ssel-f" in line or "Stra" in line for line in rejected), rejected

@@ -431,10 +431,15 @@ class Settings(BaseSettings):
     def secret_values(self) -> tuple[str, ...]:
         """Every SecretStr setting's value, to blank out of a text shown (the status page, a
         GitLab commit status). Not REDIS_URL's password: a URL's user:password@ is redacted as
-        a URL (core.redaction), and a short one blanked everywhere took words out of texts."""
-        values = [getattr(self, name) for name in type(self).model_fields]
-        return tuple(v.get_secret_value() for v in values
-                     if isinstance(v, SecretStr) and v.get_secret_value())
+        a URL (core.redaction), and a short one blanked everywhere took words out of texts.
+        A secret of non-ASCII characters comes also as a WSGI server's text holds what was sent
+        (PEP 3333: its UTF-8 bytes read as latin-1; a path's, a header's): the 404 of a hook
+        URL with the token in its path logged it so, where its own form matched nothing."""
+        values = [v.get_secret_value() for v in (getattr(self, name)
+                                                 for name in type(self).model_fields)
+                  if isinstance(v, SecretStr) and v.get_secret_value()]
+        sent = (v.encode("utf-8", "surrogateescape").decode("latin-1") for v in values)
+        return (*values, *(v for v in sent if v not in values))
 
     def __repr_args__(self):  # type: ignore[no-untyped-def]
         # The SecretStr settings show as '**********'; REDIS_URL's password likewise.
