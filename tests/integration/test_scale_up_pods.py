@@ -4,6 +4,8 @@ scheduler binds one, it is deleted and the builds are placed on the new node
 (workers.engine.scale_up). Real redis-server, kmock over HTTP (the scheduler's binding played through
 the API), the Jenkins fake."""
 
+import threading
+
 import kubernetes
 import pytest
 
@@ -12,10 +14,12 @@ from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.integration.test_reconcile_repairs import state_of
 from tests.support.app import one_template_config, production_env, work
+from tests.support.fault_proxy import FaultProxy
+from tests.support.kmock_cluster import _write_kubeconfig
 from tests.support.monitoring import wait_until
 from service.app import create_app
 from workers import runtime
-from workers.engine import reconcile, scale_up
+from workers.engine import reconcile, redrive, scale_up
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL
 from workers.core.quantity import cpu_millis, memory_bytes
 from workers.core.scale_up import SCALE_UP_VALUE
@@ -412,3 +416,44 @@ def test_a_setup_step_bigger_than_the_pod_is_in_its_scale_up_pod(
         assert scheduler_count(pods[key]["spec"]) >= 9 * 1024 ** 3, pods[key]["spec"]
     finally:
         runtime.install(None)
+
+
+def test_a_build_placed_while_its_scale_up_pod_is_made_is_left_no_pause_pod(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """The sync reads the builds that wait, then makes their pods: a build a worker placed
+    between the two (its give_way finding no scale-up pod yet to delete) got a pause pod after
+    its agent's, Pending until the next pass: time enough for a cluster autoscaler to add a
+    node for nothing (it scans every 10 s; REALITY.md, "Autoscalers"). Seen in a burst under
+    load (test_issue19_operator: a scale-up pod made after every build had ended)."""
+    proxy = FaultProxy(kube.url, ratio=0.0, seed=0, kubernetes=True).start()
+    try:
+        kubeconfig = tmp_path / "kubeconfig"
+        _write_kubeconfig(kubeconfig, proxy.url)
+        app = make_app(monkeypatch, tmp_path, redis_url, kube, jenkins_fake,
+                       KUBECONFIG=str(kubeconfig))
+        keys = [push(app.test_client(), i) for i in range(4)]
+        work(app)
+        waiting = waiting_for_room(app, keys)
+        assert len(waiting) >= 2
+        rt = runtime.current()
+        # the sync's first create held on its way to the API server, the builds placed meanwhile
+        arrived, release = proxy.hold_next("POST", f"/api/v1/namespaces/{NAMESPACE}/pods")
+        made: dict = {}
+        sync = threading.Thread(target=lambda: made.update(scale_up.sync(rt)))
+        sync.start()
+        try:
+            assert arrived.wait(30)
+            kube.create_node("node-b", cpu="8", memory="32Gi", **CI_POOL)
+            assert redrive.request_redrive(rt)
+            work(app)
+            placed = [k for k in waiting if state_of(app).get_build(k)["status"] == "triggered"]
+            assert placed == waiting, [state_of(app).get_build(k) for k in waiting]
+        finally:
+            release.set()
+            sync.join(30)
+        assert made["scale_up_pods_created"] >= 1  # the held one did reach the API server
+        assert scale_up_pods(kube) == {}
+        assert exported(app, "ci_autoscaler_scale_up_pods ") == 0
+    finally:
+        runtime.install(None)
+        proxy.stop()

@@ -561,6 +561,13 @@ class CapacityStore:
     def waiting(self) -> list[str]:
         return [_s(k) for k in self.redis.zrange(self._k("waiting"), 0, -1)]
 
+    def still_waiting(self, keys: list[str]) -> set[str]:
+        """Which of `keys` wait now, in one round trip."""
+        if not keys:
+            return set()
+        scores = self.redis.zmscore(self._k("waiting"), keys)
+        return {key for key, score in zip(keys, scores) if score is not None}
+
     def waiting_first(self, count: int) -> tuple[int, list[str]]:
         """(how many builds wait, the `count` that have waited longest, longest first): two
         reads in one round trip, whatever the number waiting (the status page's; plain reads,
