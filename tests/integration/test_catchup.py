@@ -509,6 +509,25 @@ def test_a_5xx_asking_for_an_hour_ends_the_pass_instead_of_waiting(redis_url, gi
     assert results[0]["projects_failed"] == 1, results
 
 
+@pytest.mark.parametrize("ahead, served", [(3600, False), (2, True)])
+def test_a_5xx_asking_to_retry_at_a_date_is_waited_or_left_for_a_later_pass(
+        redis_url, gitlab_fake, ahead, served):
+    """A front's maintenance page may say when to come back as an HTTP-date (RFC 9110 10.2.3
+    allows it): python-gitlab reads Retry-After with int() (gitlab.utils.Retry), and its
+    ValueError escaped the catch-up's error handling: no project counted, the pass logged
+    as "ValueError: invalid literal for int()". Read as the seconds it means: an hour ends the
+    pass, as a Retry-After of 3600 does; two seconds are waited, and the call served."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + ahead))
+    gitlab_fake.outage(1 if served else 60, status=503, retry_after=when,
+                       retry_after_on_5xx=True)
+    result = catchup.catch_up_once(cu)
+    if served:
+        assert result["projects"] == 5 and not catchup.pass_failed(result), result
+    else:
+        assert result == {"projects_failed": 1}, result
+
+
 def test_a_5xx_with_rate_limit_headers_is_retried_soon_not_at_the_quotas_reset(
         redis_url, gitlab_fake):
     """GitLab.com puts RateLimit-* on every answer, a 500 too; python-gitlab sends a 500

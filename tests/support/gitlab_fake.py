@@ -221,7 +221,7 @@ class GitLabFake:
         self._limit: tuple[int, int] | None = None
         self._window: tuple[int, int] = (0, 0)  # (window start, requests counted)
         self._throttled: list[int] = []  # Retry-After of the next 429s to answer
-        self._outage: tuple[float, int, int] | None = None  # (until, status, Retry-After)
+        self._outage: tuple[float, int, int | str] | None = None  # (until, status, Retry-After)
         self.stall_seconds = 0.0  # see stall
         self._retry_after_on_5xx = False  # see outage
         self.url_allowlist: frozenset[str] | None = None  # see deny_requests_except
@@ -474,11 +474,12 @@ class GitLabFake:
         with self._lock:
             self._throttled += [retry_after] * count
 
-    def outage(self, seconds: float, status: int = 500, retry_after: int = 60, *,
+    def outage(self, seconds: float, status: int = 500, retry_after: int | str = 60, *,
                retry_after_on_5xx: bool = False) -> None:
         """Every request for the next `seconds` is answered `status` (500 or 429); with
         `retry_after_on_5xx`, a 5xx carries `Retry-After` too, as a front's maintenance page
-        may (a 503 "come back in an hour": RFC 9110 10.2.3 lets a 503 say when)."""
+        may (a 503 "come back in an hour": RFC 9110 10.2.3 lets a 503 say when, in seconds or
+        as an HTTP-date: `retry_after` a string)."""
         with self._lock:
             self._outage = (time.monotonic() + seconds, status, retry_after)
             self._retry_after_on_5xx = retry_after_on_5xx
