@@ -609,6 +609,20 @@ def test_two_slow_repositories_side_by_side_do_not_end_every_pass(redis_url, git
     assert result["queued"] == 1
 
 
+def test_every_repository_too_slow_to_list_ends_the_pass_though_hooks_are_served(
+        redis_url, gitlab_fake):
+    """Gitaly overloaded while Puma serves: every listing runs out of time (the front's 504,
+    or our 10 s read timeout, four times a call with python-gitlab's retries), every
+    project's hooks (a database read) served. Each served hook counted as GitLab serving, so
+    the pass went on through every project, 40 s each: 11 hours for 1,000 projects, holding
+    the lease and adding to Gitaly's load, which is what ending a pass on an overloaded
+    GitLab was for. Two slow repositories side by side are theirs; a third in a row ends it."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    for path in FIVE_PROJECTS:
+        gitlab_fake.fail_project(path, 504, under="repository/")
+    assert catchup.catch_up_once(cu) == {"projects_failed": 3, "hooks_disabled": 0}
+
+
 def test_repositories_all_unavailable_end_the_pass_though_hooks_are_served(redis_url,
                                                                           gitlab_fake):
     """Gitaly away while Puma serves: every listing answered 503, every project's hooks (a
