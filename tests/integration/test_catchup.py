@@ -23,6 +23,7 @@ from tests.support.redis_server import free_port
 from workers.engine import catchup
 from workers.adapters import gitlab as gitlab_api
 from workers.config.config_file import parse_file_config
+from workers.core.errors import PermanentError
 from workers.core.keys import build_key
 from workers.core.models import EventKind
 from workers.core.routing import Push, route_push
@@ -391,6 +392,19 @@ def test_a_project_failing_alike_every_pass_is_logged_as_an_error_once(world, gi
     project.outsiders.add(gitlab_fake.token)
     catchup.catch_up_once(cu)
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 2
+
+
+def test_what_failed_is_remembered_for_so_many_projects_at_most(world):
+    """The failures remembered for logging each once stayed for every project that ever
+    failed: renamed, deleted and unlisted projects' too, for the life of the process. The
+    oldest are forgotten past FAILING_REMEMBERED (logged again once, if they fail again)."""
+    app, state, new_catch_up = world
+    cu = new_catch_up()
+    err = PermanentError("GitLab answered 404: 404 Project Not Found")
+    for n in range(catchup.FAILING_REMEMBERED + 10):
+        catchup._failed(cu, "catch-up of a project failed", f"team/p{n}", err)
+    assert len(cu._failing) == catchup.FAILING_REMEMBERED
+    assert ("catch-up of a project failed", "team/p0") not in cu._failing
 
 
 def test_a_project_shared_with_a_listed_group_is_not_one_of_its_projects(redis_url,

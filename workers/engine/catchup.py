@@ -52,6 +52,8 @@ UNSERVED_IN_A_ROW = 2
 # by side are theirs; more in a row are Gitaly overloaded, every listing slow alike (up to
 # 4 timeouts each, a pass of hours that added to its load): the pass ends there.
 SLOW_IN_A_ROW = UNSERVED_IN_A_ROW
+# Failures remembered for logging each once (see _failed), at most: past it the oldest go.
+FAILING_REMEMBERED = 10_000
 _GROUP_FAILED = "listing a group's projects failed"
 _PROJECT_FAILED = "catch-up of a project failed"
 _HOOKS_FAILED = "reading a project's hooks failed"
@@ -318,9 +320,11 @@ def _failed(cu: CatchUp, what: str, where: str, err: CIAutoscalerError) -> None:
     error that ends the pass (a refused token) is one line a pass: always at its level."""
     cu.metrics.error("catch_up", err)
     level = logging.ERROR if isinstance(err, PermanentError) else logging.WARNING
-    if cu._failing.get((what, where)) == str(err) and not ends_pass(err):
+    if cu._failing.pop((what, where), None) == str(err) and not ends_pass(err):
         level = logging.INFO
-    cu._failing[(what, where)] = str(err)
+    cu._failing[(what, where)] = str(err)  # the last failed last: the oldest go first
+    if len(cu._failing) > FAILING_REMEMBERED:
+        del cu._failing[next(iter(cu._failing))]
     log.log(level, what, extra={"project": where, "error": str(err)})
 
 
