@@ -582,6 +582,31 @@ def test_gitlab_not_serving_ends_the_pass_after_two_groups(redis_url, gitlab_fak
     assert catchup.catch_up_once(cu)["queued"] == 1
 
 
+def test_two_big_groups_too_slow_to_list_side_by_side_do_not_end_every_pass(redis_url,
+                                                                           gitlab_fake):
+    """Two big groups side by side in catchUp.groups whose listings (subgroups included) the
+    front answers 504, or our client's timeout cuts, every pass: taken for GitLab not serving,
+    they ended every pass before its first project, and no push of any group was caught up
+    again. A listing out of time counts neither way; the projects' own calls still end the
+    pass on a GitLab that serves nothing (and groups are a few, named in the config)."""
+    groups = ("g1", "g2", "g3", "g4")
+    config = parse_file_config("routes:\n  - {project: '*', ref: 'refs/heads/*', job: build}\n"
+                               f"catchUp:\n  groups: [{', '.join(groups)}]\n")
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    for group in groups:
+        gitlab_fake.add_project(f"{group}/app", branches={"main": sha(1)})
+    cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    assert catchup.catch_up_once(cu)["projects"] == len(groups)
+    gitlab_fake.fail_group("g1")
+    gitlab_fake.fail_group("g2")
+    gitlab_fake.push("g4/app", "fix", sha(2))
+    result = catchup.catch_up_once(cu)
+    assert result["groups_failed"] == 2 and result["projects"] == 2, result
+    assert result["queued"] == 1
+
+
 def test_one_projects_gateway_timeout_does_not_end_the_pass(redis_url, gitlab_fake):
     """A front's 504 for one slow repository, every pass: the others are caught up."""
     cu = _five_projects(redis_url, gitlab_fake)

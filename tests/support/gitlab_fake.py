@@ -229,6 +229,7 @@ class GitLabFake:
         self._failing_posts: list[str] = []  # see fail_status_posts
         # path -> (status, the requests' sub-path prefix); see fail_project
         self.failing_projects: dict[str, tuple[int, str]] = {}
+        self.failing_groups: dict[str, int] = {}  # group path (lower case) -> status; fail_group
         self.branch_fetch_cap: int | None = None  # see cut_branch_pages
         # host:port of GitLab's external_url, when the client reaches it at another address
         # (an in-cluster Service): its Link headers name that one (see _page)
@@ -424,6 +425,16 @@ class GitLabFake:
                 self.failing_projects.pop(path, None)
             else:
                 self.failing_projects[path] = (status, under)
+
+    def fail_group(self, path: str, status: int | None = 504) -> None:
+        """Listing this group's projects is answered `status` (None: served again), as a front
+        answers a listing that ran past its timeout (nginx's proxy_read_timeout: 504): a big
+        group's, its subgroups' projects included, while GitLab serves every other call."""
+        with self._lock:
+            if status is None:
+                self.failing_groups.pop(path.lower(), None)
+            else:
+                self.failing_groups[path.lower()] = status
 
     def deny_requests_except(self, *hosts: str) -> None:
         """The instance setting "Block all requests, except those on the allowlist"
@@ -635,6 +646,9 @@ class GitLabFake:
     def _group_projects(self, request: Request, group: str,
                         headers: dict[str, str]) -> Response:
         # A group's path is found in any case too (Routable.find_by_full_path, as _find).
+        if group.lower() in self.failing_groups:
+            status = self.failing_groups[group.lower()]
+            return _json({"message": f"{status} Gateway Error"}, status, headers)
         members = [p for p in self.projects.values()
                    if p.path.lower().startswith(group.lower() + "/")]
         if not members:
