@@ -560,9 +560,8 @@ def test_a_5xx_with_rate_limit_headers_is_retried_soon_not_at_the_quotas_reset(
     assert gitlab_fake.answered(500) == 1 + gitlab_api.MAX_RETRIES
 
 
-def test_gitlab_not_serving_ends_the_pass_after_two_groups(redis_url, gitlab_fake):
-    """Routes for every project and four groups to list: GitLab away, each pass listed every
-    group, each listing tried 4 times and logged, before it came to the projects."""
+def _four_groups(redis_url, gitlab_fake) -> catchup.CatchUp:
+    """A catch-up of four groups to list (g1 to g4), a project in each, caught up once."""
     groups = ("g1", "g2", "g3", "g4")
     config = parse_file_config("routes:\n  - {project: '*', ref: 'refs/heads/*', job: build}\n"
                                f"catchUp:\n  groups: [{', '.join(groups)}]\n")
@@ -573,6 +572,13 @@ def test_gitlab_not_serving_ends_the_pass_after_two_groups(redis_url, gitlab_fak
     cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
                          gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
     assert catchup.catch_up_once(cu)["projects"] == len(groups)
+    return cu
+
+
+def test_gitlab_not_serving_ends_the_pass_after_two_groups(redis_url, gitlab_fake):
+    """Routes for every project and four groups to list: GitLab away, each pass listed every
+    group, each listing tried 4 times and logged, before it came to the projects."""
+    cu = _four_groups(redis_url, gitlab_fake)
     gitlab_fake.requests.clear()
     gitlab_fake.outage(60, status=503)
     assert catchup.catch_up_once(cu) == {"groups_failed": 2}
@@ -589,16 +595,7 @@ def test_two_big_groups_too_slow_to_list_side_by_side_do_not_end_every_pass(redi
     they ended every pass before its first project, and no push of any group was caught up
     again. A listing out of time counts neither way; the projects' own calls still end the
     pass on a GitLab that serves nothing (and groups are a few, named in the config)."""
-    groups = ("g1", "g2", "g3", "g4")
-    config = parse_file_config("routes:\n  - {project: '*', ref: 'refs/heads/*', job: build}\n"
-                               f"catchUp:\n  groups: [{', '.join(groups)}]\n")
-    app = create_app(make_settings(redis_url), file_config=config)
-    ctx = app.extensions["ci_autoscaler"]
-    for group in groups:
-        gitlab_fake.add_project(f"{group}/app", branches={"main": sha(1)})
-    cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
-                         gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
-    assert catchup.catch_up_once(cu)["projects"] == len(groups)
+    cu = _four_groups(redis_url, gitlab_fake)
     gitlab_fake.fail_group("g1")
     gitlab_fake.fail_group("g2")
     gitlab_fake.push("g4/app", "fix", sha(2))
