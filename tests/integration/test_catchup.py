@@ -23,6 +23,7 @@ from tests.support.redis_server import free_port
 from workers.engine import catchup
 from workers.adapters import gitlab as gitlab_api
 from workers.config.config_file import parse_file_config
+from workers.core.errors import PermanentError
 from workers.core.keys import build_key
 from workers.core.models import EventKind
 from workers.core.routing import Push, route_push
@@ -393,6 +394,19 @@ def test_a_project_failing_alike_every_pass_is_logged_as_an_error_once(world, gi
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 2
 
 
+def test_what_failed_is_remembered_for_so_many_projects_at_most(world):
+    """The failures remembered for logging each once stayed for every project that ever
+    failed: renamed, deleted and unlisted projects' too, for the life of the process. The
+    oldest are forgotten past FAILING_REMEMBERED (logged again once, if they fail again)."""
+    app, state, new_catch_up = world
+    cu = new_catch_up()
+    err = PermanentError("GitLab answered 404: 404 Project Not Found")
+    for n in range(catchup.FAILING_REMEMBERED + 10):
+        catchup._failed(cu, "catch-up of a project failed", f"team/p{n}", err)
+    assert len(cu._failing) == catchup.FAILING_REMEMBERED
+    assert ("catch-up of a project failed", "team/p0") not in cu._failing
+
+
 def test_a_project_shared_with_a_listed_group_is_not_one_of_its_projects(redis_url,
                                                                          gitlab_fake):
     """GitLab lists a group's projects with those other namespaces shared with it unless
@@ -509,6 +523,25 @@ def test_a_5xx_asking_for_an_hour_ends_the_pass_instead_of_waiting(redis_url, gi
     assert results[0]["projects_failed"] == 1, results
 
 
+@pytest.mark.parametrize("ahead, served", [(3600, False), (2, True)])
+def test_a_5xx_asking_to_retry_at_a_date_is_waited_or_left_for_a_later_pass(
+        redis_url, gitlab_fake, ahead, served):
+    """A front's maintenance page may say when to come back as an HTTP-date (RFC 9110 10.2.3
+    allows it): python-gitlab reads Retry-After with int() (gitlab.utils.Retry), and its
+    ValueError escaped the catch-up's error handling: no project counted, the pass logged
+    as "ValueError: invalid literal for int()". Read as the seconds it means: an hour ends the
+    pass, as a Retry-After of 3600 does; two seconds are waited, and the call served."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + ahead))
+    gitlab_fake.outage(1 if served else 60, status=503, retry_after=when,
+                       retry_after_on_5xx=True)
+    result = catchup.catch_up_once(cu)
+    if served:
+        assert result["projects"] == 5 and not catchup.pass_failed(result), result
+    else:
+        assert result == {"projects_failed": 1}, result
+
+
 def test_a_5xx_with_rate_limit_headers_is_retried_soon_not_at_the_quotas_reset(
         redis_url, gitlab_fake):
     """GitLab.com puts RateLimit-* on every answer, a 500 too; python-gitlab sends a 500
@@ -527,9 +560,8 @@ def test_a_5xx_with_rate_limit_headers_is_retried_soon_not_at_the_quotas_reset(
     assert gitlab_fake.answered(500) == 1 + gitlab_api.MAX_RETRIES
 
 
-def test_gitlab_not_serving_ends_the_pass_after_two_groups(redis_url, gitlab_fake):
-    """Routes for every project and four groups to list: GitLab away, each pass listed every
-    group, each listing tried 4 times and logged, before it came to the projects."""
+def _four_groups(redis_url, gitlab_fake) -> catchup.CatchUp:
+    """A catch-up of four groups to list (g1 to g4), a project in each, caught up once."""
     groups = ("g1", "g2", "g3", "g4")
     config = parse_file_config("routes:\n  - {project: '*', ref: 'refs/heads/*', job: build}\n"
                                f"catchUp:\n  groups: [{', '.join(groups)}]\n")
@@ -540,6 +572,13 @@ def test_gitlab_not_serving_ends_the_pass_after_two_groups(redis_url, gitlab_fak
     cu = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
                          gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
     assert catchup.catch_up_once(cu)["projects"] == len(groups)
+    return cu
+
+
+def test_gitlab_not_serving_ends_the_pass_after_two_groups(redis_url, gitlab_fake):
+    """Routes for every project and four groups to list: GitLab away, each pass listed every
+    group, each listing tried 4 times and logged, before it came to the projects."""
+    cu = _four_groups(redis_url, gitlab_fake)
     gitlab_fake.requests.clear()
     gitlab_fake.outage(60, status=503)
     assert catchup.catch_up_once(cu) == {"groups_failed": 2}
@@ -547,6 +586,22 @@ def test_gitlab_not_serving_ends_the_pass_after_two_groups(redis_url, gitlab_fak
     gitlab_fake.outage(0)
     gitlab_fake.push("g4/app", "fix", sha(2))
     assert catchup.catch_up_once(cu)["queued"] == 1
+
+
+def test_two_big_groups_too_slow_to_list_side_by_side_do_not_end_every_pass(redis_url,
+                                                                           gitlab_fake):
+    """Two big groups side by side in catchUp.groups whose listings (subgroups included) the
+    front answers 504, or our client's timeout cuts, every pass: taken for GitLab not serving,
+    they ended every pass before its first project, and no push of any group was caught up
+    again. A listing out of time counts neither way; the projects' own calls still end the
+    pass on a GitLab that serves nothing (and groups are a few, named in the config)."""
+    cu = _four_groups(redis_url, gitlab_fake)
+    gitlab_fake.fail_group("g1")
+    gitlab_fake.fail_group("g2")
+    gitlab_fake.push("g4/app", "fix", sha(2))
+    result = catchup.catch_up_once(cu)
+    assert result["groups_failed"] == 2 and result["projects"] == 2, result
+    assert result["queued"] == 1
 
 
 def test_one_projects_gateway_timeout_does_not_end_the_pass(redis_url, gitlab_fake):
@@ -588,6 +643,20 @@ def test_two_slow_repositories_side_by_side_do_not_end_every_pass(redis_url, git
     result = catchup.catch_up_once(cu)
     assert result["projects_failed"] == 2 and result["projects"] == 3, result
     assert result["queued"] == 1
+
+
+def test_every_repository_too_slow_to_list_ends_the_pass_though_hooks_are_served(
+        redis_url, gitlab_fake):
+    """Gitaly overloaded while Puma serves: every listing runs out of time (the front's 504,
+    or our 10 s read timeout, four times a call with python-gitlab's retries), every
+    project's hooks (a database read) served. Each served hook counted as GitLab serving, so
+    the pass went on through every project, 40 s each: 11 hours for 1,000 projects, holding
+    the lease and adding to Gitaly's load, which is what ending a pass on an overloaded
+    GitLab was for. Two slow repositories side by side are theirs; a third in a row ends it."""
+    cu = _five_projects(redis_url, gitlab_fake)
+    for path in FIVE_PROJECTS:
+        gitlab_fake.fail_project(path, 504, under="repository/")
+    assert catchup.catch_up_once(cu) == {"projects_failed": 3, "hooks_disabled": 0}
 
 
 def test_repositories_all_unavailable_end_the_pass_though_hooks_are_served(redis_url,
@@ -646,15 +715,18 @@ def test_an_expired_token_is_logged_as_expired(world, gitlab_fake, caplog):
     every installation meets it) is answered 401 {"error": "invalid_token",
     "error_description": "Token is expired. ..."}: the log said "401: invalid_token", as for
     a mistyped or revoked token, and the operator could not tell that the token only needs
-    renewing."""
+    renewing. Failing alike every pass, it stays an error every pass (it ends each one),
+    unlike a project's alike failures, logged at INFO after the first."""
     app, state, new_catch_up = world
     caplog.set_level(logging.ERROR, logger="ci_autoscaler.catchup")
     gitlab_fake.expired_tokens.add(gitlab_fake.token)
-    assert catchup.catch_up_once(new_catch_up()) == {"groups_failed": 1}
+    cu = new_catch_up()
+    for _ in range(2):
+        assert catchup.catch_up_once(cu) == {"groups_failed": 1}
     errors = [str(getattr(r, "error", "")) for r in caplog.records]
-    assert errors and all("401" in e and "Token is expired" in e and
-                          gitlab_fake.token not in e for e in errors), errors
-    assert metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="unauthorized"}') == 1
+    assert len(errors) == 2 and all("401" in e and "Token is expired" in e and
+                                    gitlab_fake.token not in e for e in errors), errors
+    assert metric(app, 'ci_autoscaler_errors_total{component="catch_up",kind="unauthorized"}') == 2
 
 
 def test_a_token_without_an_api_scope_ends_the_pass_as_a_refused_token_and_says_read_api(

@@ -221,7 +221,7 @@ class GitLabFake:
         self._limit: tuple[int, int] | None = None
         self._window: tuple[int, int] = (0, 0)  # (window start, requests counted)
         self._throttled: list[int] = []  # Retry-After of the next 429s to answer
-        self._outage: tuple[float, int, int] | None = None  # (until, status, Retry-After)
+        self._outage: tuple[float, int, int | str] | None = None  # (until, status, Retry-After)
         self.stall_seconds = 0.0  # see stall
         self._retry_after_on_5xx = False  # see outage
         self.url_allowlist: frozenset[str] | None = None  # see deny_requests_except
@@ -229,6 +229,7 @@ class GitLabFake:
         self._failing_posts: list[str] = []  # see fail_status_posts
         # path -> (status, the requests' sub-path prefix); see fail_project
         self.failing_projects: dict[str, tuple[int, str]] = {}
+        self.failing_groups: dict[str, int] = {}  # group path (lower case) -> status; fail_group
         self.branch_fetch_cap: int | None = None  # see cut_branch_pages
         # host:port of GitLab's external_url, when the client reaches it at another address
         # (an in-cluster Service): its Link headers name that one (see _page)
@@ -425,6 +426,16 @@ class GitLabFake:
             else:
                 self.failing_projects[path] = (status, under)
 
+    def fail_group(self, path: str, status: int | None = 504) -> None:
+        """Listing this group's projects is answered `status` (None: served again), as a front
+        answers a listing that ran past its timeout (nginx's proxy_read_timeout: 504): a big
+        group's, its subgroups' projects included, while GitLab serves every other call."""
+        with self._lock:
+            if status is None:
+                self.failing_groups.pop(path.lower(), None)
+            else:
+                self.failing_groups[path.lower()] = status
+
     def deny_requests_except(self, *hosts: str) -> None:
         """The instance setting "Block all requests, except those on the allowlist"
         (deny_all_requests_except_allowed, doc/security/webhooks.md, "Filter requests"),
@@ -474,11 +485,12 @@ class GitLabFake:
         with self._lock:
             self._throttled += [retry_after] * count
 
-    def outage(self, seconds: float, status: int = 500, retry_after: int = 60, *,
+    def outage(self, seconds: float, status: int = 500, retry_after: int | str = 60, *,
                retry_after_on_5xx: bool = False) -> None:
         """Every request for the next `seconds` is answered `status` (500 or 429); with
         `retry_after_on_5xx`, a 5xx carries `Retry-After` too, as a front's maintenance page
-        may (a 503 "come back in an hour": RFC 9110 10.2.3 lets a 503 say when)."""
+        may (a 503 "come back in an hour": RFC 9110 10.2.3 lets a 503 say when, in seconds or
+        as an HTTP-date: `retry_after` a string)."""
         with self._lock:
             self._outage = (time.monotonic() + seconds, status, retry_after)
             self._retry_after_on_5xx = retry_after_on_5xx
@@ -634,6 +646,9 @@ class GitLabFake:
     def _group_projects(self, request: Request, group: str,
                         headers: dict[str, str]) -> Response:
         # A group's path is found in any case too (Routable.find_by_full_path, as _find).
+        if group.lower() in self.failing_groups:
+            status = self.failing_groups[group.lower()]
+            return _json({"message": f"{status} Gateway Error"}, status, headers)
         members = [p for p in self.projects.values()
                    if p.path.lower().startswith(group.lower() + "/")]
         if not members:

@@ -200,6 +200,18 @@ def test_the_reset_is_timed_by_gitlabs_clock_not_ours(skew):
     assert pause.seconds == pytest.approx(10.0)
 
 
+@pytest.mark.parametrize("value, seconds", [
+    ("30", 30.0), ("1.5", 1.5), ("-4", 0.0), ("soon", None),
+    ("Tue, 14 Nov 2023 23:13:20 GMT", 3600.0),  # an HTTP-date, an hour past GitLab's Date
+    ("Tue, 14 Nov 2023 22:13:00 GMT", 0.0),  # already past
+])
+def test_retry_after_is_read_in_seconds_or_as_an_http_date_on_gitlabs_clock(value, seconds):
+    """RFC 9110 10.2.3: Retry-After = HTTP-date / delay-seconds. A front's maintenance 503 may
+    give the date; python-gitlab reads the header with int() and raised ValueError on it."""
+    headers = Headers({"Date": "Tue, 14 Nov 2023 22:13:20 GMT", "Retry-After": value})
+    assert rate_limits.retry_after(headers, now=1_700_000_000.0 + 500) == seconds
+
+
 def test_a_name_is_looked_up_again_at_its_time_or_once_its_lookup_is_old_never_later():
     at = resolve_phase("team/app")  # its time in each RESOLVE_SECONDS
     assert resolve_phase("Team/App") == at

@@ -13,6 +13,7 @@ the HTTP status and GitLab's message; the token is sent in a header and never in
 
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -174,12 +175,14 @@ class PacedSession(requests.Session):
             # page's 503 "Retry-After: 3600" slept the catch-up an hour, three times. Held
             # to what a 429 may ask; without it, python-gitlab's short backoff, not the
             # quota's reset, which our pause has read already.
-            asked = rate_limits.retry_after(response.headers)
+            asked = rate_limits.retry_after(response.headers, now=self._clock())
             if asked is not None and asked > self.max_wait_seconds:
                 raise RetryableError(f"GitLab answered {response.status_code} with Retry-After "
                                      f"{asked:g}s; more than {self.max_wait_seconds:g}s away, "
                                      "left for a later pass", retry_after=asked)
             response.headers.pop("RateLimit-Reset", None)
+        if response.status_code == 429 or response.status_code in RETRIED_STATUSES:
+            _whole_retry_after(response, self._clock())
         if pause.seconds and response.status_code != 429:
             log.info("pacing GitLab API calls", extra={"pause_seconds": round(pause.seconds, 3),
                                                        "reason": pause.reason})
@@ -202,6 +205,19 @@ class PacedSession(requests.Session):
             for name in _TOKEN_HEADERS:
                 prepared_request.headers.pop(name, None)
         super().rebuild_auth(prepared_request, response)
+
+
+def _whole_retry_after(response: requests.Response, now: float) -> None:
+    """python-gitlab reads a retried answer's Retry-After with int() (gitlab.utils.Retry): an
+    HTTP-date (RFC 9110 10.2.3) or a fraction raised ValueError out of the call, past every
+    GitLab error the catch-up handles. Given to it as the whole seconds it means; one
+    neither form reads is dropped (python-gitlab's own backoff then)."""
+    asked = rate_limits.retry_after(response.headers, now=now)
+    if asked is None:
+        response.headers.pop("Retry-After", None)
+    else:
+        response.headers["Retry-After"] = str(math.ceil(asked))
+
 
 def client(*, url: str, token: str, timeout: float = CALL_TIMEOUT_SECONDS,
            session: requests.Session | None = None) -> gitlab.Gitlab:

@@ -8,7 +8,7 @@ same token and never meets the 429 at all: `pause` says how long to wait before 
 """
 
 from collections.abc import Mapping
-from datetime import timezone
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from dataclasses import dataclass
 
@@ -33,9 +33,22 @@ def _number(headers: Mapping[str, str], name: str) -> float | None:
         return None
 
 
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """The answer's Retry-After in seconds (None: none, or not a number)."""
-    return _number(headers, "Retry-After")
+def retry_after(headers: Mapping[str, str], *, now: float) -> float | None:
+    """The answer's Retry-After in seconds, never below 0 (None: none, or neither form).
+    RFC 9110 10.2.3: delay-seconds or an HTTP-date (a front's maintenance page may give the
+    date), timed by the answer's Date as RateLimit-Reset is."""
+    seconds = _number(headers, "Retry-After")
+    if seconds is None:
+        try:
+            at = parsedate_to_datetime(headers.get("Retry-After") or "")
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        seconds = _utc(at).timestamp() - _server_now(headers, now)
+    return max(0.0, seconds)
+
+
+def _utc(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)  # "-0000": UTC
 
 
 def _server_now(headers: Mapping[str, str], now: float) -> float:
@@ -50,16 +63,16 @@ def _server_now(headers: Mapping[str, str], now: float) -> float:
         return now
     if at is None:
         return now
-    return (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).timestamp()  # "-0000": UTC
+    return _utc(at).timestamp()
 
 
 def pause(headers: Mapping[str, str], *, status: int, now: float) -> Pause:
     """The wait before the next call, given the last answer's status and headers (a mapping
     that looks names up case-insensitively, as requests' headers do)."""
     if status == 429:
-        retry_after = _number(headers, "Retry-After")
-        if retry_after is not None:
-            return Pause(max(0.0, retry_after), f"429: Retry-After {retry_after:g}s")
+        asked = retry_after(headers, now=now)
+        if asked is not None:
+            return Pause(asked, f"429: Retry-After {asked:g}s")
     limit = _number(headers, "RateLimit-Limit")
     remaining = _number(headers, "RateLimit-Remaining")
     reset = _number(headers, "RateLimit-Reset")

@@ -48,6 +48,12 @@ HOOK_STATE_PERIODS = 3  # the hook metric lives this many passes unless renewed
 # the same: a database read, served while Gitaly takes too long to list its branches; served,
 # they show GitLab serving, so two slow repositories side by side do not end every pass.
 UNSERVED_IN_A_ROW = 2
+# Listings run out of time in a row, each project's hooks served: two slow repositories side
+# by side are theirs; more in a row are Gitaly overloaded, every listing slow alike (up to
+# 4 timeouts each, a pass of hours that added to its load): the pass ends there.
+SLOW_IN_A_ROW = UNSERVED_IN_A_ROW
+# Failures remembered for logging each once (see _failed), at most: past it the oldest go.
+FAILING_REMEMBERED = 10_000
 _GROUP_FAILED = "listing a group's projects failed"
 _PROJECT_FAILED = "catch-up of a project failed"
 _HOOKS_FAILED = "reading a project's hooks failed"
@@ -120,7 +126,11 @@ def listed_projects(cu: CatchUp, failed: Counter | None = None,
             if failed is not None:
                 failed["groups_failed"] += 1
             _failed(cu, _GROUP_FAILED, group, err)
-            unserved = unserved + 1 if isinstance(err, NOT_SERVED) else 0
+            # A listing out of time counts neither way: two big groups side by side, slow
+            # every pass, ended every pass before its first project. Groups are a few, named
+            # in the config; on a GitLab serving nothing the projects' calls end the pass.
+            if not _timed_out(err):
+                unserved = unserved + 1 if isinstance(err, NOT_SERVED) else 0
             if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
                 raise
     return dict(found.values())
@@ -239,6 +249,7 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
     done: set[int] = set()
     looked_at: list[str] = []  # the names whose hooks were checked
     unserved = 0  # projects in a row GitLab did not serve
+    slow_in_a_row = 0  # projects in a row whose listing ran out of time (see _timed_out)
     for name, ref in sorted((listed or {}).items()):
         if not still_leader():
             log.warning("catch-up lease lost: pass stopped", extra={"project": name})
@@ -252,14 +263,15 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
             done.add(ref.id)
             total.update(counts)
             total["projects"] += 1
-            unserved = 0
+            unserved = slow_in_a_row = 0
             _succeeded(cu, _PROJECT_FAILED, name)
         except CIAutoscalerError as err:
             total["projects_failed"] += 1
             _failed(cu, _PROJECT_FAILED, name, err)
             unserved = unserved + 1 if isinstance(err, NOT_SERVED) else 0
             slow = _timed_out(err)
-            if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW:
+            slow_in_a_row = slow_in_a_row + 1 if slow else 0
+            if ends_pass(err) or unserved >= UNSERVED_IN_A_ROW or slow_in_a_row > SLOW_IN_A_ROW:
                 break
         looked_at.append(name)
         try:  # after a listing's 504 too: a slow repository's hooks (a database read) are served
@@ -312,9 +324,11 @@ def _failed(cu: CatchUp, what: str, where: str, err: CIAutoscalerError) -> None:
     error that ends the pass (a refused token) is one line a pass: always at its level."""
     cu.metrics.error("catch_up", err)
     level = logging.ERROR if isinstance(err, PermanentError) else logging.WARNING
-    if cu._failing.get((what, where)) == str(err) and not ends_pass(err):
+    if cu._failing.pop((what, where), None) == str(err) and not ends_pass(err):
         level = logging.INFO
-    cu._failing[(what, where)] = str(err)
+    cu._failing[(what, where)] = str(err)  # the last failed last: the oldest go first
+    if len(cu._failing) > FAILING_REMEMBERED:
+        del cu._failing[next(iter(cu._failing))]
     log.log(level, what, extra={"project": where, "error": str(err)})
 
 
