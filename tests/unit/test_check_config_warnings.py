@@ -172,3 +172,26 @@ def test_an_env_name_kubernetes_refuses_is_refused_naming_the_template(tmp_path,
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"error: {path}:7: templates.small.env"), result.stderr
     assert "not a name Kubernetes takes" in result.stderr
+
+
+@pytest.mark.parametrize("where", ["containers", "podSpecPatch"])
+@pytest.mark.parametrize("name", ["", "A=B"])
+def test_an_env_name_kubernetes_refuses_beside_the_template_env_is_refused(tmp_path, where,
+                                                                          name):
+    """A service container's env, or a podSpecPatch container's, holds names as the template's
+    env does; "" or "A=B" there loaded, and the API server refused every build's pod
+    (apimachinery IsEnvVarName and IsRelaxedEnvVarName both refuse them)."""
+    env = f'env: {{"{name}": "x"}}' if where == "containers" \
+        else f'env: [{{name: "{name}", value: x}}]'
+    block = ("    containers:\n      - {name: db, image: postgres:16, " + env + "}\n"
+             if where == "containers" else
+             "    podSpecPatch:\n      containers:\n        - {name: jnlp, " + env + "}\n")
+    path = tmp_path / "env.yaml"
+    path.write_text('routes:\n  - {project: "*", ref: "refs/*", job: build, template: small}\n'
+                    "templates:\n  small:\n    cpu: {min: 500m, default: 1, max: 2}\n"
+                    "    memory: {min: 256Mi, default: 512Mi, max: 1Gi}\n" + block)
+    result = check_config(path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"error: {path}:" in result.stderr and "not a name Kubernetes takes" in \
+        result.stderr, result.stderr
