@@ -127,7 +127,7 @@ def test_the_example_warns_only_that_its_docker_template_needs_a_privileged_name
            "privileged" in warning
 
 
-@pytest.mark.parametrize("given", [".inf", '"NaN"', '"1_000Mi"'])
+@pytest.mark.parametrize("given", [".inf", '"NaN"', '"1_000Mi"', "1e999999999", "1e5000"])
 def test_a_size_no_quantity_is_refused_naming_the_field_not_a_traceback(tmp_path, given):
     """`max: .inf` (YAML's infinity) or "NaN": check-config (and every process loading the
     file) ended in an OverflowError or decimal.InvalidOperation traceback, exit 1."""
