@@ -195,3 +195,22 @@ def test_an_env_name_kubernetes_refuses_beside_the_template_env_is_refused(tmp_p
     assert "Traceback" not in result.stderr
     assert f"error: {path}:" in result.stderr and "not a name Kubernetes takes" in \
         result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("name", ["MY VAR", "1PASS", "a:b", ".."])
+def test_an_env_name_only_a_relaxed_api_server_takes_is_warned_about(tmp_path, name):
+    """The name check is Kubernetes' relaxed one (printable ASCII but '='), on by default from
+    1.32 (KEP-4369, RelaxedEnvironmentVariableValidation: alpha 1.30, beta 1.32, GA 1.34);
+    before, the API server refuses what is no [-._a-zA-Z][-._a-zA-Z0-9]* or is '..'-led
+    (apimachinery IsEnvVarName), and every build's pod is a 422 there: said, not refused."""
+    path = tmp_path / "env.yaml"
+    path.write_text('routes:\n  - {project: "*", ref: "refs/*", job: build, template: small}\n'
+                    "templates:\n  small:\n    cpu: {min: 500m, default: 1, max: 2}\n"
+                    "    memory: {min: 256Mi, default: 512Mi, max: 1Gi}\n"
+                    f'    env: {{"{name}": "x", GOOD_NAME: y}}\n'
+                    f'    containers:\n      - {{name: db, image: pg, env: {{"{name}": "x"}}}}\n')
+    warnings = warnings_of(check_config(path))
+    assert [w.split(f"{name!r}: ")[0] for w in warnings] == [
+        f"{path}:7: templates.small.env: ",
+        f"{path}:9: templates.small.containers[0].env: "], warnings
+    assert all("a Kubernetes before 1.32" in w for w in warnings), warnings
