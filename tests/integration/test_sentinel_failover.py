@@ -154,3 +154,20 @@ def test_every_process_finds_the_master_through_the_sentinels(monkeypatch,
     # RQ's scheduler (the worker runs it) rebuilds its connection from the pool's settings.
     RQScheduler(["ci-autoscaler"], connection=client).connection.set("scheduler", "1")
     assert master.get("scheduler") == b"1"
+
+
+def test_the_database_a_redis_url_names_in_its_query_is_the_masters_database_too(
+        monkeypatch, sentinel_set):  # noqa: F811
+    """redis-py reads `?db=3` as the database (its parse_url, before the path), and so do the
+    settings naming the Redis (redis_target, the spool's owner); through the sentinels only
+    the path was read, so the same REDIS_URL put every key in database 0, where the spool's
+    fingerprint said 3."""
+    monkeypatch.setenv("REDIS_SENTINELS", sentinel_set.addresses)
+    monkeypatch.setenv("REDIS_SENTINEL_MASTER", MASTER_NAME)
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/?db=3")
+    settings = load_settings()
+    settings.redis_client().set("k", "v")
+    master = sentinel_set.master.client()
+    assert redis.Redis(port=sentinel_set.master.port, db=3).get("k") == b"v"
+    assert master.get("k") is None  # database 0
+    assert settings.redis_target.endswith("/3")

@@ -127,7 +127,7 @@ def test_the_example_warns_only_that_its_docker_template_needs_a_privileged_name
            "privileged" in warning
 
 
-@pytest.mark.parametrize("given", [".inf", '"NaN"', '"1_000Mi"'])
+@pytest.mark.parametrize("given", [".inf", '"NaN"', '"1_000Mi"', "1e999999999", "1e5000"])
 def test_a_size_no_quantity_is_refused_naming_the_field_not_a_traceback(tmp_path, given):
     """`max: .inf` (YAML's infinity) or "NaN": check-config (and every process loading the
     file) ended in an OverflowError or decimal.InvalidOperation traceback, exit 1."""
@@ -172,3 +172,45 @@ def test_an_env_name_kubernetes_refuses_is_refused_naming_the_template(tmp_path,
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"error: {path}:7: templates.small.env"), result.stderr
     assert "not a name Kubernetes takes" in result.stderr
+
+
+@pytest.mark.parametrize("where", ["containers", "podSpecPatch"])
+@pytest.mark.parametrize("name", ["", "A=B"])
+def test_an_env_name_kubernetes_refuses_beside_the_template_env_is_refused(tmp_path, where,
+                                                                          name):
+    """A service container's env, or a podSpecPatch container's, holds names as the template's
+    env does; "" or "A=B" there loaded, and the API server refused every build's pod
+    (apimachinery IsEnvVarName and IsRelaxedEnvVarName both refuse them)."""
+    env = f'env: {{"{name}": "x"}}' if where == "containers" \
+        else f'env: [{{name: "{name}", value: x}}]'
+    block = ("    containers:\n      - {name: db, image: postgres:16, " + env + "}\n"
+             if where == "containers" else
+             "    podSpecPatch:\n      containers:\n        - {name: jnlp, " + env + "}\n")
+    path = tmp_path / "env.yaml"
+    path.write_text('routes:\n  - {project: "*", ref: "refs/*", job: build, template: small}\n'
+                    "templates:\n  small:\n    cpu: {min: 500m, default: 1, max: 2}\n"
+                    "    memory: {min: 256Mi, default: 512Mi, max: 1Gi}\n" + block)
+    result = check_config(path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"error: {path}:" in result.stderr and "not a name Kubernetes takes" in \
+        result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("name", ["MY VAR", "1PASS", "a:b", ".."])
+def test_an_env_name_only_a_relaxed_api_server_takes_is_warned_about(tmp_path, name):
+    """The name check is Kubernetes' relaxed one (printable ASCII but '='), on by default from
+    1.32 (KEP-4369, RelaxedEnvironmentVariableValidation: alpha 1.30, beta 1.32, GA 1.34);
+    before, the API server refuses what is no [-._a-zA-Z][-._a-zA-Z0-9]* or is '..'-led
+    (apimachinery IsEnvVarName), and every build's pod is a 422 there: said, not refused."""
+    path = tmp_path / "env.yaml"
+    path.write_text('routes:\n  - {project: "*", ref: "refs/*", job: build, template: small}\n'
+                    "templates:\n  small:\n    cpu: {min: 500m, default: 1, max: 2}\n"
+                    "    memory: {min: 256Mi, default: 512Mi, max: 1Gi}\n"
+                    f'    env: {{"{name}": "x", GOOD_NAME: y}}\n'
+                    f'    containers:\n      - {{name: db, image: pg, env: {{"{name}": "x"}}}}\n')
+    warnings = warnings_of(check_config(path))
+    assert [w.split(f"{name!r}: ")[0] for w in warnings] == [
+        f"{path}:7: templates.small.env: ",
+        f"{path}:9: templates.small.containers[0].env: "], warnings
+    assert all("a Kubernetes before 1.32" in w for w in warnings), warnings

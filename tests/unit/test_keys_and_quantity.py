@@ -99,7 +99,10 @@ def test_memory_quantities(text, nbytes):
                                  # (apimachinery resource.Quantity's grammar), and NaN and the
                                  # infinities were a traceback (InvalidOperation, OverflowError)
                                  "NaN", "nan", "Infinity", float("inf"), float("nan"),
-                                 "1_000Mi", "2 Gi", "\uff11Gi"])
+                                 "1_000Mi", "2 Gi", "\uff11Gi",
+                                 # above Kubernetes' largest quantity, 2^63-1 (its Quantity
+                                 # docs): decimal.Overflow, or an integer too long to print
+                                 "1e999999999", "1e5000", "9223372036854775808", 1e300])
 def test_bad_quantities_are_refused(bad):
     with pytest.raises(ValueError):
         cpu_millis(bad)

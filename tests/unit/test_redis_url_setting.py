@@ -10,6 +10,9 @@ from workers.core.errors import ConfigError
 @pytest.mark.parametrize("url", [
     "redis://127.0.0.1:6379/0", "rediss://:s3cret@redis.example.com:6380/2",
     "redis://default:p%2Fss@redis:6379", "unix:///run/redis/redis.sock?db=1", "redis://redis",
+    # redis-py's own forms of a database: the query's db before the path, and what int() takes
+    "redis://redis:6379/?db=2", "redis://redis:6379/db?db=2", "redis://redis/+1",
+    "redis://redis/%31",
 ])
 def test_a_redis_url_redis_py_takes_is_taken(monkeypatch, url):
     monkeypatch.setenv("REDIS_URL", url)
@@ -25,6 +28,9 @@ def test_a_redis_url_redis_py_takes_is_taken(monkeypatch, url):
     # redis-py reads a path that is no number as database 0, silently
     ("redis://:ss-w0rd@redis:6379/l", "the database after host[:port]/ must be a number"),
     ("redis://redis:6379/ci", "the database after host[:port]/ must be a number"),
+    # a digit to str.isdigit(), no number to int(): redis-py used database 0
+    ("redis://redis:6379/%C2%B2", "the database after host[:port]/ must be a number"),
+    ("redis://redis:6379/-1", "the database after host[:port]/ must be a number"),
 ])
 def test_a_malformed_redis_url_is_refused_naming_the_variable_not_its_value(
         monkeypatch, url, reason):

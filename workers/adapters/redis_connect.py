@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.connection import parse_url
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
@@ -149,7 +150,9 @@ def connect(*, url: str, sentinels: tuple[tuple[str, int], ...] = (), master: st
     if not sentinels:
         return redis.Redis.from_url(url, **options)
     parts = urlsplit(url)
-    db = parts.path.strip("/") or "0"
+    # The database as redis-py reads the URL without sentinels (and Settings.redis_target):
+    # ?db=3 first, then the path. The path alone was read here: ?db=3, /+1 or /%33 was 0.
+    db = parse_url(url).get("db", 0)
     sentinel_kwargs: dict[str, Any] = {"socket_timeout": SENTINEL_TIMEOUT_SECONDS,
                                        "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS,
                                        "retry": SENTINEL_RETRY}
@@ -162,7 +165,7 @@ def connect(*, url: str, sentinels: tuple[tuple[str, int], ...] = (), master: st
                                         ("password", parts.password)) if v}
     return sentinel.master_for(master, redis_class=redis.Redis,
                                connection_class=SentinelConnection,
-                               db=int(db) if db.isdigit() else 0, **auth, **options)
+                               db=db, **auth, **options)
 
 
 

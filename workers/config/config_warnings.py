@@ -1,10 +1,12 @@
 """What `check-config` warns about in a file that loads: things the file cannot be refused
 for, because they depend on the cluster, but that break builds there. A template whose pod
 needs a Pod Security level below `restricted` (its namespace must allow that level), a claim
-that pods on several nodes would share though it may attach to one node only, a folder job
-written as a URL path, and a label on a parent no route names (its children do not take it).
+that pods on several nodes would share though it may attach to one node only, an env name
+only a Kubernetes of 1.32 or later takes, a folder job written as a URL path, and a label on a
+parent no route names (its children do not take it).
 Each warning names the file, the line and the field."""
 
+import re
 from pathlib import Path
 
 import yaml
@@ -63,10 +65,36 @@ def _labelled_parents(config: FileConfig) -> list[tuple[tuple[str | int, ...], s
     return found
 
 
+# The env var names every Kubernetes takes (apimachinery IsEnvVarName, and its hasChDirPrefix).
+# The load refuses only what the relaxed rule refuses (core.containers.env_names), which the
+# API server applies from 1.32 on (KEP-4369, RelaxedEnvironmentVariableValidation: alpha 1.30,
+# beta 1.32, GA 1.34); an older one, or one with the gate off, refuses the rest with a 422.
+_STRICT_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+
+
+def _relaxed_env_names(config: FileConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    found = []
+    for name, template in config.templates.items():
+        envs = [(("templates", name, "env"), template.env)] + [
+            (("templates", name, "containers", i, "env"), c.env)
+            for i, c in enumerate(template.containers)]
+        for loc, env in envs:
+            for variable in env:
+                if not _STRICT_ENV_NAME.fullmatch(variable) or variable in (".", "..") \
+                        or variable.startswith(".."):
+                    found.append((loc, (
+                        f"{variable!r}: a Kubernetes before 1.32 (or with the feature gate "
+                        "RelaxedEnvironmentVariableValidation off) refuses this name, every "
+                        "build's pod a 422: letters, digits, '_', '-' and '.', not first a "
+                        "digit, nor '..' first")))
+    return found
+
+
 def file_warnings(path: str | Path, config: FileConfig) -> list[str]:
     """The warnings for a file that loaded as `config`: "FILE:LINE: field: reason" each."""
     text = Path(path).read_text()
     root = yaml.compose(text)
-    found = _pod_security(config) + _folder_jobs(config) + _labelled_parents(config) + [
+    found = _pod_security(config) + _folder_jobs(config) + _labelled_parents(config) + \
+        _relaxed_env_names(config) + [
         (c.loc, c.reason) for c in shared_claims(config.templates, config.max_agents)]
     return [_problem(str(path), root, loc, reason) for loc, reason in found]

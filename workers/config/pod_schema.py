@@ -14,6 +14,7 @@ import kubernetes_validate
 
 from workers.config.pod_names import name_rules
 from workers.core.cluster import Resources
+from workers.core.containers import env_names
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.pods import agent_pod_manifest
 from workers.core.quantity import parse_quantity
@@ -162,6 +163,11 @@ def _api_rules(manifest: dict[str, Any], patch: dict[str, Any]) -> list[tuple[Lo
             for field, allowed in _ENUMS.items():
                 if bad := _one_of(c.get(field), allowed):
                     found.append((at + (field,), bad))
+            for j, variable in enumerate(c.get("env") or []):
+                try:  # a podSpecPatch's env as the template's (the schema takes any string)
+                    env_names({variable["name"]: ""})
+                except ValueError as err:
+                    found.append((at + ("env", j, "name"), str(err)))
             for j, port in enumerate(c.get("ports") or []):
                 number = port.get("containerPort")
                 if isinstance(number, int) and not 1 <= number <= 65535:

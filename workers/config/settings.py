@@ -346,18 +346,19 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix:// "
                              "(redis://[[user]:password@]host[:port][/db])")
         try:
-            parse_url(value)
+            parsed = parse_url(value)
         except ValueError:
             raise ValueError("cannot be read as a Redis URL (redis://[[user]:password@]host"
                              "[:port][/db]); percent-encode / : @ # ? in a password") from None
         # redis-py takes a path that is no number ("/1x", "/ci", "/l" for "/1") as no database
         # at all (parse_url: int() in try/except ValueError: pass), and every process used
         # database 0, beside whatever else keeps its keys there. A database is SELECT's index.
-        if not value.startswith("unix://"):
-            path = unquote(urlsplit(value).path).replace("/", "")
-            if path and not path.strip().lstrip("+").isdigit():  # what int() takes
-                raise ValueError("the database after host[:port]/ must be a number, such as "
-                                 "/0 (redis://[[user]:password@]host[:port][/db])")
+        # As redis-py reads it: a query's ?db= first (the path is then not read), and what
+        # int() takes ("+1"; not "\u00b2", a digit to str.isdigit()).
+        if parsed.get("db", 0) < 0 or not value.startswith("unix://") and "db" not in parsed \
+                and unquote(urlsplit(value).path).replace("/", ""):
+            raise ValueError("the database after host[:port]/ must be a number, such as "
+                             "/0 (redis://[[user]:password@]host[:port][/db])")
         return value
 
     @field_validator(*HTTP_URL_FIELDS)

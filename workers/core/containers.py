@@ -22,6 +22,17 @@ DEFAULT_FIXED_MEMORY_BYTES = 256 * 2**20
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
+def env_names(value: dict[str, str]) -> dict[str, str]:
+    """The env's names, each one the API server takes: not empty, printable ASCII, no '='
+    (k8s.io/apimachinery validation IsEnvVarName, and the relaxed IsRelaxedEnvVarName alike).
+    Else every build's pod was a 422. The template's env and each container's alike."""
+    for name in value:
+        if not name or "=" in name or not (name.isascii() and name.isprintable()):
+            raise ValueError(f"{name!r}: not a name Kubernetes takes for an environment "
+                             "variable (printable ASCII, no '=')")
+    return value
+
+
 def positive_millis(value: Any) -> int:
     millis = cpu_millis(value)
     if millis <= 0:
@@ -68,6 +79,11 @@ class Container(BaseModel):
             raise ValueError(f"{AGENT_INIT_CONTAINER!r} is the init container that copies the "
                              "Jenkins agent into the pod; choose another name")
         return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return env_names(value)  # a service container's env was not checked
 
     @field_validator("cpu", mode="before")
     @classmethod

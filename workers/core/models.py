@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from pydantic.alias_generators import to_camel
 
 from workers.core.containers import DEFAULT_FIXED_CPU_MILLIS, DEFAULT_FIXED_MEMORY_BYTES
-from workers.core.containers import AGENT_VOLUME, Container, positive_bytes, positive_millis
+from workers.core.containers import AGENT_VOLUME, Container, env_names, positive_bytes
+from workers.core.containers import positive_millis
 from workers.core.node_affinity import problem as node_affinity_problem, required_terms
 from workers.core.fit import STANDARD_RESOURCES
 from workers.core.quantity import cpu_millis, memory_bytes
@@ -227,14 +228,7 @@ class PodTemplate(_Model):
     @field_validator("env")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        # The API server refuses a pod whose env var name is empty or has '=' (or any
-        # character but printable ASCII): k8s.io/apimachinery validation IsEnvVarName, and
-        # the relaxed IsRelaxedEnvVarName alike. Loaded, every build's pod was a 422.
-        for name in value:
-            if not name or "=" in name or not (name.isascii() and name.isprintable()):
-                raise ValueError(f"{name!r}: not a name Kubernetes takes for an environment "
-                                 "variable (printable ASCII, no '=')")
-        return value
+        return env_names(value)
 
     @field_validator("ephemeral_storage", mode="before")
     @classmethod

@@ -1,7 +1,7 @@
 """Kubernetes resource quantities ("500m", "2Gi", "1.5") as numbers, and back."""
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, Overflow
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
@@ -11,6 +11,10 @@ _DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), ""
 # <signedNumber> ::= <sign><digits> | <digits>.<digits> ... and the decimal exponent e<n>),
 # ASCII digits only. Decimal() took "NaN" (a traceback from the comparison below), "Infinity",
 # "1_000", "2 " (of "2 Gi") and non-ASCII digits, none of which the API server takes.
+# "No quantity may represent a number greater than 2^63-1" (kubernetes.io, Quantity): beyond
+# it the API server caps what it stores, and here 1e999999999 was a decimal.Overflow and
+# 1e5000 an integer too long to print (format_cpu), tracebacks of check-config or a build.
+LARGEST = Decimal(2**63 - 1)
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
@@ -18,7 +22,8 @@ def parse_quantity(text: str | int | float) -> Decimal:
     """The value of a Kubernetes quantity, in base units (cores, bytes)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         number = Decimal(str(text))
-        if not number.is_finite():  # YAML's .inf and .nan: an OverflowError traceback later
+        # YAML's .inf and .nan: an OverflowError traceback later
+        if not number.is_finite() or not 0 <= number <= LARGEST:
             raise ValueError(f"not a quantity: {text!r}")
         return number
     if not isinstance(text, str) or not text.strip():
@@ -34,10 +39,12 @@ def parse_quantity(text: str | int | float) -> Decimal:
         raise ValueError(f"not a quantity: {text!r}")
     try:
         value = Decimal(number) * factor
-    except InvalidOperation:
+    except (InvalidOperation, Overflow):
         raise ValueError(f"not a quantity: {text!r}") from None
     if value < 0 or not value.is_finite():
         raise ValueError(f"not a quantity: {text!r}")
+    if value > LARGEST:
+        raise ValueError(f"not a quantity: {text!r} is more than Kubernetes' largest, 2^63-1")
     return value
 
 
