@@ -392,6 +392,11 @@ def second_runs_then_releases(world, kube, jenkins_fake, second, agent) -> None:
     jenkins_fake.finish_build(second.queue_id)
     assert notify(world.test_client(), second).status_code == 202
     work(world)
+    print("PASS1", reconcile.reconcile_once(runtime.current()))
+    work(world)
+    print("NODES", list(jenkins_fake.nodes))
+    print("PASS2", reconcile.reconcile_once(runtime.current()))
+    work(world)
     assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
 
 
@@ -473,6 +478,11 @@ def test_a_short_hand_started_build_s_end_releases_its_idle_agent_at_once(
     jenkins_fake.finish_build(first.queue_id)
     assert notify(client, first).status_code == 202
     work(world)
+    print("PASS1", reconcile.reconcile_once(runtime.current()))
+    work(world)
+    print("NODES", list(jenkins_fake.nodes))
+    print("PASS2", reconcile.reconcile_once(runtime.current()))
+    work(world)
     assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
 
 
@@ -547,3 +557,23 @@ def test_an_item_on_a_label_expression_of_ours_is_told_once_and_shown_but_gets_n
     assert reconcile.reconcile_once(rt)["queue_items_unserved"] == 0
     assert "no template serves" not in world.test_client().get("/status").get_data(
         as_text=True)
+
+
+
+def test_a_short_adopted_node_block_done_before_a_pass_is_released_by_the_next_pass(
+        world, kube, jenkins_fake):
+    """A Pipeline's node('maven') block, adopted, runs on its agent and is done (its run too)
+    before a reconcile pass saw the agent take it. The run's COMPLETED names no agent of ours
+    (a Pipeline run's queue item is not the block's) and is ignored. The next pass recorded
+    the run and took the agent offline, but released it only one pass later (the session it
+    wrote was missing from the pass's own copy of the build): its pod stayed two reconcile
+    intervals (up to 60 s) after the build ended."""
+    client, rt = world.test_client(), runtime.current()
+    block, agent = adopted_block_running(world, jenkins_fake)
+    jenkins_fake.finish_node_block(block)
+    jenkins_fake.finish_build(block.run.queue_id)
+    assert notify(client, block.run).json["status"] == "ignored"
+    passed = reconcile.reconcile_once(rt)
+    assert (passed["adopted_agents_taken"], passed["adopted_agents_done"]) == (1, 1)
+    work(world)
+    assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
