@@ -392,6 +392,11 @@ def second_runs_then_releases(world, kube, jenkins_fake, second, agent) -> None:
     jenkins_fake.finish_build(second.queue_id)
     assert notify(world.test_client(), second).status_code == 202
     work(world)
+    print("PASS1", reconcile.reconcile_once(runtime.current()))
+    work(world)
+    print("NODES", list(jenkins_fake.nodes))
+    print("PASS2", reconcile.reconcile_once(runtime.current()))
+    work(world)
     assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
 
 
@@ -473,6 +478,11 @@ def test_a_short_hand_started_build_s_end_releases_its_idle_agent_at_once(
     jenkins_fake.finish_build(first.queue_id)
     assert notify(client, first).status_code == 202
     work(world)
+    print("PASS1", reconcile.reconcile_once(runtime.current()))
+    work(world)
+    print("NODES", list(jenkins_fake.nodes))
+    print("PASS2", reconcile.reconcile_once(runtime.current()))
+    work(world)
     assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
 
 
@@ -547,3 +557,64 @@ def test_an_item_on_a_label_expression_of_ours_is_told_once_and_shown_but_gets_n
     assert reconcile.reconcile_once(rt)["queue_items_unserved"] == 0
     assert "no template serves" not in world.test_client().get("/status").get_data(
         as_text=True)
+
+
+
+def test_a_short_adopted_node_block_done_before_a_pass_is_released_by_the_next_pass(
+        world, kube, jenkins_fake):
+    """A Pipeline's node('maven') block, adopted, runs on its agent and is done (its run too)
+    before a reconcile pass saw the agent take it. The run's COMPLETED names no agent of ours
+    (a Pipeline run's queue item is not the block's) and is ignored. The next pass recorded
+    the run and took the agent offline, but released it only one pass later (the session it
+    wrote was missing from the pass's own copy of the build): its pod stayed two reconcile
+    intervals (up to 60 s) after the build ended."""
+    client, rt = world.test_client(), runtime.current()
+    block, agent = adopted_block_running(world, jenkins_fake)
+    jenkins_fake.finish_node_block(block)
+    jenkins_fake.finish_build(block.run.queue_id)
+    assert notify(client, block.run).json["status"] == "ignored"
+    passed = reconcile.reconcile_once(rt)
+    assert (passed["adopted_agents_taken"], passed["adopted_agents_done"]) == (1, 1)
+    work(world)
+    assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
+
+
+@pytest.mark.parametrize("waiting", [False, True], ids=["queue empty", "an item waits"])
+def test_a_build_now_run_on_another_adopted_agent_releases_its_own_unused_agent_at_once(
+        world, kube, jenkins_fake, waiting):
+    """Two "Build Now"s of a freestyle job on `maven`, each adopted; the second's agent
+    connects first, and Jenkins hands it the oldest item (then the second, once free). The
+    first run's COMPLETED names the first build (its queue item), but its builtOn the other
+    agent: it was refused, and the first build's agent, which ran nothing, was kept until a
+    pass or the lost-event check found it (its pod up to 90 s after the burst had ended).
+    Jenkins says the first build's own item left the queue as that run, and nothing waits:
+    the build is over, and its unused agent goes at once. The agent running the second run
+    is kept. While an item waits in Jenkins' queue, the unused agent may be the one to serve
+    it: left to the pass, as before."""
+    client, rt = world.test_client(), runtime.current()
+    jenkins_fake.add_job("nightly", parameters=None, kind=FREESTYLE_JOB)
+    first = jenkins_fake.queue_build("nightly", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+    (own,) = agents(jenkins_fake)
+    second = jenkins_fake.queue_build("nightly", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+    (other,) = [a for a in agents(jenkins_fake) if a != own]
+    jenkins_fake.connect_agent(other)  # connects first: Jenkins hands it the oldest item
+    assert jenkins_fake.dispatch() == [(first.queue_id, other)]
+    jenkins_fake.finish_build(first.queue_id)
+    assert jenkins_fake.dispatch() == [(second.queue_id, other)]
+    if waiting:
+        jenkins_fake.queue_build("nightly", label="elsewhere")
+    assert notify(client, first).status_code == 202
+    work(world)
+    if waiting:
+        assert own in jenkins_fake.nodes and kube.pod(NAMESPACE, own) is not None
+        return
+    assert own not in jenkins_fake.nodes and kube.pod(NAMESPACE, own) is None
+    assert other in jenkins_fake.nodes and kube.pod(NAMESPACE, other) is not None
+    jenkins_fake.finish_build(second.queue_id)  # the second's end releases its own agent
+    assert notify(client, second).status_code == 202
+    work(world)
+    assert agents(jenkins_fake) == [] and pods(kube) == []

@@ -272,13 +272,18 @@ def _record_taken(rt: runtime.Runtime, key: str, build: dict[str, str], run: Run
     rt.state.record_run(key, job=run.job, number=run.number)
     # the session it took the run under: a restart since may resume its block on it
     # (workers.engine.adopted_done leaves it then)
-    rt.state.update_build(key, **{jenkins_sessions.FIELD: rt.jenkins.session(
-        max_age=tasks.SESSION_MAX_AGE_SECONDS)})
+    session = rt.jenkins.session(max_age=tasks.SESSION_MAX_AGE_SECONDS)
+    rt.state.update_build(key, **{jenkins_sessions.FIELD: session})
     # It took a run, so it connected; taken offline (Computer.isOffline: temporarily
     # offline || no channel), no poll would see it online, and its connect timeout would
     # delete it from under its run (workers.agent_starts.online).
     online.mark_online(rt, key, build["agent"], build, time.time())
-    build.update(job=run.job, jenkins_build=str(run.number), status=BuildStatus.RUNNING)
+    # The pass's own copy too, session included: a short block that is done by now (its
+    # PlaceholderTask item left the queue as a run, the agent idle again; the run's COMPLETED
+    # names no agent of ours and is ignored) is released by this same pass (adopted_done),
+    # not one pass later, its pod kept a whole reconcile interval for nothing.
+    build.update({"job": run.job, "jenkins_build": str(run.number),
+                  "status": BuildStatus.RUNNING, jenkins_sessions.FIELD: session})
     log.info("adopted agent took a run; it takes no other", extra={
         "build_key": key, "agent": build["agent"], "job": run.job, "number": run.number,
         "seen_on": seen, "taken_offline": disabled})

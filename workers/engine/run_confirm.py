@@ -70,6 +70,9 @@ def confirmed(rt: runtime.Runtime, build_key: str,
         adopted_by=adopted,
         own_run=own if own == number and job_exists(rt, job) else None,
         agent=build.get("agent") or None)
+    if not isinstance(decision, Confirmed) and run is not None and run.finished \
+            and build.get("node_label") and build.get("agent"):
+        decision = _own_item_ran_elsewhere(rt, build, job, number) or decision
     if isinstance(decision, Confirmed) and build.get("node_label") and build.get("agent") \
             and (kept := agent_kept(rt, build_key, build, job, number)) is not None:
         # Whatever confirmed the end: a run confirmed as the build's own, discarded as it
@@ -89,6 +92,23 @@ def confirmed(rt: runtime.Runtime, build_key: str,
                 k: v for k, v in ended.items() if k == "finished_at"}}
             return _recorded(rt, build_key, decision, run, ended)
     return _recorded(rt, build_key, decision, run, ended, discarded=run is None)
+
+
+def _own_item_ran_elsewhere(rt: runtime.Runtime, build: dict[str, str], job: str,
+                            number: int) -> Confirmed | None:
+    """Confirmed if the finished run `number` of `job` is the one the adopted build's own
+    queue item left the queue as (Jenkins' word: the item's executable, own_run) and nothing
+    waits in Jenkins' queue. Jenkins hands the oldest item on a label to whichever agent
+    with that label is free first (Queue maintenance), so in a burst of "Build Now"s the
+    item is often run by another adopted agent: its builtOn names that one, and its
+    COMPLETED was refused, the build's own agent kept, idle or still starting, until a pass
+    or the lost-event check (CI_AUTOSCALER_LOST_EVENT_SECONDS) found it. With an item still
+    waiting, that agent may be the one to serve it, and is left to the pass as before; one
+    that took another run since is kept for it (agent_kept, which takes it offline first)."""
+    if own_run(rt, build) != number or rt.jenkins.queue_items():
+        return None
+    return Confirmed(f"Jenkins says run {job}#{number}, which the build's queue item left the "
+                     "queue as, finished (on another agent), and no item waits in its queue")
 
 
 def agent_kept(rt: runtime.Runtime, build_key: str, build: dict[str, str], job: str,
