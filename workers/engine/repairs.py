@@ -49,7 +49,7 @@ from workers import commit_statuses, runtime
 from workers.engine import (adopted_done, adoption, blocked_builds, forgotten_items,
                             jenkins_leftovers, label_probe, lost_agents, lost_runs, lost_triggers,
                             orphans, retention, run_confirm, tasks, unserved)
-from workers.adapters import lease, run_bound
+from workers.adapters import lease, rq_taken, run_bound
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
 from workers.agent_starts import disrupted
@@ -342,7 +342,7 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     cap or a quota: the waiting set, which every pass re-drives), no pod yet (or no longer, or
     only one being deleted), no task holding the build's lease, and not touched for a lease
     period, or for ten while the queue still holds jobs (the workers are behind: the job may
-    still be in there), counted from when its job's RQ retry was due, if one was scheduled
+    still be in there; one period when a worker took it and died before its lease), counted from when its job's RQ retry was due, if one was scheduled
     (RETRY_AT); or at once when the lease was its holder's that stopped renewing it (the
     worker died mid-provision). A duplicate run is harmless (every step is idempotent and the
     lease keeps two tasks apart), so when in doubt, restart."""
@@ -377,6 +377,12 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     # lease lapses) and one more (quiet since that provision's last touch).
     dead = set(lease.free_if_stale(rt.state.redis, [tasks.lease_key(rt, k) for k in candidates],
                                    rt.settings.provision_lease_seconds))
+    # A job a worker took, whose build has no lease: that worker died between the two (a live
+    # provision takes the lease at once), and the job is in no queue. Its build waits one
+    # lease period, not ten while the queue holds others' jobs: RQ gives the job back no
+    # sooner than its timeout and a maintenance pass later (workers.adapters.rq_taken).
+    taken = rq_taken.provisions_taken(rt.state.queue) if candidates and quiet > \
+        rt.settings.provision_lease_seconds else set()
     restarted = 0
     for key, build in candidates.items():
         run_bound.checkpoint()  # the pass may end before this build
@@ -385,7 +391,8 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         last_touched = max(float(build.get(f) or 0)
                            for f in ("updated_at", "received_at", "restarted_at", RETRY_AT))
         lease_key = tasks.lease_key(rt, key)
-        if lease_key not in dead and (now - last_touched < quiet
+        own_quiet = rt.settings.provision_lease_seconds if key in taken else quiet
+        if lease_key not in dead and (now - last_touched < own_quiet
                                       or held(rt.state.redis, lease_key)):
             continue
         tasks.queue_provision(rt, BuildRequest.from_dict(json.loads(build["request"])))
