@@ -21,6 +21,7 @@ from workers.adapters.jenkins import NODE_DESCRIPTION
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from workers.core.routing import BUILD_KEY_PARAMETER
 from workers.engine.intake import Mover
+from workers.adapters.lease import stale_seconds
 
 LOST_EVENT_SECONDS = 30
 LEASE_SECONDS = 20
@@ -429,7 +430,7 @@ def test_a_build_is_not_triggered_twice_when_the_first_answer_was_lost(
 
 
 @pytest.mark.parametrize("started", [True, False], ids=["started", "only-dequeued"])
-def test_a_provision_job_whose_worker_died_before_its_lease_is_redriven_after_one_period(
+def test_a_provision_job_whose_worker_died_before_its_lease_is_redriven_not_left_queued(
         app, kube, jenkins_fake, started):
     """A worker SIGKILLed after it took a provision job and before the job took its build's
     lease: the job is in RQ's started registry (or, taken but not started, its intermediate
@@ -453,7 +454,12 @@ def test_a_provision_job_whose_worker_died_before_its_lease_is_redriven_after_on
     assert state.queue.count == 1
     rt = runtime.current()
 
-    later = time.time() + LEASE_SECONDS + 1
+    wait = stale_seconds(LEASE_SECONDS) if started else LEASE_SECONDS
+    assert reconcile.reconcile_once(rt)["stalled_builds_restarted"] == 0  # may still be alive
+    later = time.time() + wait + 1
     restarted = reconcile.reconcile_once(rt, now=later)["stalled_builds_restarted"]
+    # once per dead job: its build's new job waits in the queue as any other
+    again = reconcile.reconcile_once(rt, now=later + 2 * LEASE_SECONDS)
 
     assert restarted == 1 and state.get_build(key)["restarted_at"]
+    assert again["stalled_builds_restarted"] == 0
