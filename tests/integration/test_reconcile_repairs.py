@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from rq import SimpleWorker
 
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
@@ -20,6 +21,7 @@ from workers.adapters.jenkins import NODE_DESCRIPTION
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from workers.core.routing import BUILD_KEY_PARAMETER
 from workers.engine.intake import Mover
+from workers.adapters.lease import stale_seconds
 
 LOST_EVENT_SECONDS = 30
 LEASE_SECONDS = 20
@@ -425,3 +427,39 @@ def test_a_build_is_not_triggered_twice_when_the_first_answer_was_lost(
     assert len(jenkins_fake.build_with(BUILD_KEY_PARAMETER, key)) == 1
     assert state.get_build(key)["queue_item"] == str(build.queue_id)
     assert state.get_build(key)["status"] == "triggered"
+
+
+@pytest.mark.parametrize("started", [True, False], ids=["started", "only-dequeued"])
+def test_a_provision_job_whose_worker_died_before_its_lease_is_redriven_not_left_queued(
+        app, kube, jenkins_fake, started):
+    """A worker SIGKILLed after it took a provision job and before the job took its build's
+    lease: the job is in RQ's started registry (or, taken but not started, its intermediate
+    queue), in no queue, and RQ gives it back only after its timeout plus 60 s and a worker's
+    maintenance pass, every 10 minutes (StartedJobRegistry.cleanup, IntermediateQueue.cleanup,
+    rq 3.0). While other builds' jobs waited in the queue, the build waited ten lease periods
+    (10 minutes by default) for its restart, as if its job could still be in there."""
+    key = push(app.test_client(), 1)
+    state = state_of(app)
+    Mover(state).drain()
+    push(app.test_client(), 2)  # a second build's job stays queued: the workers are behind
+    Mover(state).drain()
+    worker = SimpleWorker([state.queue], connection=state.redis,  # RQ's own steps, then killed
+                          serializer=state.queue.serializer)
+    worker.register_birth()
+    job, _ = worker.dequeue_job_and_maintain_ttl(timeout=1)
+    assert job.description == f"provision_agent {key}"
+    if started:
+        worker.prepare_execution(job)
+        worker.prepare_job_execution(job)
+    assert state.queue.count == 1
+    rt = runtime.current()
+
+    wait = stale_seconds(LEASE_SECONDS) if started else LEASE_SECONDS
+    assert reconcile.reconcile_once(rt)["stalled_builds_restarted"] == 0  # may still be alive
+    later = time.time() + wait + 1
+    restarted = reconcile.reconcile_once(rt, now=later)["stalled_builds_restarted"]
+    # once per dead job: its build's new job waits in the queue as any other
+    again = reconcile.reconcile_once(rt, now=later + 2 * LEASE_SECONDS)
+
+    assert restarted == 1 and state.get_build(key)["restarted_at"]
+    assert again["stalled_builds_restarted"] == 0

@@ -49,7 +49,7 @@ from workers import commit_statuses, runtime
 from workers.engine import (adopted_done, adoption, blocked_builds, forgotten_items,
                             jenkins_leftovers, label_probe, lost_agents, lost_runs, lost_triggers,
                             orphans, retention, run_confirm, tasks, unserved)
-from workers.adapters import lease, run_bound
+from workers.adapters import lease, rq_taken, run_bound
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
 from workers.agent_starts import disrupted
@@ -344,8 +344,9 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     period, or for ten while the queue still holds jobs (the workers are behind: the job may
     still be in there), counted from when its job's RQ retry was due, if one was scheduled
     (RETRY_AT); or at once when the lease was its holder's that stopped renewing it (the
-    worker died mid-provision). A duplicate run is harmless (every step is idempotent and the
-    lease keeps two tasks apart), so when in doubt, restart."""
+    worker died mid-provision), or as soon when its job was taken by a worker that died
+    before it took the lease (workers.adapters.rq_taken). A duplicate run is harmless (every
+    step is idempotent and the lease keeps two tasks apart), so when in doubt, restart."""
     # A pod being deleted is not the build's: nothing else makes its next one (one stuck
     # Terminating on a node that cannot be reached, evicted by the node lifecycle controller,
     # is force-deleted by the provision: workers.engine.terminating).
@@ -377,6 +378,13 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     # lease lapses) and one more (quiet since that provision's last touch).
     dead = set(lease.free_if_stale(rt.state.redis, [tasks.lease_key(rt, k) for k in candidates],
                                    rt.settings.provision_lease_seconds))
+    # A job a worker took, whose build has no lease: that worker died between the two (a live
+    # provision takes the lease at once), and the job is in no queue; RQ gives it back no
+    # sooner than its timeout and a maintenance pass later (workers.adapters.rq_taken). Its
+    # build is provisioned again once the job started as long ago as a lease goes unrenewed
+    # before it is freed (20 s for 60), or after one lease period when not started yet.
+    period = rt.settings.provision_lease_seconds
+    taken = rq_taken.provisions_taken(rt.state.queue) if candidates else {}
     restarted = 0
     for key, build in candidates.items():
         run_bound.checkpoint()  # the pass may end before this build
@@ -385,8 +393,18 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         last_touched = max(float(build.get(f) or 0)
                            for f in ("updated_at", "received_at", "restarted_at", RETRY_AT))
         lease_key = tasks.lease_key(rt, key)
-        if lease_key not in dead and (now - last_touched < quiet
-                                      or held(rt.state.redis, lease_key)):
+        # once per dead job: restarted since it started, its build's new job may wait in the
+        # queue as any other (a restart every pass until RQ's cleanup took the dead job)
+        redone = float(build.get("restarted_at") or 0)
+        if key in taken and not (redone and redone >= (taken[key] or 0)):  # not started: unknown
+            started = taken[key]
+            # and the build untouched as long: a job that just let its lease go, about to
+            # end (its retry noted on the build), is left to end
+            quiet_enough = (now - last_touched >= period) if started is None else (
+                min(now - started, now - last_touched) >= lease.stale_seconds(period))
+        else:
+            quiet_enough = now - last_touched >= quiet
+        if lease_key not in dead and (not quiet_enough or held(rt.state.redis, lease_key)):
             continue
         tasks.queue_provision(rt, BuildRequest.from_dict(json.loads(build["request"])))
         rt.state.update_build(key, restarted_at=now)
