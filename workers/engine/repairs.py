@@ -400,7 +400,8 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         if key in taken and not (redone and redone >= taken[key]):
             # and the build untouched as long: a job that just let its lease go, about to
             # end (its retry noted on the build), is left to end
-            quiet_enough = min(now - taken[key], now - last_touched) >= lease.stale_seconds(period)
+            quiet_enough = min(now - taken[key], now - last_touched) >= \
+                lease.stale_seconds(period)
         else:
             quiet_enough = now - last_touched >= quiet
         if lease_key not in dead and (not quiet_enough or held(rt.state.redis, lease_key)):
