@@ -429,37 +429,71 @@ def test_a_build_is_not_triggered_twice_when_the_first_answer_was_lost(
     assert state.get_build(key)["status"] == "triggered"
 
 
-@pytest.mark.parametrize("started", [True, False], ids=["started", "only-dequeued"])
 def test_a_provision_job_whose_worker_died_before_its_lease_is_redriven_not_left_queued(
-        app, kube, jenkins_fake, started):
-    """A worker SIGKILLed after it took a provision job and before the job took its build's
-    lease: the job is in RQ's started registry (or, taken but not started, its intermediate
-    queue), in no queue, and RQ gives it back only after its timeout plus 60 s and a worker's
-    maintenance pass, every 10 minutes (StartedJobRegistry.cleanup, IntermediateQueue.cleanup,
-    rq 3.0). While other builds' jobs waited in the queue, the build waited ten lease periods
-    (10 minutes by default) for its restart, as if its job could still be in there."""
-    key = push(app.test_client(), 1)
-    state = state_of(app)
-    Mover(state).drain()
-    push(app.test_client(), 2)  # a second build's job stays queued: the workers are behind
-    Mover(state).drain()
-    worker = SimpleWorker([state.queue], connection=state.redis,  # RQ's own steps, then killed
-                          serializer=state.queue.serializer)
-    worker.register_birth()
-    job, _ = worker.dequeue_job_and_maintain_ttl(timeout=1)
-    assert job.description == f"provision_agent {key}"
-    if started:
-        worker.prepare_execution(job)
-        worker.prepare_job_execution(job)
+        app, kube, jenkins_fake):
+    """A worker SIGKILLed after it started a provision job and before the job took its build's
+    lease: the job is in RQ's started registry, in no queue, and RQ gives it back only after
+    its timeout plus 60 s and a worker's maintenance pass, every 10 minutes
+    (StartedJobRegistry.cleanup, rq 3.0). While other builds' jobs waited in the queue, the
+    build waited ten lease periods (10 minutes by default) for its restart, as if its job
+    could still be in there."""
+    key, state, worker, job = _taken_while_queue_busy(app)
+    worker.prepare_execution(job)
+    worker.prepare_job_execution(job)
     assert state.queue.count == 1
     rt = runtime.current()
 
-    wait = stale_seconds(LEASE_SECONDS) if started else LEASE_SECONDS
     assert reconcile.reconcile_once(rt)["stalled_builds_restarted"] == 0  # may still be alive
-    later = time.time() + wait + 1
+    later = time.time() + stale_seconds(LEASE_SECONDS) + 1
     restarted = reconcile.reconcile_once(rt, now=later)["stalled_builds_restarted"]
     # once per dead job: its build's new job waits in the queue as any other
     again = reconcile.reconcile_once(rt, now=later + 2 * LEASE_SECONDS)
 
     assert restarted == 1 and state.get_build(key)["restarted_at"]
     assert again["stalled_builds_restarted"] == 0
+
+
+@pytest.mark.parametrize("retried", [False, True], ids=["first-attempt", "rq-retry"])
+def test_a_provision_job_a_live_worker_took_and_is_starting_is_not_provisioned_twice(
+        app, kube, jenkins_fake, retried):
+    """A live worker holds each job it takes for a few round trips before it starts it: our
+    PoolWorker's main thread writes its execution (rq/executions.py prepare_execution: the
+    started registry) and the job thread then its start (Worker.prepare_job_execution:
+    status "started", started_at). During a burst a build's job waited longer than a lease
+    period in the queue, and a pass that read it in that moment queued a second provision of
+    it; an RQ retry's job still carries the started_at of its earlier attempt there."""
+    key, state, worker, job = _taken_while_queue_busy(app)
+    if retried:  # its first attempt ended retryably: RQ's retry, then its scheduler's enqueue
+        execution = worker.prepare_execution(job)
+        worker.prepare_job_execution(job)
+        with state.redis.pipeline() as pipe:
+            job.retry(state.queue, pipe)
+            worker.cleanup_execution(job, pipeline=pipe, execution=execution)
+            pipe.execute()
+        state.queue.scheduled_job_registry.remove(job)
+        state.queue.enqueue_job(job, at_front=True)
+        job, _ = worker.dequeue_job_and_maintain_ttl(timeout=1)
+        assert job.description == f"provision_agent {key}"
+    worker.prepare_execution(job)  # the job thread has not started it yet
+    rt = runtime.current()
+
+    # the build waited in the queue since its last touch, longer than a lease period
+    later = time.time() + LEASE_SECONDS + 1
+    assert reconcile.reconcile_once(rt, now=later)["stalled_builds_restarted"] == 0
+    assert "restarted_at" not in state.get_build(key)
+
+
+def _taken_while_queue_busy(app):
+    """A build's provision job taken by a worker (RQ's own steps) while a second build's job
+    waits in the queue: the workers are behind."""
+    key = push(app.test_client(), 1)
+    state = state_of(app)
+    Mover(state).drain()
+    push(app.test_client(), 2)
+    Mover(state).drain()
+    worker = SimpleWorker([state.queue], connection=state.redis,
+                          serializer=state.queue.serializer)
+    worker.register_birth()
+    job, _ = worker.dequeue_job_and_maintain_ttl(timeout=1)
+    assert job.description == f"provision_agent {key}"
+    return key, state, worker, job

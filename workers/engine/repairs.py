@@ -344,7 +344,7 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     period, or for ten while the queue still holds jobs (the workers are behind: the job may
     still be in there), counted from when its job's RQ retry was due, if one was scheduled
     (RETRY_AT); or at once when the lease was its holder's that stopped renewing it (the
-    worker died mid-provision), or as soon when its job was taken by a worker that died
+    worker died mid-provision), or as soon when its job was started by a worker that died
     before it took the lease (workers.adapters.rq_taken). A duplicate run is harmless (every
     step is idempotent and the lease keeps two tasks apart), so when in doubt, restart."""
     # A pod being deleted is not the build's: nothing else makes its next one (one stuck
@@ -378,11 +378,12 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
     # lease lapses) and one more (quiet since that provision's last touch).
     dead = set(lease.free_if_stale(rt.state.redis, [tasks.lease_key(rt, k) for k in candidates],
                                    rt.settings.provision_lease_seconds))
-    # A job a worker took, whose build has no lease: that worker died between the two (a live
-    # provision takes the lease at once), and the job is in no queue; RQ gives it back no
+    # A job a worker started, whose build has no lease: that worker died between the two (a
+    # live provision takes the lease at once), and the job is in no queue; RQ gives it back no
     # sooner than its timeout and a maintenance pass later (workers.adapters.rq_taken). Its
     # build is provisioned again once the job started as long ago as a lease goes unrenewed
-    # before it is freed (20 s for 60), or after one lease period when not started yet.
+    # before it is freed (20 s for 60). One taken and not started is not told from a live
+    # worker's about to start it: left to the periods below.
     period = rt.settings.provision_lease_seconds
     taken = rq_taken.provisions_taken(rt.state.queue) if candidates else {}
     restarted = 0
@@ -396,12 +397,11 @@ def restart_stalled(rt: runtime.Runtime, builds: dict[str, dict[str, str]],
         # once per dead job: restarted since it started, its build's new job may wait in the
         # queue as any other (a restart every pass until RQ's cleanup took the dead job)
         redone = float(build.get("restarted_at") or 0)
-        if key in taken and not (redone and redone >= (taken[key] or 0)):  # not started: unknown
-            started = taken[key]
+        if key in taken and not (redone and redone >= taken[key]):
             # and the build untouched as long: a job that just let its lease go, about to
             # end (its retry noted on the build), is left to end
-            quiet_enough = (now - last_touched >= period) if started is None else (
-                min(now - started, now - last_touched) >= lease.stale_seconds(period))
+            quiet_enough = min(now - taken[key], now - last_touched) >= \
+                lease.stale_seconds(period)
         else:
             quiet_enough = now - last_touched >= quiet
         if lease_key not in dead and (not quiet_enough or held(rt.state.redis, lease_key)):
