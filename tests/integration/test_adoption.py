@@ -392,11 +392,6 @@ def second_runs_then_releases(world, kube, jenkins_fake, second, agent) -> None:
     jenkins_fake.finish_build(second.queue_id)
     assert notify(world.test_client(), second).status_code == 202
     work(world)
-    print("PASS1", reconcile.reconcile_once(runtime.current()))
-    work(world)
-    print("NODES", list(jenkins_fake.nodes))
-    print("PASS2", reconcile.reconcile_once(runtime.current()))
-    work(world)
     assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
 
 
@@ -477,11 +472,6 @@ def test_a_short_hand_started_build_s_end_releases_its_idle_agent_at_once(
     first, agent = adopted_and_running(world, jenkins_fake)
     jenkins_fake.finish_build(first.queue_id)
     assert notify(client, first).status_code == 202
-    work(world)
-    print("PASS1", reconcile.reconcile_once(runtime.current()))
-    work(world)
-    print("NODES", list(jenkins_fake.nodes))
-    print("PASS2", reconcile.reconcile_once(runtime.current()))
     work(world)
     assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
 
