@@ -569,6 +569,22 @@ def test_a_short_adopted_node_block_done_before_a_pass_is_released_by_the_next_p
     assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
 
 
+def two_build_nows(world, jenkins_fake):
+    """Two "Build Now"s of a freestyle job on `maven`, each adopted by a pass, neither agent
+    connected yet: (first, second, the first's agent, the second's agent)."""
+    rt = runtime.current()
+    jenkins_fake.add_job("nightly", parameters=None, kind=FREESTYLE_JOB)
+    first = jenkins_fake.queue_build("nightly", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+    (own,) = agents(jenkins_fake)
+    second = jenkins_fake.queue_build("nightly", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+    (other,) = [a for a in agents(jenkins_fake) if a != own]
+    return first, second, own, other
+
+
 @pytest.mark.parametrize("waiting", [False, True], ids=["queue empty", "an item waits"])
 def test_a_build_now_run_on_another_adopted_agent_releases_its_own_unused_agent_at_once(
         world, kube, jenkins_fake, waiting):
@@ -581,16 +597,8 @@ def test_a_build_now_run_on_another_adopted_agent_releases_its_own_unused_agent_
     the build is over, and its unused agent goes at once. The agent running the second run
     is kept. While an item waits in Jenkins' queue, the unused agent may be the one to serve
     it: left to the pass, as before."""
-    client, rt = world.test_client(), runtime.current()
-    jenkins_fake.add_job("nightly", parameters=None, kind=FREESTYLE_JOB)
-    first = jenkins_fake.queue_build("nightly", label="maven")
-    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
-    work(world)
-    (own,) = agents(jenkins_fake)
-    second = jenkins_fake.queue_build("nightly", label="maven")
-    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
-    work(world)
-    (other,) = [a for a in agents(jenkins_fake) if a != own]
+    client = world.test_client()
+    first, second, own, other = two_build_nows(world, jenkins_fake)
     jenkins_fake.connect_agent(other)  # connects first: Jenkins hands it the oldest item
     assert jenkins_fake.dispatch() == [(first.queue_id, other)]
     jenkins_fake.finish_build(first.queue_id)
@@ -619,17 +627,9 @@ def test_a_build_now_run_elsewhere_keeps_its_agent_that_just_took_an_item(
     is busy from the moment queue maintenance handed it the work unit (Executor.isIdle:
     workUnit == null && executable == null): its `idle` is false, its currentExecutable
     null. The COMPLETED's "nothing waits" is read then; deleting the agent would kill the
-    third run as it starts. It is kept (taken offline), and that run is the build's."""
-    client, rt = world.test_client(), runtime.current()
-    jenkins_fake.add_job("nightly", parameters=None, kind=FREESTYLE_JOB)
-    first = jenkins_fake.queue_build("nightly", label="maven")
-    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
-    work(world)
-    (own,) = agents(jenkins_fake)
-    second = jenkins_fake.queue_build("nightly", label="maven")
-    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
-    work(world)
-    (other,) = [a for a in agents(jenkins_fake) if a != own]
+    third run as it starts. It is kept (taken offline), and that run goes on on it."""
+    client = world.test_client()
+    first, second, own, other = two_build_nows(world, jenkins_fake)
     jenkins_fake.connect_agent(other)
     assert jenkins_fake.dispatch() == [(first.queue_id, other)]
     jenkins_fake.finish_build(first.queue_id)
