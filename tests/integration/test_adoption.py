@@ -392,11 +392,6 @@ def second_runs_then_releases(world, kube, jenkins_fake, second, agent) -> None:
     jenkins_fake.finish_build(second.queue_id)
     assert notify(world.test_client(), second).status_code == 202
     work(world)
-    print("PASS1", reconcile.reconcile_once(runtime.current()))
-    work(world)
-    print("NODES", list(jenkins_fake.nodes))
-    print("PASS2", reconcile.reconcile_once(runtime.current()))
-    work(world)
     assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
 
 
@@ -477,11 +472,6 @@ def test_a_short_hand_started_build_s_end_releases_its_idle_agent_at_once(
     first, agent = adopted_and_running(world, jenkins_fake)
     jenkins_fake.finish_build(first.queue_id)
     assert notify(client, first).status_code == 202
-    work(world)
-    print("PASS1", reconcile.reconcile_once(runtime.current()))
-    work(world)
-    print("NODES", list(jenkins_fake.nodes))
-    print("PASS2", reconcile.reconcile_once(runtime.current()))
     work(world)
     assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
 
@@ -579,6 +569,22 @@ def test_a_short_adopted_node_block_done_before_a_pass_is_released_by_the_next_p
     assert agent not in jenkins_fake.nodes and kube.pod(NAMESPACE, agent) is None
 
 
+def two_build_nows(world, jenkins_fake):
+    """Two "Build Now"s of a freestyle job on `maven`, each adopted by a pass, neither agent
+    connected yet: (first, second, the first's agent, the second's agent)."""
+    rt = runtime.current()
+    jenkins_fake.add_job("nightly", parameters=None, kind=FREESTYLE_JOB)
+    first = jenkins_fake.queue_build("nightly", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+    (own,) = agents(jenkins_fake)
+    second = jenkins_fake.queue_build("nightly", label="maven")
+    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
+    work(world)
+    (other,) = [a for a in agents(jenkins_fake) if a != own]
+    return first, second, own, other
+
+
 @pytest.mark.parametrize("waiting", [False, True], ids=["queue empty", "an item waits"])
 def test_a_build_now_run_on_another_adopted_agent_releases_its_own_unused_agent_at_once(
         world, kube, jenkins_fake, waiting):
@@ -591,16 +597,8 @@ def test_a_build_now_run_on_another_adopted_agent_releases_its_own_unused_agent_
     the build is over, and its unused agent goes at once. The agent running the second run
     is kept. While an item waits in Jenkins' queue, the unused agent may be the one to serve
     it: left to the pass, as before."""
-    client, rt = world.test_client(), runtime.current()
-    jenkins_fake.add_job("nightly", parameters=None, kind=FREESTYLE_JOB)
-    first = jenkins_fake.queue_build("nightly", label="maven")
-    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
-    work(world)
-    (own,) = agents(jenkins_fake)
-    second = jenkins_fake.queue_build("nightly", label="maven")
-    assert reconcile.reconcile_once(rt)["queue_items_adopted"] == 1
-    work(world)
-    (other,) = [a for a in agents(jenkins_fake) if a != own]
+    client = world.test_client()
+    first, second, own, other = two_build_nows(world, jenkins_fake)
     jenkins_fake.connect_agent(other)  # connects first: Jenkins hands it the oldest item
     assert jenkins_fake.dispatch() == [(first.queue_id, other)]
     jenkins_fake.finish_build(first.queue_id)
@@ -618,3 +616,30 @@ def test_a_build_now_run_on_another_adopted_agent_releases_its_own_unused_agent_
     assert notify(client, second).status_code == 202
     work(world)
     assert agents(jenkins_fake) == [] and pods(kube) == []
+
+
+def test_a_build_now_run_elsewhere_keeps_its_agent_that_just_took_an_item(
+        world, kube, jenkins_fake):
+    """The run of the build's own item on another adopted agent, as above, and nothing in
+    Jenkins' queue: but only because the build's own agent has just taken a third item, its
+    Run not made yet. Jenkins takes the item out of its queue (Queue.onStartExecuting) before
+    the executor makes the Run (Executor.run: createExecutable after it), and the executor
+    is busy from the moment queue maintenance handed it the work unit (Executor.isIdle:
+    workUnit == null && executable == null): its `idle` is false, its currentExecutable
+    null. The COMPLETED's "nothing waits" is read then; deleting the agent would kill the
+    third run as it starts. It is kept (taken offline), and that run goes on on it."""
+    client = world.test_client()
+    first, second, own, other = two_build_nows(world, jenkins_fake)
+    jenkins_fake.connect_agent(other)
+    assert jenkins_fake.dispatch() == [(first.queue_id, other)]
+    jenkins_fake.finish_build(first.queue_id)
+    assert jenkins_fake.dispatch() == [(second.queue_id, other)]
+    third = jenkins_fake.queue_build("nightly", label="maven")
+    jenkins_fake.connect_agent(own)
+    jenkins_fake.begin_start(third.queue_id, own)  # out of the queue, its Run not made yet
+    assert notify(client, first).status_code == 202
+    work(world)
+    assert own in jenkins_fake.nodes and kube.pod(NAMESPACE, own) is not None
+    assert jenkins_fake.nodes[own].temporarily_offline
+    jenkins_fake.start_build(third.queue_id)
+    assert third.node == own and third.state == "running"
