@@ -450,8 +450,10 @@ def test_a_build_placed_while_its_scale_up_pod_is_made_is_left_no_pause_pod(
             assert placed == waiting, [state_of(app).get_build(k) for k in waiting]
         finally:
             release.set()
-            sync.join(30)
-        assert made["scale_up_pods_created"] >= 1  # the held one did reach the API server
+            sync.join(120)
+        # the held create reached the API server (or, under load, its client gave up waiting
+        # and a retry found the pod made: deleted all the same)
+        assert made["scale_up_pods_created"] + made["scale_up_pods_deleted"] >= 1, made
         assert scale_up_pods(kube) == {}
         assert exported(app, "ci_autoscaler_scale_up_pods ") == 0
     finally:

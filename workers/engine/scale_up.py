@@ -46,20 +46,19 @@ def sync(rt: runtime.Runtime) -> dict[str, int]:
     before = rt.scale_up.list()
     decided = scale_up.plan(list(template_of), before, limit=rt.settings.scale_up_pods_max)
     deleted = sum(1 for name in decided.delete if rt.scale_up.delete(name))
-    made, made_for = 0, []
+    made, present, tried = 0, 0, []
     for key in decided.create:
+        tried.append(key)
         name = template_of[key]
         template = namespace_sizes.fitted(rt, rt.config.templates[name])
         try:
-            made_now = rt.scale_up.create(scale_up.manifest(
+            made += rt.scale_up.create(scale_up.manifest(
                 build_key=key, template_name=name, template=template,
                 requests=podsize.container_requests(template, template_min(template),
                                                     with_sidecars=False),
                 init=podsize.init_requests(template),
                 image=rt.settings.scale_up_image, installation=rt.settings.installation))
-            made += made_now
-            if made_now:
-                made_for.append(key)
+            present += 1  # made, or found made (a create retried after its answer was lost)
         except QuotaFull as err:
             # The agent namespace's quota is full: the later pods would be refused alike, and a
             # node added for a build the quota holds back would not start it. Tried again next
@@ -78,10 +77,10 @@ def sync(rt: runtime.Runtime) -> dict[str, int]:
     # A build a worker placed since `waiting` was read (its give_way found no pod of it yet to
     # delete) has its agent's pod: its pause pod goes now, not Pending until the next pass,
     # when a cluster autoscaler may have added a node for it (it scans every 10 s).
-    placed = set(made_for) - rt.capacity.still_waiting(made_for)
+    placed = set(tried) - rt.capacity.still_waiting(tried)
     deleted += sum(1 for key in placed
                    if rt.scale_up.delete(scale_up.pod_name(key, rt.settings.installation)))
-    existing = len(before) - deleted + made
+    existing = len(before) - deleted + present
     rt.capacity.write_scale_up_pods(existing)
     if decided.bound:  # nodes appeared for them: place the builds now
         redrive.request_redrive(rt)
