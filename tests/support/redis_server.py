@@ -5,6 +5,7 @@ fixture fails and says so (it never skips).
 """
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -18,10 +19,36 @@ import redis
 START_TIMEOUT_SECONDS = 10
 
 
+# Ports for the tests' servers, below Linux's ephemeral range (ip_local_port_range, 32768-60999
+# by default), one slice per xdist worker. A port the kernel picked (bind to port 0) was free
+# only until the server bound it: meanwhile another worker's server bound to port 0 (the
+# Kubernetes API mock, say) could be given it. Seen in CI: the web process could not bind
+# its port, and the mock's /healthz (200) answered for it; each webhook got the mock's empty
+# body. The kernel never hands out a port below the range for port 0 or an outgoing
+# connection, and each worker counts through its own slice. Only another test session on the
+# same machine shares the slices; its start is random and a bound port is skipped.
+_PORTS_FROM, _PORTS_PER_WORKER = 12000, 1000
+_next_port: list[int] = []
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port no server on this machine is bound to, and that no other worker of this test
+    session is given."""
+    if not _next_port:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+        first = _PORTS_FROM + _PORTS_PER_WORKER * (int(worker) if worker.isdigit() else 0)
+        _next_port.extend((first, first + random.randrange(_PORTS_PER_WORKER)))
+    first = _next_port[0]
+    for _ in range(_PORTS_PER_WORKER):
+        port = _next_port[1]
+        _next_port[1] = first + (port + 1 - first) % _PORTS_PER_WORKER
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # bound by a server of another session, or still in TIME_WAIT
+                continue
+            return port
+    raise AssertionError(f"no free port in {first}-{first + _PORTS_PER_WORKER - 1}")
 
 
 def hold_port(port: int) -> socket.socket:
