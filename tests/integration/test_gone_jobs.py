@@ -66,6 +66,15 @@ def _released(world, kube, jenkins_fake, key, agent) -> bool:
         and state["status"] == "released"
 
 
+def _fails_and_is_released(world, kube, jenkins_fake, client, key, agent, build) -> None:
+    """The build ends in FAILURE and Jenkins says so: its agent goes, its result is kept."""
+    jenkins_fake.finish_build(build.queue_id, "FAILURE")
+    assert _notify(client, jenkins_fake.notification(build)).status_code == 202
+    work(world)
+    assert _released(world, kube, jenkins_fake, key, agent)
+    assert world.extensions["ci_autoscaler"].state.get_build(key)["result"] == "FAILURE"
+
+
 def _kept(kube, jenkins_fake, agent) -> bool:
     return kube.pod(NAMESPACE, agent) is not None and agent in jenkins_fake.nodes
 
@@ -274,12 +283,7 @@ def test_a_job_renamed_while_its_build_waited_is_followed_to_its_new_name(
     _pass()
     state = world.extensions["ci_autoscaler"].state.get_build(key)
     assert (state["job"], state["status"]) == ("build-legacy", "running")
-    jenkins_fake.finish_build(build.queue_id, "FAILURE")
-    assert _notify(client, jenkins_fake.notification(build)).status_code == 202
-    work(world)
-
-    assert _released(world, kube, jenkins_fake, key, agent)
-    assert world.extensions["ci_autoscaler"].state.get_build(key)["result"] == "FAILURE"
+    _fails_and_is_released(world, kube, jenkins_fake, client, key, agent, build)
 
 
 def test_a_job_disabled_while_its_build_waited_releases_the_agent_in_one_pass(
@@ -317,11 +321,7 @@ def test_a_job_renamed_and_its_name_given_to_a_new_job_keeps_the_waiting_builds_
     assert _kept(kube, jenkins_fake, agent)
     state = world.extensions["ci_autoscaler"].state.get_build(key)
     assert (state["job"], state["status"]) == ("build-legacy", "running")
-    jenkins_fake.finish_build(build.queue_id, "FAILURE")
-    assert _notify(client, jenkins_fake.notification(build)).status_code == 202
-    work(world)
-    assert _released(world, kube, jenkins_fake, key, agent)
-    assert world.extensions["ci_autoscaler"].state.get_build(key)["result"] == "FAILURE"
+    _fails_and_is_released(world, kube, jenkins_fake, client, key, agent, build)
 
 
 def test_a_job_disabled_while_two_builds_waited_releases_both_agents(world, kube, jenkins_fake):
@@ -482,12 +482,7 @@ def test_a_job_renamed_in_case_only_keeps_its_builds_notifications(world, kube, 
     state = world.extensions["ci_autoscaler"].state.get_build(key)
     assert state["status"] == "running"
 
-    jenkins_fake.finish_build(build.queue_id, "FAILURE")
-    assert _notify(client, jenkins_fake.notification(build)).status_code == 202
-    work(world)
-
-    assert _released(world, kube, jenkins_fake, key, agent)
-    assert world.extensions["ci_autoscaler"].state.get_build(key)["result"] == "FAILURE"
+    _fails_and_is_released(world, kube, jenkins_fake, client, key, agent, build)
 
 
 def test_a_forged_started_kills_no_pipeline_in_an_input_before_its_first_node_block(
