@@ -51,19 +51,6 @@ class WebContext:
     redis_gate: RedisGate = field(default_factory=RedisGate)
 
 
-def push_replicas(settings: Settings) -> int:
-    """How many replicas must have a push before it is answered from Redis:
-    CI_AUTOSCALER_REDIS_MIN_REPLICAS when set, else 1 with Sentinel (REDIS_SENTINELS) and 0
-    without. Without the WAIT, a master SIGKILLed a moment after it answered (its replica
-    lagging, or stalled) took the answered pushes with it: the promoted replica never had
-    them, and GitLab sends no delivery twice. The chart set 1 itself; an operator running the
-    Procfile with REDIS_SENTINELS, as the README's settings table reads ("1 with Sentinel"),
-    got 0."""
-    if "redis_min_replicas" in settings.model_fields_set:
-        return settings.redis_min_replicas
-    return 1 if settings.redis_sentinels.strip() else 0
-
-
 def context() -> WebContext:
     return current_app.extensions["ci_autoscaler"]
 
@@ -83,7 +70,7 @@ def create_app(settings: Settings | None = None, *, file_config: FileConfig | No
             retry=REDIS_RETRY, **NO_CLIENT_SETINFO)
     state = RedisState(redis_connection, prefix=settings.key_prefix,
                        queue_name=settings.queue_name, push_wait=(
-                           push_replicas(settings),
+                           settings.push_replicas,
                            int(settings.redis_timeout_seconds * 500)))
     spool = Spool(settings.spool_path, owner=settings.spool_owner,
                   private=settings.spool_is_default, max_events=settings.spool_max_events,

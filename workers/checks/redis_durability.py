@@ -11,11 +11,8 @@ from workers.core.redis_durability import risks as judged
 
 
 def replicated(settings) -> bool:
-    """Whether a push is answered only once a replica has it: as the web reads
-    CI_AUTOSCALER_REDIS_MIN_REPLICAS (service.app: set, else 1 with Sentinel)."""
-    if "redis_min_replicas" in settings.model_fields_set:
-        return settings.redis_min_replicas > 0
-    return bool(settings.redis_sentinels.strip())
+    """Whether a push is answered only once a replica has it (Settings.push_replicas)."""
+    return settings.push_replicas > 0
 
 
 def risks(connection: redis.Redis, *, replicated: bool, config: bool = True) -> list[str]:

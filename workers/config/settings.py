@@ -234,6 +234,20 @@ class Settings(BaseSettings):
         return max(self.build_ttl_seconds, RUN_MARK_MIN_TTL_SECONDS)
 
     @property
+    def push_replicas(self) -> int:
+        """How many replicas must have a push before it is answered from Redis:
+        CI_AUTOSCALER_REDIS_MIN_REPLICAS when set, else 1 with Sentinel (REDIS_SENTINELS) and
+        0 without. Without the WAIT, a master SIGKILLed a moment after it answered (its replica
+        lagging, or stalled) took the answered pushes with it: the promoted replica never had
+        them, and GitLab sends no delivery twice. The chart set 1 itself; an operator running
+        the Procfile with REDIS_SENTINELS, as the README's settings table reads ("1 with
+        Sentinel"), got 0. Read by the web (service.app) and by the durability checks
+        (workers.checks.redis_durability)."""
+        if "redis_min_replicas" in self.model_fields_set:
+            return self.redis_min_replicas
+        return 1 if self.redis_sentinels.strip() else 0
+
+    @property
     def fatal_waiting_reasons(self) -> frozenset[str]:
         return frozenset(r.strip() for r in self.fatal_waiting_reasons_text.split(",")
                          if r.strip())
