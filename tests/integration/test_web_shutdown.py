@@ -16,7 +16,7 @@ from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
 from tests.support.monitoring import wait_until
 from tests.support.payloads import EXAMPLE_CONFIG, fixture_bytes
 from tests.support.redis_server import free_port
-from tests.support.web_process import accept_queue, redis_writes_held
+from tests.support.web_process import accept_queue, answers, redis_writes_held
 
 ROOT = Path(__file__).resolve().parents[2]
 PUSH = fixture_bytes("gitlab_push_real_lrz.json")
@@ -36,7 +36,7 @@ def gunicorn(redis_url, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py",
                              "service.wsgi:app"], cwd=ROOT, env=env, stderr=log)
     proc.port, proc.log_path = port, tmp_path / "gunicorn.log"
-    wait_until(lambda: _answers(port) or proc.poll() is not None, timeout=30,
+    wait_until(lambda: answers(port) or proc.poll() is not None, timeout=30,
                what="gunicorn answering /healthz")
     assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
     yield proc
@@ -44,14 +44,6 @@ def gunicorn(redis_url, tmp_path):
         proc.kill()
     proc.wait(timeout=30)
     log.close()
-
-
-def _answers(port: int) -> bool:
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
-        return True
-    except OSError:
-        return False
 
 
 def _push(port: int) -> tuple[int, bytes]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from tests.support.kmock_cluster import SERVICE_ACCOUNT_TOKEN
 from tests.support.monitoring import wait_until
 from tests.support.redis_server import free_port
+from tests.support.web_process import answers
 
 ROOT = Path(__file__).resolve().parents[2]
 GITLAB_TOKEN, JENKINS_TOKEN = "gl-procfile-token-5d1e", "jk-procfile-token-9a7c"
@@ -73,11 +74,7 @@ class Stack:
                          {"Content-Type": "application/json;charset=UTF-8"})
 
     def answers(self) -> bool:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2).close()
-            return True
-        except OSError:
-            return False
+        return answers(self.port)
 
     def stop(self) -> dict[str, int]:
         for proc in self.procs.values():

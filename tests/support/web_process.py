@@ -2,6 +2,7 @@
 of its own, on a real Redis; started by a command line (the Procfile's, or gunicorn's own) and
 awaited until /healthz answers."""
 
+import json
 import os
 import shlex
 import signal
@@ -66,10 +67,13 @@ def web_env(redis_url: str, **extra: str) -> dict[str, str]:
 
 
 def answers(port: int) -> bool:
+    """Our web process answers /healthz on `port`: its own body, not another server's 200 (a
+    port taken by another test's server once passed for the web's, and each webhook got that
+    server's empty answer)."""
     try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
-        return True
-    except OSError:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as got:
+            return json.loads(got.read()) == {"status": "ok"}
+    except (OSError, ValueError):
         return False
 
 
