@@ -89,7 +89,9 @@ def test_cpu_quantities(text, millis):
 
 
 @pytest.mark.parametrize("text,nbytes", [("1Gi", 2**30), ("512Mi", 512 * 2**20),
-                                         ("1G", 10**9), ("1000", 1000), ("1e3", 1000)])
+                                         ("1G", 10**9), ("1000", 1000), ("1e3", 1000),
+                                         # the exponent's E, as the API server reads it
+                                         ("1E3", 1000), ("2E-3", 1)])
 def test_memory_quantities(text, nbytes):
     assert memory_bytes(text) == nbytes
 
@@ -100,6 +102,8 @@ def test_memory_quantities(text, nbytes):
                                  # infinities were a traceback (InvalidOperation, OverflowError)
                                  "NaN", "nan", "Infinity", float("inf"), float("nan"),
                                  "1_000Mi", "2 Gi", "\uff11Gi",
+                                 # an exponent, then a suffix: one or the other (quantity.go)
+                                 "1e3Gi", "1E3M",
                                  # above Kubernetes' largest quantity, 2^63-1 (its Quantity
                                  # docs): decimal.Overflow, or an integer too long to print
                                  "1e999999999", "1e5000", "9223372036854775808", 1e300])

@@ -17,7 +17,7 @@ from workers.core.cluster import Resources
 from workers.core.containers import env_names
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.pods import agent_pod_manifest
-from workers.core.quantity import parse_quantity
+from workers.core.quantity import QUANTITY, parse_quantity
 from workers.core.templates import MERGE_KEYS
 
 # The API version the manifests are checked against (kubernetes-validate bundles 1.25-1.37).
@@ -187,17 +187,11 @@ def _api_rules(manifest: dict[str, Any], patch: dict[str, Any]) -> list[tuple[Lo
     return found
 
 
-# resource.ParseQuantity's grammar (k8s.io/apimachinery/pkg/api/resource/quantity.go): a
-# signed decimal, then one binary or decimal suffix or an exponent; no space anywhere.
-_QUANTITY = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-                       r"(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?")
-
-
 def _quantity(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return None  # the schema's to refuse
     try:
-        if isinstance(value, str) and not _QUANTITY.fullmatch(value):
+        if isinstance(value, str) and not QUANTITY.fullmatch(value):  # no space around it either
             raise ValueError(value)
         parse_quantity(value)  # and not negative (ValidateNonnegativeQuantity)
     except ValueError:

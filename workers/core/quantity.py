@@ -15,7 +15,12 @@ _DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), ""
 # it the API server caps what it stores, and here 1e999999999 was a decimal.Overflow and
 # 1e5000 an integer too long to print (format_cpu), tracebacks of check-config or a build.
 LARGEST = Decimal(2**63 - 1)
-_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+# resource.ParseQuantity's whole grammar (k8s.io/apimachinery/pkg/api/resource/quantity.go): a
+# signed decimal, then one binary suffix, decimal suffix or exponent (e or E: "1E3" is 1000);
+# no space anywhere. A suffix after an exponent ("1e3Gi") is refused there too.
+# workers.config.pod_schema checks a template's quantities with it.
+QUANTITY = re.compile(r"(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+                      r"(?:(?P<suffix>[KMGTPE]i|[numkMGTPE])|[eE](?P<exponent>[+-]?[0-9]+))?")
 
 
 def parse_quantity(text: str | int | float) -> Decimal:
@@ -28,15 +33,13 @@ def parse_quantity(text: str | int | float) -> Decimal:
         return number
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"not a quantity: {text!r}")
-    s = text.strip()
-    for suffix in sorted(list(_BINARY) + [k for k in _DECIMAL if k], key=len, reverse=True):
-        if s.endswith(suffix):
-            number, factor = s[: -len(suffix)], _BINARY.get(suffix) or _DECIMAL[suffix]
-            break
-    else:
-        number, factor = s, Decimal(1)
-    if not _NUMBER.fullmatch(number):
+    found = QUANTITY.fullmatch(text.strip())
+    if not found:
         raise ValueError(f"not a quantity: {text!r}")
+    number, suffix, exponent = found.group("number", "suffix", "exponent")
+    factor = _BINARY.get(suffix) or _DECIMAL[suffix or ""]
+    if exponent is not None:
+        number = f"{number}e{exponent}"
     try:
         value = Decimal(number) * factor
     except (InvalidOperation, Overflow):
