@@ -65,6 +65,8 @@ RELEASE_SETTLE_SECONDS = 30.0
 # it (workers.job_history.learn), and the result it reads if Jenkins gave none by its release.
 OOM_FIELD = "oom_killed_bytes"
 OOM_RESULT = "OOMKilled"
+# The record of a build started again after its OOM kill names the killed one (retryOnOOM).
+RETRY_OF_FIELD = "retry_of"
 # Where a build's commit comes from: a webhook delivery or the catch-up (workers.engine.catchup).
 _GITLAB_DELIVERIES = ("gitlab:", "catch-up:")
 class State(StrEnum):
@@ -242,6 +244,8 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
             text += f": image pull failing, the kubelet retries: {record[PULL_ERROR_FIELD]}"
     else:
         state, text = State.PENDING, "queued"
+    if record.get(RETRY_OF_FIELD) and state not in FINAL:  # workers.job_history.learn.retry
+        text = f"{text} (started again with more memory after an OOM kill)"
     name = record.get(NAME_FIELD) or status_name(job, installation)
     project_id = record.get(PROJECT_ID_FIELD) or ""
     pipeline_id = record.get(PIPELINE_FIELD) or ""

@@ -24,7 +24,8 @@ import redis
 from workers import commit_statuses, runtime
 from workers.engine import namespace_sizes, task_args
 from workers.core import podsize
-from workers.core.commit_status import OOM_FIELD, OOM_RESULT
+from workers.core.commit_status import (
+    NAME_FIELD, OOM_FIELD, OOM_RESULT, PIPELINE_FIELD, PROJECT_ID_FIELD)
 from workers.core.keys import agent_name, build_key
 from workers.adapters.redis_state import BuildStatus
 from workers.core.models import BuildRequest
@@ -146,6 +147,20 @@ def _record_oom(rt: runtime.Runtime, key: str, build: dict[str, str], limit: int
     rt.state.update_build(key, **fields)
 
 
+# What a retry takes of its first build's record for its GitLab commit status: the commit,
+# the delivery that says it came from a push, and the status's name and pipeline, so that its
+# states follow the killed build's failed one on the same status (GitLab starts a new status
+# of that name after a finished one, in that pipeline: lib/api/commit_statuses.rb). Without
+# them the retry posted nothing: the commit kept the red status of a build whose retry, with
+# more memory, the developer never saw.
+_COMMIT_FIELDS = ("project", "ref", "sha", "delivery", PROJECT_ID_FIELD, NAME_FIELD,
+                  PIPELINE_FIELD)
+
+
+def _commit_fields(build: dict[str, str]) -> dict[str, str]:
+    return {f: build[f] for f in _COMMIT_FIELDS if build.get(f)}
+
+
 def retry(rt: runtime.Runtime, key: str, build: dict[str, str]) -> str | None:
     """Start the OOM-killed build once more; its sizing reads the raised floor."""
     from workers.engine import tasks  # tasks imports this module's caller
@@ -170,7 +185,7 @@ def retry(rt: runtime.Runtime, key: str, build: dict[str, str]) -> str | None:
             "status": BuildStatus.QUEUED, "agent": agent, "job": job,
             "template": first.template, "received_at": now, "queued_at": now,
             "source": OOM_RETRY_SOURCE, "retry_of": key,
-            "request": json.dumps(request.to_dict())}):
+            "request": json.dumps(request.to_dict()), **_commit_fields(build)}):
         return None  # started already
     rt.state.update_build(key, replaced_by=new_key)
     tasks.queue_provision(rt, request)
