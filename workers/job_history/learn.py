@@ -25,7 +25,7 @@ from workers import commit_statuses, runtime
 from workers.engine import namespace_sizes, task_args
 from workers.core import podsize
 from workers.core.commit_status import (
-    NAME_FIELD, OOM_FIELD, OOM_RESULT, PIPELINE_FIELD, PROJECT_ID_FIELD)
+    NAME_FIELD, OOM_AGENT_FIELD, OOM_FIELD, OOM_RESULT, PIPELINE_FIELD, PROJECT_ID_FIELD)
 from workers.core.keys import agent_name, build_key
 from workers.adapters.redis_state import BuildStatus
 from workers.core.models import BuildRequest
@@ -74,10 +74,18 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
         log.info("OOM kill folded already", extra={"build_key": key, "agent": agent})
         return
     if run is not None and run.oom_limit_bytes:  # whether or not the template learns
-        _record_oom(rt, key, build, run.oom_limit_bytes)
+        _record_oom(rt, key, build, run.oom_limit_bytes, agent_only=run.oom_agent)
         # counted for every template, `history: off` too: a kill is an operator's to see
         # (README, "Sizing each job from its history"), whether or not the job learns from it
         EngineMetrics(rt.state.redis, prefix=rt.settings.key_prefix).oom_killed(template_name)
+        if run.oom_agent:
+            # jnlp at agentMemory (workers.job_history.watch.own_agent_container): the build's
+            # size does not size it, so neither a bigger next build nor a retry would help
+            log.warning("build's Jenkins agent OOM-killed at the template's agentMemory; "
+                        "raise agentMemory", extra={
+                            "build_key": key, "template": template_name,
+                            "memory_limit_bytes": run.oom_limit_bytes})
+            return
     template = rt.config.templates.get(template_name)
     if run is None or not job or template is None or not template.history:
         return
@@ -133,7 +141,8 @@ def _folded(rt: runtime.Runtime, key: str) -> bool:
     return bool(recorded)
 
 
-def _record_oom(rt: runtime.Runtime, key: str, build: dict[str, str], limit: int) -> None:
+def _record_oom(rt: runtime.Runtime, key: str, build: dict[str, str], limit: int,
+                agent_only: bool = False) -> None:
     """The build's end is its OOM kill, whatever Jenkins says of it (its agent gone, a
     Pipeline reads ABORTED) or if it says nothing before the release (the pass releases the
     pod that ended): the record says so (OOM_FIELD, and the result if Jenkins gave none), and
@@ -142,6 +151,8 @@ def _record_oom(rt: runtime.Runtime, key: str, build: dict[str, str], limit: int
     # the killed container's own limit (what kubectl describe shows, the agent's share in
     # it), else the build's size
     fields: dict[str, object] = {OOM_FIELD: limit or int(build.get("memory_bytes") or 0)}
+    if agent_only:  # the agent's own container (its commit status names agentMemory)
+        fields[OOM_AGENT_FIELD] = 1
     if not build.get("result"):
         fields["result"] = OOM_RESULT
     rt.state.update_build(key, **fields)
