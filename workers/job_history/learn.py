@@ -23,7 +23,7 @@ import redis
 
 from workers import commit_statuses, runtime
 from workers.engine import namespace_sizes, task_args
-from workers.core import podsize
+from workers.core import podsize, recommend
 from workers.core.commit_status import (
     NAME_FIELD, OOM_AGENT_FIELD, OOM_FIELD, OOM_RESULT, PIPELINE_FIELD, PROJECT_ID_FIELD)
 from workers.core.keys import agent_name, build_key
@@ -119,6 +119,15 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
                                                       "max_memory_bytes": most})
         return
     if run.peak_memory_bytes <= 0:
+        return
+    # the result as recorded now (the release records Jenkins' at its start)
+    [[result]] = rt.state.build_fields([key], "result")
+    if not recommend.teaches(podsize.pod_history(template, store(rt).history(
+            job, template_name)), peak_memory_bytes=run.peak_memory_bytes,
+            result=result or build.get("result") or ""):
+        log.info("run ended early by Jenkins: not folded into the job's history", extra={
+            "build_key": key, "job": job, "result": result,
+            "peak_memory_bytes": run.peak_memory_bytes})
         return
     if not rt.state.redis.hsetnx(f"{rt.state.prefix}build:{key}", FOLDED_FIELD, time.time()):
         # Folded already, by an earlier release of this agent: this run is a sample taken
