@@ -119,6 +119,11 @@ class UsageStore:
         raw = self.redis.get(self._job(job, template))
         return UsageHistory.from_dict(json.loads(raw)) if raw else UsageHistory()
 
+    def carry_history(self, old_job: str, new_job: str, template: str) -> bool:
+        """The history of `old_job` becomes `new_job`'s too, unless it has one (a job renamed
+        or moved in Jenkins: workers.job_history.learn); whether it was carried."""
+        return bool(self.redis.copy(self._job(old_job, template), self._job(new_job, template)))
+
     def update_history(self, job: str, template: str, change) -> UsageHistory:
         """Apply `change` (UsageHistory -> UsageHistory) to the stored history, atomically
         against other writers (WATCH/MULTI, retried on a conflict)."""

@@ -89,6 +89,9 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
     template = rt.config.templates.get(template_name)
     if run is None or not job or template is None or not template.history:
         return
+    if (old := _renamed_from(build)) and store(rt).carry_history(old, job, template_name):
+        log.info("job renamed: its history carried to its new name", extra={
+            "build_key": key, "job": job, "renamed_from": old})
     if run.oom_limit_bytes:
         # the build's size; a record without it (a provision retried after its pod's create
         # answer was lost writes none) has it from the killed container's limit, which holds
@@ -141,6 +144,19 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
         template, h).add_build(
         peak_memory_bytes=run.peak_memory_bytes, cpu_p90_millis=run.cpu_p90_millis,
         now=time.time(), half_life_seconds=rt.settings.history_half_life_seconds))
+
+
+def _renamed_from(build: dict[str, str]) -> str:
+    """The job's name when the build was triggered, if a person renamed or moved the job since
+    (the reconcile pass or a COMPLETED naming its new name recorded it: workers.engine
+    .run_confirm); "" if not. The history learned under the old name is the job's: left there,
+    the renamed job (its route changed to the new name) started over at its template's
+    default, and one sized up by an OOM kill was killed again at the size that killed it."""
+    try:
+        first = json.loads(build.get("request") or "{}").get("job") or ""
+    except (ValueError, AttributeError):
+        return ""
+    return first if isinstance(first, str) and first != build.get("job") else ""
 
 
 def _folded(rt: runtime.Runtime, key: str) -> bool:

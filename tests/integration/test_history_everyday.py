@@ -1,4 +1,4 @@
-"""A job's history is fed by the builds that ran through (Jenkins' SUCCESS, UNSTABLE), not by
+"""A job's history as the jobs' builds go. It is fed by the builds that ran through (Jenkins' SUCCESS, UNSTABLE), not by
 those Jenkins ended early (FAILURE: a compile error, a failing first step; ABORTED: a user's
 cancel, a timeout; NOT_BUILT), which stopped before the steps that use the memory. Folded,
 five broken pushes of a new job taught it a size a tenth of what it builds at, and its first
@@ -10,11 +10,16 @@ that memory).
 On real parts, as tests/integration/test_job_history.py: redis-server, kmock over HTTP
 serving PodMetrics, the Jenkins fake, the worker's own sampling."""
 
+import time
+
 from tests.integration.test_build_stages import record
 from tests.integration.test_job_history import (
     CONFIG, GIB, NAMESPACE, finish, oom_kill_seen, sampled, usage)
 from tests.integration.test_placement_on_cluster import push
-from tests.support.app import work
+from tests.support.app import JENKINS_TOKEN, work
+from workers import runtime
+from workers.core.routing import AGENT_PARAMETER
+from workers.engine import reconcile
 
 
 def one_build(app, kube, jenkins_fake, n: int, memories: list[str], result: str) -> dict:
@@ -54,3 +59,32 @@ def test_runs_jenkins_ended_early_teach_no_size_and_lift_no_oom_floor(
     after = push(app.test_client(), 16)
     work(app)
     assert record(app, after)["size_source"] == "oom", record(app, after)
+
+
+def test_a_job_renamed_in_jenkins_keeps_its_history_under_its_new_name(
+        app_on_cluster, kube, jenkins_fake):
+    """A person renames the job while a build waits in its queue (Jenkins refuses a rename
+    only while the job builds, Job.checkRename); the reconcile pass records the new name
+    (workers.engine.run_confirm.job_renamed), and the operator's route follows it. The job's
+    five builds of history stayed under the old name: the renamed job started over at its
+    template's default."""
+    app = app_on_cluster(CONFIG.replace("RETRY", "false"), namespace=NAMESPACE,
+                         CI_AUTOSCALER_METRICS_INTERVAL_SECONDS="0.2",
+                         nodes=(("node-a", "16", "6Gi"),))
+    for n in range(5):
+        one_build(app, kube, jenkins_fake, n, ["1100Mi", "1228Mi"], "SUCCESS")
+    key = push(app.test_client(), 5)
+    work(app)
+    rec = record(app, key)
+    [build] = jenkins_fake.build_with(AGENT_PARAMETER, rec["agent"])
+    jenkins_fake.rename_job("build", "build-legacy")
+    jenkins_fake.start_build(build.queue_id)
+    rt = runtime.current()
+    reconcile.reconcile_once(rt, now=time.time() + rt.settings.lost_event_seconds + 1)
+    assert record(app, key)["job"] == "build-legacy"
+    sampled(kube, rec["agent"], ["1100Mi", "1228Mi"])
+    jenkins_fake.finish_build(build.queue_id, "SUCCESS")
+    assert app.test_client().post(f"/webhooks/jenkins?token={JENKINS_TOKEN}",
+                                  json=jenkins_fake.notification(build)).status_code == 202
+    work(app)
+    assert usage().history("build-legacy", "mvn").builds == 6
