@@ -1,11 +1,13 @@
-"""A job's history as the jobs' builds go. It is fed by the builds that ran through (Jenkins' SUCCESS, UNSTABLE), not by
-those Jenkins ended early (FAILURE: a compile error, a failing first step; ABORTED: a user's
+"""A job's history through everyday builds and renames.
+
+It is fed by the builds that ran through (Jenkins' SUCCESS, UNSTABLE), not by those Jenkins
+ended early (FAILURE: a compile error, a failing first step; ABORTED: a user's
 cancel, a timeout; NOT_BUILT), which stopped before the steps that use the memory. Folded,
 five broken pushes of a new job taught it a size a tenth of what it builds at, and its first
 good build was OOM-killed; after an OOM kill, five such runs counted as clean builds and
 lifted the kill's floor, so the next good build died again at the size that killed it. A
 failed run that peaked above what the history holds still teaches (it may have failed of
-that memory).
+that memory). A job renamed in Jenkins keeps its history under its new name.
 
 On real parts, as tests/integration/test_job_history.py: redis-server, kmock over HTTP
 serving PodMetrics, the Jenkins fake, the worker's own sampling."""
