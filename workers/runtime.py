@@ -5,6 +5,7 @@ demo and the simulator (simulated cluster and Jenkins).
 """
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,9 @@ class Runtime:
     close: Callable[[], None] = field(default=lambda: None, compare=False)
     # workers.engine.scale_up's pods (an adapter with list, create and delete), when they are on
     scale_up: Any = None
+    # When the process read its config file: the newest file's warm pools win during a
+    # rolling upgrade (workers.adapters.warm_specs)
+    started_at: float = field(default_factory=time.time, compare=False)
 
 
 _lock = threading.Lock()

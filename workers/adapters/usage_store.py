@@ -48,6 +48,8 @@ class RunUsage:
     peak_memory_bytes: int
     cpu_samples_millis: tuple[int, ...]
     oom_limit_bytes: int = 0
+    # the kill was of the container running the Jenkins agent at its own fixed memory
+    oom_agent: bool = False
 
     @property
     def cpu_p90_millis(self) -> int:
@@ -82,10 +84,14 @@ class UsageStore:
                                  args=[stamp, int(cpu_millis), int(memory_bytes),
                                        RUN_TTL_SECONDS, MAX_RUN_SAMPLES]))
 
-    def oom_killed(self, agent: str, *, memory_limit_bytes: int) -> None:
-        """The kubelet OOM-killed the agent's build container at this limit."""
+    def oom_killed(self, agent: str, *, memory_limit_bytes: int,
+                   agent_container: bool = False) -> None:
+        """The kubelet OOM-killed the agent's build container at this limit (with
+        `agent_container`: the container that runs the Jenkins agent at the template's
+        agentMemory, not the build's size: workers.job_history.watch)."""
         pipe = self.redis.pipeline()
-        pipe.hset(self._run(agent), "oom_limit", int(memory_limit_bytes))
+        pipe.hset(self._run(agent), mapping={"oom_limit": int(memory_limit_bytes),
+                                             **({"oom_agent": 1} if agent_container else {})})
         pipe.expire(self._run(agent), RUN_TTL_SECONDS)
         pipe.execute()
 
@@ -106,11 +112,17 @@ class UsageStore:
             return None
         return RunUsage(int(float(fields.get("peak") or 0)),
                         tuple(int(float(_s(c))) for c in cpu),
-                        int(float(fields.get("oom_limit") or 0)))
+                        int(float(fields.get("oom_limit") or 0)),
+                        oom_agent=bool(fields.get("oom_agent")))
 
     def history(self, job: str, template: str) -> UsageHistory:
         raw = self.redis.get(self._job(job, template))
         return UsageHistory.from_dict(json.loads(raw)) if raw else UsageHistory()
+
+    def carry_history(self, old_job: str, new_job: str, template: str) -> bool:
+        """The history of `old_job` becomes `new_job`'s too, unless it has one (a job renamed
+        or moved in Jenkins: workers.job_history.learn); whether it was carried."""
+        return bool(self.redis.copy(self._job(old_job, template), self._job(new_job, template)))
 
     def update_history(self, job: str, template: str, change) -> UsageHistory:
         """Apply `change` (UsageHistory -> UsageHistory) to the stored history, atomically

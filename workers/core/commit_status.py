@@ -65,6 +65,11 @@ RELEASE_SETTLE_SECONDS = 30.0
 # it (workers.job_history.learn), and the result it reads if Jenkins gave none by its release.
 OOM_FIELD = "oom_killed_bytes"
 OOM_RESULT = "OOMKilled"
+# Set beside OOM_FIELD when the container killed ran the Jenkins agent at the template's
+# agentMemory, not at the build's size (agentInjection false beside containers marked build).
+OOM_AGENT_FIELD = "oom_killed_agent"
+# The record of a build started again after its OOM kill names the killed one (retryOnOOM).
+RETRY_OF_FIELD = "retry_of"
 # Where a build's commit comes from: a webhook delivery or the catch-up (workers.engine.catchup).
 _GITLAB_DELIVERIES = ("gitlab:", "catch-up:")
 class State(StrEnum):
@@ -155,6 +160,10 @@ def _ended_text(record: Mapping[str, str]) -> tuple[State, str] | None:
         return State.FAILED, f"agent lost while the build ran: {record[LOST_RUN_FIELD]}"
     # whatever Jenkins made of its agent's death (ABORTED, FAILURE, no result yet); a SUCCESS
     # stands (a killed side container whose step the Pipeline caught)
+    if record.get(OOM_FIELD) and record.get(OOM_AGENT_FIELD) \
+            and (record.get("result") or "").upper() != "SUCCESS":
+        return State.FAILED, "Jenkins agent ran out of memory: its container OOM-killed at " \
+            "its " + _memory(record[OOM_FIELD]) + " limit (raise the template's agentMemory)"
     if record.get(OOM_FIELD) and (record.get("result") or "").upper() != "SUCCESS":
         return State.FAILED, "build ran out of memory: OOM-killed at its " + _memory(
             record[OOM_FIELD]) + " limit" + ("; started again with more memory"
@@ -242,6 +251,8 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
             text += f": image pull failing, the kubelet retries: {record[PULL_ERROR_FIELD]}"
     else:
         state, text = State.PENDING, "queued"
+    if record.get(RETRY_OF_FIELD) and state not in FINAL:  # workers.job_history.learn.retry
+        text = f"{text} (started again with more memory after an OOM kill)"
     name = record.get(NAME_FIELD) or status_name(job, installation)
     project_id = record.get(PROJECT_ID_FIELD) or ""
     pipeline_id = record.get(PIPELINE_FIELD) or ""

@@ -86,6 +86,25 @@ def recommend(template: PodTemplate, history: UsageHistory, *,
     return Recommendation(cpu, memory, source, history.builds)
 
 
+# Jenkins results (hudson.model.Result) of runs Jenkins ended before their steps ran through:
+# FAILURE (a compile error, a failing step), ABORTED (a user's cancel, a timeout), NOT_BUILT.
+# SUCCESS and UNSTABLE (tests failed, the build ran through) teach; so does a run whose
+# result is unknown (released without one), as before.
+ENDED_EARLY = frozenset({"FAILURE", "ABORTED", "NOT_BUILT"})
+
+
+def teaches(history: UsageHistory, *, peak_memory_bytes: int, result: str) -> bool:
+    """Whether a finished run (not OOM-killed) goes into its job's history. One that Jenkins
+    ended early may have stopped before the steps that use the memory: its low peak taught a
+    new job with broken pushes a tenth of its size (its first good build OOM-killed), and
+    after an OOM kill counted as a clean build, lifting the kill's floor. It teaches only when
+    it peaked above the job's p95 (it may have failed of that memory)."""
+    if (result or "").upper() not in ENDED_EARLY:
+        return True
+    return history.builds > 0 and peak_memory_bytes > history.memory.percentile(
+        MEMORY_PERCENTILE)
+
+
 def recent_builds(history: UsageHistory) -> float:
     """How many builds the job's histogram holds, each weighing as the histogram weighs it
     (1 at its end, halving every half-life before the job's latest build): the lifetime

@@ -23,8 +23,9 @@ import redis
 
 from workers import commit_statuses, runtime
 from workers.engine import namespace_sizes, task_args
-from workers.core import podsize
-from workers.core.commit_status import OOM_FIELD, OOM_RESULT
+from workers.core import podsize, recommend
+from workers.core.commit_status import (
+    NAME_FIELD, OOM_AGENT_FIELD, OOM_FIELD, OOM_RESULT, PIPELINE_FIELD, PROJECT_ID_FIELD)
 from workers.core.keys import agent_name, build_key
 from workers.adapters.redis_state import BuildStatus
 from workers.core.models import BuildRequest
@@ -73,13 +74,24 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
         log.info("OOM kill folded already", extra={"build_key": key, "agent": agent})
         return
     if run is not None and run.oom_limit_bytes:  # whether or not the template learns
-        _record_oom(rt, key, build, run.oom_limit_bytes)
+        _record_oom(rt, key, build, run.oom_limit_bytes, agent_only=run.oom_agent)
         # counted for every template, `history: off` too: a kill is an operator's to see
         # (README, "Sizing each job from its history"), whether or not the job learns from it
         EngineMetrics(rt.state.redis, prefix=rt.settings.key_prefix).oom_killed(template_name)
+        if run.oom_agent:
+            # jnlp at agentMemory (workers.job_history.watch.own_agent_container): the build's
+            # size does not size it, so neither a bigger next build nor a retry would help
+            log.warning("build's Jenkins agent OOM-killed at the template's agentMemory; "
+                        "raise agentMemory", extra={
+                            "build_key": key, "template": template_name,
+                            "memory_limit_bytes": run.oom_limit_bytes})
+            return
     template = rt.config.templates.get(template_name)
     if run is None or not job or template is None or not template.history:
         return
+    if (old := _renamed_from(build)) and store(rt).carry_history(old, job, template_name):
+        log.info("job renamed: its history carried to its new name", extra={
+            "build_key": key, "job": job, "renamed_from": old})
     if run.oom_limit_bytes:
         # the build's size; a record without it (a provision retried after its pod's create
         # answer was lost writes none) has it from the killed container's limit, which holds
@@ -111,6 +123,15 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
         return
     if run.peak_memory_bytes <= 0:
         return
+    # the result as recorded now (the release records Jenkins' at its start)
+    [[result]] = rt.state.build_fields([key], "result")
+    if not recommend.teaches(podsize.pod_history(template, store(rt).history(
+            job, template_name)), peak_memory_bytes=run.peak_memory_bytes,
+            result=result or build.get("result") or ""):
+        log.info("run ended early by Jenkins: not folded into the job's history", extra={
+            "build_key": key, "job": job, "result": result,
+            "peak_memory_bytes": run.peak_memory_bytes})
+        return
     if not rt.state.redis.hsetnx(f"{rt.state.prefix}build:{key}", FOLDED_FIELD, time.time()):
         # Folded already, by an earlier release of this agent: this run is a sample taken
         # after that release took the run (metrics-server serves a deleted pod's last sample
@@ -125,6 +146,19 @@ def _learn(rt: runtime.Runtime, key: str, build: dict[str, str], agent: str) -> 
         now=time.time(), half_life_seconds=rt.settings.history_half_life_seconds))
 
 
+def _renamed_from(build: dict[str, str]) -> str:
+    """The job's name when the build was triggered, if a person renamed or moved the job since
+    (the reconcile pass or a COMPLETED naming its new name recorded it: workers.engine
+    .run_confirm); "" if not. The history learned under the old name is the job's: left there,
+    the renamed job (its route changed to the new name) started over at its template's
+    default, and one sized up by an OOM kill was killed again at the size that killed it."""
+    try:
+        first = json.loads(build.get("request") or "{}").get("job") or ""
+    except (ValueError, AttributeError):
+        return ""
+    return first if isinstance(first, str) and first != build.get("job") else ""
+
+
 def _folded(rt: runtime.Runtime, key: str) -> bool:
     """Whether the build's record has its OOM kill already (read now, not at the release's
     start)."""
@@ -132,7 +166,8 @@ def _folded(rt: runtime.Runtime, key: str) -> bool:
     return bool(recorded)
 
 
-def _record_oom(rt: runtime.Runtime, key: str, build: dict[str, str], limit: int) -> None:
+def _record_oom(rt: runtime.Runtime, key: str, build: dict[str, str], limit: int,
+                agent_only: bool = False) -> None:
     """The build's end is its OOM kill, whatever Jenkins says of it (its agent gone, a
     Pipeline reads ABORTED) or if it says nothing before the release (the pass releases the
     pod that ended): the record says so (OOM_FIELD, and the result if Jenkins gave none), and
@@ -141,9 +176,25 @@ def _record_oom(rt: runtime.Runtime, key: str, build: dict[str, str], limit: int
     # the killed container's own limit (what kubectl describe shows, the agent's share in
     # it), else the build's size
     fields: dict[str, object] = {OOM_FIELD: limit or int(build.get("memory_bytes") or 0)}
+    if agent_only:  # the agent's own container (its commit status names agentMemory)
+        fields[OOM_AGENT_FIELD] = 1
     if not build.get("result"):
         fields["result"] = OOM_RESULT
     rt.state.update_build(key, **fields)
+
+
+# What a retry takes of its first build's record for its GitLab commit status: the commit,
+# the delivery that says it came from a push, and the status's name and pipeline, so that its
+# states follow the killed build's failed one on the same status (GitLab starts a new status
+# of that name after a finished one, in that pipeline: lib/api/commit_statuses.rb). Without
+# them the retry posted nothing: the commit kept the red status of a build whose retry, with
+# more memory, the developer never saw.
+_COMMIT_FIELDS = ("project", "ref", "sha", "delivery", PROJECT_ID_FIELD, NAME_FIELD,
+                  PIPELINE_FIELD)
+
+
+def _commit_fields(build: dict[str, str]) -> dict[str, str]:
+    return {f: build[f] for f in _COMMIT_FIELDS if build.get(f)}
 
 
 def retry(rt: runtime.Runtime, key: str, build: dict[str, str]) -> str | None:
@@ -170,7 +221,7 @@ def retry(rt: runtime.Runtime, key: str, build: dict[str, str]) -> str | None:
             "status": BuildStatus.QUEUED, "agent": agent, "job": job,
             "template": first.template, "received_at": now, "queued_at": now,
             "source": OOM_RETRY_SOURCE, "retry_of": key,
-            "request": json.dumps(request.to_dict())}):
+            "request": json.dumps(request.to_dict()), **_commit_fields(build)}):
         return None  # started already
     rt.state.update_build(key, replaced_by=new_key)
     tasks.queue_provision(rt, request)

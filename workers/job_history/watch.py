@@ -5,7 +5,9 @@ are new to this process, and writes each to the run's record once (the store ski
 another worker took). ``OomWatch`` is a pod listener: a non-init container of one of this
 installation's agent pods that gets the build's size (not a service's) terminated with reason
 OOMKilled (the kubelet's reason; state or lastState) marks the run OOM-killed, at the memory
-the build was given. A DELETED event counts too: it carries the pod's last status, which a
+the build was given; so does the kill of jnlp running the Jenkins agent at agentMemory
+(agentInjection false beside containers marked build: own_agent_container), marked as the
+agent's own. A DELETED event counts too: it carries the pod's last status, which a
 watch that was away read nowhere else. A kill seen after the build's release folded its run
 (the kubelet writes the final status of a pod being deleted, after Jenkins' result released
 it; or the watch read it late) is folded then, by a job (LATE_TASK): marked on a run already
@@ -79,6 +81,16 @@ def _memory_limit(obj: dict[str, Any], container: str) -> int:
     return 0
 
 
+def own_agent_container(template: PodTemplate | None) -> str | None:
+    """The container that runs the Jenkins agent at the template's agentMemory, not at the
+    build's size: jnlp with agentInjection false beside containers marked build. Its kill
+    kills the agent, and the build with it (the build runs where the agent runs), but the
+    build's size does not size it."""
+    if template is not None and not template.agent_injection and template.build_containers:
+        return AGENT_CONTAINER
+    return None
+
+
 def sized_containers(template: PodTemplate | None) -> frozenset[str] | None:
     """The containers of a template's pods that get the build's size (workers.core.pods):
     those marked `build: true`, else jnlp; None for a template not known (any counts)."""
@@ -112,21 +124,28 @@ class OomWatch:
                 or not labels.get(BUILD_KEY_LABEL) \
                 or not is_ours(meta, self.installation, self.legacy_known):
             return
-        sized = sized_containers(self.templates.get(labels.get(TEMPLATE_LABEL, ""))) \
+        template = self.templates.get(labels.get(TEMPLATE_LABEL, "")) \
             if self.templates is not None else None
+        sized = sized_containers(template) if self.templates is not None else None
+        own_agent = own_agent_container(template)
+        kills = []  # (of the agent's own container, the container's status, its kill)
         for status in (obj.get("status") or {}).get("containerStatuses") or []:
-            if sized is not None and status.get("name") not in sized:
+            name = status.get("name")
+            if sized is not None and name not in sized and name != own_agent:
                 continue  # a service's own kill (the class docstring)
             if (kill := _kill(status)) is not None:
-                try:
-                    self._mark(self._build_of(labels, meta.get("name", "")),
-                               meta.get("name", ""),
-                               _memory_limit(obj, status.get("name", "")),
-                               killed_at=timestamp(kill.get("finishedAt")))
-                except (redis.RedisError, CIAutoscalerError) as err:
-                    log.warning("OOM kill not recorded", extra={
-                        "agent": meta.get("name"), "error": type(err).__name__})
-                return
+                kills.append((name == own_agent, status, kill))
+        if not kills:
+            return
+        # a build container's kill first: the build's size is what it teaches
+        agent_only, status, kill = min(kills, key=lambda k: k[0])
+        try:
+            self._mark(self._build_of(labels, meta.get("name", "")), meta.get("name", ""),
+                       _memory_limit(obj, status.get("name", "")),
+                       killed_at=timestamp(kill.get("finishedAt")), agent_only=agent_only)
+        except (redis.RedisError, CIAutoscalerError) as err:
+            log.warning("OOM kill not recorded", extra={
+                "agent": meta.get("name"), "error": type(err).__name__})
 
     def _build_of(self, labels: Mapping[str, str], agent: str) -> str:
         """The key of the pod's build: its build-key label, but a warm agent's is its own
@@ -137,7 +156,8 @@ class OomWatch:
             return self.state.build_for_agent(agent) or labels[BUILD_KEY_LABEL]
         return labels[BUILD_KEY_LABEL]
 
-    def _mark(self, key: str, agent: str, limit: int, *, killed_at: float | None) -> None:
+    def _mark(self, key: str, agent: str, limit: int, *, killed_at: float | None,
+              agent_only: bool = False) -> None:
         """Mark the run; after its build's release, have it folded (LATE_TASK), once. One
         whose build has it already (an event of the pod after its kill was folded: its
         deletion) is left: marked again, a run taken already would be left behind; so is a
@@ -152,7 +172,7 @@ class OomWatch:
             log.info("OOM kill after the build's release: not the build's", extra={
                 "build_key": key, "agent": agent})
             return
-        self.store.oom_killed(agent, memory_limit_bytes=limit)
+        self.store.oom_killed(agent, memory_limit_bytes=limit, agent_container=agent_only)
         if self.state is None:
             return
         # Read again: the release (or a late fold) may have taken the run between that read

@@ -12,6 +12,7 @@ import uuid
 
 from workers.concurrency.heartbeat import let_go
 from workers.engine import scheduling
+from workers.adapters.warm_specs import WarmSpecs
 from workers.adapters.warm_store import WarmEntry, WarmStore
 from workers.core.keys import agent_name
 from workers.core.cluster import Resources
@@ -64,10 +65,22 @@ def current_spec(rt: Runtime, template_name: str) -> str:
     return pod_spec_of(template) if template is not None else ""
 
 
-def outdated(rt: Runtime, entry: WarmEntry) -> bool:
-    """The agent was made under another pod fingerprint of its template than the file's now
-    (an entry of an earlier release, with none, is taken as current)."""
-    return bool(entry.spec) and entry.spec != current_spec(rt, entry.template)
+def outdated(rt: Runtime, entry: WarmEntry, current: str | None = None) -> bool:
+    """The agent was made under another pod fingerprint of its template than `current` (the
+    file's now if None) (an entry of an earlier release, with none, is taken as current)."""
+    return bool(entry.spec) and entry.spec != (
+        current_spec(rt, entry.template) if current is None else current)
+
+
+def announce(rt: Runtime, template_name: str, spec: str | None = None) -> str:
+    """Announce the template's pod fingerprint in this process's file (`spec`, else the
+    file's now) as of the process's start; the one the pools follow now, the newest
+    announced by a live process
+    (workers.adapters.warm_specs: during a rolling upgrade the old and the new files' passes
+    no longer retire each other's agents)."""
+    return WarmSpecs(rt.state.redis, prefix=rt.state.prefix).announce(
+        template_name, current_spec(rt, template_name) if spec is None else spec,
+        since=rt.started_at, now=time.time())
 
 
 def start(rt: Runtime, template_name: str, template: PodTemplate,

@@ -32,6 +32,7 @@ from workers.agent_starts import jenkins_away
 from workers.adapters.kube_errors import QuotaFull
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import RedisState
+from workers.adapters.warm_specs import NO_POOL
 from workers.adapters.warm_store import WarmEntry
 from workers.core.cluster import Resources
 from workers.core.errors import RetryableError
@@ -141,10 +142,13 @@ def _bound_node(entry: WarmEntry, pods: Mapping[str, PodInfo]) -> str:
 
 
 def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry],
-         pods: Mapping[str, PodInfo], now: float) -> list[WarmEntry]:
+         pods: Mapping[str, PodInfo], now: float, current: str | None = None
+         ) -> list[WarmEntry]:
     """Forget or retire what is gone, mark idle what came online; the entries left. After
     Jenkins was away (a restart), an agent has its connect time from then to connect, or to
-    connect again (workers.agent_starts.jenkins_away)."""
+    connect again (workers.agent_starts.jenkins_away). `current`: the pod fingerprint the
+    pools follow (agents.announce; the file's if None): an agent made under another is
+    retired."""
     warm = agents.store(rt)
     away = jenkins_away.last(rt.state)
     left: list[WarmEntry] = []
@@ -166,7 +170,7 @@ def tidy(rt: Runtime, name: str, template: PodTemplate, entries: list[WarmEntry]
                 # pod the node autoscalers may take (workers.core.warm_pods)
                 protect.mark_claimed(rt, entry.name, name, entry.build, again=True)
             left.append(entry)
-        elif agents.outdated(rt, entry):  # made under another pod spec: no build takes it
+        elif agents.outdated(rt, entry, current):  # made under another pod spec
             agents.retire(rt, entry, "warm_changed")
         elif gone and (pod is not None or now - entry.created > LISTING_GRACE_SECONDS):
             # (the grace is for a pod the listing may lack: one listed as ended or being
@@ -329,10 +333,17 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
             if not lease.acquire():  # another pass or task is at it
                 continue
             held.append(lease)
-            entries = tidy(rt, name, template, pools[name], by_name, now)
+            # the newest file's pod spec, during a rolling upgrade or a chart change
+            current = agents.announce(rt, name)
+            entries = tidy(rt, name, template, pools[name], by_name, now, current)
             # a slot of maxAgents for each agent an older release started without one
             rt.capacity.hold_warm_slots(name, [e.name for e in entries if e.state in (
                 WarmState.STARTING, WarmState.IDLE)], agents.store(rt).key(name))
+            if current != agents.current_spec(rt, name):
+                # a newer file's processes run beside this one (a rolling upgrade): its agents
+                # are theirs to keep and make; made here, each pass retired the other's
+                log.info("warm pool left to a newer file's processes", extra={"template": name})
+                continue
             entries = retire_outgrown(rt, entries, seen.get(name, []), now, sizes[name])
             # Asked again after the pool was read: a build that began to wait since had an
             # agent give way for it, which this pass, reading the pool one short, replaced in
@@ -373,6 +384,8 @@ def retire_unpooled(rt: Runtime, pods: list[PodInfo], now: float) -> int:
     listed = {p.name for p in pods}
     retired = 0
     for name, entries in agents.store(rt).all_agents(sorted(names)).items():
+        if entries and agents.announce(rt, name, NO_POOL) != NO_POOL:
+            continue  # a newer file keeps its pool (a rolling upgrade): its agents are its own
         for entry in entries:
             if entry.state != WarmState.CLAIMED:
                 retired += agents.retire(rt, entry, "warm_idle")

@@ -1,0 +1,77 @@
+"""Warm pools during a rolling upgrade, or a chart change of a template's image: for a while
+processes on the old file and on the new one run pool passes side by side (the reconcile
+leader's, and each worker's after a claim: workers.warm.tasks). Each took the other's agents
+for stale (made under another pod fingerprint), retired them and made its own: pods and
+Jenkins nodes made and deleted pass after pass until the last old process ended. The newest
+file announced wins (workers.adapters.warm_specs).
+
+Two processes' runtimes on one Redis, kmock over HTTP and the Jenkins fake: the same
+adapters, each with its own file, as two processes of two releases have."""
+
+import dataclasses
+import time
+
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_warm_agents import (  # noqa: F401 (the fixture)
+    CONFIG, app, pod_creations, pod_names, pool_of)
+from workers import runtime
+from workers.config.config_file import parse_file_config
+from workers.core.warm_pool import WarmState
+from workers.warm import pool
+
+NEW_IMAGE = CONFIG.replace("  small:\n", "  small:\n    image: eclipse-temurin:21-jdk\n")
+NO_POOL = CONFIG.replace("    warm: {min: 1, max: 2, idleSeconds: 600}\n", "")
+assert NEW_IMAGE != CONFIG != NO_POOL
+
+
+def on_file(rt, text: str):
+    """The runtime of a process on this file, started now."""
+    return dataclasses.replace(rt, config=parse_file_config(text), started_at=time.time())
+
+
+def online(rt, kube, jenkins_fake) -> set[str]:
+    """The kubelet runs the starting agents' pods, their agents connect, the leader's poll
+    marks them idle; the idle agents' names."""
+    for entry in pool_of(rt):
+        if entry.state == WarmState.STARTING:
+            kube.set_pod_phase(NAMESPACE, entry.name, "Running", node="node-a")
+            jenkins_fake.connect_agent(entry.name)
+    pool.notice_online(rt)
+    return {e.name for e in pool_of(rt) if e.state == WarmState.IDLE}
+
+
+def test_old_and_new_files_passes_do_not_retire_each_others_agents(app, kube, jenkins_fake):
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    old = runtime.current()
+    pool.run(old)
+    [first] = online(old, kube, jenkins_fake)
+    new = on_file(old, NEW_IMAGE)  # the new release's first process starts
+    assert pool.run(new)["warm_started"] == 1  # made as the file says now
+    [made] = online(new, kube, jenkins_fake)
+    assert first not in pod_names(kube)  # retired (warm_changed)
+    image = {c["name"]: c["image"] for c in kube.pod(NAMESPACE, made)["spec"]["containers"]}
+    assert image["jnlp"] == "eclipse-temurin:21-jdk", image
+    creates = pod_creations(kube)
+    for _ in range(3):  # the old leader's pass, a new worker's, the old one's again
+        for rt in (old, new):
+            pool.run(rt)
+            assert {e.name for e in pool_of(rt)} == {made}
+    assert made in pod_names(kube) and pod_creations(kube) == creates
+
+
+def test_a_pool_added_in_the_new_file_is_not_retired_by_the_old_files_processes(
+        app, kube, jenkins_fake):
+    """The old file has no pool of the template: its reconcile pass retires the agents of a
+    template without one (retire_unpooled), the new file's pass makes them again."""
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    old = runtime.current()
+    new = on_file(old, CONFIG)
+    old = on_file(old, NO_POOL)
+    old = dataclasses.replace(old, started_at=new.started_at - 60)  # started before it
+    pool.run(new)
+    [made] = online(new, kube, jenkins_fake)
+    for _ in range(2):
+        assert pool.retire_unpooled(old, old.cluster.list_pods(), 0) == 0
+        pool.run(new)
+        assert {e.name for e in pool_of(new)} == {made}
+    assert made in pod_names(kube)
