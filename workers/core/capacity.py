@@ -170,15 +170,19 @@ def _onto_fresh(size: Resources, need: Needs, reference: Resources, fresh: list[
     nodes of an EKS max-pods (8 to 29 on t3 types), ten small builds that fit one node by
     cpu took two by pods, and three builds waiting for a GPU on nodes of one GPU each were
     one node by cpu; nodes_needed said 1 for both. An extended resource the fresh node
-    has none of is not counted (a fresh node is assumed to match every template)."""
+    has none of makes the build unplaceable (None), as a size bigger than the node does:
+    mixed with builds of a CPU pool more common than its GPU pool, a GPU build was planned
+    onto a fresh CPU node by its cpu alone, so nodes_needed asked for CPU nodes, and kept
+    asking after they were added, which never start it (why_not: no such node takes it)."""
     if not size.fits_in(reference):
         return None
     # A fresh node's hostPorts are its builds' alone, whatever its limits: counted when those
     # are not known too (a shape from config), or three builds binding one port were 1 node.
     counted = limits is not None or bool(need.host_ports)
-    limits = Limits() if limits is None else limits
     if counted:
-        need = _on_fresh(need, limits)
+        need = _on_fresh(need, limits) if limits is not None else \
+            replace(need, extended=(), ephemeral_bytes=0)  # only its ports are known
+        limits = Limits() if limits is None else limits
         if lacks(NodeState("new", reference, limits=limits), need) is not None:
             return None  # not even an empty fresh node takes it (fresh_lacks)
 
@@ -197,11 +201,9 @@ def _onto_fresh(size: Resources, need: Needs, reference: Resources, fresh: list[
 
 
 def _on_fresh(need: Needs, limits: Limits) -> Needs:
-    """`need` as a fresh node of these limits counts it (_onto_fresh): an extended resource
-    it has none of, and ephemeral-storage when it reports none, not counted."""
-    have = dict(limits.extended)
-    return replace(need, extended=tuple((n, a) for n, a in need.extended if n in have),
-                   ephemeral_bytes=need.ephemeral_bytes
+    """`need` as a fresh node of these limits counts it (_onto_fresh): ephemeral-storage not
+    counted when it reports none (a kubelet without local storage isolation)."""
+    return replace(need, ephemeral_bytes=need.ephemeral_bytes
                    if limits.ephemeral_bytes is not None else 0)
 
 
