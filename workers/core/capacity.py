@@ -115,8 +115,20 @@ def plan(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState], reference:
             assignment[w.build_key] = target
             extras.take(target, need)
             continue
+        if need.extended and not any(why_not(n, w.template) is None for n in existing):
+            need = _pool_unseen(need, fresh_limits)
         assignment[w.build_key] = _onto_fresh(w.min_size, need, reference, fresh, fresh_limits)
     return Plan(nodes_needed=len(fresh), assignment=assignment)
+
+
+def _pool_unseen(need: Needs, limits: Limits | None) -> Needs:
+    """`need` for a fresh node when no node of the template's own pool is there to tell what
+    it has (its node group at zero, as GPU pools often are: placement.why_not refuses every
+    node): such a node is assumed to match the template, and an extended resource the
+    reference shape has none of is not counted, as its pool's nodes may have it (the build's
+    scale-up pod asks one of that pool)."""
+    have = dict(limits.extended) if limits is not None else {}
+    return replace(need, extended=tuple((n, a) for n, a in need.extended if n in have))
 
 
 class _Extras:
@@ -276,6 +288,8 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
                 extras.take(slot, need)
                 assignment[w.build_key] = index.slot_name(slot)
             else:
+                if need.extended and not index.in_name_order(w.template, changed=changed):
+                    need = _pool_unseen(need, fresh_limits)  # (as plan)
                 assignment[w.build_key] = _onto_fresh(w.min_size, need, reference, fresh,
                                                       fresh_limits)
             continue
