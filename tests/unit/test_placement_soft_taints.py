@@ -3,9 +3,12 @@ DeletionCandidateOfClusterAutoscaler) is used only when no other node takes the 
 kube-scheduler's TaintToleration score does (placement.avoided): the reference and the index
 alike."""
 
+from hypothesis import given, settings, strategies as st
+
+from tests.unit.test_placement_properties import clusters, templates
 from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.models import PodTemplate
-from workers.core.placement import Placement, Wait, decide, alternates
+from workers.core.placement import Placement, Wait, alternates, avoided, decide
 from workers.core.placement_index import PlacementIndex
 
 GI = 2**30
@@ -55,3 +58,22 @@ def test_a_template_tolerating_the_taint_spreads_onto_it_as_before():
     nodes = [NodeState("a-idle-candidate", SHAPE, taints=(CANDIDATE,)),
              NodeState("b-busy", SHAPE, requested=Resources(2500, 8 * GI))]
     assert both(tolerant, nodes).node == "a-idle-candidate"
+
+
+@settings(max_examples=150, deadline=None)
+@given(clusters(), templates(extras_too=True), st.integers(0, 20))
+def test_an_avoided_node_is_chosen_only_when_no_other_node_takes_the_build(cluster, template,
+                                                                           ahead):
+    decision = decide(template, cluster, waiting_ahead=ahead)
+    if not isinstance(decision, Placement):
+        return
+    node = next(n for n in cluster if n.name == decision.node)
+    if avoided(node, template):
+        others = [n for n in cluster if not avoided(n, template)]
+        assert isinstance(decide(template, others, waiting_ahead=ahead), Wait)
+        assert "PreferNoSchedule" in decision.reason
+    else:  # its other candidates: every one it need not avoid before any it should
+        more = alternates(template, cluster, decision, 4)
+        flags = [avoided(next(n for n in cluster if n.name == name), template)
+                 for name, _ in more.others]
+        assert flags == sorted(flags)
