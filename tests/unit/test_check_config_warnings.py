@@ -214,3 +214,43 @@ def test_an_env_name_only_a_relaxed_api_server_takes_is_warned_about(tmp_path, n
         f"{path}:7: templates.small.env: ",
         f"{path}:9: templates.small.containers[0].env: "], warnings
     assert all("a Kubernetes before 1.32" in w for w in warnings), warnings
+
+
+POD_ANTI_AFFINITY = """\
+routes: [{job: build, template: heavy}]
+templates:
+  heavy:
+    podSpecPatch:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            - labelSelector: {matchLabels: {ci-autoscaler.io/template: heavy}}
+              topologyKey: kubernetes.io/hostname
+      topologySpreadConstraints:
+        - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule,
+           labelSelector: {matchLabels: {ci-autoscaler.io/template: heavy}}}
+        - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway}
+"""
+
+
+def test_pod_anti_affinity_and_a_topology_spread_placement_does_not_count_are_warned_about(
+        tmp_path):
+    """A Kubernetes-plugin template's "one heavy build per node" and zone spread: placement
+    chooses nodes by their room, and kube-scheduler applies these only among the candidates
+    it names, so they are said, not silently weakened."""
+    path = tmp_path / "ci.yaml"
+    path.write_text(POD_ANTI_AFFINITY)
+    anti, spread = warnings_of(check_config(path))
+    assert anti.startswith(f"{path}:6: templates.heavy.podSpecPatch.affinity.podAntiAffinity: "
+                           "placement does not count a required podAntiAffinity")
+    assert spread.startswith(f"{path}:10: templates.heavy.podSpecPatch."
+                             "topologySpreadConstraints: placement does not count a topology "
+                             "spread")
+    preferred = POD_ANTI_AFFINITY.replace("requiredDuring", "preferredDuring").replace(
+        "whenUnsatisfiable: DoNotSchedule", "whenUnsatisfiable: ScheduleAnyway").replace(
+        "            - labelSelector:", "            - weight: 50\n              podAffinityTerm:"
+        "\n                labelSelector:").replace(
+        "              topologyKey: kubernetes.io/hostname\n      topology",
+        "                topologyKey: kubernetes.io/hostname\n      topology")
+    path.write_text(preferred)
+    assert warnings_of(check_config(path)) == []

@@ -48,6 +48,8 @@ class PodIndex:
         # holds too: on_every_node)
         self.daemons: dict[str, Resources] = {}
         self.daemon_pods: dict[str, int] = {}  # and how many they are (pod slots they take)
+        # and what they hold beside cpu and memory (ephemeral-storage, extended resources)
+        self.daemon_held: dict[str, Held] = {}
         self._daemon_keys: set[tuple[str, str]] = set()
 
     def put(self, key: tuple[str, str], record: PodRecord | None,
@@ -60,10 +62,10 @@ class PodIndex:
         was_daemon, daemon = key in self._daemon_keys, daemon and record is not None
         if was_daemon:
             self._daemon_keys.discard(key)
-            self._add_daemon(old[0], ZERO - old[1], -1)
+            self._add_daemon(old[0], ZERO - old[1], -1, old[3])
         if daemon:
             self._daemon_keys.add(key)
-            self._add_daemon(record[0], record[1], 1)
+            self._add_daemon(record[0], record[1], 1, record[3])
         if old == record:
             return []
         if old is not None:
@@ -95,7 +97,15 @@ class PodIndex:
                     del self.by_build_key[build_key]
         return [rec[0] for rec in (old, record) if rec is not None]
 
-    def _add_daemon(self, node: str, request: Resources, pods: int) -> None:
+    def _add_daemon(self, node: str, request: Resources, pods: int, held: Held) -> None:
+        if held.ephemeral_bytes or held.extended:
+            extras = Held(0, held.ephemeral_bytes, held.extended)
+            was_held = self.daemon_held.get(node, NOTHING_HELD)
+            now = was_held + extras if pods > 0 else was_held - extras
+            if now.ephemeral_bytes or now.extended:
+                self.daemon_held[node] = now
+            else:
+                self.daemon_held.pop(node, None)
         was = self.daemons.get(node, ZERO)
         total = Resources(was.cpu_millis + request.cpu_millis,
                           was.memory_bytes + request.memory_bytes)

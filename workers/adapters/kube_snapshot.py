@@ -307,9 +307,20 @@ class ClusterWatch:
         return reference, daemons, limits
 
     def _for_builds(self, name: str) -> Limits:  # under the lock
-        """The node's limits beside cpu and memory, its pods less its DaemonSets' and static
-        pods (those a node joining runs too)."""
+        """The node's limits beside cpu and memory less what its DaemonSets' and static pods
+        (those a node joining runs too) take of them: pod slots, ephemeral-storage (a log
+        shipper's buffer) and extended resources (kube-scheduler's NodeResourcesFit counts
+        their requests as any pod's). With the ephemeral-storage of every node joining
+        counted whole, nodes_needed planned two 40Gi builds onto a fresh node of 80Gi whose
+        DaemonSets asked 2Gi: it takes one."""
         limits = self._nodes[name].limits
+        held = self._pods.daemon_held.get(name)
+        if held is not None:
+            taken = dict(held.extended)
+            limits = replace(
+                limits, ephemeral_bytes=None if limits.ephemeral_bytes is None
+                else max(0, limits.ephemeral_bytes - held.ephemeral_bytes),
+                extended=tuple((k, max(0, v - taken.get(k, 0))) for k, v in limits.extended))
         if limits.pods is None:
             return limits
         return replace(limits, pods=max(0, limits.pods - self._pods.daemon_pods.get(name, 0)))

@@ -2,8 +2,9 @@
 for, because they depend on the cluster, but that break builds there. A template whose pod
 needs a Pod Security level below `restricted` (its namespace must allow that level), a claim
 that pods on several nodes would share though it may attach to one node only, an env name
-only a Kubernetes of 1.32 or later takes, a folder job written as a URL path, and a label on a
-parent no route names (its children do not take it).
+only a Kubernetes of 1.32 or later takes, a folder job written as a URL path, a label on a
+parent no route names (its children do not take it), and pod (anti-)affinity or a topology
+spread that placement does not count.
 Each warning names the file, the line and the field."""
 
 import re
@@ -90,11 +91,45 @@ def _relaxed_env_names(config: FileConfig) -> list[tuple[tuple[str | int, ...], 
     return found
 
 
+def _placement_blind(config: FileConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """A podSpecPatch's required pod affinity or anti-affinity, or a topology spread that
+    must hold (DoNotSchedule): placement counts neither (it reads nodes, not which pods run
+    where), so the node it chooses may break it. The pod carries its required node affinity
+    to the few candidates placement names (core.pods.candidate_affinity): kube-scheduler
+    takes one of them that keeps it, else leaves the pod Unschedulable, and the build is
+    placed again elsewhere and then waits as unschedulable; a topology spread is counted
+    only over the candidates' domains (nodeAffinityPolicy: Honor, its default: only the
+    nodes the pod's node affinity matches are in the skew), so a zone spread may not hold."""
+    found = []
+    for name, template in config.templates.items():
+        patch = template.pod_spec_patch
+        affinity = patch.get("affinity") if isinstance(patch.get("affinity"), dict) else {}
+        for kind in ("podAffinity", "podAntiAffinity"):
+            if isinstance(affinity.get(kind), dict) and \
+                    affinity[kind].get("requiredDuringSchedulingIgnoredDuringExecution"):
+                found.append((("templates", name, "podSpecPatch", "affinity", kind), (
+                    f"placement does not count a required {kind}: kube-scheduler applies it "
+                    "only among the nodes placement names for the pod "
+                    "(CI_AUTOSCALER_PLACEMENT_CANDIDATES); when none of them keeps it the pod "
+                    "is Unschedulable, and the build is placed again elsewhere, then waits "
+                    "as unschedulable. A preferred term does not hold builds back")))
+        spread = [c for c in patch.get("topologySpreadConstraints") or []
+                  if isinstance(c, dict) and c.get("whenUnsatisfiable") == "DoNotSchedule"]
+        if spread:
+            found.append((("templates", name, "podSpecPatch", "topologySpreadConstraints"), (
+                "placement does not count a topology spread; kube-scheduler counts its skew "
+                "only over the domains of the nodes placement names for the pod (their "
+                "required node affinity, nodeAffinityPolicy: Honor), so a spread over zones "
+                "holds only among those; when none keeps it the pod is Unschedulable and "
+                "the build placed again elsewhere")))
+    return found
+
+
 def file_warnings(path: str | Path, config: FileConfig) -> list[str]:
     """The warnings for a file that loaded as `config`: "FILE:LINE: field: reason" each."""
     text = Path(path).read_text()
     root = yaml.compose(text)
     found = _pod_security(config) + _folder_jobs(config) + _labelled_parents(config) + \
-        _relaxed_env_names(config) + [
+        _relaxed_env_names(config) + _placement_blind(config) + [
         (c.loc, c.reason) for c in shared_claims(config.templates, config.max_agents)]
     return [_problem(str(path), root, loc, reason) for loc, reason in found]

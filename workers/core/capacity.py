@@ -115,8 +115,20 @@ def plan(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState], reference:
             assignment[w.build_key] = target
             extras.take(target, need)
             continue
+        if need.extended and not any(why_not(n, w.template) is None for n in existing):
+            need = _pool_unseen(need, fresh_limits)
         assignment[w.build_key] = _onto_fresh(w.min_size, need, reference, fresh, fresh_limits)
     return Plan(nodes_needed=len(fresh), assignment=assignment)
+
+
+def _pool_unseen(need: Needs, limits: Limits | None) -> Needs:
+    """`need` for a fresh node when no node of the template's own pool is there to tell what
+    it has (its node group at zero, as GPU pools often are: placement.why_not refuses every
+    node): such a node is assumed to match the template, and an extended resource the
+    reference shape has none of is not counted, as its pool's nodes may have it (the build's
+    scale-up pod asks one of that pool)."""
+    have = dict(limits.extended) if limits is not None else {}
+    return replace(need, extended=tuple((n, a) for n, a in need.extended if n in have))
 
 
 class _Extras:
@@ -170,15 +182,19 @@ def _onto_fresh(size: Resources, need: Needs, reference: Resources, fresh: list[
     nodes of an EKS max-pods (8 to 29 on t3 types), ten small builds that fit one node by
     cpu took two by pods, and three builds waiting for a GPU on nodes of one GPU each were
     one node by cpu; nodes_needed said 1 for both. An extended resource the fresh node
-    has none of is not counted (a fresh node is assumed to match every template)."""
+    has none of makes the build unplaceable (None), as a size bigger than the node does:
+    mixed with builds of a CPU pool more common than its GPU pool, a GPU build was planned
+    onto a fresh CPU node by its cpu alone, so nodes_needed asked for CPU nodes, and kept
+    asking after they were added, which never start it (why_not: no such node takes it)."""
     if not size.fits_in(reference):
         return None
     # A fresh node's hostPorts are its builds' alone, whatever its limits: counted when those
     # are not known too (a shape from config), or three builds binding one port were 1 node.
     counted = limits is not None or bool(need.host_ports)
-    limits = Limits() if limits is None else limits
     if counted:
-        need = _on_fresh(need, limits)
+        need = _on_fresh(need, limits) if limits is not None else \
+            replace(need, extended=(), ephemeral_bytes=0)  # only its ports are known
+        limits = Limits() if limits is None else limits
         if lacks(NodeState("new", reference, limits=limits), need) is not None:
             return None  # not even an empty fresh node takes it (fresh_lacks)
 
@@ -197,11 +213,9 @@ def _onto_fresh(size: Resources, need: Needs, reference: Resources, fresh: list[
 
 
 def _on_fresh(need: Needs, limits: Limits) -> Needs:
-    """`need` as a fresh node of these limits counts it (_onto_fresh): an extended resource
-    it has none of, and ephemeral-storage when it reports none, not counted."""
-    have = dict(limits.extended)
-    return replace(need, extended=tuple((n, a) for n, a in need.extended if n in have),
-                   ephemeral_bytes=need.ephemeral_bytes
+    """`need` as a fresh node of these limits counts it (_onto_fresh): ephemeral-storage not
+    counted when it reports none (a kubelet without local storage isolation)."""
+    return replace(need, ephemeral_bytes=need.ephemeral_bytes
                    if limits.ephemeral_bytes is not None else 0)
 
 
@@ -274,6 +288,8 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
                 extras.take(slot, need)
                 assignment[w.build_key] = index.slot_name(slot)
             else:
+                if need.extended and not index.in_name_order(w.template, changed=changed):
+                    need = _pool_unseen(need, fresh_limits)  # (as plan)
                 assignment[w.build_key] = _onto_fresh(w.min_size, need, reference, fresh,
                                                       fresh_limits)
             continue

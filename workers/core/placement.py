@@ -9,7 +9,7 @@ test holds the two to the same answers (tests/unit/test_placement_index.py)."""
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -239,6 +239,41 @@ def why_not(node: NodeState, template: PodTemplate) -> str | None:
     return None
 
 
+def avoided(node: NodeState, template: PodTemplate) -> bool:
+    """The node has a PreferNoSchedule taint the template does not tolerate: one it may use,
+    but only when no other node takes it. kube-scheduler's TaintToleration scores a node by
+    how many such taints it has (fewest best; taint_toleration.go,
+    countIntolerableTaintsPreferNoSchedule) at weight 3, the heaviest of its default score
+    plugins (apis/config/v1/default_plugins.go): it puts the pod on an untainted node that
+    passes its filters however loaded. Operators taint nodes so to drain them softly, and
+    Cluster Autoscaler marks the nodes it means to remove (DeletionCandidateOfClusterAutoscaler,
+    cluster-autoscaler utils/taints/taints.go): spread by load alone, every build went to those
+    idlest nodes, and an agent there holds the node (safe-to-evict false) so it is never
+    removed."""
+    return any(t.effect == TaintEffect.PREFER_NO_SCHEDULE
+               and not tolerates(template.tolerations, t.key, t.value, t.effect)
+               for t in node.taints)
+
+
+def preferring(decide_on: Callable[[frozenset[str]], "Decision"], soft: frozenset[str],
+               exclude_nodes: frozenset[str]) -> Decision:
+    """The decision on the nodes the template is not asked to avoid (`soft`: avoided), when
+    one takes it there at any size; else the decision on every node, its reason saying why
+    an avoided node took it. `decide_on(exclude)` decides with those nodes left out (the
+    same for decide and the index)."""
+    soft = soft - exclude_nodes
+    if soft:
+        first = decide_on(exclude_nodes | soft)
+        if isinstance(first, Placement):
+            return first
+    decision = decide_on(exclude_nodes)
+    if soft and isinstance(decision, Placement) and decision.node in soft:
+        decision = replace(decision, reason=f"{decision.reason}; no node without a "
+                                            f"PreferNoSchedule taint it does not tolerate "
+                                            f"({len(soft)} tainted) could take it")
+    return decision
+
+
 def utilisation_after(node: NodeState, node_free: Resources, size: Resources) -> float:
     used = node.allocatable - node_free + size
     return max(used.cpu_millis / max(1, node.allocatable.cpu_millis),
@@ -268,6 +303,18 @@ def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: 
            target_utilisation: float = DEFAULT_TARGET_UTILISATION,
            expected_use: Resources | None = None,
            exclude_nodes: frozenset[str] = frozenset()) -> Decision:
+    """`decide_among`, on the nodes without a PreferNoSchedule taint the template does not
+    tolerate first (avoided, preferring)."""
+    return preferring(lambda exclude: decide_among(
+        template, nodes, waiting_ahead=waiting_ahead, target_utilisation=target_utilisation,
+        expected_use=expected_use, exclude_nodes=exclude),
+        frozenset(n.name for n in nodes if n.taints and avoided(n, template)), exclude_nodes)
+
+
+def decide_among(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: int = 0,
+                 target_utilisation: float = DEFAULT_TARGET_UTILISATION,
+                 expected_use: Resources | None = None,
+                 exclude_nodes: frozenset[str] = frozenset()) -> Decision:
     """Size and node for one build, or why it must wait. Deterministic for the same input.
 
     `expected_use` is what agents of this template were seen to really use (metrics of
@@ -367,13 +414,15 @@ def alternates(template: PodTemplate, nodes: Sequence[NodeState], placement: Pla
                exclude_nodes: frozenset[str] = frozenset()) -> Placement:
     """The placement with up to `count` other nodes the pod could go to as well: eligible as
     for decide (not excluded, nothing lacking), with room for its size, by utilisation after
-    placing it there (then name). The scheduler may take one of them when ours is refused."""
+    placing it there (then name), those it is asked to avoid (avoided: PreferNoSchedule)
+    after the others. The scheduler may take one of them when ours is refused."""
     if count <= 0:
         return placement
     need, size = needs(template), placement.size
     ranked = sorted(
-        (utilisation_after(n, f, size), n.name, n.hostname) for n in nodes
+        (avoided(n, template), utilisation_after(n, f, size), n.name, n.hostname)
+        for n in nodes
         if n.name != placement.node and n.name not in exclude_nodes
         and why_not(n, template) is None and lacks(n, need) is None
         and size.fits_in(f := free(n, target_utilisation)))
-    return replace(placement, others=tuple((name, host) for _, name, host in ranked[:count]))
+    return replace(placement, others=tuple((name, host) for _, _, name, host in ranked[:count]))

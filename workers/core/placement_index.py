@@ -12,13 +12,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
 from operator import ge, itemgetter
 
-from workers.core.cluster import NodeState, Resources
+from workers.core.cluster import NodeState, Resources, TaintEffect
 from workers.core.fit import EPHEMERAL_STORAGE, HOST_PORTS, PODS, Held, Needs, insufficient
 from workers.core.fit import lacks, needs, ports_conflict
 from workers.core.models import PodTemplate, Toleration
 from workers.core.placement import (
     DEFAULT_TARGET_UTILISATION, Decision, Placement, Wait, WaitReason, admission, admitted,
-    blocked_wait, closed, fmt, free, no_matching_node, shrunk_to, utilisation_after, why_not)
+    avoided, blocked_wait, closed, fmt, free, no_matching_node, preferring, shrunk_to,
+    utilisation_after, why_not)
 from workers.core.sizing import choose_size, template_default, template_min
 
 
@@ -153,6 +154,8 @@ class PlacementIndex:
         self._eph_of: list[int] = []
         self._pods_left: list[int] = []  # the pods each node may still take (pod_room)
         self._ports: dict[tuple[str, int], set[int]] = {}  # (protocol, port) -> slots
+        # The nodes with a PreferNoSchedule taint (placement.avoided): few, read per decision.
+        self._soft: set[str] = set()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -198,6 +201,7 @@ class PlacementIndex:
 
     def put(self, node: NodeState) -> None:
         """Add or replace a node: its shape, labels, taints, state and load."""
+        self._mark_soft(node)
         slot = self._slots.get(node.name)
         load = (node.requested, node.usage, node.in_flight)
         if slot is not None:
@@ -225,6 +229,7 @@ class PlacementIndex:
 
     def remove(self, name: str) -> None:
         slot = self._slots.pop(name, None)
+        self._soft.discard(name)
         if slot is None:
             return
         self._unindex(slot)
@@ -237,8 +242,9 @@ class PlacementIndex:
         self._slots, self._spare, self._nodes, self._loads = {}, [], [], []
         self._shape, self._fc, self._fm, self._h, self._shapes = [], [], [], [], {}
         self._held, self._pod_full, self._eph, self._eph_of, self._ports = [], set(), [], [], {}
-        self._pods_left = []
+        self._pods_left, self._soft = [], set()
         for node in nodes:
+            self._mark_soft(node)
             slot = self._slots.get(node.name)
             if slot is None:
                 slot = self._new_slot(node.name)
@@ -311,6 +317,19 @@ class PlacementIndex:
         self._resort()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _mark_soft(self, node: NodeState) -> None:
+        if any(t.effect == TaintEffect.PREFER_NO_SCHEDULE for t in node.taints):
+            self._soft.add(node.name)
+        else:
+            self._soft.discard(node.name)
+
+    def _avoided(self, template: PodTemplate, changed: Mapping[str, NodeState] | None
+                 ) -> frozenset[str]:
+        """The nodes held that the template is asked to avoid (placement.avoided)."""
+        changed = changed or {}
+        return frozenset(name for name in self._soft if avoided(
+            changed.get(name) or self._nodes[self._slots[name]], template))
 
     def _new_slot(self, name: str) -> int:
         if self._spare:
@@ -616,6 +635,15 @@ class PlacementIndex:
         `exclude_nodes` are taken as not eligible, like the reference does."""
         if target_utilisation is not None:
             self.retarget(target_utilisation)
+        return preferring(lambda exclude: self._decide(
+            template, changed=changed, waiting_ahead=waiting_ahead,
+            expected_use=expected_use, exclude_nodes=exclude),
+            self._avoided(template, changed), exclude_nodes)
+
+    def _decide(self, template: PodTemplate, *, changed: Mapping[str, NodeState] | None,
+                waiting_ahead: int, expected_use: Resources | None,
+                exclude_nodes: frozenset[str]) -> Decision:
+        """placement.decide_among for the nodes held."""
         cls = self._class(template)
         low, need = template_min(template), needs(template)
         fc_of, fm_of, elig = self._fc, self._fm, cls.eligible
@@ -692,7 +720,23 @@ class PlacementIndex:
                    exclude_nodes: frozenset[str] = frozenset()) -> Placement:
         """`placement.alternates(template, nodes, placement, count, ...)` for the nodes held
         (`changed` applied): the next best nodes by the same walk as a decision, each one
-        then left out for the next."""
+        then left out for the next; those the template is asked to avoid after the others."""
+        soft = self._avoided(template, changed) - exclude_nodes if count > 0 else frozenset()
+        if not soft:
+            return self._alternates(template, placement, count, changed=changed,
+                                    exclude_nodes=exclude_nodes)
+        first = self._alternates(template, placement, count, changed=changed,
+                                 exclude_nodes=exclude_nodes | soft)
+        if len(first.others) == count:
+            return first
+        rest = self._alternates(template, placement, count - len(first.others),
+                                changed=changed, exclude_nodes=exclude_nodes | frozenset(
+                                    name for name, _ in first.others))
+        return dataclasses.replace(first, others=first.others + rest.others)
+
+    def _alternates(self, template: PodTemplate, placement: Placement, count: int, *,
+                    changed: Mapping[str, NodeState] | None,
+                    exclude_nodes: frozenset[str]) -> Placement:
         if count <= 0:
             return placement
         cls, need, size = self._class(template), needs(template), placement.size
