@@ -46,11 +46,11 @@ _counters: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
 class BodyTooLarge(Exception):
     """A body past a limit; `read`: how many of its bytes were read already (a chunked body's
-    first limit + 1), which a drain after it counts too."""
+    first limit + 1, in `head`), which a drain after it counts too."""
 
-    def __init__(self, reason: str, read: int = 0):
+    def __init__(self, reason: str, read: int = 0, head: bytes = b""):
         super().__init__(reason)
-        self.read = read
+        self.read, self.head = read, head
 
 
 class BadRequest(Exception):
@@ -130,9 +130,9 @@ def read_body(environ: Environ, limit: int | None) -> bytes:
     try:
         body, expected = _read(environ, limit)
     except OSError as err:
-        raise _unread(err) from err
+        raise unread_error(err) from err
     except ParseException as err:
-        raise _malformed(err) from None
+        raise malformed_error(err) from None
     if expected is not None and len(body) < expected:
         raise BadRequest(f"the body ended after {len(body)} of its {expected} bytes")
     return body
@@ -155,11 +155,12 @@ def _read(environ: Environ, limit: int | None) -> tuple[bytes, int | None]:
         return stream.read(), None
     body = stream.read(limit + 1)
     if len(body) > limit:
-        raise BodyTooLarge(f"the body is over the limit of {limit} bytes", read=len(body))
+        raise BodyTooLarge(f"the body is over the limit of {limit} bytes", read=len(body),
+                           head=body)
     return body, None
 
 
-def _unread(err: OSError) -> BodyTimedOut | BadRequest:
+def unread_error(err: OSError) -> BodyTimedOut | BadRequest:
     """A read the server cut off (a TimeoutError: service.http_worker's deadline) is 408; a
     chunked body whose client closed its end before the last chunk (gunicorn's NoMoreData) is
     400, as one of known length cut short is: it was taken for a timeout, with gunicorn's own
@@ -169,7 +170,7 @@ def _unread(err: OSError) -> BodyTimedOut | BadRequest:
     return BodyTimedOut(str(err) or type(err).__name__)
 
 
-def _malformed(err: ParseException) -> BadRequest:
+def malformed_error(err: ParseException) -> BadRequest:
     """gunicorn's refusal of a chunked body it cannot decode (a chunk size that is no number,
     a chunk without its CRLF, a bad trailer: gunicorn.http.body.ChunkedReader), as the 400 it
     is; it reached the app as an exception, and the webhook answered 500 and logged a bug.
@@ -207,9 +208,9 @@ def drain_body(environ: Environ, limit: int, already: int = 0) -> int:
             if drained > limit:
                 raise BodyTooLarge(f"the body is over {limit} bytes")
     except OSError as err:
-        raise _unread(err) from err
+        raise unread_error(err) from err
     except ParseException as err:
-        raise _malformed(err) from None
+        raise malformed_error(err) from None
     return drained
 
 

@@ -32,15 +32,29 @@ def signing_key(secret: str) -> bytes:
         raise ValueError("the signing token is whsec_ followed by base64") from None
 
 
+def start(key: bytes, webhook_id: str, timestamp: str) -> hmac.HMAC:
+    """The signature of a delivery whose body is still to come: give it the body's pieces
+    (update), then `verify` it (a body past the web's limit is read in pieces)."""
+    return hmac.new(key, f"{webhook_id}.{timestamp}.".encode(), hashlib.sha256)
+
+
+def _signature(mac: hmac.HMAC) -> str:
+    return f"{SIGNATURE_VERSION},{base64.b64encode(mac.digest()).decode()}"
+
+
 def sign(key: bytes, webhook_id: str, timestamp: str, body: bytes) -> str:
     """The `v1,<base64>` signature of a delivery (what GitLab sends; tests sign with it too)."""
-    digest = hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode()}"
+    mac = start(key, webhook_id, timestamp)
+    mac.update(body)
+    return _signature(mac)
 
 
 def verify(key: bytes, *, webhook_id: str | None, timestamp: str | None,
-           signatures: str | None, body: bytes, now: float, max_skew_seconds: float) -> None:
-    """Raise SignatureError unless one of the signatures is ours and the timestamp is recent."""
+           signatures: str | None, body: bytes, now: float, max_skew_seconds: float,
+           mac: hmac.HMAC | None = None) -> None:
+    """Raise SignatureError unless one of the signatures is ours and the timestamp is recent.
+    With `mac` (`start`, given the whole body), its signature is the one checked, not
+    `body`'s (then the body as trimmed: service.trimmed_body)."""
     missing = [name for name, value in zip(HEADERS, (webhook_id, timestamp, signatures))
                if not value]
     if missing:
@@ -51,7 +65,8 @@ def verify(key: bytes, *, webhook_id: str | None, timestamp: str | None,
     if abs(now - sent_at) > max_skew_seconds:
         raise SignatureError(f"webhook-timestamp is more than {max_skew_seconds:.0f} s away "
                              "from our clock")
-    expected = sign(key, webhook_id, timestamp, body).encode()
+    expected = (sign(key, webhook_id, timestamp, body) if mac is None
+                else _signature(mac)).encode()
     matched = False
     for candidate in signatures.split(" "):  # compare every one: no early exit on a match
         matched |= hmac.compare_digest(candidate.encode(), expected)

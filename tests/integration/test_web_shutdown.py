@@ -1,6 +1,7 @@
 """The web process under the shipped gunicorn config: on SIGTERM it finishes the requests in
 flight, stores their events and answers them, then exits 0; bodies past the limit are refused."""
 
+import json
 import os
 import signal
 import socket
@@ -103,21 +104,44 @@ def test_sigterm_lets_a_body_the_main_loop_holds_arrive_and_be_stored(gunicorn, 
 
 
 def test_sigterm_lets_the_drain_of_an_ignored_push_end_before_the_worker_exits(gunicorn):
-    """A push past the limit is answered 200 ignored at once, and the main loop reads the rest
+    """A push past the limit whose fields read are past it too (a ref of 70 KB here: no
+    push's) is answered 200 ignored as soon as a piece read (64 KiB) shows it, and the main
+    loop reads the rest
     of its body and drops it (for up to 10 s), so that GitLab gets the answer rather than a
     reset. That drain was not an open connection to gthread's graceful stop (run(): while
     nr_conns > 0): on SIGTERM the worker exited under it, and GitLab, still sending, got a
     reset, a failed delivery (four disable the hook; REALITY.md)."""
     length = 4 * 2**20
+    start = b'{"ref": "refs/heads/' + b"x" * 70_000
     with socket.create_connection(("127.0.0.1", gunicorn.port), timeout=30) as sock:
-        sock.sendall(_head(str(length)) + b" " * 100)
+        sock.sendall(_head(str(length)) + start)
         answer = b"".join(iter(lambda: sock.recv(65536), b""))  # to the server's FIN
         assert answer.startswith(b"HTTP/1.1 200 ") and b'"ignored"' in answer, answer
         gunicorn.send_signal(signal.SIGTERM)
         wait_until(lambda: "Handling signal: term" in gunicorn.log_path.read_text(),
                    timeout=30, what="gunicorn handling SIGTERM")
-        sock.sendall(b" " * (length - 100))  # BrokenPipeError when the worker had gone
+        sock.sendall(b" " * (length - len(start)))  # BrokenPipeError when the worker had gone
     assert gunicorn.wait(timeout=30) == 0
+
+
+def test_sigterm_lets_a_push_past_the_limit_being_read_be_stored(gunicorn, redis_conn):
+    """A push past the limit is read by a thread in pieces (service.trimmed_body); one still
+    arriving at SIGTERM is read to its end, stored and answered before the worker exits."""
+    push = json.loads(PUSH)
+    push["commits"][0]["message"] = "x" * 20_000  # over the 8 KiB limit
+    body = json.dumps(push).encode()
+    head = _head(str(len(body))).replace(b"Connection: close", b"Idempotency-Key: big")
+    with socket.create_connection(("127.0.0.1", gunicorn.port), timeout=30) as sock:
+        sock.sendall(head + body[:100])
+        wait_until(lambda: accept_queue(gunicorn.port) == 0, timeout=10, what="accepted")
+        gunicorn.send_signal(signal.SIGTERM)
+        wait_until(lambda: "Handling signal: term" in gunicorn.log_path.read_text(),
+                   timeout=30, what="gunicorn handling SIGTERM")
+        sock.sendall(body[100:])
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 202 "), reply[:300]
+    assert gunicorn.wait(timeout=30) == 0
+    assert redis_conn.exists("cia:delivery:gitlab:big")
 
 
 def _raw(port: int, head: bytes, body: bytes = b"") -> bytes:
@@ -148,18 +172,18 @@ def test_a_content_length_over_the_limit_is_413_before_the_body_is_sent(gunicorn
     assert redis_conn.dbsize() == 0
 
 
-def test_a_chunked_push_over_the_limit_is_read_and_ignored(gunicorn, redis_conn):
-    """Over the limit (far more than a push of 20 commits): read to its end and answered 200
-    ignored with the reason, never a 4xx, which counts towards GitLab disabling the hook."""
-    body = PUSH * 3  # ~10 KiB, over the 8 KiB limit
+def test_a_chunked_push_over_the_limit_is_read_and_queued(gunicorn, redis_conn):
+    """Over the limit: read to its end in pieces, trimmed to the fields read and queued
+    (service.trimmed_body); it was answered 200 ignored, and GitLab never sends it again."""
+    push = json.loads(PUSH)
+    push["commits"][0]["message"] = "x" * 10_000  # over the 8 KiB limit
+    body = json.dumps(push).encode()
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part)
                        for part in (body[i:i + 1000] for i in range(0, len(body), 1000)))
     reply = _raw(gunicorn.port, _head(None, chunked=True), chunked + b"0\r\n\r\n")
-    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
-    assert b'"status":"ignored"' in reply and b"over the limit" in reply
-    assert redis_conn.dbsize() == 0
-    small = b"%x\r\n%s\r\n0\r\n\r\n" % (len(PUSH), PUSH)
-    assert _raw(gunicorn.port, _head(None, chunked=True), small).startswith(b"HTTP/1.1 202")
+    assert reply.startswith(b"HTTP/1.1 202"), reply[:200]
+    assert b'"status":"queued"' in reply
+    assert redis_conn.llen("cia:intake") == 1
 
 
 def test_a_chunked_body_over_gitlab_s_25_mb_is_413_counted_from_its_first_byte(gunicorn,
@@ -177,9 +201,10 @@ def test_a_chunked_body_over_gitlab_s_25_mb_is_413_counted_from_its_first_byte(g
     assert reply.startswith(b"HTTP/1.1 413"), reply[:300]
     assert b'"request_entity_too_large"' in reply and b"over 26214400 bytes" in reply
     assert redis_conn.dbsize() == 0
-    # at 25 MB exactly it is GitLab's own: read to its end and ignored, 200
-    at_limit = body[:limit]
+    # at 25 MB exactly it is GitLab's own: read to its end in pieces, and queued
+    at_limit = PUSH.rstrip()[:-1] + b" " * (limit - len(PUSH.rstrip())) + b"}"
+    assert len(at_limit) == limit
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(at_limit[i:i + part]), at_limit[i:i + part])
                        for i in range(0, len(at_limit), part))
     reply = _raw(gunicorn.port, _head(None, chunked=True), chunked + b"0\r\n\r\n")
-    assert reply.startswith(b"HTTP/1.1 200") and b'"status":"ignored"' in reply, reply[:300]
+    assert reply.startswith(b"HTTP/1.1 202") and b'"status":"queued"' in reply, reply[:300]

@@ -1,7 +1,8 @@
 """Memory per webhook, measured in the real web process (gunicorn with service/gunicorn.conf.py,
 one worker): the worker's peak RSS (the kernel's VmHWM, reset before each request through
 /proc/PID/clear_refs) grows by less than 64 MiB for a push at the body limit, and for a push
-of 20 MB (past the limit: read in pieces, dropped, answered 200 ignored), and for a Jenkins
+of 20 MB (past the limit: read in pieces, its 20 MB ref past what a field kept may be,
+answered 200 ignored; service.trimmed_body), and for a Jenkins
 notification at the limit. Issue 17: one 25 MiB push took a worker from 61 MB to 864 MB; the
 chart gives the web 384 MiB."""
 

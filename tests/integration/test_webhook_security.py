@@ -97,17 +97,25 @@ def test_a_signing_token_that_is_not_whsec_base64_refuses_the_start_without_show
     assert "sec%ret" not in str(err.value.problems)
 
 
-def test_a_chunked_push_over_the_limit_is_200_ignored_and_nothing_is_stored(redis_url,
-                                                                          redis_conn):
+def test_a_chunked_push_over_the_limit_is_read_trimmed_and_queued(redis_url, redis_conn):
     client = make_app(redis_url, max_body_bytes=1024).test_client()
     # No Content-Length: a chunked body, as gunicorn hands it on (wsgi.input_terminated).
     response = client.post("/webhooks/gitlab", input_stream=io.BytesIO(PUSH),
                            headers={"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token":
                                     GITLAB_TOKEN, "Transfer-Encoding": "chunked"},
                            environ_overrides={"wsgi.input_terminated": True})
-    assert response.status_code == 200 and response.json["status"] == "ignored"
-    assert "over the limit of 1024 bytes" in response.json["reason"]
+    assert response.status_code == 202 and response.json["status"] == "queued", response.json
+    assert redis_conn.llen("cia:intake") == 1
+
+
+def test_a_signed_push_over_the_limit_is_checked_on_its_whole_body(redis_url, redis_conn):
+    """Read in pieces and kept trimmed, a push's signature is still of every byte sent."""
+    client = make_app(redis_url, gitlab_webhook_signing_token=SIGNING_TOKEN,
+                      max_body_bytes=1024).test_client()
+    assert post(client, **signed(PUSH.replace(b"}", b" }", 1))).status_code == 401
     assert redis_conn.dbsize() == 0
+    assert post(client, **signed()).status_code == 202
+    assert redis_conn.llen("cia:intake") == 1
 
 
 def test_a_chunked_body_under_the_limit_is_read_whole(client, stored):
@@ -129,9 +137,8 @@ def test_rejections_are_logged_with_source_endpoint_and_reason_but_no_secret(
     client.post(f"/webhooks/jenkins?token=attacker-guess-456", json={})
     client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", data=b"[1,")
     rejected = [r for r in caplog.records if r.getMessage() == "webhook rejected"]
-    # the push over the limit: read, dropped and answered 200 ignored (a 4xx counts towards
-    # GitLab disabling the hook), and logged as the others
-    assert [r.status for r in rejected] == [401, 401, 200, 401, 400]
+    # the push over the limit: read in pieces, and no JSON (400), logged as the others
+    assert [r.status for r in rejected] == [401, 401, 400, 401, 400]
     assert {r.endpoint for r in rejected} == {"/webhooks/gitlab", "/webhooks/jenkins"}
     assert all(r.remote_addr == "127.0.0.1" and r.reason for r in rejected)
     assert rejected[0].forwarded_for == "203.0.113.9"

@@ -89,22 +89,28 @@ def test_missing_field_is_400_naming_it(client):
     assert "project.path_with_namespace" in response.json["reason"]
 
 
-def test_a_push_over_the_limit_is_200_ignored_and_a_larger_body_than_gitlab_sends_is_413(
-        redis_url, redis_conn):
+def test_a_push_over_the_limit_is_queued_and_a_larger_body_than_gitlab_sends_is_413(
+        redis_url, stored):
+    """Past the limit, a push is read in pieces and trimmed to the fields read
+    (service.trimmed_body): a real one can be that large, and GitLab never sends it again."""
     client = make_app(redis_url, max_body_bytes=1024).test_client()
     response = gitlab(client, PUSH)  # the real push is ~3 KiB
-    assert response.status_code == 200 and response.json["status"] == "ignored"
-    assert "over the limit of 1024 bytes" in response.json["reason"]
-    assert redis_conn.dbsize() == 0
+    assert response.status_code == 202 and response.json["status"] == "queued", response.json
+    assert stored() == 1
     # A Content-Length past GitLab's own 25 MB: not a GitLab delivery, nothing is read.
     response = client.post("/webhooks/gitlab", data=PUSH, headers={
         "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN},
         environ_overrides={"CONTENT_LENGTH": str(26 * 2**20)})
     assert response.status_code == 413
     assert response.json["error"] == "request_entity_too_large"
-    # The Jenkins plugin ignores our answer; its bodies are small: 413 as before.
+    # A notification whose fields read are past the limit is no plugin's: 413.
     big = {"name": "x" * 2048, "build": {"number": 1, "phase": "COMPLETED"}}
     assert jenkins(client, big).status_code == 413
+    # Past the limit and no JSON object: 400 with the reason, as a small one (it was a 500)
+    for body in (b"[" + b" " * 2048 + b"]", b'{"log": "' + b"x" * 2048):
+        response = client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", data=body)
+        assert response.status_code == 400 and "JSON" in response.json["reason"], body[:20]
+        assert gitlab(client, body).status_code == 400
 
 
 def _invalid_counted(client) -> dict[str, float]:

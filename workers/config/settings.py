@@ -27,10 +27,12 @@ from workers.core.start_failures import DEFAULT_FATAL_WAITING_REASONS
 from workers.core.usage_history import DEFAULT_HALF_LIFE_SECONDS
 from workers.config.spool_paths import default_spool_path
 
-# A webhook body past this is not parsed. A GitLab push lists at most 20 commits (its docs): the
-# real push in ../shared/fixtures is 3.5 KB with 3 commits, so 4 MiB leaves room for 20 commits
-# with long messages and thousands of changed files each. Memory per request is about the body
-# (workers.core.push_payload), 16 requests at once (2 workers x 8 threads) about 64 MiB.
+# A webhook body up to this is read whole and parsed. A GitLab push lists at most 20 commits (its
+# docs): the real push in ../shared/fixtures is 3.5 KB with 3 commits, so 4 MiB leaves room for
+# 20 commits with long messages and thousands of changed files each. Memory per request is about
+# the body (workers.core.push_payload), 16 requests at once (2 workers x 8 threads) about 64
+# MiB. A larger body is read in pieces and trimmed to the fields read, within this bound
+# (service.trimmed_body): a push of a commit that vendors a tree is larger, and is still built.
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20
 DEDUPE_TTL_SECONDS = 7 * 24 * 3600  # a delivery id is recognised this long
 BUILD_TTL_SECONDS = 7 * 24 * 3600  # a finished build's state is kept this long

@@ -45,6 +45,12 @@ class _Notification(msgspec.Struct):
 
 _NOTIFICATION = msgspec.json.Decoder(_Notification)
 _PARAMETERS = msgspec.json.Decoder(_Parameters)
+# What a notification past the web's limit is trimmed to (workers.core.json_trim): the members
+# the structs above read; not its log lines, artifacts, changed files or other parameters
+# (tests/unit/test_json_trim.py holds them to it).
+NOTIFICATION_SPEC = {b"name": True, b"url": True, b"build": {
+    b"number": True, b"phase": True, b"status": True, b"queue_id": True, b"full_url": True,
+    b"parameters": {AGENT_PARAMETER.encode(): True}}}
 
 
 def _parameters(raw: msgspec.Raw) -> dict[str, Any]:

@@ -58,6 +58,12 @@ class _SystemHookEvent(msgspec.Struct):
 
 
 _PUSH = msgspec.json.Decoder(_PushFields)
+# What a push past the web's limit is trimmed to (workers.core.json_trim): the members the two
+# structs above read (tests/unit/test_json_trim.py holds them to it).
+PUSH_SPEC = {b"ref": True, b"after": True, b"checkout_sha": True, b"user_username": True,
+             b"user_name": True, b"push_options": True, b"project_id": True,
+             b"event_name": True,
+             b"project": {b"path_with_namespace": True, b"id": True}}
 _SYSTEM_HOOK = msgspec.json.Decoder(_SystemHookEvent)
 
 
