@@ -17,7 +17,7 @@ ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueB
           "CIWebhookAuthFailures", "CIAutoscalerDown",
           "CIRedisUnavailable", "CIRedisMemoryHigh", "CIRedisEvicting", "CIRedisEvictedKeys",
           "CIRedisNotPersistent",
-          "CIGitLabHookDisabled",
+          "CIGitLabHookDisabled", "CIGitLabCatchUpFailing",
           "CIGitLabCommitStatusFailing",
           "CIJenkinsLeftovers")
 SEVERITIES = {"critical", "warning", "info"}
