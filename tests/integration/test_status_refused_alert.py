@@ -1,0 +1,94 @@
+"""A GitLab API token changed to another user who cannot see some projects: the statuses of
+their builds are refused for good (404 "Project Not Found"), and the commits keep the state
+the old token set, "running", for ever; the other projects' statuses go. The one alert on
+commit statuses, CIGitLabCommitStatusFailing, pages only while none gets through, so nothing
+paged. CIGitLabCommitStatusRefused does, on Debian's Prometheus scraping the web app's
+/metrics, with the real sender against the GitLab API fake over HTTP and a real redis-server."""
+
+from datetime import datetime, timedelta, timezone
+
+from service.app import create_app
+from tests.integration.test_status_403_log import running
+from tests.support.app import make_settings
+from tests.support.dashboards import rules, rules_with_for
+from tests.support.monitoring import Prometheus, get_json, running as servers_running, \
+    serve_app, wait_until
+from workers.adapters import gitlab as gitlab_api
+from workers.adapters.capacity_store import CapacityStore
+from workers.commit_statuses import sender as status_sender, touch
+from workers.config.config_file import parse_file_config
+
+SHA = "feed" * 10
+OLD_TOKEN, NEW_TOKEN = "glpat-old-user-7Hn3", "glpat-bot-user-2Lc8"
+CONFIG = """
+routes:
+  - {project: "team/*", ref: "refs/heads/*", job: build, template: small}
+templates:
+  small: {}
+"""
+REFUSED = 'ci_autoscaler_commit_status_total{result="refused"}'
+
+
+def _firing(prometheus: Prometheus) -> set[str]:
+    return {a["labels"]["alertname"] for a in prometheus.alerts() if a["state"] == "firing"}
+
+
+def _evaluated_after(prometheus: Prometheus, moment: datetime) -> bool:
+    groups = get_json(f"{prometheus.url}/api/v1/rules?type=alert")["data"]["groups"]
+    return all(r["health"] == "ok" and datetime.fromisoformat(r["lastEvaluation"]) > moment
+               for g in groups for r in g["rules"])
+
+
+def _sender(state, gitlab_fake, token: str) -> status_sender.Sender:
+    sender = status_sender.Sender(state=state, capacity=CapacityStore(state.redis,
+                                                                      prefix=state.prefix),
+                                  gl=gitlab_api.client(url=gitlab_fake.url, token=token),
+                                  secrets=(token,))
+    sender.queue.switch_on(ttl_seconds=60)
+    return sender
+
+
+def test_statuses_a_new_tokens_user_may_not_set_page_while_other_projects_go(
+        redis_url, gitlab_fake, tmp_path):
+    app = create_app(make_settings(redis_url), file_config=parse_file_config(CONFIG))
+    state = app.extensions["ci_autoscaler"].state
+    for token in (OLD_TOKEN, NEW_TOKEN):
+        gitlab_fake.tokens[token] = {"api"}
+    for path in ("team/app", "team/lib"):
+        gitlab_fake.add_project(path, branches={"main": SHA})
+    lib = gitlab_fake.projects["team/lib"]
+    rule_file = tmp_path / "rules-for-1s.yaml"
+    rule_file.write_text(rules_with_for("1s"))
+    failing = next(r["expr"] for r in rules() if r["alert"] == "CIGitLabCommitStatusFailing")
+    with serve_app(app) as base:
+        prometheus = Prometheus(tmp_path / "prometheus", rule_files=[rule_file],
+                                targets={"ci-autoscaler": base.removeprefix("http://")})
+        with servers_running(prometheus):
+            wait_until(lambda: prometheus.query(f"count_over_time({REFUSED}[1m]) >= 3")[
+                "data"]["result"], timeout=30, what="scrapes of no refusal")
+
+            old = _sender(state, gitlab_fake, OLD_TOKEN)
+            keys = {f"lib-{i}": "team/lib" for i in range(3)} | {"app-0": "team/app"}
+            for key, project in keys.items():  # three jobs of one push, one of another
+                running(state, key, project, job=f"build-{key}")
+            assert status_sender.send_due(old) == {"sent": 4}
+
+            # GITLAB_API_TOKEN changed to a bot user who is no member of private team/lib
+            # (GitLab answers it 404, as a deleted project: lib/api/helpers.rb find_project!)
+            gitlab_fake.remove_project("team/lib")
+            new = _sender(state, gitlab_fake, NEW_TOKEN)
+            for key in keys:
+                state.redis.hset(f"{state.prefix}build:{key}",
+                                 mapping={"status": "done", "result": "SUCCESS"})
+                touch(state, key)
+            assert status_sender.send_due(new) == {"refused": 3, "sent": 1}
+            assert [s["status"] for s in lib.statuses] == ["running"] * 3  # for ever
+
+            wait_until(lambda: "CIGitLabCommitStatusRefused" in _firing(prometheus),
+                       timeout=60, what="CIGitLabCommitStatusRefused firing")
+            moment = datetime.now(timezone.utc) + timedelta(seconds=2)
+            wait_until(lambda: _evaluated_after(prometheus, moment), timeout=30,
+                       what="the rules evaluated again")
+            # the gap: the alert there was stays quiet, as a status got through
+            assert "CIGitLabCommitStatusFailing" not in _firing(prometheus)
+            assert prometheus.query(failing)["data"]["result"] == []
