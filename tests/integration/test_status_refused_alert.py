@@ -92,3 +92,53 @@ def test_statuses_a_new_tokens_user_may_not_set_page_while_other_projects_go(
             # the gap: the alert there was stays quiet, as a status got through
             assert "CIGitLabCommitStatusFailing" not in _firing(prometheus)
             assert prometheus.query(failing)["data"]["result"] == []
+
+
+def test_statuses_refused_for_the_tokens_access_are_posted_again_once_it_has_it(
+        redis_url, gitlab_fake):
+    """The runbook's fix (the new token's user made a member of team/lib) left the refused
+    builds' commits "running" for ever: a refused status was never posted again. The first
+    status the project takes again brings them back; a protected branch's refusals (403 on
+    that ref) come back with a status taken on that ref only, not on another branch's."""
+    app = create_app(make_settings(redis_url), file_config=parse_file_config(CONFIG))
+    state = app.extensions["ci_autoscaler"].state
+    for token in (OLD_TOKEN, NEW_TOKEN):
+        gitlab_fake.tokens[token] = {"api"}
+    for path in ("team/app", "team/lib"):
+        gitlab_fake.add_project(path, branches={"main": SHA, "feature": SHA})
+    lib = gitlab_fake.projects["team/lib"]
+    old = _sender(state, gitlab_fake, OLD_TOKEN)
+    for i in range(3):
+        running(state, f"lib-{i}", "team/lib", job=f"build-{i}")
+    running(state, "app-0", "team/app")
+    assert status_sender.send_due(old) == {"sent": 4}
+
+    gitlab_fake.remove_project("team/lib")  # the new token's user is no member
+    gitlab_fake.roles[NEW_TOKEN] = "developer"
+    gitlab_fake.protect("team/app", "main")  # and may not push to team/app's main
+    new = _sender(state, gitlab_fake, NEW_TOKEN)
+    for key in ("lib-0", "lib-1", "lib-2", "app-0"):
+        state.redis.hset(f"{state.prefix}build:{key}",
+                         mapping={"status": "done", "result": "SUCCESS"})
+        touch(state, key)
+    assert status_sender.send_due(new) == {"refused": 4}
+
+    gitlab_fake.projects["team/lib"] = lib  # made a member
+    running(state, "lib-3", "team/lib", job="test")
+    assert status_sender.send_due(new) == {"sent": 1}
+    assert status_sender.send_due(new) == {"sent": 3}  # the refused ones, again
+    shown = {s["name"]: s["status"] for s in lib.statuses if s["id"] not in lib.retried}
+    assert shown == {"ci-autoscaler/build-0": "success", "ci-autoscaler/build-1": "success",
+                     "ci-autoscaler/build-2": "success", "ci-autoscaler/test": "running"}
+
+    # team/app's main is still protected: a feature branch's status taken says nothing of it
+    running(state, "app-1", "team/app", job="lint", ref="refs/heads/feature")
+    assert status_sender.send_due(new) == {"sent": 1}
+    assert status_sender.send_due(new) == {}
+    gitlab_fake.roles[NEW_TOKEN] = "maintainer"  # may push to main now
+    running(state, "app-2", "team/app", job="docs")
+    assert status_sender.send_due(new) == {"sent": 1}
+    assert status_sender.send_due(new) == {"sent": 1}  # app-0's success, at last
+    app_statuses = gitlab_fake.projects["team/app"].statuses
+    assert [s["status"] for s in app_statuses if s["name"] == "ci-autoscaler/build"
+            and s["id"] not in gitlab_fake.projects["team/app"].retried] == ["success"]

@@ -14,7 +14,9 @@ put back for later (exponential back-off, at least Retry-After) and the pass end
 lock on that commit's statuses held by another update) puts back that build alone (so does a
 400 for a lock of GitLab's; a 400 for its database, as a 5xx, GITLAB_FAILURE_TRIES in a row
 at most: workers.adapters.gitlab). A status
-GitLab refuses for good (no api scope, an unknown commit) is logged and not tried again; a
+GitLab refuses for good (no api scope, an unknown commit) is logged and not tried again, but
+one refused for the token's access (a 403, a 404 for the project) is posted again once GitLab
+takes a status of that project (on that ref, for a 403: StatusQueue.taken_again); a
 400 "Cannot transition" means GitLab has that state already (an earlier answer was lost); a
 400 that refuses the link alone (target_url) is followed by the same post without it (after
 the pause that answer asked for, if any).
@@ -242,10 +244,12 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         sender.metrics.commit_status(result)
         level = logging.INFO if result == "already" else logging.ERROR
         extra = {**ctx, "error": str(err)}
-        if isinstance(err, gitlab_api.Forbidden):
-            level, extra = _forbidden_log(sender, post.project, post.ref, extra)
-        elif isinstance(err, gitlab_api.ProjectNotFound):  # the project, on every ref
-            level, extra = _forbidden_log(sender, post.project, None, extra)
+        if isinstance(err, (gitlab_api.Forbidden, gitlab_api.ProjectNotFound)):
+            # the token's access (the project, on every ref, for a 404): posted again once
+            # a status there is taken (the access given), not left pending for ever
+            where = post.ref if isinstance(err, gitlab_api.Forbidden) else None
+            sender.queue.refused(key, post.project, where, ttl_seconds=SWEEP_WINDOW_SECONDS)
+            level, extra = _forbidden_log(sender, post.project, where, extra)
         log.log(level, "commit status not taken by GitLab", extra=extra)
         _keep_pace(sender)
         return result
@@ -260,6 +264,13 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
                       pipeline_id=str(answer.get("pipeline_id") or core.NO_PIPELINE))
     sender.metrics.commit_status("sent")
     log.info("commit status sent", extra=ctx)
+    if again := sender.queue.taken_again(post.project, post.ref, now=sender.clock()):
+        # a token changed to a user without access, or a role taken away, then given: the
+        # statuses refused meanwhile (their commits left as the old token set them,
+        # pending or running) are posted again
+        log.warning("commit statuses GitLab refused are posted again: it takes the "
+                    "project's now", extra={**ctx, "project": post.project,
+                                            "builds": len(again)})
     _keep_pace(sender)
     return "sent"
 
