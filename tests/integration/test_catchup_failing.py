@@ -136,3 +136,21 @@ def test_a_catch_up_turned_off_leaves_no_failing_passes_behind(world, gitlab_fak
     assert not settings.catch_up_enabled  # the test app's settings name no GitLab
     assert catchup.from_settings(settings, new_catch_up().config, state) is None
     assert metric(app, FAILING) is None and metric(app, PASS_AGE) is None
+
+
+def test_the_status_page_says_since_when_the_catch_up_fails_and_why(world, gitlab_fake):
+    """For an operator with no Grafana: the page said nothing of the catch-up."""
+    app, state, new_catch_up = world
+    catchup.catch_up_once(new_catch_up())
+    page = app.test_client().get("/status").get_data(as_text=True)
+    assert 'id="catch-up-failing"' not in page
+    gitlab_fake.expired_tokens.add(gitlab_fake.token)
+    cu = new_catch_up()
+    catchup.catch_up_once(cu, now=time.time() - 300)
+    catchup.catch_up_once(cu)
+    page = " ".join(app.test_client().get("/status").get_data(as_text=True).split())
+    line = re.search(r'<span class="alert" id="catch-up-failing">(.*?)</span>', page)
+    assert line, page[:2000]
+    assert "(2 passes in a row; last pass that caught up every project: " in line.group(1)
+    assert "team: TokenRefused: " in line.group(1) and "Token is expired" in line.group(1)
+    assert gitlab_fake.token not in page
