@@ -345,7 +345,8 @@ def _failed(cu: CatchUp, what: str, where: str, err: CIAutoscalerError) -> None:
     pass (a Guest's 403, a deleted project's 404, every 2 minutes for ever), then at INFO. An
     error that ends the pass (a refused token) is one line a pass: always at its level."""
     cu.metrics.error("catch_up", err)
-    cu._pass_error = f"{where}: {shown(err)}"
+    if what != _HOOKS_FAILED:  # a pass failed by it (pass_failed), for the status page
+        cu._pass_error = f"{where}: {shown(err)}"
     level = logging.ERROR if isinstance(err, PermanentError) else logging.WARNING
     if cu._failing.pop((what, where), None) == str(err) and not ends_pass(err):
         level = logging.INFO
