@@ -19,6 +19,7 @@ ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueB
           "CIRedisNotPersistent",
           "CIGitLabHookDisabled", "CIGitLabCatchUpFailing",
           "CIGitLabCommitStatusFailing", "CIGitLabCommitStatusRefused",
+          "CIGitLabCommitStatusOff",
           "CIJenkinsLeftovers")
 SEVERITIES = {"critical", "warning", "info"}
 

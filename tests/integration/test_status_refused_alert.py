@@ -5,6 +5,7 @@ commit statuses, CIGitLabCommitStatusFailing, pages only while none gets through
 paged. CIGitLabCommitStatusRefused does, on Debian's Prometheus scraping the web app's
 /metrics, with the real sender against the GitLab API fake over HTTP and a real redis-server."""
 
+import time
 from datetime import datetime, timedelta, timezone
 
 from service.app import create_app
@@ -142,3 +143,71 @@ def test_statuses_refused_for_the_tokens_access_are_posted_again_once_it_has_it(
     app_statuses = gitlab_fake.projects["team/app"].statuses
     assert [s["status"] for s in app_statuses if s["name"] == "ci-autoscaler/build"
             and s["id"] not in gitlab_fake.projects["team/app"].retried] == ["success"]
+
+
+def _exported(app, name: str) -> float | None:
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                 if line.startswith(name + " ")), None)
+
+
+class _OnePass:
+    """run_forever's stop: set once its first pass is over."""
+
+    def __init__(self):
+        self.passes = 0
+
+    def is_set(self) -> bool:
+        return self.passes > 0
+
+    def wait(self, timeout=None) -> bool:
+        self.passes += 1
+        return True
+
+
+def test_a_read_api_token_turning_statuses_off_pages_until_a_restart_with_api(
+        redis_url, gitlab_fake, tmp_path):
+    """A GITLAB_API_TOKEN with read_api, as the catch-up needs: the first status is refused
+    403 insufficient_scope and the sender turns statuses off until a restart. One refusal
+    was counted (CIGitLabCommitStatusFailing: 5 minutes of page, then none), and no status
+    was ever posted again, silently."""
+    app = create_app(make_settings(redis_url), file_config=parse_file_config(CONFIG))
+    state = app.extensions["ci_autoscaler"].state
+    gitlab_fake.add_project("team/app", branches={"main": SHA})
+    assert _exported(app, "ci_autoscaler_commit_status_off") == 0
+    rule_file = tmp_path / "rules-for-1s.yaml"
+    rule_file.write_text(rules_with_for("1s"))
+    with serve_app(app) as base:
+        prometheus = Prometheus(tmp_path / "prometheus", rule_files=[rule_file],
+                                targets={"ci-autoscaler": base.removeprefix("http://")})
+        with servers_running(prometheus):
+            reader = _sender(state, gitlab_fake, gitlab_fake.token)  # read_api only
+            running(state, "app-0", "team/app")
+            state.redis.zadd(f"{state.prefix}builds", {"app-0": time.time()})  # received now
+            assert status_sender.send_due(reader) == {"refused": 1} and reader.off
+            assert _exported(app, "ci_autoscaler_commit_status_off") == 1
+            wait_until(lambda: "CIGitLabCommitStatusOff" in _firing(prometheus), timeout=60,
+                       what="CIGitLabCommitStatusOff firing")
+
+            # restarted with a token that has api: on again, and the build's status posted
+            gitlab_fake.tokens[NEW_TOKEN] = {"api"}
+            status_sender.run_forever(_sender(state, gitlab_fake, NEW_TOKEN), _OnePass())
+            assert _exported(app, "ci_autoscaler_commit_status_off") == 0
+            assert [s["status"] for s in gitlab_fake.projects["team/app"].statuses] == [
+                "running"]
+            wait_until(lambda: "CIGitLabCommitStatusOff" not in _firing(prometheus),
+                       timeout=60, what="CIGitLabCommitStatusOff resolved")
+
+
+def test_commit_statuses_turned_off_by_setting_forget_a_sender_s_off(redis_url, gitlab_fake):
+    """The other way out: CI_AUTOSCALER_COMMIT_STATUS=false (or no GitLab), and a restart."""
+    app = create_app(make_settings(redis_url), file_config=parse_file_config(CONFIG))
+    ctx = app.extensions["ci_autoscaler"]
+    gitlab_fake.add_project("team/app", branches={"main": SHA})
+    reader = _sender(ctx.state, gitlab_fake, gitlab_fake.token)  # read_api only
+    running(ctx.state, "app-0", "team/app")
+    assert status_sender.send_due(reader) == {"refused": 1}
+    assert _exported(app, "ci_autoscaler_commit_status_off") == 1
+    assert not ctx.settings.commit_status_enabled
+    assert status_sender.from_settings(ctx.settings, ctx.state, reader.capacity) is None
+    assert _exported(app, "ci_autoscaler_commit_status_off") == 0

@@ -6,6 +6,8 @@ Keys (under the prefix):
   ``commit-status:on``   set by a running sender, with a TTL: while it is absent (commit
                          statuses off, or no sender alive) a touch writes nothing, so nothing
                          piles up that no one reads
+  ``commit-status:off``  why a sender turned commit statuses off until a restart (a token
+                         without the api scope), for /metrics; deleted when a sender starts
   ``commit-status:refused:<project>``  hash: build key -> the ref (empty: any) of each build
                          whose status GitLab refused for the token's access (403 on that ref,
                          404 for the project), living a day: posted again once a status of
@@ -64,6 +66,7 @@ class StatusQueue:
         self.prefix = prefix
         self.due_key = f"{prefix}commit-status:due"
         self.on_key = f"{prefix}commit-status:on"
+        self.off_key = f"{prefix}commit-status:off"
         self._claim = connection.register_script(_CLAIM)
         self._write = connection.register_script(_WRITE)
 
@@ -94,6 +97,17 @@ class StatusQueue:
         """No sender can post: touches stop, and what was due is dropped (a sender that
         starts again finds the builds still open by its sweep)."""
         self.redis.delete(self.on_key, self.due_key)
+
+    def turned_off(self, reason: str | None) -> None:
+        """Commit statuses turned off until a restart, for this reason (None: they are not)."""
+        if reason:
+            self.redis.set(self.off_key, reason)
+        else:
+            self.redis.delete(self.off_key)
+
+    def off_reason(self) -> str | None:
+        reason = self.redis.get(self.off_key)
+        return _s(reason) if reason else None
 
     def claim(self, *, now: float, limit: int) -> list[str]:
         """Up to `limit` builds due by `now`, earliest first, taken off the set."""

@@ -36,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from workers.adapters import gitlab as gitlab_api
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.lease import Lease
@@ -122,6 +124,10 @@ def from_settings(settings: Settings, state: RedisState,
     """The sender, when GITLAB_URL and GITLAB_API_TOKEN are set and commit statuses are not
     turned off (CI_AUTOSCALER_COMMIT_STATUS=false); else None."""
     if not settings.commit_status_enabled:
+        try:  # a sender's "off" of before would page for ever (CIGitLabCommitStatusOff)
+            StatusQueue(state.redis, prefix=state.prefix).turned_off(None)
+        except redis.RedisError:  # the next start forgets it
+            pass
         return None
     # The session reads every answer's rate-limit headers (last_pause) but neither sleeps nor
     # ends a call for them: this loop keeps the pace (not_before), so a post that GitLab took
@@ -232,6 +238,7 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
                           "commit statuses need (read_api is enough for the catch-up); give "
                           "the token the api scope, or set CI_AUTOSCALER_COMMIT_STATUS=false")
             sender.metrics.commit_status("refused")
+            sender.queue.turned_off(sender.off)  # ci_autoscaler_commit_status_off
             log.error("commit statuses off", extra={**ctx, "error": sender.off})
             return "refused"
         result = "already" if _TRANSITION_REFUSED in str(err) else "refused"
@@ -483,6 +490,10 @@ def run_forever(sender: Sender, stop: threading.Event, *, poll: float = POLL_SEC
     lease = Lease(sender.state.redis, sender.state.prefix + "commit-status-lock", LEASE_SECONDS)
     me = uuid.uuid4().hex[:12]
     swept = float("-inf")
+    try:  # a sender before this one turned them off: this one tries again
+        sender.queue.turned_off(None)
+    except Exception:  # Redis away: the flag stays until a later start
+        pass
     while not stop.is_set() and not sender.off:
         wait = poll
         try:

@@ -340,13 +340,15 @@ class CatchUpCollector:
 
 class CommitStatusCollector:
     """The builds whose GitLab commit status waits to be looked at or retried
-    (workers.commit_statuses); 0 when commit statuses are off."""
+    (workers.commit_statuses), 0 when commit statuses are off; and whether a sender turned
+    them off for the token's scope."""
 
     def __init__(self, queue: StatusQueue):
         self.queue = queue
 
     def collect(self) -> Iterator[Family]:
         yield _gauge(m.COMMIT_STATUS_BACKLOG, float(self.queue.backlog()))
+        yield _gauge(m.COMMIT_STATUS_OFF, float(self.queue.off_reason() is not None))
 
 
 class LeftoversCollector:

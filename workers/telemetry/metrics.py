@@ -311,6 +311,9 @@ COMMIT_STATUS_TOTAL = _m("commit_status_total", C, SHARED, "GitLab commit status
                          "or unreachable; tried again later), refused (for good).", ("result",))
 COMMIT_STATUS_BACKLOG = _m("commit_status_backlog", G, STATE, "Builds whose GitLab commit "
                            "status is due to be looked at or retried.")
+COMMIT_STATUS_OFF = _m("commit_status_off", G, STATE, "1 while commit statuses are off until "
+                       "the reconcile process restarts because GitLab refused the API token's "
+                       "scope (a read_api token: statuses need api); 0 otherwise.")
 
 # --- what failed builds left in Jenkins (workers.engine.jenkins_leftovers) --------------------------
 JENKINS_LEFTOVERS = _m("jenkins_leftovers", G, STATE, "Failed builds whose queue item or run "
@@ -370,7 +373,7 @@ CATALOGUE: tuple[Metric, ...] = (
     CATCH_UP_PASS_AGE_SECONDS, OOM_KILLS_TOTAL,
     REDIS_UP, REDIS_MEMORY_USED_BYTES, REDIS_MEMORY_MAX_BYTES, REDIS_EVICTING,
     REDIS_EVICTED_KEYS_TOTAL, REDIS_AOF_ENABLED,
-    COMMIT_STATUS_TOTAL, COMMIT_STATUS_BACKLOG, JENKINS_LEFTOVERS,
+    COMMIT_STATUS_TOTAL, COMMIT_STATUS_BACKLOG, COMMIT_STATUS_OFF, JENKINS_LEFTOVERS,
 )
 
 
