@@ -30,7 +30,7 @@ from jinja2.runtime import Context
 from service.app import WebContext, context
 from workers.adapters.metric_store import counter_values
 from workers.adapters import unserved_store
-from workers.adapters.pass_store import Passes, PassStore
+from workers.adapters.pass_store import CATCH_UP, RECONCILE, Passes, PassStore
 from workers.adapters.redis_state import AGENT_PHASE_OF, BuildStatus
 from workers.adapters.warm_store import WarmStore
 from workers.core.commit_status import redact
@@ -151,6 +151,8 @@ class Page:
     queued_jobs: int
     warm: list[WarmPool]
     passes: Passes
+    # the catch-up's passes (workers.engine.catchup): none recorded without the catch-up
+    catch_up: Passes = Passes(last_ok_at=None, failing_since=None)
     # Jenkins queue items no template serves (a label expression naming one of our labels),
     # as the last reconcile pass found them (workers.engine.unserved), oldest first
     unserved: list[dict] = dataclasses.field(default_factory=list)
@@ -271,13 +273,15 @@ def read_page(ctx: WebContext, scrub: Scrub, now: float) -> Page:
                 waiting_total=waiting_total, failures=failures,
                 intake_waiting=intake_waiting, queued_jobs=ctx.state.queue.count,
                 warm=read_warm(ctx), passes=read_passes(ctx, scrub),
+                catch_up=read_passes(ctx, scrub, name=CATCH_UP),
                 unserved=[{"id": i, **v} for i, v in sorted(unserved_store.read(ctx.state)
                                                             .items())])
 
 
-def read_passes(ctx: WebContext, scrub: Scrub) -> Passes:
-    """The reconcile leader's passes; the last failure's error as shown, scrubbed anyway."""
-    passes = PassStore(ctx.state.redis, prefix=ctx.state.prefix).read()
+def read_passes(ctx: WebContext, scrub: Scrub, name: str = RECONCILE) -> Passes:
+    """The reconcile leader's passes (or the catch-up's: CATCH_UP); the last failure's error
+    as shown, scrubbed anyway."""
+    passes = PassStore(ctx.state.redis, prefix=ctx.state.prefix, name=name).read()
     return dataclasses.replace(passes, error=scrub(passes.error)[:ERROR_SHOWN_CHARS])
 
 

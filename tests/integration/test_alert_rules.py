@@ -17,8 +17,9 @@ ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueB
           "CIWebhookAuthFailures", "CIAutoscalerDown",
           "CIRedisUnavailable", "CIRedisMemoryHigh", "CIRedisEvicting", "CIRedisEvictedKeys",
           "CIRedisNotPersistent",
-          "CIGitLabHookDisabled",
-          "CIGitLabCommitStatusFailing",
+          "CIGitLabHookDisabled", "CIGitLabCatchUpFailing",
+          "CIGitLabCommitStatusFailing", "CIGitLabCommitStatusRefused",
+          "CIGitLabCommitStatusOff",
           "CIJenkinsLeftovers")
 SEVERITIES = {"critical", "warning", "info"}
 
@@ -110,7 +111,9 @@ COUNTED = {"CIAgentStartFailing": 'ci_autoscaler_agent_start_failures_total'
                                   '{template="maven",reason="ImagePullBackOff"}',
            "CIAgentsLost": 'ci_autoscaler_agents_lost_total{template="maven"}',
            "CIWebhookAuthFailures": 'ci_autoscaler_webhooks_total'
-                                    '{source="gitlab",event="push",result="unauthorized"}'}
+                                    '{source="gitlab",event="push",result="unauthorized"}',
+           "CIGitLabCommitStatusRefused": 'ci_autoscaler_commit_status_total'
+                                          '{result="refused"}'}
 
 
 def test_alerts_on_three_events_stay_silent_for_two_in_a_real_prometheus(tmp_path):

@@ -17,7 +17,7 @@ PANELS = {
     "CPU per node: free, requested, used", "Memory per node: free, requested, used",
     "Builds waiting and nodes needed", "Nodes needed", "Provisioning latency",
     "Webhook rate by result", "Queue depth and workers", "Stage time p50", "Stage time p95",
-    "Warm agents by state", "Warm agent hit rate",
+    "Warm agents by state", "Warm agent hit rate", "GitLab catch-up failing for",
 }
 
 

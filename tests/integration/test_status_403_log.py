@@ -101,6 +101,9 @@ def test_a_403_is_logged_once_per_project_and_counted_for_every_build(state, git
     gitlab.roles[API_TOKEN] = "developer"
     running(state, "app-5", "team/app")
     assert status_sender.send_due(sender) == {"sent": 1}
+    # team/app's refused ones posted again; all of one job and commit, so of one status,
+    # which app-5's running holds already
+    assert status_sender.send_due(sender) == {"already": 5}
     gitlab.roles[API_TOKEN] = "reporter"
     running(state, "app-6", "team/app", job="test")
     assert status_sender.send_due(sender) == {"refused": 1}

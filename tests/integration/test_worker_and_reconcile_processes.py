@@ -247,6 +247,32 @@ def test_the_reconcile_process_runs_the_catch_up_when_gitlab_is_configured(
     assert gitlab_fake.token not in "".join(reconcile.raw)
 
 
+def test_the_reconcile_process_exports_its_catch_up_failing_for_an_expired_token(
+        app, gitlab_fake, monkeypatch):
+    """The process the Procfile runs: every pass fails for a token past its expiry date (GitLab
+    401 "Token is expired"), and /metrics says so (CIGitLabCatchUpFailing reads it)."""
+    config = Path(os.environ["CI_AUTOSCALER_CONFIG"])
+    config.write_text(config.read_text() + "catchUp: {projects: [team/app]}\n")
+    gitlab_fake.add_project("team/app", branches={"main": "a" * 40})
+    gitlab_fake.expired_tokens.add(gitlab_fake.token)
+    monkeypatch.setenv("GITLAB_URL", gitlab_fake.url)
+    monkeypatch.setenv("GITLAB_API_TOKEN", gitlab_fake.token)
+    monkeypatch.setenv("CI_AUTOSCALER_CATCH_UP_INTERVAL_SECONDS", str(INTERVAL))
+    reconcile = Process("reconcile", "--interval", str(INTERVAL))
+    try:
+        wait_until(lambda: reconcile.said("catch-up pass failed") >= 2, timeout=60,
+                   what="two failed catch-up passes")
+    finally:
+        code = reconcile.stop()
+    assert code == 0, "".join(reconcile.raw[-20:])
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    exported = {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("ci_autoscaler_catch_up_")}
+    assert exported["ci_autoscaler_catch_up_failing_seconds"] >= INTERVAL
+    assert exported["ci_autoscaler_catch_up_pass_age_seconds"] == float("inf")
+    assert gitlab_fake.token not in "".join(reconcile.raw)
+
+
 def test_the_reconcile_process_posts_commit_statuses_when_gitlab_is_configured(
         app, gitlab_fake, monkeypatch):
     """A build in flight when the reconcile process starts gets its status from the sender's

@@ -1,9 +1,10 @@
 """What the reconcile leader records of its passes in Redis, for the status page and /metrics:
 when the last pass ended without error, and, while passes fail, since when, how many in a row,
 and the last one's error. A pass that raises writes no capacity state, and one without Jenkins
-writes it all the same; neither would show an operator that passes fail, nor since when.
+writes it all the same; neither would show an operator that passes fail, nor since when. The
+catch-up from GitLab records its passes alike, under its own name (workers.engine.catchup).
 
-Keys (under the prefix):
+Keys (under the prefix; ``catchup-pass-`` for the catch-up's):
   ``reconcile-last``     hash: ``at`` (the last pass without error), ``instance``
   ``reconcile-failing``  hash, present while passes fail: ``since`` (the first of them),
                          ``at`` (the last), ``passes`` (how many), ``error`` (the last one's,
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 
 import redis
 
-LAST = "reconcile-last"
-FAILING = "reconcile-failing"
+RECONCILE = "reconcile"
+CATCH_UP = "catchup-pass"
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,9 @@ def _s(value: bytes | str) -> str:
 
 
 class PassStore:
-    def __init__(self, connection: redis.Redis, *, prefix: str = "cia:"):
+    def __init__(self, connection: redis.Redis, *, prefix: str = "cia:", name: str = RECONCILE):
         self.redis = connection
-        self.last_key, self.failing_key = prefix + LAST, prefix + FAILING
+        self.last_key, self.failing_key = f"{prefix}{name}-last", f"{prefix}{name}-failing"
 
     def passed(self, instance: str, at: float) -> None:
         """A pass ended without error: the failing streak, if any, is over."""
@@ -63,6 +64,10 @@ class PassStore:
                                                  "partial": int(partial)})
             pipe.hincrby(self.failing_key, "passes", 1)
             pipe.execute()
+
+    def forget(self) -> None:
+        """No pass recorded (the loop turned off: what it last said is no longer news)."""
+        self.redis.delete(self.last_key, self.failing_key)
 
     def read(self) -> Passes:
         with self.redis.pipeline(transaction=False) as pipe:

@@ -6,6 +6,12 @@ Keys (under the prefix):
   ``commit-status:on``   set by a running sender, with a TTL: while it is absent (commit
                          statuses off, or no sender alive) a touch writes nothing, so nothing
                          piles up that no one reads
+  ``commit-status:off``  why a sender turned commit statuses off until a restart (a token
+                         without the api scope), for /metrics; deleted when a sender starts
+  ``commit-status:refused:<project>``  hash: build key -> the ref (empty: any) of each build
+                         whose status GitLab refused for the token's access (403 on that ref,
+                         404 for the project), living a day: posted again once a status of
+                         the project (on that ref) is taken (workers.commit_statuses)
   ``build:<key>``        the build's own hash (workers.adapters.redis_state) keeps
                          ``status_sent`` (the last state GitLab took), ``status_name`` (the
                          status's name), ``status_pipeline_id`` (GitLab's pipeline it is
@@ -60,6 +66,7 @@ class StatusQueue:
         self.prefix = prefix
         self.due_key = f"{prefix}commit-status:due"
         self.on_key = f"{prefix}commit-status:on"
+        self.off_key = f"{prefix}commit-status:off"
         self._claim = connection.register_script(_CLAIM)
         self._write = connection.register_script(_WRITE)
 
@@ -91,6 +98,17 @@ class StatusQueue:
         starts again finds the builds still open by its sweep)."""
         self.redis.delete(self.on_key, self.due_key)
 
+    def turned_off(self, reason: str | None) -> None:
+        """Commit statuses turned off until a restart, for this reason (None: they are not)."""
+        if reason:
+            self.redis.set(self.off_key, reason)
+        else:
+            self.redis.delete(self.off_key)
+
+    def off_reason(self) -> str | None:
+        reason = self.redis.get(self.off_key)
+        return _s(reason) if reason else None
+
     def claim(self, *, now: float, limit: int) -> list[str]:
         """Up to `limit` builds due by `now`, earliest first, taken off the set."""
         try:
@@ -117,6 +135,32 @@ class StatusQueue:
             SENT_FIELD, state, ATTEMPTS_FIELD, "", GITLAB_FAILURES_FIELD, "",
             *((NAME_FIELD, name) if name else ()),
             *((PIPELINE_FIELD, pipeline_id) if pipeline_id else ()), ""])
+
+    def _refused_key(self, project: str) -> str:
+        return f"{self.prefix}commit-status:refused:{project.lower()}"
+
+    def refused(self, build_key: str, project: str, ref: str | None, *,
+                ttl_seconds: float) -> None:
+        """GitLab refused the build's status for the token's access to the project (on
+        `ref`; None: to the whole project)."""
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self._refused_key(project), build_key, ref or "")
+            pipe.expire(self._refused_key(project), max(1, int(ttl_seconds)))
+            pipe.execute()
+
+    def taken_again(self, project: str, ref: str | None, *, now: float) -> list[str]:
+        """A status of the project on `ref` was taken: the builds whose status was refused
+        there (or in the whole project) are forgotten as refused, their last state as sent
+        (GitLab never took it), and due now; their keys."""
+        key = self._refused_key(project)
+        refused = {_s(k): _s(v) for k, v in self.redis.hgetall(key).items()}
+        again = sorted(k for k, where in refused.items() if where in ("", ref or ""))
+        if again:
+            self.redis.hdel(key, *again)
+            for build_key in again:
+                self._write(keys=[self._build(build_key)], args=[SENT_FIELD, "", ""])
+            self.touch_all(again, now=now)
+        return again
 
     def forget_pipeline(self, build_key: str) -> None:
         """The pipeline of the build's statuses is gone: the next goes into the newest one."""

@@ -14,7 +14,9 @@ put back for later (exponential back-off, at least Retry-After) and the pass end
 lock on that commit's statuses held by another update) puts back that build alone (so does a
 400 for a lock of GitLab's; a 400 for its database, as a 5xx, GITLAB_FAILURE_TRIES in a row
 at most: workers.adapters.gitlab). A status
-GitLab refuses for good (no api scope, an unknown commit) is logged and not tried again; a
+GitLab refuses for good (no api scope, an unknown commit) is logged and not tried again, but
+one refused for the token's access (a 403, a 404 for the project) is posted again once GitLab
+takes a status of that project (on that ref, for a 403: StatusQueue.taken_again); a
 400 "Cannot transition" means GitLab has that state already (an earlier answer was lost); a
 400 that refuses the link alone (target_url) is followed by the same post without it (after
 the pause that answer asked for, if any).
@@ -33,6 +35,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import redis
 
 from workers.adapters import gitlab as gitlab_api
 from workers.adapters.capacity_store import CapacityStore
@@ -120,6 +124,10 @@ def from_settings(settings: Settings, state: RedisState,
     """The sender, when GITLAB_URL and GITLAB_API_TOKEN are set and commit statuses are not
     turned off (CI_AUTOSCALER_COMMIT_STATUS=false); else None."""
     if not settings.commit_status_enabled:
+        try:  # a sender's "off" of before would page for ever (CIGitLabCommitStatusOff)
+            StatusQueue(state.redis, prefix=state.prefix).turned_off(None)
+        except redis.RedisError:  # the next start forgets it
+            pass
         return None
     # The session reads every answer's rate-limit headers (last_pause) but neither sleeps nor
     # ends a call for them: this loop keeps the pace (not_before), so a post that GitLab took
@@ -230,6 +238,7 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
                           "commit statuses need (read_api is enough for the catch-up); give "
                           "the token the api scope, or set CI_AUTOSCALER_COMMIT_STATUS=false")
             sender.metrics.commit_status("refused")
+            sender.queue.turned_off(sender.off)  # ci_autoscaler_commit_status_off
             log.error("commit statuses off", extra={**ctx, "error": sender.off})
             return "refused"
         result = "already" if _TRANSITION_REFUSED in str(err) else "refused"
@@ -242,10 +251,12 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
         sender.metrics.commit_status(result)
         level = logging.INFO if result == "already" else logging.ERROR
         extra = {**ctx, "error": str(err)}
-        if isinstance(err, gitlab_api.Forbidden):
-            level, extra = _forbidden_log(sender, post.project, post.ref, extra)
-        elif isinstance(err, gitlab_api.ProjectNotFound):  # the project, on every ref
-            level, extra = _forbidden_log(sender, post.project, None, extra)
+        if isinstance(err, (gitlab_api.Forbidden, gitlab_api.ProjectNotFound)):
+            # the token's access (the project, on every ref, for a 404): posted again once
+            # a status there is taken (the access given), not left pending for ever
+            where = post.ref if isinstance(err, gitlab_api.Forbidden) else None
+            sender.queue.refused(key, post.project, where, ttl_seconds=SWEEP_WINDOW_SECONDS)
+            level, extra = _forbidden_log(sender, post.project, where, extra)
         log.log(level, "commit status not taken by GitLab", extra=extra)
         _keep_pace(sender)
         return result
@@ -260,6 +271,13 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
                       pipeline_id=str(answer.get("pipeline_id") or core.NO_PIPELINE))
     sender.metrics.commit_status("sent")
     log.info("commit status sent", extra=ctx)
+    if again := sender.queue.taken_again(post.project, post.ref, now=sender.clock()):
+        # a token changed to a user without access, or a role taken away, then given: the
+        # statuses refused meanwhile (their commits left as the old token set them,
+        # pending or running) are posted again
+        log.warning("commit statuses GitLab refused are posted again: it takes the "
+                    "project's now", extra={**ctx, "project": post.project,
+                                            "builds": len(again)})
     _keep_pace(sender)
     return "sent"
 
@@ -472,6 +490,10 @@ def run_forever(sender: Sender, stop: threading.Event, *, poll: float = POLL_SEC
     lease = Lease(sender.state.redis, sender.state.prefix + "commit-status-lock", LEASE_SECONDS)
     me = uuid.uuid4().hex[:12]
     swept = float("-inf")
+    try:  # a sender before this one turned them off: this one tries again
+        sender.queue.turned_off(None)
+    except Exception:  # Redis away: the flag stays until a later start
+        pass
     while not stop.is_set() and not sender.off:
         wait = poll
         try:

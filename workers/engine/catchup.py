@@ -13,6 +13,12 @@ keeps the id, its pushes' webhooks carry the new path, and a new project at the 
 another one. It also reads each project's hooks, where the token may, for the disabled-hook
 metric. It runs in the reconcile process, in a thread of its own, so a slow or throttled GitLab
 never delays a reconcile pass.
+
+Each pass's outcome is recorded (workers.adapters.pass_store, under CATCH_UP): the last that
+caught up every project, and since when passes leave one or more not caught up, with the last
+error. /metrics exports them and CIGitLabCatchUpFailing pages: every pass failing (a token
+expired, revoked or without read_api, GitLab away) leaves the pushes whose webhooks were lost
+unbuilt, and GitLab never sends those again.
 """
 
 import logging
@@ -24,17 +30,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from workers.engine import intake
 from workers.engine.project_lookup import resolve
 from workers.adapters import gitlab as gitlab_api
 from workers.adapters.catchup_store import CatchUpStore
 from workers.adapters.lease import Lease
+from workers.adapters.pass_store import CATCH_UP, PassStore
 from workers.adapters.redis_state import RedisState
 from workers.config.config_file import FileConfig
 from workers.config.settings import Settings
 from workers.core import catchup as core, catchup_project as projects
 from workers.core.errors import CIAutoscalerError, Overloaded, PermanentError, RetryableError, \
-    Unavailable
+    Unavailable, shown
 from workers.telemetry.metrics import EngineMetrics
 
 log = logging.getLogger("ci_autoscaler.catchup")
@@ -73,6 +82,9 @@ class CatchUp:
     gl: Any
     store: CatchUpStore = field(init=False)
     metrics: EngineMetrics = field(init=False)
+    passes: PassStore = field(init=False)
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12], init=False)
+    _pass_error: str = field(default="", init=False)  # the pass's last failure (shown)
     _hooks_unreadable_logged: set[str] = field(default_factory=set, init=False)
     # (what, project or group) -> the error last logged for it (see _failed)
     _failing: dict[tuple[str, str], str] = field(default_factory=dict, init=False)
@@ -80,12 +92,17 @@ class CatchUp:
     def __post_init__(self) -> None:
         self.store = CatchUpStore(self.state.redis, prefix=self.state.prefix)
         self.metrics = EngineMetrics(self.state.redis, prefix=self.state.prefix)
+        self.passes = PassStore(self.state.redis, prefix=self.state.prefix, name=CATCH_UP)
 
 
 def from_settings(settings: Settings, config: FileConfig, state: RedisState) -> CatchUp | None:
     """The catch-up, when GITLAB_URL and GITLAB_API_TOKEN are set; else None, with a warning
     when one of them is set alone (the other misnamed, or its secret key missing)."""
     if not settings.catch_up_enabled:
+        try:  # its passes, recorded while it was on, would page for ever (CIGitLabCatchUpFailing)
+            PassStore(state.redis, prefix=state.prefix, name=CATCH_UP).forget()
+        except redis.RedisError:  # the next start forgets them
+            pass
         given = {"GITLAB_URL": bool(settings.gitlab_url), "GITLAB_API_TOKEN": bool(
             settings.gitlab_api_token and settings.gitlab_api_token.get_secret_value())}
         if any(given.values()):
@@ -242,6 +259,7 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
     on. Stops early if `still_leader` says the lease was lost."""
     now = time.time() if now is None else now
     total: Counter = Counter()
+    cu._pass_error = ""
     try:
         listed = listed_projects(cu, total, now)
     except CIAutoscalerError:  # counted and logged: this pass is over
@@ -288,6 +306,10 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
             cu.store.keep_hooks_of(looked_at)
     result = dict(total)
     cu.store.note_pass({**result, "at": now})
+    if pass_failed(result):
+        cu.passes.failed(cu.instance, now, cu._pass_error, partial=bool(result.get("projects")))
+    else:
+        cu.passes.passed(cu.instance, now)
     return result
 
 
@@ -323,6 +345,8 @@ def _failed(cu: CatchUp, what: str, where: str, err: CIAutoscalerError) -> None:
     pass (a Guest's 403, a deleted project's 404, every 2 minutes for ever), then at INFO. An
     error that ends the pass (a refused token) is one line a pass: always at its level."""
     cu.metrics.error("catch_up", err)
+    if what != _HOOKS_FAILED:  # a pass failed by it (pass_failed), for the status page
+        cu._pass_error = f"{where}: {shown(err)}"
     level = logging.ERROR if isinstance(err, PermanentError) else logging.WARNING
     if cu._failing.pop((what, where), None) == str(err) and not ends_pass(err):
         level = logging.INFO
@@ -343,7 +367,7 @@ def run_forever(cu: CatchUp, stop: threading.Event,
     another takes over within LOCK_PERIODS intervals if it dies), until `stop` is set."""
     interval = interval or cu.settings.catch_up_interval_seconds
     lease = Lease(cu.state.redis, cu.state.prefix + "catchup-lock", LOCK_PERIODS * interval)
-    me = uuid.uuid4().hex[:12]
+    me = cu.instance
     while not stop.is_set():
         started = time.monotonic()
         try:

@@ -33,7 +33,7 @@ from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.catchup_store import CatchUpStore
 from workers.adapters.intake import Intake
 from workers.adapters.metric_store import counter_values, histogram_values
-from workers.adapters.pass_store import PassStore
+from workers.adapters.pass_store import CATCH_UP, PassStore
 from workers.adapters.redis_state import RedisState
 from workers.adapters.status_queue import StatusQueue
 from workers.adapters.warm_store import WarmStore
@@ -318,9 +318,11 @@ class RedisMemoryCollector:
 
 
 class CatchUpCollector:
-    """Our GitLab hook's state per project, as the catch-up last read it (workers.engine.catchup)."""
+    """Our GitLab hook's state per project, as the catch-up last read it (workers.engine.catchup),
+    and how its passes fare: no series of those before its first pass."""
 
-    def __init__(self, store: CatchUpStore):
+    def __init__(self, store: CatchUpStore, passes: PassStore):
+        self.passes = passes
         self.store = store
 
     def collect(self) -> Iterator[Family]:
@@ -328,17 +330,25 @@ class CatchUpCollector:
         for project, value in sorted(self.store.hooks_disabled().items()):
             family.add_metric([project], value)
         yield family
+        passes, now = self.passes.read(), time.time()
+        if passes.last_ok_at is None and passes.failing_since is None:
+            return  # no pass yet, or no catch-up: CIGitLabCatchUpFailing has nothing to say
+        yield _gauge(m.CATCH_UP_FAILING_SECONDS, passes.failing_seconds(now))
+        yield _gauge(m.CATCH_UP_PASS_AGE_SECONDS, float("inf") if passes.last_ok_at is None
+                     else max(0.0, now - passes.last_ok_at))
 
 
 class CommitStatusCollector:
     """The builds whose GitLab commit status waits to be looked at or retried
-    (workers.commit_statuses); 0 when commit statuses are off."""
+    (workers.commit_statuses), 0 when commit statuses are off; and whether a sender turned
+    them off for the token's scope."""
 
     def __init__(self, queue: StatusQueue):
         self.queue = queue
 
     def collect(self) -> Iterator[Family]:
         yield _gauge(m.COMMIT_STATUS_BACKLOG, float(self.queue.backlog()))
+        yield _gauge(m.COMMIT_STATUS_OFF, float(self.queue.off_reason() is not None))
 
 
 class LeftoversCollector:
@@ -469,7 +479,9 @@ def exposition(*, state: RedisState, capacity: CapacityStore, engine: m.EngineMe
                       QueueCollector(state.queue, state.intake),
                       AgentsCollector(state, templates), WarmAgentsCollector(state, templates),
                       SharedCollector(engine, templates, projects, counters, fatal_reasons),
-                      CatchUpCollector(CatchUpStore(state.redis, prefix=state.prefix)),
+                      CatchUpCollector(CatchUpStore(state.redis, prefix=state.prefix),
+                                       PassStore(state.redis, prefix=state.prefix,
+                                                 name=CATCH_UP)),
                       CommitStatusCollector(StatusQueue(state.redis, prefix=state.prefix)),
                       LeftoversCollector(state)):
         try:

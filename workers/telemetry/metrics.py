@@ -296,11 +296,24 @@ GITLAB_HOOK_DISABLED = _m("gitlab_hook_disabled", G, STATE, "1 when GitLab has d
                           "enabled; no series when the token may not read the project's hooks, "
                           "the project has no hook of ours, or the catch-up no longer lists "
                           "it.", ("project",))
+# The catch-up's passes (workers.adapters.pass_store, CATCH_UP); no series before its first pass
+# (an installation without the catch-up has none).
+CATCH_UP_FAILING_SECONDS = _m("catch_up_failing_seconds", G, STATE,
+                              "Seconds since the first of the catch-up passes that in a row "
+                              "left a project or group not caught up (GitLab refused the API "
+                              "token or its scope, did not serve, ...); 0 while passes catch "
+                              "up every project.")
+CATCH_UP_PASS_AGE_SECONDS = _m("catch_up_pass_age_seconds", G, STATE,
+                               "Seconds since the last catch-up pass that caught up every "
+                               "project; +Inf: none yet.")
 COMMIT_STATUS_TOTAL = _m("commit_status_total", C, SHARED, "GitLab commit status posts by "
                          "result: sent, already (GitLab had that state), retried (5xx, 429 "
                          "or unreachable; tried again later), refused (for good).", ("result",))
 COMMIT_STATUS_BACKLOG = _m("commit_status_backlog", G, STATE, "Builds whose GitLab commit "
                            "status is due to be looked at or retried.")
+COMMIT_STATUS_OFF = _m("commit_status_off", G, STATE, "1 while commit statuses are off until "
+                       "the reconcile process restarts because GitLab refused the API token's "
+                       "scope (a read_api token: statuses need api); 0 otherwise.")
 
 # --- what failed builds left in Jenkins (workers.engine.jenkins_leftovers) --------------------------
 JENKINS_LEFTOVERS = _m("jenkins_leftovers", G, STATE, "Failed builds whose queue item or run "
@@ -356,10 +369,11 @@ CATALOGUE: tuple[Metric, ...] = (
     CAPACITY_STATE_AGE_SECONDS, RECONCILE_PASS_AGE_SECONDS, RECONCILE_IDLE_SECONDS,
     RECONCILE_FAILING_SECONDS,
     *NODE_CORES.values(), *NODE_BYTES.values(),
-    MISSED_PUSHES_TOTAL, GITLAB_HOOK_DISABLED, OOM_KILLS_TOTAL,
+    MISSED_PUSHES_TOTAL, GITLAB_HOOK_DISABLED, CATCH_UP_FAILING_SECONDS,
+    CATCH_UP_PASS_AGE_SECONDS, OOM_KILLS_TOTAL,
     REDIS_UP, REDIS_MEMORY_USED_BYTES, REDIS_MEMORY_MAX_BYTES, REDIS_EVICTING,
     REDIS_EVICTED_KEYS_TOTAL, REDIS_AOF_ENABLED,
-    COMMIT_STATUS_TOTAL, COMMIT_STATUS_BACKLOG, JENKINS_LEFTOVERS,
+    COMMIT_STATUS_TOTAL, COMMIT_STATUS_BACKLOG, COMMIT_STATUS_OFF, JENKINS_LEFTOVERS,
 )
 
 
