@@ -170,7 +170,8 @@ def test_a_missing_namespace_a_job_that_is_not_parameterized_and_no_agent_rights
         "Jenkinsfile (JENKINS-41929): run the job once by hand, or declare them in the job's "
         "configuration)",
         f"Jenkins: cannot register an agent (Agent/Create): Jenkins answered HTTP 403 to "
-        f"create node {probe!r}: the Jenkins user lacks the Agent/Create permission",
+        f"create node {probe!r}: the Jenkins user lacks the Agent/Create permission "
+        "(Jenkins-wide: builds wait until it is granted)",
         "namespace no-such-namespace: does not exist (AGENT_NAMESPACE)"]
     assert jenkins_fake.nodes == {}
 
@@ -205,7 +206,7 @@ def test_a_probe_agent_that_cannot_be_deleted_is_named_for_deletion_by_hand(env,
     assert problems == [
         f"Jenkins: cannot read an agent's secret (Agent/Connect): Jenkins answered HTTP 403 to "
         f"read the agent secret of node {probe!r}: the Jenkins user lacks the Agent/Connect "
-        "permission",
+        "permission (Jenkins-wide: builds wait until it is granted)",
         f"Jenkins: cannot delete an agent (Agent/Delete): Jenkins answered HTTP 403 to delete "
         f"node {probe!r}: the Jenkins user lacks the Agent/Delete permission; delete node "
         f"{probe} by hand"]

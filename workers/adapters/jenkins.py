@@ -41,7 +41,8 @@ import requests
 
 from workers.adapters.jenkins_client import MAX_REDIRECTS, SESSION_HEADER, Client, \
     NotJenkinsPage, NothingQueued, SignInRedirect, redirect_target
-from workers.adapters.jenkins_permissions import as_anonymous, missing_permission
+from workers.adapters.jenkins_permissions import as_anonymous, jenkins_wide, \
+    missing_permission
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core import label_probe
 from workers.core.errors import ConfigError, NotOurs, NotReadBack, Overloaded, \
@@ -882,6 +883,16 @@ class JenkinsAdapter:
                 raise Unauthorized(f"Jenkins answered HTTP 403 to {what} as anonymous (who "
                                    f"lacks the {lacking} permission): JENKINS_USER / "
                                    "JENKINS_API_TOKEN not set, or dropped on the way") from err
+            if lacking is not None and fails_a_build and jenkins_wide(response.headers):
+                # Agent/Create, Agent/Connect: every build is refused alike until an admin
+                # grants it, a setting of the installation as a revoked token is. Failed for
+                # good, every build pushed meanwhile had to be pushed again once it was
+                # granted; now the builds wait (RQ's retries, then the reconcile pass's
+                # restart of stalled builds), each refusal logged at error and counted
+                # `unauthorized` (CIProvisioningFailing)
+                raise Unauthorized(f"Jenkins answered HTTP 403 to {what}: the Jenkins user "
+                                   f"lacks the {lacking} permission (Jenkins-wide: builds "
+                                   "wait until it is granted)") from err
             if lacking is not None:  # Jenkins names it (AccessDeniedException3): say which
                 # Before the crumb's test: Jenkins' access-denied page (Jenkins/accessDenied.
                 # jelly) is an l:layout page, whose <head> carries data-crumb-header and
