@@ -125,3 +125,20 @@ def test_a_403_that_names_no_permission_does_not_fail_the_build_for_good(
     run_worker(app)
     assert state.get_build(key)["status"] == "triggered"
     assert len(pod_creates(kube)) == 1
+
+
+def test_a_job_our_user_may_not_build_fails_its_build_naming_the_permission(
+        app, kube, jenkins_fake):  # noqa: F811
+    """Job/Build is set per job or folder (project-based matrix, a folder's own
+    authorization): that job's own setting, as a disabled job is, so its build fails at once
+    with Jenkins' words, its pod deleted, not left waiting beside the builds of other jobs."""
+    jenkins_fake.add_job("build", parameters=OURS)
+    jenkins_fake.missing_permissions = {"Job/Build"}
+
+    key = push(app.test_client(), 1)
+    run_worker(app)
+
+    build = state_of(app).get_build(key)
+    assert build["status"] == "failed"
+    assert "lacks the Job/Build permission" in build["error"]
+    assert jenkins_fake.builds == [] and kube.pods(NAMESPACE) == []

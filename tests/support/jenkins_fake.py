@@ -1316,6 +1316,12 @@ class JenkinsFake:
         job = self.job(name)
         if job is None:
             return _error(404, "Not Found")
+        # BuildAuthorizationToken.checkPermission(job, authToken, req, rsp), first in
+        # doBuild/doBuildWithParameters: without a job token, job.checkPermission(Item.BUILD)
+        # (jenkins core hudson/model/BuildAuthorizationToken.java). Checked per job or folder
+        # (a folder's or project-based matrix); here for all jobs at once.
+        if denied := self._missing("Job/Build", "hudson.model.Item.Build"):
+            return denied
         if not job.buildable:
             return _stack_trace(409, "java.io.IOException",
                                 f"{job.name} is not buildable" + "!" * (endpoint != "build"))
