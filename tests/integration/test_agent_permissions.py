@@ -3,8 +3,8 @@ Jenkins answers the JNLP file 403 "<user> is missing the Agent/Connect permissio
 (REALITY.md "Agent state"; the Jenkins fake's missing_permissions); one without Agent/Create
 cannot register them. Through the real path (a
 GitLab push, the mover, an RQ SimpleWorker with the production failure handler, kmock over
-HTTP, the Jenkins fake) the build fails for good with words that name the permission, no pod
-is made, and the Jenkins node it registered does not stay behind."""
+HTTP, the Jenkins fake) the build waits, each refusal logged and counted naming the permission,
+and is built once an admin grants it."""
 
 import logging
 import time
@@ -12,8 +12,10 @@ import time
 import pytest
 import requests
 
+from tests.integration.test_jenkins_token_refused import assert_waits, passes, run_retries, \
+    state_of
 from tests.integration.test_job_refusals import (  # noqa: F401 (the fixture)
-    LEASE_SECONDS, app, pod_creates, run_worker)
+    LEASE_SECONDS, OURS, app, metrics, pod_creates, run_worker)
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
 from workers import runtime
@@ -24,36 +26,43 @@ from workers.engine import reconcile
     ("Agent/Connect", 1),  # registered, its secret refused
     ("Agent/Create", 0),  # refused at registration: no secret asked
 ])
-def test_an_agent_jenkins_refuses_for_want_of_a_permission_fails_the_build_and_leaves_nothing(
+def test_a_build_waits_while_jenkins_withholds_an_agent_permission_and_goes_on_once_granted(
         app, kube, jenkins_fake, caplog, permission, asked):  # noqa: F811
+    """Agent/Create and Agent/Connect are Jenkins-wide for our agents (a node not made yet
+    has no ACL of its own: ComputerSet.doCreateItem checks Jenkins' CREATE; a new computer's
+    ACL is Jenkins'): every build is refused alike until an admin grants the permission,
+    a setting of the installation as a revoked token is (a 401: builds wait). Every build
+    pushed meanwhile was failed for good, and had to be pushed again once the admin had
+    granted it. Now it waits, each refusal logged at error naming the permission and
+    counted `unauthorized` (CIProvisioningFailing), and is built once it is granted."""
+    jenkins_fake.add_job("build", parameters=OURS)
     jenkins_fake.missing_permissions = {permission}
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.WARNING)
 
     key = push(app.test_client(), 1)
     run_worker(app)
+    later = passes(app, 2, time.time())
 
-    state = app.extensions["ci_autoscaler"].state
-    build = state.get_build(key)
-    assert build["status"] == "failed"
-    assert f"lacks the {permission} permission" in build["error"]
-    jnlp = [r for r in jenkins_fake.requests if r.path.endswith("/jenkins-agent.jnlp")]
-    assert len(jnlp) == asked  # refused for good: not asked again
-    assert pod_creates(kube) == [] and kube.pods(NAMESPACE) == []
-    assert jenkins_fake.nodes == {}  # the node it registered is deleted again
-    assert jenkins_fake.builds == []
-    assert state.queue.scheduled_job_registry.count == 0
-    rt = runtime.current()
-    assert rt.capacity.reservations() == {} and rt.capacity.slots() == {}
-
-    # A reconcile pass long after the lease does not provision it again (before, the build
-    # stayed queued and every pass registered its agent and was refused again).
-    result = reconcile.reconcile_once(rt, now=time.time() + 20 * LEASE_SECONDS)
-    assert result["stalled_builds_restarted"] == 0
-    run_worker(app)
+    assert_waits(app, kube, jenkins_fake, key, pods=0)  # refused before its pod: none made
     assert len([r for r in jenkins_fake.requests if r.path.endswith("/jenkins-agent.jnlp")]) \
-        == asked
-    assert len([r for r in jenkins_fake.requests if r.path == "/computer/doCreateItem"]) == 1
-    assert jenkins_fake.nodes == {}
+        >= asked
+    retried = [r for r in caplog.records
+               if r.getMessage() == "job will be retried: Jenkins refuses us until a setting "
+               "is fixed"]
+    assert retried and all(f"lacks the {permission} permission" in r.error for r in retried)
+    assert 'ci_autoscaler_errors_total{component="provision",kind="unauthorized"}' in \
+        metrics(app)
+    assert 'ci_autoscaler_errors_total{component="provision",kind="permanent"} 0.0' in \
+        metrics(app)
+
+    jenkins_fake.missing_permissions = set()  # the admin grants it
+    passes(app, 1, later)
+    run_retries(app)
+
+    assert [b.parameters["CI_AUTOSCALER_BUILD_KEY"] for b in jenkins_fake.builds] == [key]
+    assert state_of(app).get_build(key)["status"] == "triggered"
+    assert len(pod_creates(kube)) == 1 and len(kube.pods(NAMESPACE)) == 1
+    assert len(jenkins_fake.nodes) == 1  # one agent registered, its own
 
 
 def test_the_fake_takes_an_agent_offline_only_with_disconnect_and_back_only_with_connect(
@@ -116,3 +125,20 @@ def test_a_403_that_names_no_permission_does_not_fail_the_build_for_good(
     run_worker(app)
     assert state.get_build(key)["status"] == "triggered"
     assert len(pod_creates(kube)) == 1
+
+
+def test_a_job_our_user_may_not_build_fails_its_build_naming_the_permission(
+        app, kube, jenkins_fake):  # noqa: F811
+    """Job/Build is set per job or folder (project-based matrix, a folder's own
+    authorization): that job's own setting, as a disabled job is, so its build fails at once
+    with Jenkins' words, its pod deleted, not left waiting beside the builds of other jobs."""
+    jenkins_fake.add_job("build", parameters=OURS)
+    jenkins_fake.missing_permissions = {"Job/Build"}
+
+    key = push(app.test_client(), 1)
+    run_worker(app)
+
+    build = state_of(app).get_build(key)
+    assert build["status"] == "failed"
+    assert "lacks the Job/Build permission" in build["error"]
+    assert jenkins_fake.builds == [] and kube.pods(NAMESPACE) == []

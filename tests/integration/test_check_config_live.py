@@ -155,8 +155,7 @@ def test_a_missing_namespace_a_job_that_is_not_parameterized_and_no_agent_rights
         env, kube, jenkins_fake, monkeypatch, capsys):
     config, values = env
     jenkins_fake.add_job("team/build", parameters=None)
-    jenkins_fake.fail_next(403, path_prefix="/computer/doCreateItem",
-                           body="ci-autoscaler is missing the Agent/Create permission")
+    jenkins_fake.missing_permissions = {"Agent/Create"}
     values["AGENT_NAMESPACE"] = "no-such-namespace"
 
     result = check_live_in_process(config, values, monkeypatch, capsys)
@@ -171,7 +170,8 @@ def test_a_missing_namespace_a_job_that_is_not_parameterized_and_no_agent_rights
         "Jenkinsfile (JENKINS-41929): run the job once by hand, or declare them in the job's "
         "configuration)",
         f"Jenkins: cannot register an agent (Agent/Create): Jenkins answered HTTP 403 to "
-        f"create node {probe!r}",
+        f"create node {probe!r}: the Jenkins user lacks the Agent/Create permission "
+        "(Jenkins-wide: builds wait until it is granted)",
         "namespace no-such-namespace: does not exist (AGENT_NAMESPACE)"]
     assert jenkins_fake.nodes == {}
 
@@ -198,17 +198,18 @@ def test_a_routed_job_that_does_not_exist_or_is_a_folder_or_disabled(env, jenkin
 
 def test_a_probe_agent_that_cannot_be_deleted_is_named_for_deletion_by_hand(env, jenkins_fake):
     probe = "cia-check-test"
-    jenkins_fake.fail_next(403, path_prefix=f"/computer/{probe}/jenkins-agent.jnlp")
-    jenkins_fake.fail_next(403, path_prefix=f"/computer/{probe}/doDelete")
+    jenkins_fake.missing_permissions = {"Agent/Connect", "Agent/Delete"}
 
     problems = live.jenkins_agents(_jenkins(jenkins_fake), name=probe)
 
     assert list(jenkins_fake.nodes) == [probe]
     assert problems == [
         f"Jenkins: cannot read an agent's secret (Agent/Connect): Jenkins answered HTTP 403 to "
-        f"read the agent secret of node {probe!r}",
+        f"read the agent secret of node {probe!r}: the Jenkins user lacks the Agent/Connect "
+        "permission (Jenkins-wide: builds wait until it is granted)",
         f"Jenkins: cannot delete an agent (Agent/Delete): Jenkins answered HTTP 403 to delete "
-        f"node {probe!r}; delete node {probe} by hand"]
+        f"node {probe!r}: the Jenkins user lacks the Agent/Delete permission; delete node "
+        f"{probe} by hand"]
 
 
 def test_the_reconcile_loop_logs_the_checks_at_start_as_warnings_and_runs_on(

@@ -16,7 +16,8 @@ from tests.support.jenkins_fake import CRUMB_FIELD, JNLP_LAUNCHER, JenkinsFake
 from workers.telemetry import logs
 from workers.adapters.jenkins import NODE_DESCRIPTION, JenkinsAdapter
 from workers.adapters.retry import Backoff
-from workers.core.errors import ConfigError, PermanentError, RetryableError, Unauthorized
+from workers.core.errors import ConfigError, PermanentError, PermissionMissing, RetryableError, \
+    Unauthorized
 from workers.core.ports import BuildState
 
 ONE_CALL = Backoff(attempts=1)
@@ -421,16 +422,26 @@ def test_a_jenkins_url_without_jenkins_context_path_is_named_not_a_failed_build(
         assert fake.nodes == {}
 
 
-@pytest.mark.parametrize("call", sorted(CALLS))
-def test_forbidden_raises_permanent_error(jenkins_fake, call):
+@pytest.mark.parametrize(("call", "permission", "error"), [
+    ("trigger_build", "Item.Build", PermissionMissing),  # the job's (or folder's) own setting
+    ("delete_node", "Computer.Delete", PermissionMissing),  # a release's call: no build fails
+    ("ensure_node", "Computer.Create", Unauthorized),  # Jenkins-wide: every build alike, so
+    ("agent_secret", "Computer.Connect", Unauthorized)])  # they wait until it is granted
+def test_forbidden_raises_permanent_error_or_waits_for_a_jenkins_wide_permission(
+        jenkins_fake, call, permission, error):
     adapter = adapter_for(jenkins_fake)
     adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
     if call == "ensure_node":
         jenkins_fake.nodes.clear()
-    jenkins_fake.fail_next(403, body="ci-autoscaler is missing the Agent/Create permission")
+    # Jenkins' own 403 names the permission (AccessDeniedException3.reportAsHeaders); one
+    # naming none is a front's (test_jenkins_sign_in_redirect)
+    jenkins_fake.fail_next(403, body=f"ci-autoscaler is missing the {permission} permission",
+                           headers={"X-Required-Permission": f"hudson.model.{permission}"})
 
-    with pytest.raises(PermanentError, match="403"):
+    with pytest.raises(error, match="403") as caught:
         CALLS[call](adapter)
+
+    assert ("wait until it is granted" in str(caught.value)) == (error is Unauthorized)
 
 
 def test_agent_secret_never_appears_in_an_error_message(jenkins_fake):

@@ -133,3 +133,56 @@ def test_a_node_create_a_front_would_turn_into_a_get_is_not_taken_for_made():
             adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
 
         assert fake.nodes == {}
+
+
+# A front that answers at the URL asked with its sign-in page, no redirect: oauth2-proxy in
+# front of Jenkins itself answers it 403, a forms-login gateway 200 (JenkinsFake.sign_in_pages).
+# Jenkins never answers our calls 200 with HTML, and names the permission in every 403 of its
+# own (X-Required-Permission). Before: the 200 to a node create was taken for a node made, to a
+# trigger for a build refused for good (no Location), to the JNLP file and the node's page for
+# "unusable"; the 403 to a trigger failed the build for good.
+PAGE_HINT = "not Jenkins' answer: a proxy's sign-in page?"
+
+
+@pytest.mark.parametrize(("call", "status"), [(call, 200) for call in sorted(CALLS)] + [
+    (call, 403) for call in ("agent_secret", "ensure_node", "trigger_build")])
+def test_a_sign_in_page_in_place_of_jenkins_answer_is_unauthorized_and_changes_nothing(
+        jenkins_fake, call, status):
+    """A 403 naming no permission to a call whose refusal fails the build; elsewhere (a
+    release's node delete, a pass's step) it stays that object's refusal."""
+    adapter = adapter_for(jenkins_fake)
+    adapter.ensure_node(NODE, label=NODE, remote_fs=REMOTE_FS)
+    if call == "ensure_node":
+        jenkins_fake.nodes.clear()
+    nodes = set(jenkins_fake.nodes)
+    jenkins_fake.sign_in_pages(times=10, status=status)
+
+    with pytest.raises(Unauthorized, match=f"HTTP {status} with an HTML page") as caught:
+        CALLS[call](adapter)
+
+    assert PAGE_HINT in str(caught.value) and "<" not in str(caught.value)
+    assert set(jenkins_fake.nodes) == nodes and jenkins_fake.builds == []
+    jenkins_fake.sign_in_pages(times=0)  # the front takes our credential again
+    CALLS[call](adapter)
+
+
+@pytest.mark.parametrize("status", [200, 403])
+def test_a_build_whose_trigger_meets_a_sign_in_page_waits_and_is_triggered_once(
+        app, kube, jenkins_fake, status):  # noqa: F811
+    """Failed for good before, its pod deleted, never built."""
+    jenkins_fake.add_job("build", parameters=OURS)
+    jenkins_fake.sign_in_pages(times=1000, path_prefix="/job/build/buildWithParameters",
+                               status=status)
+
+    key = push(app.test_client(), 1)
+    run_worker(app)
+    later = passes(app, 2, time.time())
+
+    assert_waits(app, kube, jenkins_fake, key, pods=1)
+    jenkins_fake.sign_in_pages(times=0)
+    passes(app, 1, later)
+    run_retries(app)
+
+    assert [b.parameters["CI_AUTOSCALER_BUILD_KEY"] for b in jenkins_fake.builds] == [key]
+    assert state_of(app).get_build(key)["status"] == "triggered"
+    assert len(pod_creates(kube)) == 1 and len(kube.pods(NAMESPACE)) == 1

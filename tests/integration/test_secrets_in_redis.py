@@ -49,14 +49,20 @@ def _values(connection) -> list[bytes]:
     return out
 
 
+# Jenkins' 403 for a job our user may not build names the permission (AccessDeniedException3
+# .reportAsHeaders); one naming none is not Jenkins' (its build waits:
+# test_jenkins_sign_in_redirect)
+BUILD_DENIED = {"X-Required-Permission": "hudson.model.Item.Build"}
+
+
 @pytest.mark.parametrize("status, body, retried", [
-    (500, OOPS, False), (403, REFUSED, False),
+    (500, OOPS, False), (403, "ci-autoscaler is missing the Job/Build permission", False),
     (401, REFUSED, True)],  # our token refused: retried (workers.engine.jobs), RQ keeps no trace
     ids=["oops", "forbidden", "token-refused"])
 def test_a_failed_trigger_leaves_no_secret_in_redis(app, jenkins_fake, status, body, retried):
     jenkins_fake.add_job("build", parameters=OURS)
     jenkins_fake.fail_next(status, times=100, path_prefix="/job/build/buildWithParameters",
-                           body=body)
+                           body=body, headers=BUILD_DENIED if status == 403 else None)
     key = push(app.test_client(), 1)
     run_worker(app)
 

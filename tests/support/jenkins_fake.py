@@ -125,6 +125,9 @@ CRUMB_FIELD = "Jenkins-Crumb"
 NODE_TYPE = "hudson.slaves.DumbSlave$DescriptorImpl"
 JNLP_LAUNCHER = "hudson.slaves.JNLPLauncher"
 SIGN_IN_PATH = "/oauth2/sign_in"  # an authenticating proxy's login page (sign_in_redirects)
+SIGN_IN_PAGE = ("<!DOCTYPE html><html><head><title>Sign In</title></head><body><form method="
+                "\"GET\" action=\"/oauth2/start\"><button type=\"submit\">Sign in with OpenID "
+                "Connect</button></form></body></html>")
 
 _JNLP = """<jnlp codebase="{base}/computer/{name}/" spec="1.0+">
   <information>
@@ -382,6 +385,7 @@ class JenkinsFake:
         self.requests: list[RecordedRequest] = []
         self._failures: list[_Failure] = []
         self._sign_in_redirects: tuple[int, str | None] = (0, None)  # see sign_in_redirects
+        self._sign_in_pages: tuple[int, str | None, int] = (0, None, 200)  # see sign_in_pages
         # The base URL Jenkins' own redirects name (None: the address the client asked, as
         # `_base`). Stapler's HttpRedirect("..") and redirectToDot() are relative, and the
         # container makes them absolute with the scheme and Host the request came with
@@ -510,6 +514,28 @@ class JenkinsFake:
         "the login page"). Jenkins sees none of them. `times=0`: the credential works again."""
         with self._lock:
             self._sign_in_redirects = (times, path_prefix)
+
+    def sign_in_pages(self, *, times: int = 1, path_prefix: str | None = None,
+                      status: int = 200) -> None:
+        """A front that authenticates before Jenkins answers, at the URL asked, with its own
+        sign-in page when it no longer takes our credential, no redirect: the next `times`
+        requests (whose path starts with `path_prefix`, if given) are answered `status` with
+        an HTML form, and Jenkins sees none of them.
+        - 403: oauth2-proxy in front of Jenkins itself (not behind nginx's auth_request)
+          without --skip-provider-button: OAuthProxy.Proxy answers ErrNeedsLogin with
+          `p.SignInPage(rw, req, http.StatusForbidden)` for any request not asking for JSON
+          (isAjax: Accept application/json; python-jenkins sends `*/*`) (oauth2-proxy
+          oauthproxy.go).
+        - 200: a front that serves its login form as the page asked, status 200 (IBM
+          Domino's HTTP task did so by default until DOMINO_FORCE401_WITH_HTML_LOGIN_PAGE:
+          assono.de, "HTTP-Statuscode 200 oder 401 für Login-Seite"; forms-login gateways
+          of the same kind).
+        Jenkins itself never answers a call of ours 200 with HTML: its API pages are JSON, the
+        JNLP file application/x-java-jnlp-file, a POST it took a redirect (201, 302) or 204,
+        and a refused form its error page, 400 with X-Error (hudson/model/AbstractModelObject/
+        error.jelly, which hudson.model.Failure forwards to). `times=0`: taken again."""
+        with self._lock:
+            self._sign_in_pages = (times, path_prefix, status)
 
     def clear_failures(self) -> None:
         """Answer normally again (the failures of ``fail_next`` not used up are dropped)."""
@@ -1000,10 +1026,11 @@ class JenkinsFake:
 
     def _injected(self, request: Request) -> Response | None:
         if request.path == SIGN_IN_PATH:  # the proxy's own page, whoever asks
-            return Response("<!DOCTYPE html><html><head><title>Sign In</title></head><body>"
-                            "<form method=\"GET\" action=\"/oauth2/start\"><button "
-                            "type=\"submit\">Sign in with OpenID Connect</button></form>"
-                            "</body></html>", content_type="text/html; charset=utf-8")
+            return Response(SIGN_IN_PAGE, content_type="text/html; charset=utf-8")
+        left, prefix, status = self._sign_in_pages
+        if left > 0 and (prefix is None or request.path.startswith(prefix)):
+            self._sign_in_pages = (left - 1, prefix, status)
+            return Response(SIGN_IN_PAGE, status=status, content_type="text/html; charset=utf-8")
         left, prefix = self._sign_in_redirects
         if left > 0 and (prefix is None or request.path.startswith(prefix)):
             self._sign_in_redirects = (left - 1, prefix)
@@ -1289,6 +1316,12 @@ class JenkinsFake:
         job = self.job(name)
         if job is None:
             return _error(404, "Not Found")
+        # BuildAuthorizationToken.checkPermission(job, authToken, req, rsp), first in
+        # doBuild/doBuildWithParameters: without a job token, job.checkPermission(Item.BUILD)
+        # (jenkins core hudson/model/BuildAuthorizationToken.java). Checked per job or folder
+        # (a folder's or project-based matrix); here for all jobs at once.
+        if denied := self._missing("Job/Build", "hudson.model.Item.Build"):
+            return denied
         if not job.buildable:
             return _stack_trace(409, "java.io.IOException",
                                 f"{job.name} is not buildable" + "!" * (endpoint != "build"))

@@ -8,7 +8,10 @@ subclass ``Unavailable``: Jenkins down or restarting; a read timeout and 429 the
 ``Unauthorized``, retryable: a token being rotated or revoked is the installation's fault, not
 the build's; other 4xx are ``PermanentError``. A redirect Jenkins does not make (a sign-in
 page of a proxy before it: ``SignInRedirect``) and a proxy's redirect loop are
-``Unauthorized`` too.
+``Unauthorized`` too, and so is an answer that is not Jenkins' in place of its own: an HTML page
+answered 200 (``NotJenkinsPage``: a front's sign-in form at the URL asked), or, to a call whose
+refusal fails a build (its trigger, its agent's node and secret), a 403 naming no permission
+(oauth2-proxy's sign-in page; Jenkins' own 403s name the permission, or the crumb).
 Messages name the operation and the HTTP status only, never a response body, so the API token
 and agent secrets cannot leak through them. The exception: a build
 request Jenkins refuses for good (409 "<job> is not buildable!", 500 "This build is not
@@ -37,8 +40,9 @@ import jenkins
 import requests
 
 from workers.adapters.jenkins_client import MAX_REDIRECTS, SESSION_HEADER, Client, \
-    NothingQueued, SignInRedirect, redirect_target
-from workers.adapters.jenkins_permissions import as_anonymous, missing_permission
+    NotJenkinsPage, NothingQueued, SignInRedirect, redirect_target
+from workers.adapters.jenkins_permissions import as_anonymous, jenkins_wide, \
+    missing_permission
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core import label_probe
 from workers.core.errors import ConfigError, NotOurs, NotReadBack, Overloaded, \
@@ -277,9 +281,11 @@ class JenkinsAdapter:
         self._reusable(name)
         return False
 
-    def _create_node(self, name: str, *, description: str, label: str, remote_fs: str) -> bool:
+    def _create_node(self, name: str, *, description: str, label: str, remote_fs: str,
+                     agent: bool = True) -> bool:
         """POST the node (an inbound agent, 1 executor, EXCLUSIVE: only what asks for its
-        label runs on it); True if made, False if Jenkins has one of that name already."""
+        label runs on it); True if made, False if Jenkins has one of that name already.
+        `agent`: a build's agent, whose refusal fails the build (not the label probe)."""
         form = {"nodeDescription": description, "numExecutors": 1, "remoteFS": remote_fs,
                 "labelString": label, "mode": "EXCLUSIVE",
                 "retentionStrategy": {"stapler-class": "hudson.slaves.RetentionStrategy$Always"},
@@ -287,7 +293,7 @@ class JenkinsAdapter:
                 "launcher": {"stapler-class": jenkins.LAUNCHER_JNLP}}
         request = requests.Request("POST", self._url(jenkins.CREATE_NODE), data={
             "name": name, "type": jenkins.NODE_TYPE, "json": json.dumps(form)})
-        with self._translated(f"create node {name!r}"):
+        with self._translated(f"create node {name!r}", fails_a_build=agent):
             try:
                 self._server.jenkins_open(request)
             except (jenkins.JenkinsException, requests.HTTPError) as err:
@@ -327,7 +333,8 @@ class JenkinsAdapter:
         read). True if made, False if a node of its name was there."""
         name = self._probe_name
         return self._retried(f"create node {name!r}", lambda: self._create_node(
-            name, description=self._probe_description, label="", remote_fs=PROBE_REMOTE_FS))
+            name, description=self._probe_description, label="", remote_fs=PROBE_REMOTE_FS,
+            agent=False))
 
     def delete_label_probe(self) -> bool:
         """Delete the label probe if it is there and is ours (by its description): True if
@@ -356,7 +363,7 @@ class JenkinsAdapter:
 
     def _agent_secret(self, name: str) -> str:
         url = self._url(f"computer/{quote(name, safe='')}/jenkins-agent.jnlp")
-        with self._translated(f"read the agent secret of node {name!r}"):
+        with self._translated(f"read the agent secret of node {name!r}", fails_a_build=True):
             body = self._server.jenkins_open(requests.Request("GET", url))
         try:  # the secret is the first <argument> of <application-desc>
             secret = ET.fromstring(body).findtext("./application-desc/argument", "").strip()
@@ -389,7 +396,7 @@ class JenkinsAdapter:
                                                    agent=agent)) is not None:
                 return found
             try:
-                with self._translated(f"trigger job {job!r}"):
+                with self._translated(f"trigger job {job!r}", fails_a_build=True):
                     return self._server.build_job(job, _no_quiet_period(parameters))
             except NothingQueued as err:
                 if not unquote(err.path).endswith("/" + unquote(_job_path(job))):
@@ -851,7 +858,10 @@ class JenkinsAdapter:
             raise PermanentError(f"Jenkins served no JSON to read node {name!r}") from err
 
     @contextmanager
-    def _translated(self, what: str) -> Iterator[None]:
+    def _translated(self, what: str, *, fails_a_build: bool = False) -> Iterator[None]:
+        """Library errors as the project's own (module docstring). `fails_a_build`: a call
+        whose PermanentError fails the build for good (its trigger, its agent's node and
+        secret), where a 403 naming no permission is no refusal of Jenkins'."""
         try:
             yield
         except json.JSONDecodeError as err:
@@ -873,6 +883,16 @@ class JenkinsAdapter:
                 raise Unauthorized(f"Jenkins answered HTTP 403 to {what} as anonymous (who "
                                    f"lacks the {lacking} permission): JENKINS_USER / "
                                    "JENKINS_API_TOKEN not set, or dropped on the way") from err
+            if lacking is not None and fails_a_build and jenkins_wide(response.headers):
+                # Agent/Create, Agent/Connect: every build is refused alike until an admin
+                # grants it, a setting of the installation as a revoked token is. Failed for
+                # good, every build pushed meanwhile had to be pushed again once it was
+                # granted; now the builds wait (RQ's retries, then the reconcile pass's
+                # restart of stalled builds), each refusal logged at error and counted
+                # `unauthorized` (CIProvisioningFailing)
+                raise Unauthorized(f"Jenkins answered HTTP 403 to {what}: the Jenkins user "
+                                   f"lacks the {lacking} permission (Jenkins-wide: builds "
+                                   "wait until it is granted)") from err
             if lacking is not None:  # Jenkins names it (AccessDeniedException3): say which
                 # Before the crumb's test: Jenkins' access-denied page (Jenkins/accessDenied.
                 # jelly) is an l:layout page, whose <head> carries data-crumb-header and
@@ -884,6 +904,26 @@ class JenkinsAdapter:
                 # python-jenkins caches the crumb forever; drop it so the next call fetches anew.
                 self._server.crumb = None
                 raise RetryableError(f"Jenkins refused the CSRF crumb to {what}") from err
+            if (status == 403 and fails_a_build) or _caused_by(err, NotJenkinsPage):
+                # Not Jenkins' answer: its own 403s name the permission lacking (above) or
+                # the crumb, and it never answers our calls 200 with HTML
+                # (jenkins_client.NotJenkinsPage). A front before it answering with its
+                # sign-in page at the URL asked (oauth2-proxy's 403 SignInPage; a forms-login
+                # gateway's 200), or a firewall's 403: the installation's to fix, as a
+                # sign-in redirect is. Failed for good before (a trigger's build, its pod
+                # deleted), or taken for a node made. Only where a PermanentError fails a
+                # build (`fails_a_build`): elsewhere a 403 stays one object's refusal (a
+                # step's own error, which stops no other step of a reconcile pass).
+                html = "html" in str((response.headers if response is not None else {})
+                                     .get("Content-Type") or "").lower()
+                why = ("a front before Jenkins refusing us? (Jenkins names the permission in "
+                       "its own 403s)") if status == 403 else \
+                    ("or no Jenkins there? (no JSON where Jenkins always serves it: is "
+                     "JENKINS_URL Jenkins' own, with its context path?)")
+                raise Unauthorized(f"Jenkins' address answered {what} with HTTP {status} with "
+                                   f"{'an HTML page' if html else 'no permission named'}, "
+                                   "not Jenkins' answer: a proxy's sign-in page? "
+                                   f"(JENKINS_API_EXTRA_HEADERS not accepted), {why}") from err
             if status is None:
                 if isinstance(err, jenkins.EmptyResponseException):
                     raise PermanentError(f"Jenkins gave an unusable answer to {what}") from err

@@ -54,6 +54,17 @@ class NothingQueued(Exception):
         self.path = path
 
 
+class NotJenkinsPage(requests.HTTPError):
+    """An HTML page answered 200 where Jenkins never answers so: a POST of ours (Jenkins
+    answers one it took with a redirect, 201 or 302, or 204; one it refuses with an error
+    status: a refused form is its error page, 400 with X-Error, hudson/model/
+    AbstractModelObject/error.jelly) or a page we read (api/json is JSON, hudson.model.Api;
+    the JNLP file application/x-java-jnlp-file). A front before Jenkins that answers at the
+    URL asked with its own sign-in form (tests/support/jenkins_fake.py sign_in_pages) does:
+    taken for Jenkins' answer, it was a node made, a trigger refused for good (no Location),
+    an agent secret or a node page "unusable"."""
+
+
 class SignInRedirect(requests.HTTPError):
     """A redirect Jenkins does not make: a sign-in page of a proxy that authenticates in front
     of Jenkins (oauth2-proxy's nginx integration answers 302 /oauth2/sign_in?rd=... when our
@@ -81,6 +92,18 @@ def _session_of(response: requests.Response) -> tuple[bool, str | None]:
     if response.status_code == 200 and "/api/" in urlsplit(response.url or "").path:
         return True, str(response.headers.get(SESSION_HEADER) or "")
     return False, None
+
+
+def _not_jenkins_page(response: requests.Response) -> bool:
+    """Whether `response` is a 200 HTML page to a call Jenkins never answers so
+    (NotJenkinsPage)."""
+    if response.status_code != 200:
+        return False
+    kind = str(response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if kind not in ("text/html", "application/xhtml+xml"):
+        return False
+    path = urlsplit(response.url or "").path
+    return response.request.method == "POST" or path.endswith(("/api/json", ".jnlp"))
 
 
 def redirect_target(err: BaseException) -> str:
@@ -146,6 +169,9 @@ class Client(jenkins.Jenkins):
         says, session = _session_of(response)
         if says:
             self._saw(session)
+        if _not_jenkins_page(response):
+            raise NotJenkinsPage(f"HTTP {response.status_code} with an HTML page",
+                                 response=response)
         return response
 
     def _saw(self, session: str | None) -> None:

@@ -38,6 +38,19 @@ def missing_permission(headers: Any) -> str | None:
     return _NAMES.get(value, value[:100])
 
 
+# Permissions of Jenkins as a whole for our agents (Overall; Agent for a node not made yet, or
+# made by us: ComputerSet.doCreateItem checks Jenkins' own ACL; a new computer's ACL is
+# Jenkins', no folder above it): refused, every build is refused alike until an admin grants
+# it. A job's permissions (Job/Build) are set per job or folder: that job's own setting.
+_JENKINS_WIDE = ("hudson.model.Hudson.", "hudson.model.Computer.")
+
+
+def jenkins_wide(headers: Any) -> bool:
+    """Whether the permission a 403's headers name is Jenkins-wide for our agents."""
+    value = (headers.get(REQUIRED_PERMISSION_HEADER) or "").strip() if headers else ""
+    return value.startswith(_JENKINS_WIDE)
+
+
 def as_anonymous(headers: Any) -> bool:
     """Whether a 403's headers say Jenkins took the call as anonymous."""
     return bool(headers) and (headers.get(AUTHENTICATED_AS_HEADER) or "").strip() == "anonymous"

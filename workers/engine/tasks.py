@@ -406,10 +406,10 @@ def _refused_pod(rt: runtime.Runtime, request: BuildRequest, err: Refused) -> No
 
 def _agent_refused(rt: runtime.Runtime, request: BuildRequest, err: PermissionMissing) -> None:
     """Jenkins refused for good to register the build's agent or to give its secret (a 403
-    naming the permission: the API user lacks Agent/Create, or Agent/Connect, which the JNLP
-    file asks; REALITY.md "Agent state"). A 403 that names none (a proxy's, a WAF's) is not
-    taken for it: the installation's to fix, the build is left to the reconcile pass's
-    restart, not failed. Every try is refused the same, and the build stayed `queued` for ever,
+    naming a permission that is not Jenkins-wide: one a plugin's authorization strategy
+    defines). Agent/Create and Agent/Connect (REALITY.md "Agent state"), refused alike for
+    every build until an admin grants them, are Unauthorized (workers.adapters.jenkins): the
+    build waits, as for a 403 that names none (a proxy's, a WAF's). Every try is refused the same, and the build stayed `queued` for ever,
     its Jenkins node left registered, the RQ job failed with no word on the build. Its
     failure is queued as a refused pod's is (workers.engine.failures, once the provision has let go
     of the build): the build fails with Jenkins' answer, its queue item (a build triggered
