@@ -471,3 +471,54 @@ def test_only_one_drainer_of_a_pod_drains_at_a_time(redis_url, tmp_path):
     finally:
         os.close(held)
     assert Drainer(ctx.spool, ctx.state.intake).drain() == 1
+
+
+def _bytes_read(step) -> int:
+    """Bytes this process read from files (its preads: /proc/self/io rchar) while `step` ran."""
+    def rchar() -> int:
+        return int(next(line.split()[1] for line in Path("/proc/self/io").read_text()
+                        .splitlines() if line.startswith("rchar:")))
+    before = rchar()
+    step()
+    return rchar() - before
+
+
+def _steps(spool: Spool, step) -> int:
+    """SQLite's virtual machine steps (in hundreds) `step` took on the spool's connection."""
+    steps = [0]
+    db = spool._connection()
+    db.set_progress_handler(lambda: steps.__setitem__(0, steps[0] + 1), 100)
+    try:
+        step()
+    finally:
+        db.set_progress_handler(None, 100)
+    return steps[0]
+
+
+def test_a_put_and_a_drain_batch_read_little_of_a_spool_near_its_bounds(tmp_path):
+    """A long Redis outage fills the spool towards its default 100,000 events. Each put read
+    the whole table under the write lock (to sum the bounds: 0.7 s a put at 100,000 rows, so
+    the web's processes queued on each other past the spool's 2 s lock timeout and answered
+    503 with room left), and each drain batch of 100 sorted every row left (the drain got
+    slower the more there was to drain). Both now read the owner index only: a put's and a
+    batch's reads do not grow with the spool (5,000 real pushes here, 46 MB)."""
+    spool = Spool(tmp_path, owner="me")
+    row = SpooledPush("gitlab:x", "k", PUSH, 60).to_bytes()
+    with spool.transaction() as db:
+        db.executemany("INSERT INTO events (owner, delivery, payload, size, spooled_at) "
+                       "VALUES ('me', ?, ?, ?, 0)", ((f"d-{n}", row, len(row))
+                                                     for n in range(5_000)))
+    size = spool.path.stat().st_size + (tmp_path / "spool.sqlite3-wal").stat().st_size
+    assert size > 5_000 * len(PUSH)
+    put = _bytes_read(lambda: spool.put("gitlab:new", row))
+    batch = _bytes_read(lambda: spool.oldest(100))
+    counts = _bytes_read(spool.counts)
+    first, last = (_steps(spool, lambda: spool.oldest(100, after=after)) for after in (0, 4_901))
+    print(f"spool of {size} bytes: a put read {put}, a batch {batch}, counts {counts}; "
+          f"SQLite's steps for the first batch {first}, for the last {last}")
+    assert [e.delivery for e in spool.oldest(3, after=5)] == ["d-5", "d-6", "d-7"]
+    assert [e.delivery for e in spool.oldest(2, after=4_999)] == ["d-4999", "gitlab:new"]
+    assert max(put, batch, counts) < size / 10
+    # The first batch of the drain costs what the last one does, about 8 (hundred steps) for
+    # 100 rows; sorting every row left, it took 516 for the first and 262 for the last.
+    assert max(first, last) <= 20

@@ -149,6 +149,28 @@ OLD_WORKER_SET_ASIDE = (
     b'"received_at":1001.5}}')
 
 
+def test_a_started_set_aside_behind_a_thousand_kept_records_is_applied_too(state):
+    """Each pass looked at the failed list's first 1,000 records only: behind 1,000 this
+    release keeps there (pushes set aside for what they hold, left for the runbook), a
+    STARTED an earlier release's worker set aside was never applied, and the build stayed
+    `triggered`. A pass reads on from where the last one ended."""
+    kept = [record(f"gitlab:late-{n}", {
+        "build_key": f"{n:020x}", "agent_name": "cia-x", "source": "gitlab",
+        "project": "team/app", "ref": "refs/heads/main", "sha": "b" * 40, "user": "u",
+        "job": "build", "template": "small", "parameters": {}, "received_at": 1000.0,
+        "node_label": ""}) for n in range(1_000)]
+    state.redis.rpush("cia:intake:failed", *kept, OLD_WORKER_SET_ASIDE)
+    mover = Mover(state, jenkins_url=JENKINS)
+    for _ in range(2):  # its first two passes (one each HEARTBEAT_SECONDS)
+        assert mover.drain() == 0
+    assert state.get_build(KEY)["status"] == "running"
+    assert state.redis.lrange("cia:intake:failed", 0, -1) == kept
+    for _ in range(3):  # round the list again: nothing more is taken, nothing is lost
+        assert mover.drain() == 0
+    assert state.redis.lrange("cia:intake:failed", 0, -1) == kept
+    assert state.intake.counts() == (0, 1_000) and state.queue.count == 0
+
+
 def test_a_started_an_earlier_releases_worker_set_aside_is_applied_by_this_one(state):
     """Left on the failed list, the build stayed `triggered` and CIWebhookIntakeFailed paged
     for a push "not made a job" until someone moved the record back by hand. What this

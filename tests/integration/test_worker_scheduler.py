@@ -5,6 +5,7 @@ after any Redis restart or failover, every retry waited up to 10 minutes. And a 
 as it forks the scheduler stops it: the scheduler's process, running the worker's signal
 handlers until it installs its own, ran on, and the worker waited for it for ever."""
 
+import contextlib
 import os
 import time
 import signal
@@ -299,5 +300,53 @@ def test_a_worker_killed_with_its_scheduler_has_its_retries_moved_by_the_other_w
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+        for log in logs:
+            log.close()
+
+
+def test_a_worker_killed_alone_leaves_no_scheduler_behind_and_its_restart_schedules(
+        redis_url, tmp_path):
+    """SIGKILL to the worker's own process, not its group (the kernel's OOM killer picks one
+    process, the biggest, where the container's cgroup does not kill as a group; `kill -9 PID`
+    of a supervisor or a person): RQ's scheduler process, forked from it, ran on as an orphan
+    for ever, renewing its lock each second, so the worker the supervisor restarted (the
+    Procfile's `worker` line) never had a scheduler of its own, and the orphan, of whatever
+    release was running then, moved every retry after a deploy. The scheduler ends once its
+    worker is gone, its lock freed, and the restarted worker's scheduler takes over."""
+    connection = redis.Redis.from_url(redis_url)
+    queue = Queue("scheduler-orphan", connection=connection, serializer=SERIALIZER)
+    lock = f"rq:scheduler-lock:{queue.name}"
+    code = WORKER.replace(repr(QUEUE), repr(queue.name))
+    logs = [(tmp_path / f"worker-{n}.log").open("w") for n in (1, 2)]
+    first = subprocess.Popen([sys.executable, "-c", code, redis_url], cwd=ROOT, stdout=logs[0],
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    second = None
+    try:
+        [scheduler] = wait_until(lambda: _children(first.pid), timeout=30,
+                                 what="the worker's scheduler process")
+        holder = wait_until(lambda: connection.get(lock), timeout=30, what="its lock")
+        first.kill()  # the worker's process alone
+        first.wait()
+        wait_until(lambda: _gone(scheduler), timeout=10,
+                   what=lambda: f"the orphan scheduler's end: lock {connection.get(lock)!r}")
+        second = subprocess.Popen([sys.executable, "-c", code, redis_url], cwd=ROOT,
+                                  stdout=logs[1], stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        wait_until(lambda: connection.get(lock) not in (None, holder), timeout=30,
+                   what="the restarted worker's scheduler holding the lock")
+        job = queue.enqueue_in(timedelta(seconds=1), "time.time")  # a retry's pause
+        wait_until(lambda: job.get_status(refresh=True) == "finished", timeout=30,
+                   what="the retry run by the restarted worker")
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)  # its orphan, if it is still there
         for log in logs:
             log.close()

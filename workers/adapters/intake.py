@@ -248,9 +248,10 @@ class Intake:
         mark = self.prefix + "commit:" + commit if commit else claimed
         self._drop(keys=[claimed, mark], args=[record, run])
 
-    def set_aside_records(self, limit: int) -> list[bytes]:
-        """Up to `limit` records of the failed list, oldest first."""
-        return list(self.redis.lrange(self.failed_key, 0, limit - 1)) if limit > 0 else []
+    def set_aside_records(self, limit: int, *, start: int = 0) -> list[bytes]:
+        """Up to `limit` records of the failed list from position `start`, oldest first."""
+        return list(self.redis.lrange(self.failed_key, start, start + limit - 1)) \
+            if limit > 0 else []
 
     def retake(self, records: list[bytes]) -> int:
         """These records, if still on the failed list, put back on the intake; how many."""

@@ -19,6 +19,7 @@ slow pass) went on to move the jobs it had read beside the one that took over, e
 twice. A worker's scheduler is a FencedScheduler: it moves a queue's jobs only in a
 transaction on that queue's lock (workers.adapters.rq_retries move_due)."""
 
+import os
 import time
 from typing import Any
 
@@ -56,9 +57,36 @@ def free_stale(connection: redis.Redis, keys: list[str], interval: float) -> lis
 class FencedScheduler(RQScheduler):
     """RQ's scheduler, whose move of a queue's due jobs is made only while it holds that
     queue's lock (RQScheduler.enqueue_scheduled_jobs, rq 3.0, less its rate-limited jobs: we
-    queue none)."""
+    queue none); and which ends once the worker that forked it is gone.
+
+    RQ's scheduler process never looks at its worker: a worker SIGKILLed alone (the kernel's
+    OOM killer picks one process where the cgroup is not killed as a group; `kill -9` of a
+    supervisor or a person) left it running as an orphan for ever, renewing its locks each
+    second, so the worker restarted in its place (the Procfile's `worker` line under a
+    supervisor) never had a scheduler of its own, and the orphan, of whatever release ran
+    then, moved every retry after a deploy. Its parent is looked at on each turn (each
+    second): another parent (init, or a subreaper) means the worker died; the locks are let
+    go at once, so the restarted worker's scheduler takes them on its next look."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._worker_pid = os.getpid()  # made in the worker's process, which forks it
+
+    def _orphaned(self) -> bool:
+        if os.getpid() == self._worker_pid or os.getppid() == self._worker_pid:
+            return False  # the worker's own (a burst's), or its worker lives
+        if not self._stop_requested:
+            self.log.warning("Scheduler's worker (pid %s) is gone: stopping", self._worker_pid)
+            self._stop_requested = True  # RQ's loop stops at its next turn: locks released
+        return True
+
+    def heartbeat(self) -> None:
+        if not self._orphaned():
+            super().heartbeat()
 
     def enqueue_scheduled_jobs(self) -> None:
+        if self._orphaned():
+            return
         self._status = self.Status.WORKING
         for name in sorted(self._acquired_locks):
             queue = Queue(name, connection=self.connection, serializer=self.serializer)

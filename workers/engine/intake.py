@@ -144,6 +144,7 @@ class Mover:
         self.name = name or default_name()
         self.batch, self.block_seconds = batch, block_seconds
         self.heartbeat_seconds = heartbeat_seconds
+        self._retake_from = 0  # where the next look at the failed list starts (retake_set_aside)
 
     def convert(self, raw: bytes) -> bool:
         """One claimed record made a provision job with its build state; False if another mover
@@ -221,8 +222,13 @@ class Mover:
         release cannot read stays (this release's own set-aside ones: no loop), and so does
         a push: every release reads the kind, so one was set aside for what it holds, and
         built late its commit may since have been pushed over (the runbook's call). How many."""
+        # A page of RETAKE_LIMIT a pass, from where the last one ended, round the list: the
+        # first page alone left every record past it there for good once a thousand this
+        # release keeps (pushes, what it cannot read) were ahead of them.
+        start = self._retake_from
+        records = self.intake.set_aside_records(RETAKE_LIMIT, start=start)
         readable = []
-        for raw in self.intake.set_aside_records(RETAKE_LIMIT):
+        for raw in records:
             try:
                 if isinstance(self._read(raw), (tuple, _NoRoute)):
                     continue  # a push
@@ -232,6 +238,9 @@ class Mover:
         if moved := self.intake.retake(readable):
             log.warning("intake records an earlier release set aside taken back",
                         extra={"records": moved})
+        # the records kept are ahead of the next page now (those taken back left the list)
+        self._retake_from = start + len(records) - len(readable) \
+            if len(records) == RETAKE_LIMIT else 0
         return moved
 
     def _ignore(self, raw: bytes, build: dict[str, Any], ignored: Ignored) -> None:
