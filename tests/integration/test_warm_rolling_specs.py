@@ -16,6 +16,7 @@ from tests.integration.test_warm_agents import (  # noqa: F401 (the fixture)
     CONFIG, app, pod_creations, pod_names, pool_of)
 from workers import runtime
 from workers.config.config_file import parse_file_config
+from workers.adapters.warm_specs import WarmSpecs
 from workers.core.warm_pool import WarmState
 from workers.warm import pool
 
@@ -75,3 +76,25 @@ def test_a_pool_added_in_the_new_file_is_not_retired_by_the_old_files_processes(
         pool.run(new)
         assert {e.name for e in pool_of(new)} == {made}
     assert made in pod_names(kube)
+
+
+def test_the_new_files_leader_at_the_longest_reconcile_interval_stays_the_winner(redis_conn):
+    """The reconcile loop may run every 120 s (`--interval`, at most 120) and a leader that
+    dies is replaced after its lease's 3 intervals: the new file's announcements, made by its
+    leader's passes, come that far apart. An old file's worker pass between two of them found
+    the new one lapsed (after 2 minutes), took the pool for its own file's (retiring the new
+    file's agents and making its own), and the next leader pass took it back: the churn
+    again."""
+    specs = WarmSpecs(redis_conn, prefix="cia:")
+    old_start, new_start = 1000.0, 5000.0
+    assert specs.announce("small", "old", since=old_start, now=5000.0) == "old"
+    assert specs.announce("small", "new", since=new_start, now=5010.0) == "new"
+    # a pass at the longest interval, and one of a leader that took over (the pass's steps
+    # before its warm pools take some seconds)
+    leader_passes = [5010.0 + 125.0, 5010.0 + 125.0 + 3 * 120.0 + 30.0]
+    seen = 5010.0
+    for at in leader_passes:
+        # an old worker's pass (after a claim) just before the new leader's next one
+        assert specs.announce("small", "old", since=old_start, now=at - 1) == "new", at - seen
+        assert specs.announce("small", "new", since=new_start, now=at) == "new"
+        seen = at

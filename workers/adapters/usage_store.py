@@ -92,6 +92,10 @@ class UsageStore:
         pipe = self.redis.pipeline()
         pipe.hset(self._run(agent), mapping={"oom_limit": int(memory_limit_bytes),
                                              **({"oom_agent": 1} if agent_container else {})})
+        if not agent_container:
+            # a build container's kill after jnlp's (the watch's later event carries both and
+            # marks the build's): the run's kill is the build's, at its size, not the agent's
+            pipe.hdel(self._run(agent), "oom_agent")
         pipe.expire(self._run(agent), RUN_TTL_SECONDS)
         pipe.execute()
 

@@ -12,8 +12,8 @@ LIVE_SECONDS (by start time, not by first announcement: a process of the old fil
 no pool announces only once there are agents to retire, after the new one made them). A
 process whose file is not the winner leaves the winner's agents alone and starts none of its
 own; the winner's passes retire the others'. A release rolled back is announced anew by its
-fresh processes (the other's entry lapses LIVE_SECONDS after its last process stopped), so it
-wins in turn.
+fresh processes (the other's entry lapses LIVE_SECONDS after the last pass of its
+processes), so it wins in turn.
 
 Keys (under the prefix), per template, both sorted sets of fingerprints:
   ``warm-spec-since:<template>``  score: when its first announcer (while it stayed live) started
@@ -24,9 +24,13 @@ import redis
 
 from workers.adapters.redis_script import retryable
 
-# An announcement lapses this long after the last pass that made it: several reconcile
-# passes (every 15 s) and a leader's takeover.
-LIVE_SECONDS = 120.0
+# An announcement lapses this long after the last pass that made it: a leader's takeover at
+# the longest reconcile interval (its lease lasts 3 intervals, `--interval` at most 120 s:
+# service.cli), and a minute of the new leader's pass before its warm pools. Shorter, a file's
+# announcement lapsed between two passes of its leader, and an older file's worker pass in
+# between took the pool back (the churn again). The price: after a rollback, the pools wait
+# this long after the newer file's last pass before the older file's processes fill them.
+LIVE_SECONDS = 420.0
 NO_POOL = "-"  # the announcement of a file that keeps no pool of the template
 _TTL_SECONDS = 24 * 3600
 
