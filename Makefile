@@ -48,8 +48,11 @@ demo: venv
 # Four pytest processes (pytest-xdist) on CI's two cores: the suite's servers and files are per
 # test, and most of its time is spent waiting on the processes and servers it starts (at two
 # processes the cores sat 40-50% idle; four took the suite from 820 s to 532 s on one machine).
-# PYTEST_WORKERS=0 runs it in one process. `--dist loadscope` keeps each module on one worker, in
-# file order: the operator modules share a module-scoped stack of processes whose tests build on
+# PYTEST_WORKERS=0 runs it in one process. `--dist loadscope` keeps each module on one worker,
+# modules handed out most tests first (xdist 3.8's --loadscope-reorder is on by default), so the
+# one-test modules (the chaos and concurrency tests among them) come last; a longest-first order
+# (aa3e5950) was slower and reverted: four operator modules started their stacks at once. The
+# operator modules share a module-scoped stack of processes whose tests build on
 # each other's state (test_warm_operator's hit counters, a pool's agents); spread by `load`, each
 # worker started its own stack and saw part of the story (3 of 12 failed under `-n 2`).
 # `loadgroup` with xdist_group marks would be finer, but xdist 3.8 cannot rename pytest 9's node
