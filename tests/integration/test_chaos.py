@@ -1,4 +1,4 @@
-"""Chaos: 100 pushes while a worker is SIGKILLed mid-provision 3 times, the Kubernetes API
+"""Chaos: 200 pushes while a worker is SIGKILLed mid-provision 3 times, the Kubernetes API
 and Jenkins answer 500 or 429 to 20% of calls, and Redis (AOF on) is restarted once.
 
 At the end every push has exactly one Jenkins build; after the COMPLETED notifications, pods
@@ -31,12 +31,7 @@ from workers import runtime
 from workers.core.routing import BUILD_KEY_PARAMETER
 
 ROOT = Path(__file__).resolve().parents[2]
-# 100 pushes, not 200: the three kills, the Redis restart and the fault draws happen at any
-# count (a kill is of a provision running on either worker, the restart at the middle push, 20%
-# of some 1,400 calls on each side fail); 200 only doubled the builds checked at the end (~122 s
-# in the full suite, its second longest test; CPU 47 s at 200, 39 s at 100: most of the rest is
-# the workers' restarts).
-PUSHES = 100
+PUSHES = 200
 KILLS = 3
 WORKERS = 2
 FAULT_RATIO = 0.2

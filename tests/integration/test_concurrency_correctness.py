@@ -1,4 +1,4 @@
-"""Correctness under concurrency: 150 pushes to four worker processes of 16 threads each, the
+"""Correctness under concurrency: 300 pushes to four worker processes of 16 threads each, the
 Kubernetes API and Jenkins answering 500 or 429 to 20% of calls (tests/support/fault_proxy.py),
 the builds completing as they start. Sampled all along: the agents of a template never exceed
 its maxConcurrent, all agents never exceed maxAgents, and no node holds more of our agents than
@@ -34,12 +34,7 @@ from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.routing import AGENT_PARAMETER, BUILD_KEY_PARAMETER
 from workers.core.scale_up import pod_name as scale_up_pod_name
 
-# 150 pushes, not 300: what is checked binds within the first 24 builds (every cap reached,
-# never passed; a node full), then again in each of the ~6 rounds in which all 24 slots are freed
-# and taken by the builds waiting for them (50 small builds for the 8 small slots); 300 only
-# doubled those rounds: the suite's longest test (75 s alone, ~137 s in the full suite; its CPU
-# 119 s at 300, 60 s at 150, on 2 cores at load 14-29).
-PUSHES = 150
+PUSHES = 300
 WORKERS = 4
 CONCURRENCY = 16
 FAULT_RATIO = 0.2
@@ -133,7 +128,7 @@ class Sampler:
 # Once a sampled moment showed a node at 5 agents of room 4: a reconcile pass had listed the
 # pods before reading the statuses, and freed the reservation of a pod made in between
 # (fixed in workers.engine.reconcile; tests/integration/test_concurrent_provisions.py holds it).
-def test_150_pushes_on_64_threads_with_faults_build_once_within_every_cap_and_node(
+def test_300_pushes_on_64_threads_with_faults_build_once_within_every_cap_and_node(
         monkeypatch, tmp_path, kube, jenkins_fake):
     store = RedisServer(tmp_path / "redis").start()
     kube.trim_history()  # thousands of calls: kmock's matching would grow with its history
