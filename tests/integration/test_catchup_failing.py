@@ -154,3 +154,46 @@ def test_the_status_page_says_since_when_the_catch_up_fails_and_why(world, gitla
     assert "(2 passes in a row; last pass that caught up every project: " in line.group(1)
     assert "team: TokenRefused: " in line.group(1) and "Token is expired" in line.group(1)
     assert gitlab_fake.token not in page
+
+
+def test_a_pass_ended_by_a_hooks_read_leaves_the_next_projects_not_caught_up_and_fails(
+        world, gitlab_fake, caplog):
+    """GitLab's rate limit (RateLimit-Remaining down to the reserve, the window's reset an
+    hour away: workers.core.rate_limits) met on team/app's hooks read ends the pass
+    (ends_pass) before team/lib, whose push is not built. That pass was recorded as one that
+    caught up every project, so a throttle met there kept
+    ci_autoscaler_catch_up_failing_seconds at 0, the status page silent, and `catch-up
+    --once` at exit 0."""
+    app, state, new_catch_up = world
+    assert not catchup.pass_failed(catchup.catch_up_once(new_catch_up()))
+    gitlab_fake.push("team/lib", "main", "c" * 40)
+    # the group's listing, team/app's branches, tags: served; its hooks: the reserve is met
+    gitlab_fake.rate_limit(5, 3600)
+    caplog.set_level("WARNING", logger="ci_autoscaler.catchup")
+    result = catchup.catch_up_once(new_catch_up(), now=time.time() - 60)
+    assert [r.getMessage() for r in caplog.records] == ["reading a project's hooks failed"]
+    assert "queued" not in result and result.get("projects") == 1, result
+    assert catchup.pass_failed(result), result
+    assert metric(app, FAILING) >= 60
+    page = " ".join(app.test_client().get("/status").get_data(as_text=True).split())
+    line = re.search(r'<span class="alert" id="catch-up-failing">(.*?)</span>', page)
+    assert line and "team/app: " in line.group(1), page[:2000]
+
+    gitlab_fake.rate_limit(1000, 3600)
+    assert catchup.catch_up_once(new_catch_up())["queued"] == 1  # team/lib's push
+    assert metric(app, FAILING) == 0
+
+
+def test_a_pass_stopped_for_a_lease_lost_records_nothing(world, gitlab_fake):
+    """Another reconcile process took the catch-up lease mid-pass (this one stalled past it):
+    the pass stops before the projects left. It was recorded as one that caught up every
+    project, and so ended the failing streak the new leader's passes were in (an expired token
+    failing them), and CIGitLabCatchUpFailing's pending time started over."""
+    app, state, new_catch_up = world
+    gitlab_fake.expired_tokens.add(gitlab_fake.token)
+    assert catchup.pass_failed(catchup.catch_up_once(new_catch_up(), now=time.time() - 300))
+    gitlab_fake.expired_tokens.clear()  # this instance's pass: served, then the lease is lost
+    leader = iter([True])
+    result = catchup.catch_up_once(new_catch_up(), still_leader=lambda: next(leader, False))
+    assert result.get("projects") == 1, result
+    assert metric(app, FAILING) >= 300  # the streak the leader's passes are in goes on
