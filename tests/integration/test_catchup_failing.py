@@ -7,14 +7,17 @@ revoked or without read_api, GitLab down), those pushes were never built, and no
 counter of errors, which no alert read, and a log line said so. Real parts: redis-server, the
 web app's /metrics, python-gitlab against the GitLab API fake over HTTP, Prometheus."""
 
+import os
 import re
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.integration.test_catchup import metric, world  # noqa: F401 (a fixture)
-from tests.support.dashboards import rules_with_for
+from tests.integration.test_catchup import CONFIG, metric, world  # noqa: F401 (a fixture)
+from tests.support.dashboards import ROOT, rules_with_for
 from tests.support.monitoring import Prometheus, get_json, running, serve_app, wait_until
 from tests.support.redis_server import free_port
 from workers.adapters import gitlab as gitlab_api
@@ -197,3 +200,24 @@ def test_a_pass_stopped_for_a_lease_lost_records_nothing(world, gitlab_fake):
     result = catchup.catch_up_once(new_catch_up(), still_leader=lambda: next(leader, False))
     assert result.get("projects") == 1, result
     assert metric(app, FAILING) >= 300  # the streak the leader's passes are in goes on
+
+
+def test_a_catch_up_command_run_without_gitlab_leaves_the_failing_passes(
+        world, gitlab_fake, redis_url, tmp_path):
+    """The runbook's `ci-autoscaler catch-up --once`, run where GITLAB_URL and the token are
+    not (the web pod: the chart gives them to the reconcile pods alone), is refused; it also
+    forgot the passes failing in Redis, so CIGitLabCatchUpFailing resolved and took its 15
+    minutes again from the next failed pass."""
+    app, state, new_catch_up = world
+    cu = new_catch_up(token="glpat-revoked-9Zx1")
+    catchup.catch_up_once(cu, now=time.time() - 900)
+    config = tmp_path / "ci.yaml"
+    config.write_text(CONFIG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITLAB_")}
+    result = subprocess.run([sys.executable, "-m", "service.cli", "catch-up", "--once"],
+                            cwd=ROOT, env=dict(env, REDIS_URL=redis_url,
+                                               CI_AUTOSCALER_CONFIG=str(config)),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "GITLAB_URL and GITLAB_API_TOKEN: required" in result.stderr
+    assert metric(app, FAILING) >= 900
