@@ -7,14 +7,17 @@ revoked or without read_api, GitLab down), those pushes were never built, and no
 counter of errors, which no alert read, and a log line said so. Real parts: redis-server, the
 web app's /metrics, python-gitlab against the GitLab API fake over HTTP, Prometheus."""
 
+import os
 import re
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.integration.test_catchup import metric, world  # noqa: F401 (a fixture)
-from tests.support.dashboards import rules_with_for
+from tests.integration.test_catchup import CONFIG, metric, world  # noqa: F401 (a fixture)
+from tests.support.dashboards import ROOT, rules_with_for
 from tests.support.monitoring import Prometheus, get_json, running, serve_app, wait_until
 from tests.support.redis_server import free_port
 from workers.adapters import gitlab as gitlab_api
@@ -154,3 +157,67 @@ def test_the_status_page_says_since_when_the_catch_up_fails_and_why(world, gitla
     assert "(2 passes in a row; last pass that caught up every project: " in line.group(1)
     assert "team: TokenRefused: " in line.group(1) and "Token is expired" in line.group(1)
     assert gitlab_fake.token not in page
+
+
+def test_a_pass_ended_by_a_hooks_read_leaves_the_next_projects_not_caught_up_and_fails(
+        world, gitlab_fake, caplog):
+    """GitLab's rate limit (RateLimit-Remaining down to the reserve, the window's reset an
+    hour away: workers.core.rate_limits) met on team/app's hooks read ends the pass
+    (ends_pass) before team/lib, whose push is not built. That pass was recorded as one that
+    caught up every project, so a throttle met there kept
+    ci_autoscaler_catch_up_failing_seconds at 0, the status page silent, and `catch-up
+    --once` at exit 0."""
+    app, state, new_catch_up = world
+    assert not catchup.pass_failed(catchup.catch_up_once(new_catch_up()))
+    gitlab_fake.push("team/lib", "main", "c" * 40)
+    # the group's listing, team/app's branches, tags: served; its hooks: the reserve is met
+    gitlab_fake.rate_limit(5, 3600)
+    caplog.set_level("WARNING", logger="ci_autoscaler.catchup")
+    result = catchup.catch_up_once(new_catch_up(), now=time.time() - 60)
+    assert [r.getMessage() for r in caplog.records] == ["reading a project's hooks failed"]
+    assert "queued" not in result and result.get("projects") == 1, result
+    assert catchup.pass_failed(result), result
+    assert metric(app, FAILING) >= 60
+    page = " ".join(app.test_client().get("/status").get_data(as_text=True).split())
+    line = re.search(r'<span class="alert" id="catch-up-failing">(.*?)</span>', page)
+    assert line and "team/app: " in line.group(1), page[:2000]
+
+    gitlab_fake.rate_limit(1000, 3600)
+    assert catchup.catch_up_once(new_catch_up())["queued"] == 1  # team/lib's push
+    assert metric(app, FAILING) == 0
+
+
+def test_a_pass_stopped_for_a_lease_lost_records_nothing(world, gitlab_fake):
+    """Another reconcile process took the catch-up lease mid-pass (this one stalled past it):
+    the pass stops before the projects left. It was recorded as one that caught up every
+    project, and so ended the failing streak the new leader's passes were in (an expired token
+    failing them), and CIGitLabCatchUpFailing's pending time started over."""
+    app, state, new_catch_up = world
+    gitlab_fake.expired_tokens.add(gitlab_fake.token)
+    assert catchup.pass_failed(catchup.catch_up_once(new_catch_up(), now=time.time() - 300))
+    gitlab_fake.expired_tokens.clear()  # this instance's pass: served, then the lease is lost
+    leader = iter([True])
+    result = catchup.catch_up_once(new_catch_up(), still_leader=lambda: next(leader, False))
+    assert result.get("projects") == 1, result
+    assert metric(app, FAILING) >= 300  # the streak the leader's passes are in goes on
+
+
+def test_a_catch_up_command_run_without_gitlab_leaves_the_failing_passes(
+        world, gitlab_fake, redis_url, tmp_path):
+    """The runbook's `ci-autoscaler catch-up --once`, run where GITLAB_URL and the token are
+    not (the web pod: the chart gives them to the reconcile pods alone), is refused; it also
+    forgot the passes failing in Redis, so CIGitLabCatchUpFailing resolved and took its 15
+    minutes again from the next failed pass."""
+    app, state, new_catch_up = world
+    cu = new_catch_up(token="glpat-revoked-9Zx1")
+    catchup.catch_up_once(cu, now=time.time() - 900)
+    config = tmp_path / "ci.yaml"
+    config.write_text(CONFIG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITLAB_")}
+    result = subprocess.run([sys.executable, "-m", "service.cli", "catch-up", "--once"],
+                            cwd=ROOT, env=dict(env, REDIS_URL=redis_url,
+                                               CI_AUTOSCALER_CONFIG=str(config)),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "GITLAB_URL and GITLAB_API_TOKEN: required" in result.stderr
+    assert metric(app, FAILING) >= 900

@@ -9,7 +9,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from service.app import create_app
-from tests.integration.test_status_403_log import running
+from tests.integration.test_status_403_log import Clock, running
 from tests.support.app import make_settings
 from tests.support.dashboards import rules, rules_with_for
 from tests.support.monitoring import Prometheus, get_json, running as servers_running, \
@@ -211,3 +211,86 @@ def test_commit_statuses_turned_off_by_setting_forget_a_sender_s_off(redis_url, 
     assert not ctx.settings.commit_status_enabled
     assert status_sender.from_settings(ctx.settings, ctx.state, reader.capacity) is None
     assert _exported(app, "ci_autoscaler_commit_status_off") == 0
+
+
+def _done(state, key: str, result: str) -> None:
+    state.redis.hset(f"{state.prefix}build:{key}", mapping={"status": "done", "result": result})
+    touch(state, key)
+
+
+def test_refusals_are_kept_a_day_not_for_as_long_as_the_project_is_refused(
+        redis_url, gitlab_fake):
+    """A project the token's user never gets into (a fork the routes match, say): each build's
+    refusal renewed the day of the whole list, so it kept every build the project ever had,
+    growing with each one, and the first status taken there, months on, posted them all."""
+    app = create_app(make_settings(redis_url), file_config=parse_file_config(CONFIG))
+    state = app.extensions["ci_autoscaler"].state
+    gitlab_fake.tokens[NEW_TOKEN] = {"api"}
+    gitlab_fake.add_project("team/lib", branches={"main": SHA})
+    lib = gitlab_fake.projects["team/lib"]
+    gitlab_fake.remove_project("team/lib")  # the token's user is no member
+    clock = Clock()
+    sender = _sender(state, gitlab_fake, NEW_TOKEN)
+    sender.clock = clock
+    for day in range(3):
+        running(state, f"lib-{day}", "team/lib", job=f"build-{day}")
+        assert status_sender.send_due(sender) == {"refused": 1}
+        clock.now += 25 * 3600
+    refused = state.redis.hkeys(f"{state.prefix}commit-status:refused:team/lib")
+    assert [k.decode() for k in refused] == ["lib-2"]  # the last day's alone
+
+    gitlab_fake.projects["team/lib"] = lib  # made a member
+    clock.now -= 25 * 3600  # the day lib-2 was refused
+    running(state, "lib-3", "team/lib", job="test")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert status_sender.send_due(sender) == {"sent": 1}  # lib-2's, not the days before
+
+
+def test_refused_runs_of_one_commit_are_posted_again_in_the_order_they_were_refused(
+        redis_url, gitlab_fake):
+    """Two runs of one commit, ref and job (the commit pushed again after its first run
+    failed) share one status. Both refused, they were posted again in the order of their
+    build keys, a hash: the first run's "failed" could come last, and GitLab showed it
+    over the second run's "success"."""
+    app = create_app(make_settings(redis_url), file_config=parse_file_config(CONFIG))
+    state = app.extensions["ci_autoscaler"].state
+    gitlab_fake.tokens[NEW_TOKEN] = {"api"}
+    gitlab_fake.add_project("team/lib", branches={"main": SHA})
+    lib = gitlab_fake.projects["team/lib"]
+    gitlab_fake.remove_project("team/lib")
+    clock = Clock()
+    sender = _sender(state, gitlab_fake, NEW_TOKEN)
+    sender.clock = clock
+    for key, result in (("z-first-run", "FAILURE"), ("a-second-run", "SUCCESS")):
+        running(state, key, "team/lib")
+        _done(state, key, result)
+        assert status_sender.send_due(sender) == {"refused": 1}
+        clock.now += 60
+
+    gitlab_fake.projects["team/lib"] = lib
+    running(state, "lib-lint", "team/lib", job="lint")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert status_sender.send_due(sender) == {"sent": 2}
+    shown = [s["status"] for s in lib.statuses
+             if s["name"] == "ci-autoscaler/build" and s["id"] not in lib.retried]
+    assert shown == ["success"]
+
+
+def test_a_build_refused_then_taken_is_not_posted_again(redis_url, gitlab_fake):
+    """Its running refused (a 403 on a protected main), the protection lifted, its success
+    taken: its own refusal brought it back once more, and GitLab made a second "success"
+    status of it (none pending or running to move), the first marked retried."""
+    app = create_app(make_settings(redis_url), file_config=parse_file_config(CONFIG))
+    state = app.extensions["ci_autoscaler"].state
+    gitlab_fake.tokens[NEW_TOKEN] = {"api"}
+    gitlab_fake.roles[NEW_TOKEN] = "developer"
+    gitlab_fake.add_project("team/app", branches={"main": SHA})
+    gitlab_fake.protect("team/app", "main")
+    sender = _sender(state, gitlab_fake, NEW_TOKEN)
+    running(state, "app-0", "team/app")
+    assert status_sender.send_due(sender) == {"refused": 1}
+    gitlab_fake.roles[NEW_TOKEN] = "maintainer"
+    _done(state, "app-0", "SUCCESS")
+    assert status_sender.send_due(sender) == {"sent": 1}
+    assert status_sender.send_due(sender) == {}
+    assert [p["answer"] for p in gitlab_fake.projects["team/app"].status_posts] == [403, 201]

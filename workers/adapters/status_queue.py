@@ -8,10 +8,11 @@ Keys (under the prefix):
                          piles up that no one reads
   ``commit-status:off``  why a sender turned commit statuses off until a restart (a token
                          without the api scope), for /metrics; deleted when a sender starts
-  ``commit-status:refused:<project>``  hash: build key -> the ref (empty: any) of each build
-                         whose status GitLab refused for the token's access (403 on that ref,
-                         404 for the project), living a day: posted again once a status of
-                         the project (on that ref) is taken (workers.commit_statuses)
+  ``commit-status:refused:<project>``  hash: build key -> "<when> <ref>" (ref empty: any;
+                         a bare ref: written before the time was) of each build whose status
+                         GitLab refused for the token's access (403 on that ref, 404 for the
+                         project) within a day: posted again, oldest refusal first, once a
+                         status of the project (on that ref) is taken (workers.commit_statuses)
   ``build:<key>``        the build's own hash (workers.adapters.redis_state) keeps
                          ``status_sent`` (the last state GitLab took), ``status_name`` (the
                          status's name), ``status_pipeline_id`` (GitLab's pipeline it is
@@ -56,8 +57,23 @@ ATTEMPTS_FIELD = "status_attempts"
 GITLAB_FAILURES_FIELD = "status_gitlab_failures"
 
 
+# Builds due at one time are claimed in their keys' order: refused builds posted again are
+# stamped this far apart (before now), so they are claimed in the order they were refused.
+_ORDER_STEP_SECONDS = 0.001
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _refusal(value: str) -> tuple[float | None, str]:
+    """A refusal's "<when> <ref>" (a ref holds no space: git check-ref-format); a bare ref
+    (before the time was written): no time."""
+    at, space, ref = value.partition(" ")
+    try:
+        return (float(at), ref) if space else (None, value)
+    except ValueError:
+        return None, value
 
 
 class StatusQueue:
@@ -139,27 +155,52 @@ class StatusQueue:
     def _refused_key(self, project: str) -> str:
         return f"{self.prefix}commit-status:refused:{project.lower()}"
 
-    def refused(self, build_key: str, project: str, ref: str | None, *,
+    def _refusals(self, key: str) -> dict[str, tuple[float | None, str]]:
+        """Build key -> (when refused, None if not recorded; the ref, "" for any)."""
+        return {_s(k): _refusal(_s(v)) for k, v in self.redis.hgetall(key).items()}
+
+    def refused(self, build_key: str, project: str, ref: str | None, *, now: float,
                 ttl_seconds: float) -> None:
         """GitLab refused the build's status for the token's access to the project (on
-        `ref`; None: to the whole project)."""
+        `ref`; None: to the whole project). Kept `ttl_seconds`: the refusals of the project
+        older than that are dropped (each refusal renews the key's TTL, so a project refused
+        for good kept every build it ever had); one without a time is given this one's."""
+        key = self._refused_key(project)
+        old, untimed = [], {}
+        for other, (at, where) in self._refusals(key).items():
+            if at is None:
+                untimed[other] = f"{now!r} {where}"
+            elif at < now - ttl_seconds:
+                old.append(other)
         with self.redis.pipeline() as pipe:
-            pipe.hset(self._refused_key(project), build_key, ref or "")
-            pipe.expire(self._refused_key(project), max(1, int(ttl_seconds)))
+            if old:
+                pipe.hdel(key, *old)
+            pipe.hset(key, mapping={**untimed, build_key: f"{now!r} {ref or ''}"})
+            pipe.expire(key, max(1, int(ttl_seconds)))
             pipe.execute()
 
-    def taken_again(self, project: str, ref: str | None, *, now: float) -> list[str]:
-        """A status of the project on `ref` was taken: the builds whose status was refused
-        there (or in the whole project) are forgotten as refused, their last state as sent
-        (GitLab never took it), and due now; their keys."""
+    def taken_again(self, project: str, ref: str | None, *, now: float,
+                    taken: str = "") -> list[str]:
+        """A status of the project on `ref` was taken (that of build `taken`, which is no
+        longer refused): the builds whose status was refused there (or in the whole project)
+        are forgotten as refused, their last state as sent (GitLab never took it), and due
+        now, in the order they were refused (two runs of one commit and job share a status:
+        the later one's state is the one to show); their keys, in that order."""
         key = self._refused_key(project)
-        refused = {_s(k): _s(v) for k, v in self.redis.hgetall(key).items()}
-        again = sorted(k for k, where in refused.items() if where in ("", ref or ""))
-        if again:
-            self.redis.hdel(key, *again)
-            for build_key in again:
-                self._write(keys=[self._build(build_key)], args=[SENT_FIELD, "", ""])
-            self.touch_all(again, now=now)
+        refusals = self._refusals(key)
+        matching = [k for k, (_, where) in refusals.items() if where in ("", ref or "")]
+        if taken in refusals and taken not in matching:
+            matching.append(taken)
+        if not matching:
+            return []
+        self.redis.hdel(key, *matching)
+        again = sorted((k for k in matching if k != taken),
+                       key=lambda k: (refusals[k][0] or 0.0, k))
+        for build_key in again:
+            self._write(keys=[self._build(build_key)], args=[SENT_FIELD, "", ""])
+        if again:  # claimed earliest first (claim): due by `now`, one step apart, in order
+            self.redis.zadd(self.due_key, {k: now - (len(again) - i) * _ORDER_STEP_SECONDS
+                                           for i, k in enumerate(again)}, nx=True)
         return again
 
     def forget_pipeline(self, build_key: str) -> None:

@@ -255,7 +255,8 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
             # the token's access (the project, on every ref, for a 404): posted again once
             # a status there is taken (the access given), not left pending for ever
             where = post.ref if isinstance(err, gitlab_api.Forbidden) else None
-            sender.queue.refused(key, post.project, where, ttl_seconds=SWEEP_WINDOW_SECONDS)
+            sender.queue.refused(key, post.project, where, now=sender.clock(),
+                                 ttl_seconds=SWEEP_WINDOW_SECONDS)
             level, extra = _forbidden_log(sender, post.project, where, extra)
         log.log(level, "commit status not taken by GitLab", extra=extra)
         _keep_pace(sender)
@@ -271,7 +272,8 @@ def send_one(sender: Sender, key: str, *, capacity: _Capacity) -> str:
                       pipeline_id=str(answer.get("pipeline_id") or core.NO_PIPELINE))
     sender.metrics.commit_status("sent")
     log.info("commit status sent", extra=ctx)
-    if again := sender.queue.taken_again(post.project, post.ref, now=sender.clock()):
+    if again := sender.queue.taken_again(post.project, post.ref, now=sender.clock(),
+                                         taken=key):
         # a token changed to a user without access, or a role taken away, then given: the
         # statuses refused meanwhile (their commits left as the old token set them,
         # pending or running) are posted again

@@ -256,7 +256,8 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
                   still_leader: Callable[[], bool] = lambda: True) -> dict[str, int]:
     """A pass over every project, once each (two names that lead to one project: once). A
     project whose lookup or listing fails is counted and left for the next pass; the others go
-    on. Stops early if `still_leader` says the lease was lost."""
+    on. Stops early if `still_leader` says the lease was lost (the pass then recorded
+    neither way: the new leader's are)."""
     now = time.time() if now is None else now
     total: Counter = Counter()
     cu._pass_error = ""
@@ -268,9 +269,12 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
     looked_at: list[str] = []  # the names whose hooks were checked
     unserved = 0  # projects in a row GitLab did not serve
     slow_in_a_row = 0  # projects in a row whose listing ran out of time (see _timed_out)
-    for name, ref in sorted((listed or {}).items()):
+    names = sorted((listed or {}).items())
+    leader = True
+    for i, (name, ref) in enumerate(names):
         if not still_leader():
             log.warning("catch-up lease lost: pass stopped", extra={"project": name})
+            leader = False
             break
         slow = False  # the listing ran out of time (see _timed_out)
         try:
@@ -300,12 +304,16 @@ def catch_up_once(cu: CatchUp, now: float | None = None,
         except CIAutoscalerError as err:
             _failed(cu, _HOOKS_FAILED, name, err)
             if ends_pass(err):
+                if i + 1 < len(names):  # the projects after it are not caught up this pass
+                    total["projects_left"] += len(names) - i - 1
                 break
     else:  # every project listed was looked at: the hook states of the others are stale
         if listed is not None and not total["groups_failed"]:
             cu.store.keep_hooks_of(looked_at)
     result = dict(total)
     cu.store.note_pass({**result, "at": now})
+    if not leader:  # the instance that holds the lease now records its own passes
+        return result
     if pass_failed(result):
         cu.passes.failed(cu.instance, now, cu._pass_error, partial=bool(result.get("projects")))
     else:
@@ -324,9 +332,11 @@ def _timed_out(err: CIAutoscalerError) -> bool:
 
 
 def pass_failed(result: Mapping[str, object]) -> bool:
-    """Whether a pass (catch_up_once's counts) left a project or a group not caught up:
-    logged "catch-up pass failed", not "caught up", and `catch-up --once` exits 1."""
-    return bool(result.get("projects_failed") or result.get("groups_failed"))
+    """Whether a pass (catch_up_once's counts) left a project or a group not caught up
+    (one failed, or, after a hooks read that ended the pass, those not reached yet): logged
+    "catch-up pass failed", not "caught up", and `catch-up --once` exits 1."""
+    return bool(result.get("projects_failed") or result.get("groups_failed")
+                or result.get("projects_left"))
 
 
 def ends_pass(err: CIAutoscalerError) -> bool:
@@ -345,7 +355,7 @@ def _failed(cu: CatchUp, what: str, where: str, err: CIAutoscalerError) -> None:
     pass (a Guest's 403, a deleted project's 404, every 2 minutes for ever), then at INFO. An
     error that ends the pass (a refused token) is one line a pass: always at its level."""
     cu.metrics.error("catch_up", err)
-    if what != _HOOKS_FAILED:  # a pass failed by it (pass_failed), for the status page
+    if what != _HOOKS_FAILED or ends_pass(err):  # a pass failed by it, for the status page
         cu._pass_error = f"{where}: {shown(err)}"
     level = logging.ERROR if isinstance(err, PermanentError) else logging.WARNING
     if cu._failing.pop((what, where), None) == str(err) and not ends_pass(err):
