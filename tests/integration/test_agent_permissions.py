@@ -142,3 +142,20 @@ def test_a_job_our_user_may_not_build_fails_its_build_naming_the_permission(
     assert build["status"] == "failed"
     assert "lacks the Job/Build permission" in build["error"]
     assert jenkins_fake.builds == [] and kube.pods(NAMESPACE) == []
+
+
+def test_a_job_our_user_may_only_discover_fails_its_build_naming_read(
+        app, kube, jenkins_fake):  # noqa: F811
+    """Jenkins' one 403 to a job's page that names no permission (Jenkins.getItem: "Please
+    login to access job", no X-Required-Permission) is Jenkins' own, the job's setting: its
+    build fails, not taken for a front's sign-in page, where builds wait."""
+    jenkins_fake.add_job("build", parameters=OURS)
+    jenkins_fake.unreadable = jenkins_fake.discoverable = {"build"}
+
+    key = push(app.test_client(), 1)
+    run_worker(app)
+
+    build = state_of(app).get_build(key)
+    assert build["status"] == "failed"
+    assert "lacks the Job/Read permission (it may only discover the job)" in build["error"]
+    assert jenkins_fake.builds == [] and kube.pods(NAMESPACE) == []

@@ -186,3 +186,32 @@ def test_a_build_whose_trigger_meets_a_sign_in_page_waits_and_is_triggered_once(
     assert [b.parameters["CI_AUTOSCALER_BUILD_KEY"] for b in jenkins_fake.builds] == [key]
     assert state_of(app).get_build(key)["status"] == "triggered"
     assert len(pod_creates(kube)) == 1 and len(kube.pods(NAMESPACE)) == 1
+
+
+# Before its trigger a provision reads Jenkins' session (the root's api/json) and the job's
+# definition (workers.checks.jobs.before_trigger): a front's 403 sign-in page there failed the
+# build for good as well, where the build itself is first to reach Jenkins after its agent is
+# registered (a warm agent claimed; the front's credential expiring between the node create
+# and the trigger). Jenkins answers neither read with a 403 naming no permission: Overall/Read
+# and Job/Read missing are AccessDeniedException3 (X-Required-Permission), a job our user may
+# only discover is 403 "Please login to access job" (Jenkins.getItem), which is the job's.
+@pytest.mark.parametrize("prefix", ["/job/build/", "/api/json"])
+def test_a_sign_in_page_to_the_reads_before_a_trigger_makes_the_build_wait(
+        app, kube, jenkins_fake, prefix):  # noqa: F811
+    jenkins_fake.add_job("build", parameters=OURS)
+    jenkins_fake.sign_in_pages(times=1000, path_prefix=prefix, status=403)
+
+    key = push(app.test_client(), 1)
+    run_worker(app)
+    later = passes(app, 2, time.time())
+
+    build = state_of(app).get_build(key)  # (the root's session may be known from a job read)
+    assert build["status"] not in ("failed", "released") and not build.get("error"), build
+    assert state_of(app).queue.failed_job_registry.count == 0  # no job failed for good
+    jenkins_fake.sign_in_pages(times=0)
+    passes(app, 1, later)
+    run_retries(app)
+
+    assert [b.parameters["CI_AUTOSCALER_BUILD_KEY"] for b in jenkins_fake.builds] == [key]
+    assert state_of(app).get_build(key)["status"] == "triggered"
+    assert len(pod_creates(kube)) == 1

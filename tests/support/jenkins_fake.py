@@ -357,6 +357,14 @@ class JenkinsFake:
         # `currentExecutable` (Executor.getCurrentExecutableForApi checks Item.READ), while
         # its `idle` is false all the same (Executor.isIdle checks nothing).
         self.unreadable: set[str] = set()
+        # Of those, the ones the API user may still DISCOVER (Item/Discover granted, Item/Read
+        # not): Jenkins.getItem (AbstractFolder.getItem alike) throws a plain
+        # AccessDeniedException "Please login to access job <name>", which
+        # AccessDeniedHandlerImpl answers 403 with its accessDenied page showing the message
+        # and, not being an AccessDeniedException3, no X-Required-Permission (jenkins core
+        # jenkins/model/Jenkins.java getItem, hudson/security/AccessDeniedHandlerImpl.java,
+        # jenkins/model/Jenkins/accessDenied.jelly).
+        self.discoverable: set[str] = set()
         # Permissions the API user lacks, as Jenkins names them ("Agent/Connect"): a page that
         # checks one answers 403 (see _missing). A permission is held through one that implies
         # it (Permission.impliedBy): Agent/Disconnect implies Agent/Connect (Computer.CONNECT
@@ -1079,6 +1087,14 @@ class JenkinsFake:
         path, method = request.path, request.method
         if (m := re.match(r"/((?:job/[^/]+/)+)", path)) and not self._readable(
                 "/".join(m.group(1).strip("/").split("/")[1::2])):
+            names = m.group(1).strip("/").split("/")[1::2]
+            hidden = next(i for i in range(1, len(names) + 1)  # the first it may not READ
+                          if not self._readable("/".join(names[:i])))
+            if "/".join(names[:hidden]).lower() in {n.lower() for n in self.discoverable}:
+                return Response("<!DOCTYPE html><html><head><title>Jenkins</title></head><body>"
+                                "<h1>Access Denied</h1><p class=\"error\">Please login to "
+                                f"access job {escape(names[hidden - 1])}</p></body></html>",
+                                status=403, content_type="text/html;charset=utf-8")
             return _error(404, "Not Found")  # Jenkins.getItem: null without READ/DISCOVER
         if path == "/crumbIssuer/api/json":
             return _json({"_class": "hudson.security.csrf.DefaultCrumbIssuer",

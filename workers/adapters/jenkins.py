@@ -10,8 +10,9 @@ the build's; other 4xx are ``PermanentError``. A redirect Jenkins does not make 
 page of a proxy before it: ``SignInRedirect``) and a proxy's redirect loop are
 ``Unauthorized`` too, and so is an answer that is not Jenkins' in place of its own: an HTML page
 answered 200 (``NotJenkinsPage``: a front's sign-in form at the URL asked), or, to a call whose
-refusal fails a build (its trigger, its agent's node and secret), a 403 naming no permission
-(oauth2-proxy's sign-in page; Jenkins' own 403s name the permission, or the crumb).
+refusal fails a build (its trigger and the reads of Jenkins' root and the job before it, its
+agent's node and secret), a 403 naming no permission (oauth2-proxy's sign-in page; Jenkins' own
+403s name the permission, or the crumb, but for a job our user may only discover).
 Messages name the operation and the HTTP status only, never a response body, so the API token
 and agent secrets cannot leak through them. The exception: a build
 request Jenkins refuses for good (409 "<job> is not buildable!", 500 "This build is not
@@ -41,8 +42,8 @@ import requests
 
 from workers.adapters.jenkins_client import MAX_REDIRECTS, SESSION_HEADER, Client, \
     NotJenkinsPage, NothingQueued, SignInRedirect, redirect_target
-from workers.adapters.jenkins_permissions import as_anonymous, jenkins_wide, \
-    missing_permission
+from workers.adapters.jenkins_permissions import as_anonymous, discover_only, \
+    jenkins_wide, missing_permission
 from workers.adapters.retry import DEFAULT_BACKOFF, Backoff, retry_after_seconds, retrying
 from workers.core import label_probe
 from workers.core.errors import ConfigError, NotOurs, NotReadBack, Overloaded, \
@@ -418,8 +419,9 @@ class JenkinsAdapter:
         return self._retried(f"trigger job {job!r}", trigger)
 
     def job_definition(self, job: str) -> JobDefinition | None:
+        # read before every trigger (workers.checks.jobs), its PermanentError failing the build
         page = self._get_json(f"read job {job!r}", f"{_job_path(job)}api/json?tree={JOB_TREE}",
-                              missing={})
+                              missing={}, fails_a_build=True)
         return _definition(job, page) if page else None
 
     def _refusal(self, job: str, err: BaseException) -> str | None:
@@ -498,7 +500,7 @@ class JenkinsAdapter:
         what = "read Jenkins' session"
 
         def get() -> str:
-            with self._translated(what):
+            with self._translated(what, fails_a_build=True):  # before a trigger; the root
                 response = self._server.jenkins_request(
                     requests.Request("GET", self._url("api/json?tree=quietingDown")))
             return str(response.headers.get(SESSION_HEADER) or "")
@@ -512,7 +514,7 @@ class JenkinsAdapter:
     def quieting_down(self) -> bool:
         # Jenkins.isQuietingDown(), exported on the root object as `quietingDown`
         page = self._get_json("read whether Jenkins is quieting down",
-                              "api/json?tree=quietingDown")
+                              "api/json?tree=quietingDown", fails_a_build=True)  # the root
         return page.get("quietingDown") is True
 
     def build_state(self, job: str, queue_item: int | None,
@@ -806,10 +808,12 @@ class JenkinsAdapter:
         ("/jenkins/job/..."), so the names are read unescaped after each "job" segment."""
         return job_of_url(task.get("url") or "") or str(task.get("name", ""))
 
-    def _get_json(self, what: str, path: str, *, missing: Any = None) -> Any:
-        """GET a JSON page, retried; `missing` (when not None) is the answer to a 404."""
+    def _get_json(self, what: str, path: str, *, missing: Any = None,
+                  fails_a_build: bool = False) -> Any:
+        """GET a JSON page, retried; `missing` (when not None) is the answer to a 404;
+        `fails_a_build` as `_translated`'s."""
         def get() -> Any:
-            with self._translated(what):
+            with self._translated(what, fails_a_build=fails_a_build):
                 try:
                     body = self._server.jenkins_open(requests.Request("GET", self._url(path)))
                 except jenkins.NotFoundException:
@@ -860,8 +864,9 @@ class JenkinsAdapter:
     @contextmanager
     def _translated(self, what: str, *, fails_a_build: bool = False) -> Iterator[None]:
         """Library errors as the project's own (module docstring). `fails_a_build`: a call
-        whose PermanentError fails the build for good (its trigger, its agent's node and
-        secret), where a 403 naming no permission is no refusal of Jenkins'."""
+        whose PermanentError fails the build for good (its trigger and the reads before it:
+        Jenkins' root, the job; its agent's node and secret), where a 403 naming no
+        permission is no refusal of Jenkins' (but for a job our user may only discover)."""
         try:
             yield
         except json.JSONDecodeError as err:
@@ -904,6 +909,13 @@ class JenkinsAdapter:
                 # python-jenkins caches the crumb forever; drop it so the next call fetches anew.
                 self._server.crumb = None
                 raise RetryableError(f"Jenkins refused the CSRF crumb to {what}") from err
+            if status == 403 and discover_only(_body(err)):
+                # Jenkins' own 403 naming no permission: a job (or a folder above it) our user
+                # may DISCOVER but not READ. That job's own setting, as Job/Build is: its build
+                # fails, not left waiting as for a front's sign-in page (below)
+                raise PermissionMissing(f"Jenkins answered HTTP 403 to {what}: the Jenkins user "
+                                        "lacks the Job/Read permission (it may only discover "
+                                        "the job)") from err
             if (status == 403 and fails_a_build) or _caused_by(err, NotJenkinsPage):
                 # Not Jenkins' answer: its own 403s name the permission lacking (above) or
                 # the crumb, and it never answers our calls 200 with HTML

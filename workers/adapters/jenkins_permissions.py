@@ -4,7 +4,8 @@ build failed for a permission the API user lacks says which one to grant.
 Jenkins answers a missing permission 403 with the headers of AccessDeniedException3.
 reportAsHeaders (jenkins core hudson/security/AccessDeniedException3.java):
 X-Required-Permission holds the permission's id (Permission.getId: its owner class and name,
-"hudson.model.Computer.Connect"). The header never carries a secret; the page's body is not read.
+"hudson.model.Computer.Connect"). The header never carries a secret; the page's body is only
+matched (discover_only), never repeated.
 """
 
 from typing import Any
@@ -49,6 +50,20 @@ def jenkins_wide(headers: Any) -> bool:
     """Whether the permission a 403's headers name is Jenkins-wide for our agents."""
     value = (headers.get(REQUIRED_PERMISSION_HEADER) or "").strip() if headers else ""
     return value.startswith(_JENKINS_WIDE)
+
+
+# Jenkins' 403 naming no permission on a job's pages: Jenkins.getItem (and a folder's,
+# AbstractFolder.getItem) throws a plain AccessDeniedException "Please login to access job
+# <name>" for an item the user may DISCOVER but not READ; AccessDeniedHandlerImpl answers it
+# 403 with its accessDenied page, which shows the message, and reports headers only for an
+# AccessDeniedException3 (jenkins core jenkins/model/Jenkins.java, hudson/security/
+# AccessDeniedHandlerImpl.java, jenkins/model/Jenkins/accessDenied.jelly). Not localised.
+_DISCOVER_ONLY = "please login to access job "
+
+
+def discover_only(body: str) -> bool:
+    """Whether a 403's page is Jenkins' for a job our user may only discover."""
+    return _DISCOVER_ONLY in (body or "").lower()
 
 
 def as_anonymous(headers: Any) -> bool:
