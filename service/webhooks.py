@@ -8,7 +8,8 @@ push Redis could not take, in the pod's spool: service.store), 200 duplicate or 
 token or (when a signing token is set) a bad or stale GitLab signature, 400 bad body, 413 body
 too large (over GitLab's own 25 MB; a notification over 64 MiB), 503 when neither Redis nor the
 spool could store the event (a STARTED or an ending Jenkins notification Redis cannot take is
-spooled too: the plugin ignores our answer; the drainer hands it to `notification` later).
+spooled too: the plugin ignores our answer; the drainer hands it to `notification` later), or
+(`busy`) when nothing could read it: a body past the limit that found others being read.
 Never a 5xx for an event that was handled. A body past the web's limit is read in pieces and
 trimmed to the fields read (service.trimmed_body), not refused: a real push or COMPLETED can be
 that large, and neither sender sends it again. A GitLab push with a field that breaks a rule
@@ -116,10 +117,12 @@ def gitlab(ctx: WebContext, environ: Environ,
     with body_refusals_counted("gitlab", event, began):  # 413, 400, 408 counted too
         try:
             body, mac = _gitlab_body(ctx, environ)
-        except (TrimmedTooLarge, Busy) as too:
-            # a field no push has (a 20 MB ref), or other large bodies being read: ignored,
-            # as one past its bound is (a 413 would count towards GitLab disabling the hook);
-            # the catch-up builds its commit if it is real
+        except Busy as busy:
+            return _busy(environ, "gitlab", event, began, busy)
+        except TrimmedTooLarge as too:
+            # a field no push has (a 20 MB ref): ignored, as one past its bound is (a 413
+            # would count towards GitLab disabling the hook); the catch-up builds its commit
+            # if it is real
             reason = f"{too}; ignored"
             log_rejection(environ, 200, reason, source="gitlab", result="ignored")
             return answer(environ, "gitlab", event, "ignored", 200, began, reason=reason)
@@ -198,6 +201,17 @@ def _gitlab_body(ctx: WebContext, environ: Environ) -> tuple[bytes, hmac.HMAC | 
                             most=GITLAB_MAX_BODY_BYTES), mac
 
 
+def _busy(environ: Environ, source: str, event: str, began: float,
+          busy: Busy) -> tuple[int, dict[str, Any]]:
+    """A valid delivery past the limit that nothing read, as OVERSIZED_READS others were
+    being read (service.trimmed_body): 503, as when nothing could store it, and logged. It was
+    200 ignored, a push GitLab showed as delivered and lost (it never re-sends; a person can
+    press Resend on a failed one, with its Idempotency-Key). A wait for a read to end would
+    hold a thread as a read does: token holders' slow bodies would hold every thread."""
+    log_rejection(environ, 503, str(busy), source=source, result="busy")
+    return answer(environ, source, event, "busy", 503, began, reason=str(busy))
+
+
 def _jenkins_body(ctx: WebContext, environ: Environ) -> bytes:
     """A notification's body; past the limit, read in pieces and trimmed to the fields read
     (service.trimmed_body): the plugin's COMPLETED carries the run's log lines (its
@@ -237,8 +251,7 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         payload = notification_fields(body)
         note = parse_jenkins_notification(payload)
     except Busy as busy:  # a reconcile pass releases the agent of its build
-        log_rejection(environ, 200, str(busy), source="jenkins", result="ignored")
-        return answer(environ, "jenkins", "other", "ignored", 200, began, reason=str(busy))
+        return _busy(environ, "jenkins", "other", began, busy)
     except InvalidPayload as err:
         return answer(environ, "jenkins", "other", "invalid", 400, began, reason=str(err))
     event = "completed" if note.done else "started" if note.phase == "STARTED" else "other"
