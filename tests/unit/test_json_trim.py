@@ -101,7 +101,7 @@ def test_a_body_of_members_at_its_top_is_refused_within_a_second():
     """Members of an object selected from (the body's top, a push's project, a notification's
     build) are followed one at a time too: 25 MiB of `"a":1,` held a web thread for 16 s."""
     body = b'{"project": {' + b'"a":1,' * (MAX_STEPS + 1) + b'"id": 1}}'
-    started = time.monotonic()
+    started = time.process_time()  # its CPU (0.4 s here): the shared machine's load aside
     with pytest.raises(TrimmedTooLarge):
         trimmed(body, PUSH_SPEC)
-    assert time.monotonic() - started < 2
+    assert time.process_time() - started < 2
