@@ -43,8 +43,8 @@ from workers.core.notification_payload import NOTIFICATION_SPEC, notification_fi
 from workers.core.push_payload import PUSH_SPEC
 from workers.core.notifications import job_matches, moved_job, other_run
 from workers.core.routing import (
-    Ignored, JenkinsNotification, Push, parse_gitlab_push_body, parse_jenkins_notification,
-    push_commit_key, route_push)
+    GITLAB_BUILD_EVENTS, SYSTEM_HOOK, Ignored, JenkinsNotification, Push, parse_gitlab_push_body,
+    parse_jenkins_notification, push_commit_key, route_push)
 
 log = logging.getLogger("ci_autoscaler.webhooks")
 
@@ -118,7 +118,12 @@ def gitlab(ctx: WebContext, environ: Environ,
         try:
             body, mac = _gitlab_body(ctx, environ)
         except Busy as busy:
-            return _busy(environ, "gitlab", event, began, busy)
+            if header in GITLAB_BUILD_EVENTS or header == SYSTEM_HOOK:
+                return _busy(environ, "gitlab", event, began, busy)
+            # a merge request's or a pipeline's: nothing to store, read or not (a 503 would
+            # count towards GitLab disabling the hook)
+            reason = f"{busy}; event {header!r} does not start builds"
+            return answer(environ, "gitlab", event, "ignored", 200, began, reason=reason)
         except TrimmedTooLarge as too:
             # a field no push has (a 20 MB ref): ignored, as one past its bound is (a 413
             # would count towards GitLab disabling the hook); the catch-up builds its commit

@@ -128,6 +128,10 @@ def test_a_delivery_past_the_limit_while_two_others_are_read_is_503_busy_not_200
         response = gitlab(client, PUSH, **{"Idempotency-Key": "busy-1"})
         assert (response.status_code, response.json["status"]) == (503, "busy"), response.json
         assert "being read" in response.json["reason"]
+        # a merge request's event builds nothing: ignored, 200, read or not
+        response = gitlab(client, fixture_bytes("gitlab_merge_request_open_real_lrz.json"),
+                          event="Merge Request Hook")
+        assert (response.status_code, response.json["status"]) == (200, "ignored"), response.json
         note = fixture("jenkins_notification_completed_unstable.json")
         note["build"]["log"] = "x" * 2048
         response = jenkins(client, note)
