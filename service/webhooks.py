@@ -29,7 +29,7 @@ from typing import Any
 from service import signing, store
 from service.app import WebContext
 from service.edge import (
-    BodyTooLarge, Environ, Handler, answer, body_refusals_counted, log_rejection,
+    BodyTooLarge, Environ, Handler, answer, body_refusals_counted, drain_body, log_rejection,
     query_value, raw_query_value, read_body)
 from service.gitlab_instances import InstanceGuard
 from service.trimmed_body import Busy, read_trimmed
@@ -43,8 +43,8 @@ from workers.core.notification_payload import NOTIFICATION_SPEC, notification_fi
 from workers.core.push_payload import PUSH_SPEC
 from workers.core.notifications import job_matches, moved_job, other_run
 from workers.core.routing import (
-    GITLAB_BUILD_EVENTS, SYSTEM_HOOK, Ignored, JenkinsNotification, Push, parse_gitlab_push_body,
-    parse_jenkins_notification, push_commit_key, route_push)
+    GITLAB_BUILD_EVENTS, SYSTEM_HOOK, Ignored, JenkinsNotification, Push, not_a_build_event,
+    parse_gitlab_push_body, parse_jenkins_notification, push_commit_key, route_push)
 
 log = logging.getLogger("ci_autoscaler.webhooks")
 
@@ -116,14 +116,11 @@ def gitlab(ctx: WebContext, environ: Environ,
                        reason="X-Gitlab-Token does not match")
     with body_refusals_counted("gitlab", event, began):  # 413, 400, 408 counted too
         try:
-            body, mac = _gitlab_body(ctx, environ)
+            body, mac = _gitlab_body(ctx, environ, header)
         except Busy as busy:
-            if header in GITLAB_BUILD_EVENTS or header == SYSTEM_HOOK:
-                return _busy(environ, "gitlab", event, began, busy)
-            # a merge request's or a pipeline's: nothing to store, read or not (a 503 would
-            # count towards GitLab disabling the hook)
-            reason = f"{busy}; event {header!r} does not start builds"
-            return answer(environ, "gitlab", event, "ignored", 200, began, reason=reason)
+            return _busy(environ, "gitlab", event, began, busy)
+        except _NoBuild as unread:
+            return answer(environ, "gitlab", event, "ignored", 200, began, reason=str(unread))
         except TrimmedTooLarge as too:
             # a field no push has (a 20 MB ref): ignored, as one past its bound is (a 413
             # would count towards GitLab disabling the hook); the catch-up builds its commit
@@ -189,15 +186,26 @@ def gitlab(ctx: WebContext, environ: Environ,
                   build_key=build.build_key)
 
 
-def _gitlab_body(ctx: WebContext, environ: Environ) -> tuple[bytes, hmac.HMAC | None]:
+class _NoBuild(Exception):
+    """An event that starts no build (a merge request's, a pipeline's) past the limit: drained
+    unread, as nothing of it is read however small."""
+
+
+def _gitlab_body(ctx: WebContext, environ: Environ,
+                 header: str | None) -> tuple[bytes, hmac.HMAC | None]:
     """A push's body, and (when it was read in pieces and a signing token is set) its
     signature so far. Past the limit, a real push can be (its commits' messages and file
     lists), and GitLab never sends it again: it is read to its end in pieces, up to GitLab's
     largest, and kept trimmed to the fields a push is read for (service.trimmed_body); a
-    larger one cannot come from GitLab and is 413."""
+    larger one cannot come from GitLab and is 413. An event that builds nothing is drained
+    (_NoBuild): trimmed, it took one of the two reads a push past the limit needs, and its
+    bad JSON was a 400 where a small one's is 200 ignored."""
     try:
         return read_body(environ, ctx.settings.max_body_bytes), None
     except BodyTooLarge as err:
+        if header not in GITLAB_BUILD_EVENTS and header != SYSTEM_HOOK:
+            drain_body(environ, GITLAB_MAX_BODY_BYTES, already=err.read)
+            raise _NoBuild(f"{err}: {not_a_build_event(header).reason}") from None
         mac = None if ctx.gitlab_signing_key is None else signing.start(
             ctx.gitlab_signing_key, environ.get("HTTP_WEBHOOK_ID") or "",
             environ.get("HTTP_WEBHOOK_TIMESTAMP") or "")

@@ -128,10 +128,11 @@ def test_a_delivery_past_the_limit_while_two_others_are_read_is_503_busy_not_200
         response = gitlab(client, PUSH, **{"Idempotency-Key": "busy-1"})
         assert (response.status_code, response.json["status"]) == (503, "busy"), response.json
         assert "being read" in response.json["reason"]
-        # a merge request's event builds nothing: ignored, 200, read or not
+        # a merge request's event builds nothing: drained unread, 200 ignored, busy or not
         response = gitlab(client, fixture_bytes("gitlab_merge_request_open_real_lrz.json"),
                           event="Merge Request Hook")
         assert (response.status_code, response.json["status"]) == (200, "ignored"), response.json
+        assert "does not start builds" in response.json["reason"]
         note = fixture("jenkins_notification_completed_unstable.json")
         note["build"]["log"] = "x" * 2048
         response = jenkins(client, note)
@@ -143,6 +144,21 @@ def test_a_delivery_past_the_limit_while_two_others_are_read_is_503_busy_not_200
     response = gitlab(client, PUSH, **{"Idempotency-Key": "busy-1"})  # a person's Resend
     assert (response.status_code, response.json["status"]) == (202, "queued"), response.json
     assert stored() == 1
+
+
+def test_an_event_that_builds_nothing_past_the_limit_is_drained_unread_and_ignored(
+        redis_url, stored):
+    """Nothing of a merge request's event is read, however large: it is not trimmed (which
+    took one of the two reads pushes past the limit have), and its body's JSON is not judged
+    (a 400 counts towards GitLab disabling the hook; a small one's is 200 ignored too)."""
+    client = make_app(redis_url, max_body_bytes=1024).test_client()
+    for body in (fixture_bytes("gitlab_merge_request_open_real_lrz.json"),
+                 b'{"object_kind": "merge_request", ' + b"x" * 2048):
+        response = gitlab(client, body, event="Merge Request Hook")
+        assert (response.status_code, response.json["status"]) == (200, "ignored"), \
+            response.json
+        assert "'Merge Request Hook' does not start builds" in response.json["reason"]
+    assert stored() == 0
 
 
 def _invalid_counted(client) -> dict[str, float]:
