@@ -91,10 +91,10 @@ def test_members_kept_past_the_bound_are_refused_as_they_arrive():
 def test_a_body_of_nested_brackets_is_refused_within_a_second():
     """Brackets are followed one at a time: a token holder's 25 MiB of them took 25 s."""
     body = b'{"commits": [' + b"[[]]," * (MAX_STEPS + 1) + b"[]]}"  # one bracket each
-    started = time.monotonic()
+    started = time.process_time()  # its CPU: the shared machine's load aside
     with pytest.raises(TrimmedTooLarge):
         trimmed(body, PUSH_SPEC)
-    assert time.monotonic() - started < 2
+    assert time.process_time() - started < 2
 
 
 def test_a_body_of_members_at_its_top_is_refused_within_a_second():
