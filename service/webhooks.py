@@ -8,7 +8,8 @@ push Redis could not take, in the pod's spool: service.store), 200 duplicate or 
 token or (when a signing token is set) a bad or stale GitLab signature, 400 bad body, 413 body
 too large (over GitLab's own 25 MB; a notification over 64 MiB), 503 when neither Redis nor the
 spool could store the event (a STARTED or an ending Jenkins notification Redis cannot take is
-spooled too: the plugin ignores our answer; the drainer hands it to `notification` later).
+spooled too: the plugin ignores our answer; the drainer hands it to `notification` later), or
+(`busy`) when nothing could read it: a body past the limit that found others being read.
 Never a 5xx for an event that was handled. A body past the web's limit is read in pieces and
 trimmed to the fields read (service.trimmed_body), not refused: a real push or COMPLETED can be
 that large, and neither sender sends it again. A GitLab push with a field that breaks a rule
@@ -28,7 +29,7 @@ from typing import Any
 from service import signing, store
 from service.app import WebContext
 from service.edge import (
-    BodyTooLarge, Environ, Handler, answer, body_refusals_counted, log_rejection,
+    BodyTooLarge, Environ, Handler, answer, body_refusals_counted, drain_body, log_rejection,
     query_value, raw_query_value, read_body)
 from service.gitlab_instances import InstanceGuard
 from service.trimmed_body import Busy, read_trimmed
@@ -42,8 +43,8 @@ from workers.core.notification_payload import NOTIFICATION_SPEC, notification_fi
 from workers.core.push_payload import PUSH_SPEC
 from workers.core.notifications import job_matches, moved_job, other_run
 from workers.core.routing import (
-    Ignored, JenkinsNotification, Push, parse_gitlab_push_body, parse_jenkins_notification,
-    push_commit_key, route_push)
+    GITLAB_BUILD_EVENTS, SYSTEM_HOOK, Ignored, JenkinsNotification, Push, not_a_build_event,
+    parse_gitlab_push_body, parse_jenkins_notification, push_commit_key, route_push)
 
 log = logging.getLogger("ci_autoscaler.webhooks")
 
@@ -115,11 +116,15 @@ def gitlab(ctx: WebContext, environ: Environ,
                        reason="X-Gitlab-Token does not match")
     with body_refusals_counted("gitlab", event, began):  # 413, 400, 408 counted too
         try:
-            body, mac = _gitlab_body(ctx, environ)
-        except (TrimmedTooLarge, Busy) as too:
-            # a field no push has (a 20 MB ref), or other large bodies being read: ignored,
-            # as one past its bound is (a 413 would count towards GitLab disabling the hook);
-            # the catch-up builds its commit if it is real
+            body, mac = _gitlab_body(ctx, environ, header)
+        except Busy as busy:
+            return _busy(environ, "gitlab", event, began, busy)
+        except _NoBuild as unread:
+            return answer(environ, "gitlab", event, "ignored", 200, began, reason=str(unread))
+        except TrimmedTooLarge as too:
+            # a field no push has (a 20 MB ref): ignored, as one past its bound is (a 413
+            # would count towards GitLab disabling the hook); the catch-up builds its commit
+            # if it is real
             reason = f"{too}; ignored"
             log_rejection(environ, 200, reason, source="gitlab", result="ignored")
             return answer(environ, "gitlab", event, "ignored", 200, began, reason=reason)
@@ -181,21 +186,43 @@ def gitlab(ctx: WebContext, environ: Environ,
                   build_key=build.build_key)
 
 
-def _gitlab_body(ctx: WebContext, environ: Environ) -> tuple[bytes, hmac.HMAC | None]:
+class _NoBuild(Exception):
+    """An event that starts no build (a merge request's, a pipeline's) past the limit: drained
+    unread, as nothing of it is read however small."""
+
+
+def _gitlab_body(ctx: WebContext, environ: Environ,
+                 header: str | None) -> tuple[bytes, hmac.HMAC | None]:
     """A push's body, and (when it was read in pieces and a signing token is set) its
     signature so far. Past the limit, a real push can be (its commits' messages and file
     lists), and GitLab never sends it again: it is read to its end in pieces, up to GitLab's
     largest, and kept trimmed to the fields a push is read for (service.trimmed_body); a
-    larger one cannot come from GitLab and is 413."""
+    larger one cannot come from GitLab and is 413. An event that builds nothing is drained
+    (_NoBuild): trimmed, it took one of the two reads a push past the limit needs, and its
+    bad JSON was a 400 where a small one's is 200 ignored."""
     try:
         return read_body(environ, ctx.settings.max_body_bytes), None
     except BodyTooLarge as err:
+        if header not in GITLAB_BUILD_EVENTS and header != SYSTEM_HOOK:
+            drain_body(environ, GITLAB_MAX_BODY_BYTES, already=err.read)
+            raise _NoBuild(f"{err}: {not_a_build_event(header).reason}") from None
         mac = None if ctx.gitlab_signing_key is None else signing.start(
             ctx.gitlab_signing_key, environ.get("HTTP_WEBHOOK_ID") or "",
             environ.get("HTTP_WEBHOOK_TIMESTAMP") or "")
         return read_trimmed(environ, PUSH_SPEC, too_large=err, mac=mac,
                             kept_limit=ctx.settings.max_body_bytes,
                             most=GITLAB_MAX_BODY_BYTES), mac
+
+
+def _busy(environ: Environ, source: str, event: str, began: float,
+          busy: Busy) -> tuple[int, dict[str, Any]]:
+    """A valid delivery past the limit that nothing read, as OVERSIZED_READS others were
+    being read (service.trimmed_body): 503, as when nothing could store it, and logged. It was
+    200 ignored, a push GitLab showed as delivered and lost (it never re-sends; a person can
+    press Resend on a failed one, with its Idempotency-Key). A wait for a read to end would
+    hold a thread as a read does: token holders' slow bodies would hold every thread."""
+    log_rejection(environ, 503, str(busy), source=source, result="busy")
+    return answer(environ, source, event, "busy", 503, began, reason=str(busy))
 
 
 def _jenkins_body(ctx: WebContext, environ: Environ) -> bytes:
@@ -237,8 +264,7 @@ def jenkins(ctx: WebContext, environ: Environ) -> tuple[int, dict[str, Any]]:
         payload = notification_fields(body)
         note = parse_jenkins_notification(payload)
     except Busy as busy:  # a reconcile pass releases the agent of its build
-        log_rejection(environ, 200, str(busy), source="jenkins", result="ignored")
-        return answer(environ, "jenkins", "other", "ignored", 200, began, reason=str(busy))
+        return _busy(environ, "jenkins", "other", began, busy)
     except InvalidPayload as err:
         return answer(environ, "jenkins", "other", "invalid", 400, began, reason=str(err))
     event = "completed" if note.done else "started" if note.phase == "STARTED" else "other"

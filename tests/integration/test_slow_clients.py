@@ -213,9 +213,10 @@ def test_slow_bodies_over_the_limit_with_a_token_hold_two_threads_at_most(web):
     thread, and trimmed to the fields read (service.trimmed_body): a real one is built. Its
     thread waits for it for up to the body's 10 s, so a worker reads OVERSIZED_READS such
     bodies at once: THREADS + 2 token holders that sent a Content-Length over the limit, and
-    their bodies slowly, hold that many threads; the others are answered 200 ignored at once
-    and the main loop reads the rest and drops it; pushes and /healthz are answered
-    meanwhile. Read on every thread, they held them all, and a real push waited 19 s."""
+    their bodies slowly, hold that many threads; the others are answered 503 busy at once
+    (unread, so unstored: a 200 told GitLab a push it never sends again was delivered) and
+    the main loop reads the rest and drops it; pushes and /healthz are answered meanwhile.
+    Read on every thread, they held them all, and a real push waited 19 s."""
     length = DEFAULT_MAX_BODY_BYTES + 1
     held = [_half_open(web.port, _push_head(length) + b" " * 100) for _ in range(THREADS + 2)]
     try:
@@ -230,7 +231,7 @@ def test_slow_bodies_over_the_limit_with_a_token_hold_two_threads_at_most(web):
         assert len(done) == others  # the rest are being read, up to the body's deadline
         for sock in done:
             reply = sock.recv(65536)
-            assert reply.startswith(b"HTTP/1.1 200 ") and b'"ignored"' in reply, reply
+            assert reply.startswith(b"HTTP/1.1 503 ") and b'"busy"' in reply, reply
             assert b"being read" in reply and b"Connection: close" in reply, reply
         done[0].sendall(b" " * (length - 100))  # the rest is read, not refused with a reset
         done[0].settimeout(5)

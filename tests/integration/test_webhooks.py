@@ -5,6 +5,7 @@ import logging
 
 import pytest
 
+from service import trimmed_body
 from service.app import create_app
 from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN, make_app, make_settings, spool_dir
 from tests.support.payloads import EXAMPLE_CONFIG, fixture, fixture_bytes
@@ -111,6 +112,53 @@ def test_a_push_over_the_limit_is_queued_and_a_larger_body_than_gitlab_sends_is_
         response = client.post(f"/webhooks/jenkins?token={JENKINS_TOKEN}", data=body)
         assert response.status_code == 400 and "JSON" in response.json["reason"], body[:20]
         assert gitlab(client, body).status_code == 400
+
+
+def test_a_delivery_past_the_limit_while_two_others_are_read_is_503_busy_not_200(
+        redis_url, stored):
+    """Two bodies past the limit being read (by other threads: trimmed_body's slots taken
+    here as theirs take them), a third valid push is read by nothing and stored nowhere: 503,
+    as when nothing could store it. It was 200 ignored: GitLab showed the push delivered,
+    never sent it again, and no one could press Resend for it."""
+    client = make_app(redis_url, max_body_bytes=1024).test_client()
+    taken = [trimmed_body._reading.acquire(blocking=False)
+             for _ in range(trimmed_body.OVERSIZED_READS)]
+    try:
+        assert all(taken)
+        response = gitlab(client, PUSH, **{"Idempotency-Key": "busy-1"})
+        assert (response.status_code, response.json["status"]) == (503, "busy"), response.json
+        assert "being read" in response.json["reason"]
+        # a merge request's event builds nothing: drained unread, 200 ignored, busy or not
+        response = gitlab(client, fixture_bytes("gitlab_merge_request_open_real_lrz.json"),
+                          event="Merge Request Hook")
+        assert (response.status_code, response.json["status"]) == (200, "ignored"), response.json
+        assert "does not start builds" in response.json["reason"]
+        note = fixture("jenkins_notification_completed_unstable.json")
+        note["build"]["log"] = "x" * 2048
+        response = jenkins(client, note)
+        assert (response.status_code, response.json["status"]) == (503, "busy"), response.json
+        assert stored() == 0
+    finally:
+        for _ in taken:
+            trimmed_body._reading.release()
+    response = gitlab(client, PUSH, **{"Idempotency-Key": "busy-1"})  # a person's Resend
+    assert (response.status_code, response.json["status"]) == (202, "queued"), response.json
+    assert stored() == 1
+
+
+def test_an_event_that_builds_nothing_past_the_limit_is_drained_unread_and_ignored(
+        redis_url, stored):
+    """Nothing of a merge request's event is read, however large: it is not trimmed (which
+    took one of the two reads pushes past the limit have), and its body's JSON is not judged
+    (a 400 counts towards GitLab disabling the hook; a small one's is 200 ignored too)."""
+    client = make_app(redis_url, max_body_bytes=1024).test_client()
+    for body in (fixture_bytes("gitlab_merge_request_open_real_lrz.json"),
+                 b'{"object_kind": "merge_request", ' + b"x" * 2048):
+        response = gitlab(client, body, event="Merge Request Hook")
+        assert (response.status_code, response.json["status"]) == (200, "ignored"), \
+            response.json
+        assert "'Merge Request Hook' does not start builds" in response.json["reason"]
+    assert stored() == 0
 
 
 def _invalid_counted(client) -> dict[str, float]:

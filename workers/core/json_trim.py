@@ -27,18 +27,19 @@ _WS = re.compile(rb"[ \t\r\n]*+")
 # Inside a value: a run of what is neither a bracket nor the start of an unfinished string,
 # complete strings and arrays or objects with nothing nested in them included (a commit's
 # author and file lists, an artifact's URLs), taken in one step (possessive: no backtracking,
-# whatever its size). The brackets left are followed one at a time, up to MAX_BRACKETS.
+# whatever its size). The brackets left are followed one at a time, up to MAX_STEPS.
 _STR = rb'"(?:[^"\\]++|\\.)*+"'
 _FLAT = rb'[\[{](?:[^"{}\[\]]++|' + _STR + rb')*+[\]}]'
 _RUN = re.compile(rb'(?:[^"{}\[\]]++|' + _STR + rb'|' + _FLAT + rb')*+', re.S)
 _STRING_REST = re.compile(rb'(?:[^"\\]++|\\.)*+', re.S)
 _SCALAR = re.compile(rb"[^,}\] \t\r\n]*+")
 _MAX_KEY_BYTES = 256  # a longer member name is no name a spec holds
-# Brackets followed one at a time (3 us each here: a third of a second): a real push has a few
-# per commit, a COMPLETED a few in all (its artifacts, changed files and failed tests are flat
-# lists and objects, taken by _RUN); a body of `[[[]]],...` past this is no delivery of theirs,
-# and 25 MiB of it held a web thread for 25 s.
-MAX_BRACKETS = 100_000
+# Brackets, and members of the objects selected from, followed one at a time (3 us each here: a
+# third of a second): a real push has a few brackets per commit and some 20 members at its top, a
+# COMPLETED a few in all (its artifacts, changed files and failed tests are flat lists and
+# objects, taken by _RUN); a body of `[[[]]],...` or `{"a":1,"a":1,...}` past this is no
+# delivery of theirs, and 25 MiB of either held a web thread for 25 s and 16 s.
+MAX_STEPS = 100_000
 
 
 class TrimmedTooLarge(Exception):
@@ -64,7 +65,7 @@ class Trimmer:
         # a value being kept or skipped: "keep", "skip" or None; its nesting and string state
         self.value: str | None = None
         self.depth, self.in_string, self.escape, self.scalar = 0, False, False, False
-        self.brackets = 0
+        self.steps = 0  # brackets and members followed one at a time (MAX_STEPS)
 
     def feed(self, data: bytes) -> None:
         if not data.isascii():
@@ -146,7 +147,14 @@ class Trimmer:
         if len(self.key) <= _MAX_KEY_BYTES:
             self.key += part[:_MAX_KEY_BYTES + 1 - len(self.key)]
 
+    def _step(self) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise TrimmedTooLarge(f"the body has more than {MAX_STEPS} arrays, objects and "
+                                  "members of the objects read")
+
     def _start_value(self, c: bytes) -> None:
+        self._step()  # a member of an object selected from
         frame = self.frames[-1]
         want = frame[0].get(bytes(self.key)) if len(self.key) <= _MAX_KEY_BYTES else None
         self.state = "after_value"
@@ -192,10 +200,7 @@ class Trimmer:
                         self.in_string = True
                     elif c in (0x7B, 0x5B):
                         self.depth += 1
-                        self.brackets += 1
-                        if self.brackets > MAX_BRACKETS:
-                            raise TrimmedTooLarge(f"the body nests more than {MAX_BRACKETS} "
-                                                  "arrays and objects")
+                        self._step()
                     else:
                         self.depth -= 1
                         if self.depth < 0:

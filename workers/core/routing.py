@@ -64,7 +64,7 @@ def _field(payload: dict[str, Any], path: str, kind: type) -> Any:
     return value
 
 
-def _not_a_build_event(event_header: str | None) -> Ignored:
+def not_a_build_event(event_header: str | None) -> Ignored:
     """Why an event other than a push or tag push is ignored: its X-Gitlab-Event, or that it
     has none (GitLab sends it with every delivery; a request made by hand, or GitHub's, lacks
     it), which read "event None does not start builds"."""
@@ -83,7 +83,7 @@ def parse_gitlab_push_body(event_header: str | None, body: bytes) -> Push | Igno
         if event_header is None:
             return Ignored(f"system hook event {name!r} does not start builds")
     if GITLAB_BUILD_EVENTS.get(event_header or "") is None:
-        return _not_a_build_event(event_header)
+        return not_a_build_event(event_header)
     try:
         return parse_gitlab_push(event_header, push_fields(body))
     except FieldTooLong as err:
@@ -95,7 +95,7 @@ def parse_gitlab_push(event_header: str | None, payload: Any) -> Push | Ignored:
     and so is a push whose sha, ref, project path or user breaks workers.core.validation."""
     event = GITLAB_BUILD_EVENTS.get(event_header or "")
     if event is None:
-        return _not_a_build_event(event_header)
+        return not_a_build_event(event_header)
     if not isinstance(payload, dict):
         raise InvalidPayload("body must be a JSON object")
     ref = _field(payload, "ref", str)
