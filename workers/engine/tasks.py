@@ -566,11 +566,17 @@ def release_agent(build_key: str, agent_name: str, reason: str = "build_complete
         if not lease.acquire():
             raise RetryableError(f"build {build_key} is being provisioned: released after it")
         try:
-            with Heartbeat(lease, what=f"release {build_key}"):  # a slow release keeps it too
+            with Heartbeat(lease, what=f"release {build_key}") as beat:  # a slow one keeps it
                 if notification is not None:
                     ended = run_confirm.confirmed(rt, build_key, notification)
                     if ended is None:
                         return {"build_key": build_key, "released": False}
+                    # Not once the lease is lost (held up in Jenkins' answer, frozen, cut off
+                    # from Redis): the reconcile loop freed it and provisions the build again,
+                    # and this release, going on beside it, marked the build released and freed
+                    # its room while the new pod was made (left running for a released build).
+                    # Retried (JOB_RETRY): it releases the build once the lease is its own.
+                    beat.check("its end recorded")
                     rt.state.update_build(build_key, status=BuildStatus.DONE, **ended)
                 return release(rt, build_key, _current_agent(rt, build_key, agent_name),
                                reason)
