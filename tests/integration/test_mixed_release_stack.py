@@ -3,8 +3,9 @@ reconcile loop beside the last landed release's (its tree from `git archive`), o
 kmock over HTTP and the Jenkins fake, as `helm upgrade` runs them for minutes (README,
 Development, rolling upgrades). Pushes reach either web; the old worker provisions the first
 ones alone, then the new one starts and the old one stops, as pods roll; each build's end
-goes to the other web; every build is triggered once, runs on its agent and is released,
-and neither web's pages fail on what the other release wrote."""
+goes to the other web; the reconcile loops lead in turn (the old one first). Every build is
+triggered once, runs on its agent and is released, and neither web's pages fail on what the
+other release wrote."""
 
 import json
 import subprocess
@@ -70,6 +71,11 @@ def listening(logs: Path, name: str, times: int) -> None:
                timeout=SOON, what=f"{name} listening")
 
 
+def passes(logs: Path, name: str, times: int) -> None:
+    wait_until(lambda: (logs / f"{name}.log").read_text().count('"msg":"reconciled"') >= times,
+               timeout=SOON, what=f"{name}'s passes")
+
+
 def test_todays_processes_and_the_landed_releases_build_every_push_once(tmp_path):
     tree = landed_tree(tmp_path)
     server = RedisServer(tmp_path / "redis").start()
@@ -87,9 +93,14 @@ def test_todays_processes_and_the_landed_releases_build_every_push_once(tmp_path
             with running_stack(redis_url=server.url, kube=kube, jenkins_fake=jenkins,
                                config=config, namespace=NAMESPACE, logs=logs,
                                CI_AUTOSCALER_SCALE_UP_PODS="false") as today:
+                # passes every second (the leader's lease lapses after 3), so that each
+                # release's loop, leading in turn, runs passes over the other's builds
+                fast = today.commands["reconcile"] + " --interval 1"
+                today.procs["reconcile"].terminate()
+                today.procs["reconcile"].wait(timeout=SOON)
                 for line in ("worker", "reconcile"):
-                    today.start_line(line, f"old-{line}", command=landed(
-                        tree, today.commands[line]))
+                    today.start_line(line, f"old-{line}", command=landed(tree, fast if (
+                        line == "reconcile") else today.commands[line]))
                 # the old web pod: its own port and spool (the chart's are per pod)
                 old_web = Stack.__new__(Stack)
                 old_web.port, old_web.logs, old_web.env = free_port(), logs, today.env
@@ -113,6 +124,10 @@ def test_todays_processes_and_the_landed_releases_build_every_push_once(tmp_path
                     today.start_line("worker")
                     listening(logs, "worker", before + 1)
                     today.procs["old-worker"].terminate()
+                    passes(logs, "old-reconcile", 2)
+                    led = (logs / "reconcile.log").read_text().count('"msg":"reconciled"')
+                    today.start_line("reconcile", command=fast)
+                    today.procs["old-reconcile"].terminate()
                     keys += [push(webs[i % 2], f"mixed-{i}") for i in range(PUSHES // 2, PUSHES)]
                     for i, key in enumerate(keys):
                         run = wait_until(lambda: next(
@@ -127,6 +142,7 @@ def test_todays_processes_and_the_landed_releases_build_every_push_once(tmp_path
                     wait_until(lambda: all(r.hget(f"cia:build:{k}", "status") == "released"
                                            for k in keys), timeout=SOON,
                                what=lambda: [r.hgetall(f"cia:build:{k}") for k in keys])
+                    passes(logs, "reconcile", led + 2)  # today's over the old one's builds
                     for web in webs:
                         for path in ("/metrics", "/status"):
                             status, text = web.request(path)
