@@ -77,3 +77,32 @@ def test_an_avoided_node_is_chosen_only_when_no_other_node_takes_the_build(clust
         flags = [avoided(next(n for n in cluster if n.name == name), template)
                  for name, _ in more.others]
         assert flags == sorted(flags)
+
+
+def test_many_nodes_to_avoid_are_not_read_one_by_one():
+    """Cluster Autoscaler soft-taints every node it finds unneeded, 10 a loop: a third of
+    3,000 nodes so tainted, a decision and its candidates read a few nodes, as without them.
+    Left out one by one, every decision read each tainted node (1,500 of 5,000: 117 ms)."""
+    import random
+
+    from tests.unit.test_placement_index import CountingList
+    rng = random.Random(7)
+    shapes = [Resources(4000, 16 * GI), Resources(8000, 32 * GI), Resources(16000, 64 * GI)]
+    cluster = []
+    for i in range(3000):
+        alloc = rng.choice(shapes)
+        cluster.append(NodeState(
+            f"n{i:05d}", alloc, taints=(CANDIDATE,) if i % 3 == 0 else (),
+            requested=Resources(rng.randrange(alloc.cpu_millis),
+                                rng.randrange(alloc.memory_bytes)),
+            usage=Resources(rng.randrange(alloc.cpu_millis), rng.randrange(alloc.memory_bytes))))
+    index = PlacementIndex()
+    index.replace_all(cluster)
+    index.alternates(TEMPLATE, index.decide(TEMPLATE), 2)  # (its classes built)
+    index._fc, index._fm = CountingList(index._fc), CountingList(index._fm)
+    CountingList.reads = 0
+    fast = index.alternates(TEMPLATE, index.decide(TEMPLATE), 2)
+    assert CountingList.reads < 150, CountingList.reads  # of ~2,000 nodes to prefer
+    reference = decide(TEMPLATE, cluster)
+    assert fast == alternates(TEMPLATE, cluster, reference, 2)
+    assert not avoided(next(n for n in cluster if n.name == fast.node), TEMPLATE)

@@ -103,6 +103,7 @@ def plan(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState], reference:
     existing = sorted(nodes, key=lambda n: n.name)
     room = {n.name: free(n, target_utilisation) for n in existing}
     fresh: list[Holding] = []
+    pools: dict[tuple[Resources, Limits], list[Holding]] = {}  # (_onto_pool)
     assignment: dict[str, str | None] = {}
     extras = _Extras()
     for w in order:
@@ -115,10 +116,39 @@ def plan(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState], reference:
             assignment[w.build_key] = target
             extras.take(target, need)
             continue
-        if need.extended and not any(why_not(n, w.template) is None for n in existing):
-            need = _pool_unseen(need, fresh_limits)
+        if need.extended:
+            pool = next((n for n in existing if why_not(n, w.template) is None), None)
+            if pool is None:
+                need = _pool_unseen(need, fresh_limits)
+            elif _none_of(need, fresh_limits):
+                assignment[w.build_key] = _onto_pool(w.min_size, need, pool, per_node, pools)
+                continue
         assignment[w.build_key] = _onto_fresh(w.min_size, need, reference, fresh, fresh_limits)
-    return Plan(nodes_needed=len(fresh), assignment=assignment)
+    return Plan(nodes_needed=len(fresh) + sum(map(len, pools.values())), assignment=assignment)
+
+
+def _none_of(need: Needs, limits: Limits | None) -> bool:
+    """A fresh node of these limits has none of an extended resource `need` asks (a CPU
+    node, for a GPU build)."""
+    have = dict(limits.extended) if limits is not None else None
+    return have is not None and any(have.get(name, 0) <= 0 for name, _ in need.extended)
+
+
+def _onto_pool(size: Resources, need: Needs, pool: NodeState, per_node: Resources,
+               pools: dict[tuple[Resources, Limits], list[Holding]]) -> str | None:
+    """First fit onto fresh nodes of the build's own pool, shaped as `pool` (the first node by
+    name the template may use), apart from the reference shape's: a build asking an extended
+    resource a node of the reference shape has none of (a GPU build waiting beside builds of
+    a more common CPU pool, whose shape is the reference) while its pool has nodes. Left out
+    of nodes_needed as unplaceable, a GPU pool at its maximum and full paged no one while a
+    CPU warm pool below its min or a CPU build about to be placed set the shape: nodes_needed
+    0, and CIClusterShortOfCapacity's 5 minutes began again at every such refresh. Planned
+    onto the reference shape by its cpu (before), CPU nodes were asked for that never start
+    it. `pools` holds each shape's fresh nodes (updated in place): `new-<shape>-<i>`."""
+    shape = (pool.allocatable, pool.limits)
+    fresh = pools.setdefault(shape, [])
+    at = _onto_fresh(size, need, fresh_room(pool.allocatable, per_node), fresh, pool.limits)
+    return None if at is None else f"new-{list(pools).index(shape)}-{at[len('new-'):]}"
 
 
 def _pool_unseen(need: Needs, limits: Limits | None) -> Needs:
@@ -266,6 +296,7 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
     scans: dict[tuple, list] = {}  # (key, cpu, memory) -> [lazy hits, last hit]
     failed: dict[tuple, list[tuple[int, int]]] = {}  # key -> sizes that found no node
     fresh: list[Holding] = []
+    pools: dict[tuple[Resources, Limits], list[Holding]] = {}  # (as plan)
     assignment: dict[str, str | None] = {}
     extras = _Extras()
     for w in order:
@@ -288,8 +319,15 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
                 extras.take(slot, need)
                 assignment[w.build_key] = index.slot_name(slot)
             else:
-                if need.extended and not index.in_name_order(w.template, changed=changed):
+                names = index.in_name_order(w.template, changed=changed) \
+                    if need.extended else None
+                if names is not None and not names:
                     need = _pool_unseen(need, fresh_limits)  # (as plan)
+                elif names and _none_of(need, fresh_limits):
+                    assignment[w.build_key] = _onto_pool(
+                        w.min_size, need, index.node_state(names[0][1], changed), per_node,
+                        pools)
+                    continue
                 assignment[w.build_key] = _onto_fresh(w.min_size, need, reference, fresh,
                                                       fresh_limits)
             continue
@@ -325,7 +363,7 @@ def plan_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex, refere
             continue
         assignment[w.build_key] = _onto_fresh(w.min_size, ONE_POD, reference, fresh,
                                               fresh_limits)
-    return Plan(nodes_needed=len(fresh), assignment=assignment)
+    return Plan(nodes_needed=len(fresh) + sum(map(len, pools.values())), assignment=assignment)
 
 
 def capacity_state_on_index(waiting: Sequence[WaitingBuild], index: PlacementIndex,

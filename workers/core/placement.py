@@ -255,22 +255,22 @@ def avoided(node: NodeState, template: PodTemplate) -> bool:
                for t in node.taints)
 
 
-def preferring(decide_on: Callable[[frozenset[str]], "Decision"], soft: frozenset[str],
-               exclude_nodes: frozenset[str]) -> Decision:
-    """The decision on the nodes the template is not asked to avoid (`soft`: avoided), when
-    one takes it there at any size; else the decision on every node, its reason saying why
-    an avoided node took it. `decide_on(exclude)` decides with those nodes left out (the
-    same for decide and the index)."""
-    soft = soft - exclude_nodes
-    if soft:
-        first = decide_on(exclude_nodes | soft)
+def preferring(decide_on: Callable[[bool], "Decision"], any_soft: bool,
+               count_soft: Callable[[], int], is_soft: Callable[[str], bool]) -> Decision:
+    """The decision on the nodes the template is not asked to avoid (avoided), when one
+    takes it there at any size; else the decision on every node, its reason saying why an
+    avoided node took it. `decide_on(strict)` decides, with the nodes to avoid left out
+    when strict; `any_soft`: there are some (not excluded); `count_soft()`: how many;
+    `is_soft(name)`: whether one is (the same for decide and the index)."""
+    if any_soft:
+        first = decide_on(True)
         if isinstance(first, Placement):
             return first
-    decision = decide_on(exclude_nodes)
-    if soft and isinstance(decision, Placement) and decision.node in soft:
+    decision = decide_on(False)
+    if any_soft and isinstance(decision, Placement) and is_soft(decision.node):
         decision = replace(decision, reason=f"{decision.reason}; no node without a "
                                             f"PreferNoSchedule taint it does not tolerate "
-                                            f"({len(soft)} tainted) could take it")
+                                            f"({count_soft()} tainted) could take it")
     return decision
 
 
@@ -305,10 +305,12 @@ def decide(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: 
            exclude_nodes: frozenset[str] = frozenset()) -> Decision:
     """`decide_among`, on the nodes without a PreferNoSchedule taint the template does not
     tolerate first (avoided, preferring)."""
-    return preferring(lambda exclude: decide_among(
+    soft = frozenset(n.name for n in nodes if n.taints and n.name not in exclude_nodes
+                     and avoided(n, template))
+    return preferring(lambda strict: decide_among(
         template, nodes, waiting_ahead=waiting_ahead, target_utilisation=target_utilisation,
-        expected_use=expected_use, exclude_nodes=exclude),
-        frozenset(n.name for n in nodes if n.taints and avoided(n, template)), exclude_nodes)
+        expected_use=expected_use, exclude_nodes=exclude_nodes | soft if strict
+        else exclude_nodes), bool(soft), lambda: len(soft), soft.__contains__)
 
 
 def decide_among(template: PodTemplate, nodes: Sequence[NodeState], *, waiting_ahead: int = 0,
