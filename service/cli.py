@@ -139,7 +139,14 @@ def _web(args: argparse.Namespace) -> int:
     so does this command when none is given (`ci-autoscaler run`, `make run`): without it each
     scrape read one worker's counts, which Prometheus takes for counter resets."""
     from service.startup import ensure_metrics_dir
+    from workers.config.settings import load_settings
 
+    # The environment is checked before gunicorn is: its config module reads WEB_CONCURRENCY
+    # as it is imported, and `two` was a ValueError traceback there, before our start-up check.
+    try:
+        load_settings()
+    except ConfigError as err:
+        return _refused(err)
     ensure_metrics_dir()  # before the exec: its environment names the directory
     os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF),
                                "service.wsgi:app"])

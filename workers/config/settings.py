@@ -224,6 +224,11 @@ class Settings(BaseSettings):
     # of the pod's IP families (workers.adapters.listen).
     bind: str | None = Field(None, validation_alias=_env("CI_AUTOSCALER_BIND"))
     port: str | None = Field(None, validation_alias=_env("PORT"))
+    # gunicorn's worker processes of the web (service/gunicorn.conf.py reads the variable
+    # itself); checked here so that `two` or `0` is refused naming it: gunicorn crashed on
+    # `two` with a traceback as its config module loaded, and started no worker at all on `0`
+    # (its arbiter spawns that many: every connection then waited for ever).
+    web_concurrency: int = Field(2, ge=1, validation_alias=_env("WEB_CONCURRENCY"))
     # A second, internal port (host:port) for /metrics and /status, which the public port
     # then answers 404; unset: everything on the public port.
     admin_bind: str | None = Field(None, validation_alias=_env("CI_AUTOSCALER_ADMIN_BIND"))
