@@ -144,7 +144,7 @@ def _web(args: argparse.Namespace) -> int:
     # The environment is checked before gunicorn is: its config module reads WEB_CONCURRENCY
     # as it is imported, and `two` was a ValueError traceback there, before our start-up check.
     try:
-        load_settings()
+        load_settings(warn_unknown=False)  # gunicorn's master warns
     except ConfigError as err:
         return _refused(err)
     ensure_metrics_dir()  # before the exec: its environment names the directory
@@ -192,7 +192,8 @@ def _log_live(config, component: str) -> int:
 
     logs.configure("INFO")
     try:
-        report = live.run(load_settings(), config)
+        # its worker or reconcile process has logged the variables no setting reads
+        report = live.run(load_settings(warn_unknown=False), config)
     except Exception as err:  # a check that cannot run must not look like a crash
         logging.getLogger("ci_autoscaler.checks.live").warning(
             "start-up checks could not run",

@@ -25,6 +25,7 @@ from workers.core.scale_up import DEFAULT_IMAGE as SCALE_UP_IMAGE, DEFAULT_LIMIT
 from workers.core.image_pulls import PULL_RETRY_SECONDS
 from workers.core.start_failures import DEFAULT_FATAL_WAITING_REASONS
 from workers.core.usage_history import DEFAULT_HALF_LIFE_SECONDS
+from workers.config import unknown_variables
 from workers.config.spool_paths import default_spool_path
 
 # A webhook body up to this is read whole and parsed. A GitLab push lists at most 20 commits (its
@@ -588,7 +589,17 @@ def _descriptor(bind: str) -> bool:
     return bind.startswith("fd://") and bind[5:].isdecimal()
 
 
-def load_settings(**overrides: Any) -> Settings:
+def known_variables() -> set[str]:
+    """Every environment variable Settings reads."""
+    return {str(name) for field in Settings.model_fields.values()
+            for name in getattr(field.validation_alias, "choices", ())}
+
+
+def load_settings(*, warn_unknown: bool = True, **overrides: Any) -> Settings:
+    """The Settings, or ConfigError; CI_AUTOSCALER_* variables no setting reads are logged,
+    unless `warn_unknown` is false (a process whose next one, exec'd or started, logs them)."""
+    if warn_unknown:
+        unknown_variables.warn(known_variables())
     try:
         return Settings(**overrides)
     except ValidationError as err:
