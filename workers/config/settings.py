@@ -44,6 +44,9 @@ BUILD_TTL_SECONDS = 7 * 24 * 3600  # a finished build's state is kept this long
 RUN_MARK_MIN_TTL_SECONDS = 30 * 24 * 3600
 WEBHOOK_MAX_SKEW_SECONDS = 5 * 60  # the Standard Webhooks default tolerance
 CATCH_UP_INTERVAL_SECONDS = 120  # how often the catch-up compares GitLab's heads with builds
+# An HTTP header line as python-jenkins splits it (name before the first ':', kept as written):
+# the name an RFC 9110 token, no white space around it.
+_HEADER_LINE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+:.*")
 _WAITING_REASON = re.compile(r"^[A-Z][A-Za-z]{1,62}$")  # the kubelet's reasons: CamelCase words
 # An installation's identity: words a person reads in a Jenkins node's description
 # ("prod/ci-autoscaler", "team-a.staging").
@@ -89,6 +92,13 @@ class Settings(BaseSettings):
     jenkins_public_url: str = Field("", validation_alias=_env("JENKINS_PUBLIC_URL"))
     jenkins_user: str = Field("", validation_alias=_env("JENKINS_USER"))
     jenkins_api_token: SecretStr | None = Field(None, validation_alias=_env("JENKINS_API_TOKEN"))
+    # python-jenkins' own variable, which jenkins.Jenkins reads itself: one `Name: value` a
+    # line. It drops a line without ':' without a word (python-jenkins 1.8.3, jenkins/
+    # __init__.py: `if ":" in token`), so a proxy's credential written `Name=value` was never
+    # sent and every Jenkins call got the proxy's refusal. Checked here by its lines' form;
+    # its values (credentials) are never shown, nor kept in repr.
+    jenkins_api_extra_headers: str = Field("", repr=False,
+                                           validation_alias=_env("JENKINS_API_EXTRA_HEADERS"))
     gitlab_webhook_token: SecretStr | None = Field(
         None, validation_alias=_env("GITLAB_WEBHOOK_TOKEN"))
     jenkins_webhook_token: SecretStr | None = Field(
@@ -504,6 +514,17 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not host:port (a port from 1 to 65535), e.g. "
                              "*:8080 (every address), or unix:PATH, or fd://N")
         return value or None
+
+    @field_validator("jenkins_api_extra_headers")
+    @classmethod
+    def _extra_headers(cls, value: str) -> str:
+        bad = [str(number) for number, line in enumerate(value.split("\n"), 1)
+               if line.strip() and not _HEADER_LINE.fullmatch(line.rstrip("\r"))]
+        if bad:
+            raise ValueError(f"line {', '.join(bad)} is not `Name: value` (an HTTP header's "
+                             "name, a colon, its value; one header a line): python-jenkins "
+                             "drops such a line unsent, or requests refuses every call")
+        return value
 
     @field_validator("port")
     @classmethod
