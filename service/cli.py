@@ -729,7 +729,13 @@ def main(argv: list[str] | None = None) -> int:
         # are in.
         args.stopping = _stop_on_signals()
     logging.captureWarnings(True)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        # Ctrl-C before a command took SIGINT for itself (the demo's imports, seconds on a
+        # busy machine): a word and the shell's code for it, not the import stack
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
