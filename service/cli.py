@@ -139,7 +139,14 @@ def _web(args: argparse.Namespace) -> int:
     so does this command when none is given (`ci-autoscaler run`, `make run`): without it each
     scrape read one worker's counts, which Prometheus takes for counter resets."""
     from service.startup import ensure_metrics_dir
+    from workers.config.settings import load_settings
 
+    # The environment is checked before gunicorn is: its config module reads WEB_CONCURRENCY
+    # as it is imported, and `two` was a ValueError traceback there, before our start-up check.
+    try:
+        load_settings(warn_unknown=False)  # gunicorn's master warns
+    except ConfigError as err:
+        return _refused(err)
     ensure_metrics_dir()  # before the exec: its environment names the directory
     os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF),
                                "service.wsgi:app"])
@@ -185,7 +192,8 @@ def _log_live(config, component: str) -> int:
 
     logs.configure("INFO")
     try:
-        report = live.run(load_settings(), config)
+        # its worker or reconcile process has logged the variables no setting reads
+        report = live.run(load_settings(warn_unknown=False), config)
     except Exception as err:  # a check that cannot run must not look like a crash
         logging.getLogger("ci_autoscaler.checks.live").warning(
             "start-up checks could not run",
@@ -724,7 +732,13 @@ def main(argv: list[str] | None = None) -> int:
         # are in.
         args.stopping = _stop_on_signals()
     logging.captureWarnings(True)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        # Ctrl-C before a command took SIGINT for itself (the demo's imports, seconds on a
+        # busy machine): a word and the shell's code for it, not the import stack
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -286,5 +286,9 @@ def _cleanup(connection: redis.Redis, settings: Settings) -> None:
                 keys += list(connection.scan_iter(match=f"rq:*{job_id}*"))
         if keys:
             connection.delete(*keys)
+        # RQ lists every queue a job was put on in this set (rq 3.0 queue.py: an enqueue adds
+        # it, Queue.delete takes it out); left in it, each
+        # run's dead queue stayed in `rq info` on a shared Redis for ever
+        connection.srem("rq:queues", f"rq:queue:{settings.queue_name}")
     except redis.RedisError:
         pass

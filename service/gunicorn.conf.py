@@ -18,14 +18,25 @@ from workers.adapters import listen
 # request came in on; the same workers and threads serve both). A host of "*" is every address
 # of the IP families the pod has (workers.adapters.listen): [::] where one socket takes IPv4
 # and IPv6, 0.0.0.0 without IPv6; 0.0.0.0 alone left an IPv6-only pod's address unheard.
+# A PORT or WEB_CONCURRENCY that is no number is left to on_starting's check, which refuses it
+# naming the variable (workers.config.settings): read here as it was, gunicorn itself refused
+# PORT=abc without naming it ("'abc' is not a valid port number."), and the int() of
+# WEB_CONCURRENCY=two was a traceback.
+
+
+def _number(name: str, default: int) -> int:
+    value = os.environ.get(name) or ""
+    return int(value) if value.isdigit() and int(value) > 0 else default
+
+
 bind = [*listen.expand(os.environ.get("CI_AUTOSCALER_BIND")
-                       or f"{listen.EVERY_ADDRESS}:{os.environ.get('PORT') or 8080}"),
+                       or f"{listen.EVERY_ADDRESS}:{_number('PORT', 8080)}"),
         *listen.expand(os.environ.get("CI_AUTOSCALER_ADMIN_BIND") or "")]
 # Measured with bench/ingest.py (bench/results/ingest.md), 2 cores shared with Redis and the
 # load, with sync workers: 4 served webhooks no faster than 2 (-10%..+4% req/s in the same
 # rounds) but with a lower p99 at half load (8-15 ms against 11-22 ms), for two more processes'
 # memory; the default stays 2, raise WEB_CONCURRENCY where latency matters more than memory.
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+workers = _number("WEB_CONCURRENCY", 2)
 # gthread with its slow clients kept off the threads (service/http_worker.py): with sync, two
 # sockets that sent half a request line held both workers, and /healthz waited 31 s.
 worker_class = "service.http_worker.Worker"

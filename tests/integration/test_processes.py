@@ -74,7 +74,12 @@ def test_demo_stops_cleanly_on_ctrl_c(redis_url):
     assert proc.returncode == 130, "".join(seen) + out + err
     assert "interrupted" in out and "summary:" in out
     assert "Traceback" not in err
-    assert redis.Redis.from_url(redis_url).keys("cia-demo-*") == []  # its keys cleaned up
+    left = redis.Redis.from_url(redis_url)
+    assert left.keys("cia-demo-*") == []  # its keys cleaned up
+    # and its queue's name out of RQ's set of queues: on a shared Redis (`make demo` beside
+    # `make run`) each run's dead queue stayed listed by `rq info` for ever
+    assert [q for q in left.smembers("rq:queues") if b"cia-demo-" in q] == []
+    assert [k for k in left.keys("rq:*") if b"cia-demo-" in k] == []
 
 
 def test_the_demo_names_its_redis_without_the_password(tmp_path):

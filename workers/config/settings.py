@@ -25,6 +25,7 @@ from workers.core.scale_up import DEFAULT_IMAGE as SCALE_UP_IMAGE, DEFAULT_LIMIT
 from workers.core.image_pulls import PULL_RETRY_SECONDS
 from workers.core.start_failures import DEFAULT_FATAL_WAITING_REASONS
 from workers.core.usage_history import DEFAULT_HALF_LIFE_SECONDS
+from workers.config import unknown_variables
 from workers.config.spool_paths import default_spool_path
 
 # A webhook body up to this is read whole and parsed. A GitLab push lists at most 20 commits (its
@@ -43,6 +44,9 @@ BUILD_TTL_SECONDS = 7 * 24 * 3600  # a finished build's state is kept this long
 RUN_MARK_MIN_TTL_SECONDS = 30 * 24 * 3600
 WEBHOOK_MAX_SKEW_SECONDS = 5 * 60  # the Standard Webhooks default tolerance
 CATCH_UP_INTERVAL_SECONDS = 120  # how often the catch-up compares GitLab's heads with builds
+# An HTTP header line as python-jenkins splits it (name before the first ':', kept as written):
+# the name an RFC 9110 token, no white space around it.
+_HEADER_LINE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+:.*")
 _WAITING_REASON = re.compile(r"^[A-Z][A-Za-z]{1,62}$")  # the kubelet's reasons: CamelCase words
 # An installation's identity: words a person reads in a Jenkins node's description
 # ("prod/ci-autoscaler", "team-a.staging").
@@ -88,6 +92,13 @@ class Settings(BaseSettings):
     jenkins_public_url: str = Field("", validation_alias=_env("JENKINS_PUBLIC_URL"))
     jenkins_user: str = Field("", validation_alias=_env("JENKINS_USER"))
     jenkins_api_token: SecretStr | None = Field(None, validation_alias=_env("JENKINS_API_TOKEN"))
+    # python-jenkins' own variable, which jenkins.Jenkins reads itself: one `Name: value` a
+    # line. It drops a line without ':' without a word (python-jenkins 1.8.3, jenkins/
+    # __init__.py: `if ":" in token`), so a proxy's credential written `Name=value` was never
+    # sent and every Jenkins call got the proxy's refusal. Checked here by its lines' form;
+    # its values (credentials) are never shown, nor kept in repr.
+    jenkins_api_extra_headers: str = Field("", repr=False,
+                                           validation_alias=_env("JENKINS_API_EXTRA_HEADERS"))
     gitlab_webhook_token: SecretStr | None = Field(
         None, validation_alias=_env("GITLAB_WEBHOOK_TOKEN"))
     jenkins_webhook_token: SecretStr | None = Field(
@@ -224,6 +235,11 @@ class Settings(BaseSettings):
     # of the pod's IP families (workers.adapters.listen).
     bind: str | None = Field(None, validation_alias=_env("CI_AUTOSCALER_BIND"))
     port: str | None = Field(None, validation_alias=_env("PORT"))
+    # gunicorn's worker processes of the web (service/gunicorn.conf.py reads the variable
+    # itself); checked here so that `two` or `0` is refused naming it: gunicorn crashed on
+    # `two` with a traceback as its config module loaded, and started no worker at all on `0`
+    # (its arbiter spawns that many: every connection then waited for ever).
+    web_concurrency: int = Field(2, ge=1, validation_alias=_env("WEB_CONCURRENCY"))
     # A second, internal port (host:port) for /metrics and /status, which the public port
     # then answers 404; unset: everything on the public port.
     admin_bind: str | None = Field(None, validation_alias=_env("CI_AUTOSCALER_ADMIN_BIND"))
@@ -499,6 +515,17 @@ class Settings(BaseSettings):
                              "*:8080 (every address), or unix:PATH, or fd://N")
         return value or None
 
+    @field_validator("jenkins_api_extra_headers")
+    @classmethod
+    def _extra_headers(cls, value: str) -> str:
+        bad = [str(number) for number, line in enumerate(value.split("\n"), 1)
+               if line.strip() and not _HEADER_LINE.fullmatch(line.rstrip("\r"))]
+        if bad:
+            raise ValueError(f"line {', '.join(bad)} is not `Name: value` (an HTTP header's "
+                             "name, a colon, its value; one header a line): python-jenkins "
+                             "drops such a line unsent, or requests refuses every call")
+        return value
+
     @field_validator("port")
     @classmethod
     def _port(cls, value: str | None) -> str | None:
@@ -583,7 +610,17 @@ def _descriptor(bind: str) -> bool:
     return bind.startswith("fd://") and bind[5:].isdecimal()
 
 
-def load_settings(**overrides: Any) -> Settings:
+def known_variables() -> set[str]:
+    """Every environment variable Settings reads."""
+    return {str(name) for field in Settings.model_fields.values()
+            for name in getattr(field.validation_alias, "choices", ())}
+
+
+def load_settings(*, warn_unknown: bool = True, **overrides: Any) -> Settings:
+    """The Settings, or ConfigError; CI_AUTOSCALER_* variables no setting reads are logged,
+    unless `warn_unknown` is false (a process whose next one, exec'd or started, logs them)."""
+    if warn_unknown:
+        unknown_variables.warn(known_variables())
     try:
         return Settings(**overrides)
     except ValidationError as err:

@@ -1,0 +1,43 @@
+"""CI_AUTOSCALER_* variables that no part of ci-autoscaler reads: a mistyped name
+(CI_AUTOSCALER_TARGETUTILISATION) was ignored without a word, the process running on the
+default the operator meant to change. Each is logged once per process, by name (never its
+value), with the setting it is closest to. Logged, not refused: an operator's own variables of
+that prefix given to every container (the chart's extraEnv) must not stop the service."""
+
+import difflib
+import logging
+import os
+from collections.abc import Iterable, Mapping
+
+PREFIX = "CI_AUTOSCALER_"
+# Read outside workers.config.settings: the liveness file (workers.telemetry.liveness), the
+# web's metrics directory and config copy (service.startup), the tests' webhook fixtures; and
+# the parameters every build gets, in the environment of a Jenkins build that runs
+# `ci-autoscaler check-config` (a config repository's pipeline on one of our agents).
+READ_ELSEWHERE = frozenset({"CI_AUTOSCALER_LIVENESS_FILE", "CI_AUTOSCALER_METRICS_DIR_MADE",
+                            "CI_AUTOSCALER_CONFIG_SNAPSHOT", "CI_AUTOSCALER_FIXTURES",
+                            "CI_AUTOSCALER_AGENT", "CI_AUTOSCALER_BUILD_KEY",
+                            "CI_AUTOSCALER_CPU", "CI_AUTOSCALER_MEMORY"})
+log = logging.getLogger("ci_autoscaler.settings")
+_told: set[str] = set()
+
+
+def unknown(known: Iterable[str], environ: Mapping[str, str]) -> dict[str, str | None]:
+    """Each CI_AUTOSCALER_* name of `environ` not in `known`, with the known name closest to
+    it (None when none is close)."""
+    names = {n.upper() for n in known} | READ_ELSEWHERE
+    return {name: next(iter(difflib.get_close_matches(name.upper(), names, n=1, cutoff=0.8)),
+                       None)
+            for name in sorted(environ) if name.upper().startswith(PREFIX)
+            and name.upper() not in names}
+
+
+def warn(known: Iterable[str], environ: Mapping[str, str] = os.environ) -> None:
+    """Log each unknown name once in this process."""
+    for name, close in unknown(known, environ).items():
+        if name in _told:
+            continue
+        _told.add(name)
+        hint = f" (did you mean {close}?)" if close else ""
+        log.warning(f"{name} is no setting of ci-autoscaler: ignored{hint}",
+                    extra={"variable": name, "closest": close})
