@@ -16,6 +16,9 @@ import logging
 from tests.integration.test_job_refusals import (  # noqa: F401 (the fixture)
     OURS, app, run_worker)
 from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_push_to_pod import NAMESPACE
+from tests.support.app import app_on_cluster, one_template_config  # noqa: F401 (the fixture)
+from tests.support.monitoring import wait_until
 from workers import runtime
 from workers.engine import redrive, tasks
 
@@ -58,3 +61,69 @@ def test_builds_another_task_is_provisioning_are_left_to_it_quietly_and_cheaply(
     assert [r.deferred for r in deferred] == [WAITING]
     for lease in leases:
         lease.release()
+
+
+UNCAPPED = one_template_config("""
+cpu: {min: "1", default: "1", max: "1"}
+memory: {min: 1Gi, default: 1Gi, max: 1Gi}
+""")
+CHUNK = 4  # CI_AUTOSCALER_PROVISION_CONCURRENCY: builds a re-drive tries at once
+
+
+def waiting_with_room(app_on_cluster, kube, jenkins_fake):
+    """Builds waiting, then a node joins with room for every one of them: the next re-drive
+    places them all. (the runtime, the builds waiting in their order)"""
+    app = app_on_cluster(UNCAPPED, namespace=NAMESPACE, nodes=(("node-a", "4", "16Gi"),),
+                         CI_AUTOSCALER_PROVISION_CONCURRENCY=str(CHUNK))
+    jenkins_fake.add_job("build", parameters=OURS)
+    client = app.test_client()
+    keys = [push(client, n) for n in range(WAITING + 2)]
+    run_worker(app)
+    rt = runtime.current()
+    waiting = rt.capacity.waiting()
+    assert len(waiting) >= WAITING - 2 and set(waiting) < set(keys)
+    kube.create_node("node-b", cpu="64", memory="256Gi")
+    wait_until(lambda: "node-b" in [n.name for n in rt.view.snapshot()],
+               timeout=60, what="the node seen")
+    return rt, waiting
+
+
+def test_a_re_drive_while_jenkins_is_down_stops_after_the_chunk_that_found_it_down(
+        app_on_cluster, kube, jenkins_fake):
+    """Room freed for many waiting builds (a node joined) while Jenkins restarts (503 to
+    every call). Every build a pass tried made its calls, each retried within the call
+    (workers.adapters.retry: 4 attempts, backoff): a pass of W builds made W x 4 calls to a
+    Jenkins that was not serving, and on a slow one (a 10 s timeout each) a pass of a few
+    hundred builds outlasted RQ's job timeout and was killed. The first chunk that finds it
+    down ends the pass; the others keep their place in the line for the next re-drive (the
+    reconcile pass runs one every pass)."""
+    rt, waiting = waiting_with_room(app_on_cluster, kube, jenkins_fake)
+    jenkins_fake.fail_next(503, times=100_000)  # Jenkins restarting: every call
+    calls_before = len(jenkins_fake.requests)
+
+    redrive.redrive(rt)
+
+    calls = len(jenkins_fake.requests) - calls_before
+    assert rt.capacity.waiting() == waiting  # none lost, the line's order kept
+    assert 0 < calls <= CHUNK * 4, calls  # one chunk's calls, each retried: 116 before
+
+
+def zrange_calls(redis) -> int:
+    """ZRANGE commands the redis-server has run so far (INFO commandstats)."""
+    return int(redis.info("commandstats").get("cmdstat_zrange", {}).get("calls", 0))
+
+
+def test_a_re_drive_whose_builds_all_fail_reads_the_waiting_set_once(
+        app_on_cluster, kube, jenkins_fake):
+    """Jenkins answers 500 to every call (not a sign it is down: a pass goes on to the next
+    builds). Each build whose provision failed so looked whether it still waits by reading
+    the whole waiting set: a pass of W such builds read W x W keys."""
+    rt, waiting = waiting_with_room(app_on_cluster, kube, jenkins_fake)
+    jenkins_fake.fail_next(500, times=100_000)
+    before = zrange_calls(rt.state.redis)
+
+    redrive.redrive(rt)
+
+    assert rt.capacity.waiting() == waiting
+    # the pass's own read of the line and the capacity state's: 1 + W before
+    assert zrange_calls(rt.state.redis) - before <= 3

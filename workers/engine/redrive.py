@@ -20,7 +20,8 @@ from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.redis_state import RedisState
 from workers.concurrency import side
 from workers.concurrency.turns import line
-from workers.core.errors import PermanentError, RetryableError, shown
+from workers.core.errors import (Overloaded, PermanentError, RetryableError, Unavailable,
+                                 shown)
 from workers.core.models import BuildRequest
 from workers.telemetry.metrics import EngineMetrics
 
@@ -99,7 +100,9 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
     re-drive, and one placed whose trigger failed is provisioned again by the reconcile
     pass's restart of stalled builds (workers.engine.repairs). A pass that ends at a chunk's
     checkpoint (workers.adapters.run_bound) never gets to raise it: it is counted and
-    logged there (_checkpoint)."""
+    logged there (_checkpoint). A chunk in which a call found Jenkins or the API server not
+    serving (Unavailable, Overloaded) ends the pass: the builds after it wait, in their
+    order, for the next re-drive."""
     placed = still = deferred = 0
     counted = tasks.engine_metrics(rt)
     full: set[str] = set()  # templates that found no room at min size in this pass
@@ -140,6 +143,19 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
                     full.add(request.template)
                 elif verdict == _HELD:
                     deferred += 1
+        down = next((o.error for o in outcomes if _not_serving(o.error)), None)
+        if down is not None and todo:
+            # Jenkins or the API server not serving (a restart's 503, no connection, read
+            # timeouts): the builds after this chunk would each make their calls, retried
+            # within the call, to a server that cannot answer. A pass of W builds made W x 4 calls, and on a
+            # slow server (10 s a timeout) a pass of a few hundred outlasted RQ's job timeout.
+            # They keep their place in the line for the next re-drive (the reconcile pass
+            # runs one every pass).
+            still += len(todo)
+            log.warning("re-drive stopped: a call found the other side not serving; the "
+                        "builds after wait for the next re-drive",
+                        extra={"left": len(todo), "error": shown(down)})
+            break
     if placed or deferred:  # one line for the pass, none for each build left to another task
         log.info("re-drove waiting builds", extra={
             "placed": placed, "still_waiting": still, "deferred": deferred})
@@ -151,6 +167,18 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
 
 
 _PLACED, _FULL, _DEFERRED, _HELD = "placed", "full", "deferred", "held"
+
+
+def _not_serving(err: BaseException | None) -> bool:
+    """Whether a build's error says Jenkins or the API server cannot answer now: it is
+    Unavailable (503, no connection), or Overloaded without a Retry-After (a read timeout, a
+    bare 429), which the adapter retried within the call, backing off, before it came here.
+    A 429 whose Retry-After was longer than the adapter waits (workers.adapters.retry) was
+    one quick answer, not retried: the builds after it go on (each gets its own answer, and
+    a placed one's trigger its retry after that wait: workers.engine.trigger_retry)."""
+    if isinstance(err, Unavailable):
+        return True
+    return isinstance(err, Overloaded) and err.retry_after is None
 
 
 def _checkpoint(counted: EngineMetrics, errors: list[Exception]) -> None:
