@@ -15,7 +15,10 @@ import logging
 
 from tests.integration.test_job_refusals import (  # noqa: F401 (the fixture)
     OURS, app, run_worker)
+from tests.integration.test_concurrent_provisions import (  # noqa: F401 (the fixture)
+    PODS, work_while, world)
 from tests.integration.test_placement_on_cluster import push
+from tests.integration.test_pod_templates import push as pod_templates_push
 from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import app_on_cluster, one_template_config  # noqa: F401 (the fixture)
 from tests.support.monitoring import wait_until
@@ -127,3 +130,28 @@ def test_a_re_drive_whose_builds_all_fail_reads_the_waiting_set_once(
     assert rt.capacity.waiting() == waiting
     # the pass's own read of the line and the capacity state's: 1 + W before
     assert zrange_calls(rt.state.redis) - before <= 3
+
+
+def test_a_re_drive_while_the_api_server_does_not_answer_stops_after_that_chunk(
+        world, kube, jenkins_fake, monkeypatch):
+    """The same with the API server behind a load balancer that has no healthy server (502
+    to every call; a read timeout or a refused connection is the same error): each build
+    tried made its pod create 4 times."""
+    monkeypatch.setenv("CI_AUTOSCALER_PROVISION_CONCURRENCY", str(CHUNK))
+    app, proxy = world(nodes=0)
+    client = app.test_client()
+    keys = [pod_templates_push(client, i) for i in range(WAITING)]
+    work_while(app, lambda: None)
+    rt = runtime.current()
+    assert sorted(rt.capacity.waiting()) == sorted(keys)
+    kube.create_node("node-0", cpu="64", memory="256Gi")
+    wait_until(lambda: [n.name for n in rt.view.snapshot()] == ["node-0"],
+               timeout=60, what="the node seen")
+    proxy.fail_next("POST", PODS, status=502, times=100_000)
+    calls_before = proxy.requests
+
+    redrive.redrive(rt)
+
+    calls = proxy.requests - calls_before
+    assert len(rt.capacity.waiting()) == WAITING  # none lost
+    assert 0 < calls <= CHUNK * 4 + 8, calls  # one chunk's creates, each retried

@@ -17,6 +17,7 @@ from workers import runtime
 from workers.engine import failures, scheduling, task_args, tasks, trigger_retry
 from workers.adapters import run_bound
 from workers.adapters.capacity_store import CapacityStore
+from workers.adapters.kube_errors import ApiNotServing
 from workers.adapters.redis_state import RedisState
 from workers.concurrency import side
 from workers.concurrency.turns import line
@@ -146,7 +147,7 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
         down = next((o.error for o in outcomes if _not_serving(o.error)), None)
         if down is not None and todo:
             # Jenkins or the API server not serving (a restart's 503, no connection, read
-            # timeouts): the builds after this chunk would each make their calls, retried
+            # timeouts, a front's 502): the builds after this chunk would each make their calls, retried
             # within the call, to a server that cannot answer. A pass of W builds made W x 4 calls, and on a
             # slow server (10 s a timeout) a pass of a few hundred outlasted RQ's job timeout.
             # They keep their place in the line for the next re-drive (the reconcile pass
@@ -171,12 +172,13 @@ _PLACED, _FULL, _DEFERRED, _HELD = "placed", "full", "deferred", "held"
 
 def _not_serving(err: BaseException | None) -> bool:
     """Whether a build's error says Jenkins or the API server cannot answer now: it is
-    Unavailable (503, no connection), or Overloaded without a Retry-After (a read timeout, a
+    Unavailable (Jenkins' 503, no connection), ApiNotServing (the API server's timeouts, no
+    connection, a front's 502/503/504), or Overloaded without a Retry-After (a read timeout, a
     bare 429), which the adapter retried within the call, backing off, before it came here.
     A 429 whose Retry-After was longer than the adapter waits (workers.adapters.retry) was
     one quick answer, not retried: the builds after it go on (each gets its own answer, and
     a placed one's trigger its retry after that wait: workers.engine.trigger_retry)."""
-    if isinstance(err, Unavailable):
+    if isinstance(err, (Unavailable, ApiNotServing)):
         return True
     return isinstance(err, Overloaded) and err.retry_after is None
 
