@@ -12,6 +12,7 @@ lines, errors and Redis reads, not as time:
 """
 
 import logging
+import threading
 
 from tests.integration.test_job_refusals import (  # noqa: F401 (the fixture)
     OURS, app, run_worker)
@@ -155,3 +156,35 @@ def test_a_re_drive_while_the_api_server_does_not_answer_stops_after_that_chunk(
     calls = proxy.requests - calls_before
     assert len(rt.capacity.waiting()) == WAITING  # none lost
     assert 0 < calls <= CHUNK * 4 + 8, calls  # one chunk's creates, each retried
+
+
+def test_a_re_drive_job_while_another_runs_leaves_the_line_to_it_which_goes_once_more(
+        world, kube, jenkins_fake, caplog):
+    """A release's re-drive job runs while the previous release's job is still deciding its
+    chunk (here held on its build's trigger): it walked the whole line beside it, trying the
+    builds that pass held. Now it leaves the line to the running pass, which queues one
+    more pass at its end for the room the second job came for."""
+    app, _ = world(max_line="maxConcurrent: 2")
+    client = app.test_client()
+    keys = [pod_templates_push(client, i) for i in range(2 + WAITING)]
+    work_while(app, lambda: None)
+    rt = runtime.current()
+    placed = [k for k in keys if rt.state.get_build(k)["status"] == "triggered"]
+    assert len(placed) == 2
+    for key in placed:  # two slots free
+        tasks.release(rt, key, rt.state.get_build(key)["agent"], "build_completed")
+    arrived, release = jenkins_fake.hold_next("/job/build/buildWithParameters")
+    first = threading.Thread(target=redrive.redrive_waiting, daemon=True)
+    first.start()
+    try:
+        assert arrived.wait(60), "the first pass triggered nothing"
+        with caplog.at_level(logging.INFO, logger="ci_autoscaler"):
+            redrive.redrive_waiting()  # the next release's job, meanwhile
+    finally:
+        release.set()
+        first.join(60)
+    passes = [r for r in caplog.records if r.getMessage() == "re-drove waiting builds"]
+    assert passes == [], [(r.placed, r.still_waiting, r.deferred) for r in passes]
+    # the first pass queued one more, for the room the second came for
+    assert rt.state.redis.exists(rt.state.prefix + "redrive-pending")
+    assert len(jenkins_fake.builds) == 4

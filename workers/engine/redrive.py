@@ -18,8 +18,10 @@ from workers.engine import failures, scheduling, task_args, tasks, trigger_retry
 from workers.adapters import run_bound
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.kube_errors import ApiNotServing
+from workers.adapters.lease import Lease
 from workers.adapters.redis_state import RedisState
 from workers.concurrency import side
+from workers.concurrency.heartbeat import Heartbeat, let_go
 from workers.concurrency.turns import line
 from workers.core.errors import (Overloaded, PermanentError, RetryableError, Unavailable,
                                  shown)
@@ -72,14 +74,36 @@ def queue_pass(state: RedisState) -> bool:
     return True
 
 
+# One re-drive job's pass at a time, cluster-wide (a lease, renewed while it runs); a job that
+# comes meanwhile leaves AGAIN and ends at once, and the running pass queues one more at its
+# end, which sees the room that job came for. In a burst each release queued a job that ran
+# beside the passes still running (a worker runs 16 jobs at once): each walked every waiting
+# build, reading its record and trying its lease, and met the builds the others were deciding,
+# out of their order.
+RUNNING, AGAIN = "redrive-running", "redrive-again"
+
+
 def redrive_waiting(**newer: Any) -> dict[str, int]:
-    """Try every waiting build again, in arrival order. `newer`: a newer release's
-    arguments, run without (workers.engine.task_args)."""
+    """Try every waiting build again, in arrival order, unless another job's pass runs (see
+    RUNNING). `newer`: a newer release's arguments, run without (workers.engine.task_args)."""
     task_args.ignored("redrive_waiting", newer)
     rt = runtime.current()
+    connection, prefix = rt.state.redis, rt.state.prefix
     with tasks.engine_metrics(rt).errors_counted("provision"):
-        rt.state.redis.delete(rt.state.prefix + "redrive-pending")
-        return redrive(rt)
+        connection.delete(prefix + "redrive-pending")
+        connection.set(prefix + AGAIN, "1", ex=REDRIVE_PENDING_SECONDS)  # before the try
+        running = Lease(connection, prefix + RUNNING, rt.settings.provision_lease_seconds,
+                        renewed=True)
+        if not running.acquire():
+            return {"placed": 0, "waiting": 0}  # the running pass goes once more (AGAIN)
+        try:
+            with Heartbeat(running, what="re-drive"):
+                connection.delete(prefix + AGAIN)  # this pass reads the line after it
+                return redrive(rt)
+        finally:
+            let_go(running, what="re-drive")
+            if connection.delete(prefix + AGAIN):  # a job came while this pass ran
+                queue_pass(rt.state)
 
 
 def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
