@@ -74,18 +74,18 @@ memory: {min: 1Gi, default: 1Gi, max: 1Gi}
 CHUNK = 4  # CI_AUTOSCALER_PROVISION_CONCURRENCY: builds a re-drive tries at once
 
 
-def waiting_with_room(app_on_cluster, kube, jenkins_fake):
+def waiting_with_room(app_on_cluster, kube, jenkins_fake, count: int = WAITING):
     """Builds waiting, then a node joins with room for every one of them: the next re-drive
     places them all. (the runtime, the builds waiting in their order)"""
     app = app_on_cluster(UNCAPPED, namespace=NAMESPACE, nodes=(("node-a", "4", "16Gi"),),
                          CI_AUTOSCALER_PROVISION_CONCURRENCY=str(CHUNK))
     jenkins_fake.add_job("build", parameters=OURS)
     client = app.test_client()
-    keys = [push(client, n) for n in range(WAITING + 2)]
+    keys = [push(client, n) for n in range(count + 2)]
     run_worker(app)
     rt = runtime.current()
     waiting = rt.capacity.waiting()
-    assert len(waiting) >= WAITING - 2 and set(waiting) < set(keys)
+    assert len(waiting) >= count - 2 and set(waiting) < set(keys)
     kube.create_node("node-b", cpu="64", memory="256Gi")
     wait_until(lambda: "node-b" in [n.name for n in rt.view.snapshot()],
                timeout=60, what="the node seen")
@@ -122,14 +122,14 @@ def test_a_re_drive_whose_builds_all_fail_reads_the_waiting_set_once(
     """Jenkins answers 500 to every call (not a sign it is down: a pass goes on to the next
     builds). Each build whose provision failed so looked whether it still waits by reading
     the whole waiting set: a pass of W such builds read W x W keys."""
-    rt, waiting = waiting_with_room(app_on_cluster, kube, jenkins_fake)
+    rt, waiting = waiting_with_room(app_on_cluster, kube, jenkins_fake, count=12)
     jenkins_fake.fail_next(500, times=100_000)
     before = zrange_calls(rt.state.redis)
 
     redrive.redrive(rt)
 
     assert rt.capacity.waiting() == waiting
-    # the pass's own read of the line and the capacity state's: 1 + W before
+    # the pass's own read of the line and the capacity state's: 12 more before
     assert zrange_calls(rt.state.redis) - before <= 3
 
 
