@@ -1,6 +1,7 @@
 """Kubernetes client errors turned into the project's own, for every Kubernetes adapter.
 
-429, 5xx, timeouts and connection errors become ``RetryableError``; other 4xx become
+429, 5xx, timeouts and connection errors become ``RetryableError`` (the API server not
+answering at all, ``ApiNotServing``); other 4xx become
 ``PermanentError``; both chained with ``from``. Messages name what was done, the HTTP status and
 reason (its first line) only, never a request or response body: pods' env may hold secrets, and
 an admission webhook's message may quote the object it refused.
@@ -91,7 +92,15 @@ def api_call(what: str, fn: Callable[..., T], *args: Any,
     except urllib3.exceptions.HTTPError as err:  # refused, reset, timed out
         retried = isinstance(err, urllib3.exceptions.MaxRetryError) and err.reason
         cause = err.reason if retried else err  # what made urllib3 give up retrying
-        raise RetryableError(f"{what} failed: {type(cause).__name__}") from err
+        raise ApiNotServing(f"{what} failed: {type(cause).__name__}") from err
+
+
+class ApiNotServing(RetryableError):
+    """The API server did not answer the call: no connection, a reset, a read timeout (a
+    slow or overloaded API server), or a front's 502/503/504 (a load balancer with no
+    healthy API server behind it). Every call made now would meet the same, each retried
+    within the call (workers.adapters.retry): a re-drive that meets it stops its pass
+    (workers.engine.redrive)."""
 
 
 class Refused(PermanentError):
@@ -150,6 +159,8 @@ def status_error(what: str, status: int, reason: str | None, *,
                  retry_after: float | None = None) -> CIAutoscalerError:
     """The error for an HTTP status (also as a watch's ERROR event reports it)."""
     message = f"{what} failed: HTTP {status} {_first_line(reason)}"
+    if status in (502, 503, 504):
+        return ApiNotServing(message, retry_after=retry_after)
     if status == 429 or 500 <= status <= 599:
         return RetryableError(message, retry_after=retry_after)
     return PermanentError(message)

@@ -17,10 +17,14 @@ from workers import runtime
 from workers.engine import failures, scheduling, task_args, tasks, trigger_retry
 from workers.adapters import run_bound
 from workers.adapters.capacity_store import CapacityStore
+from workers.adapters.kube_errors import ApiNotServing
+from workers.adapters.lease import Lease
 from workers.adapters.redis_state import RedisState
 from workers.concurrency import side
+from workers.concurrency.heartbeat import Heartbeat, let_go
 from workers.concurrency.turns import line
-from workers.core.errors import PermanentError, RetryableError, shown
+from workers.core.errors import (Overloaded, PermanentError, RetryableError, Unavailable,
+                                 shown)
 from workers.core.models import BuildRequest
 from workers.telemetry.metrics import EngineMetrics
 
@@ -70,14 +74,36 @@ def queue_pass(state: RedisState) -> bool:
     return True
 
 
+# One re-drive job's pass at a time, cluster-wide (a lease, renewed while it runs); a job that
+# comes meanwhile leaves AGAIN and ends at once, and the running pass queues one more at its
+# end, which sees the room that job came for. In a burst each release queued a job that ran
+# beside the passes still running (a worker runs 16 jobs at once): each walked every waiting
+# build, reading its record and trying its lease, and met the builds the others were deciding,
+# out of their order.
+RUNNING, AGAIN = "redrive-running", "redrive-again"
+
+
 def redrive_waiting(**newer: Any) -> dict[str, int]:
-    """Try every waiting build again, in arrival order. `newer`: a newer release's
-    arguments, run without (workers.engine.task_args)."""
+    """Try every waiting build again, in arrival order, unless another job's pass runs (see
+    RUNNING). `newer`: a newer release's arguments, run without (workers.engine.task_args)."""
     task_args.ignored("redrive_waiting", newer)
     rt = runtime.current()
+    connection, prefix = rt.state.redis, rt.state.prefix
     with tasks.engine_metrics(rt).errors_counted("provision"):
-        rt.state.redis.delete(rt.state.prefix + "redrive-pending")
-        return redrive(rt)
+        connection.delete(prefix + "redrive-pending")
+        connection.set(prefix + AGAIN, "1", ex=REDRIVE_PENDING_SECONDS)  # before the try
+        running = Lease(connection, prefix + RUNNING, rt.settings.provision_lease_seconds,
+                        renewed=True)
+        if not running.acquire():
+            return {"placed": 0, "waiting": 0}  # the running pass goes once more (AGAIN)
+        try:
+            with Heartbeat(running, what="re-drive"):
+                connection.delete(prefix + AGAIN)  # this pass reads the line after it
+                return redrive(rt)
+        finally:
+            let_go(running, what="re-drive")
+            if connection.delete(prefix + AGAIN):  # a job came while this pass ran
+                queue_pass(rt.state)
 
 
 def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
@@ -99,8 +125,10 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
     re-drive, and one placed whose trigger failed is provisioned again by the reconcile
     pass's restart of stalled builds (workers.engine.repairs). A pass that ends at a chunk's
     checkpoint (workers.adapters.run_bound) never gets to raise it: it is counted and
-    logged there (_checkpoint)."""
-    placed = still = 0
+    logged there (_checkpoint). A chunk in which a call found Jenkins or the API server not
+    serving (Unavailable, Overloaded) ends the pass: the builds after it wait, in their
+    order, for the next re-drive."""
+    placed = still = deferred = 0
     counted = tasks.engine_metrics(rt)
     full: set[str] = set()  # templates that found no room at min size in this pass
     errors: list[Exception] = []
@@ -138,8 +166,24 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
                 still += 1
                 if verdict == _FULL:
                     full.add(request.template)
-    if placed:
-        log.info("re-drove waiting builds", extra={"placed": placed, "still_waiting": still})
+                elif verdict == _HELD:
+                    deferred += 1
+        down = next((o.error for o in outcomes if _not_serving(o.error)), None)
+        if down is not None and todo:
+            # Jenkins or the API server not serving (a restart's 503, no connection, read
+            # timeouts, a front's 502): the builds after this chunk would each make their calls, retried
+            # within the call, to a server that cannot answer. A pass of W builds made W x 4 calls, and on a
+            # slow server (10 s a timeout) a pass of a few hundred outlasted RQ's job timeout.
+            # They keep their place in the line for the next re-drive (the reconcile pass
+            # runs one every pass).
+            still += len(todo)
+            log.warning("re-drive stopped: a call found the other side not serving; the "
+                        "builds after wait for the next re-drive",
+                        extra={"left": len(todo), "error": shown(down)})
+            break
+    if placed or deferred:  # one line for the pass, none for each build left to another task
+        log.info("re-drove waiting builds", extra={
+            "placed": placed, "still_waiting": still, "deferred": deferred})
     if refresh and (placed or still):
         scheduling.refresh_capacity(rt)
     if errors:
@@ -147,7 +191,20 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
     return {"placed": placed, "waiting": still}
 
 
-_PLACED, _FULL, _DEFERRED = "placed", "full", "deferred"
+_PLACED, _FULL, _DEFERRED, _HELD = "placed", "full", "deferred", "held"
+
+
+def _not_serving(err: BaseException | None) -> bool:
+    """Whether a build's error says Jenkins or the API server cannot answer now: it is
+    Unavailable (Jenkins' 503, no connection), ApiNotServing (the API server's timeouts, no
+    connection, a front's 502/503/504), or Overloaded without a Retry-After (a read timeout, a
+    bare 429), which the adapter retried within the call, backing off, before it came here.
+    A 429 whose Retry-After was longer than the adapter waits (workers.adapters.retry) was
+    one quick answer, not retried: the builds after it go on (each gets its own answer, and
+    a placed one's trigger its retry after that wait: workers.engine.trigger_retry)."""
+    if isinstance(err, (Unavailable, ApiNotServing)):
+        return True
+    return isinstance(err, Overloaded) and err.retry_after is None
 
 
 def _checkpoint(counted: EngineMetrics, errors: list[Exception]) -> None:
@@ -167,10 +224,19 @@ def _checkpoint(counted: EngineMetrics, errors: list[Exception]) -> None:
 def _settle(rt: runtime.Runtime, request: BuildRequest, outcome: side.Outcome,
             counted: EngineMetrics) -> str | None:
     """What follows one build's provision in a re-drive; its verdict: placed, full (it
-    waits: no room for its template), deferred (it still waits, for the next re-drive), or
+    waits: no room for its template), deferred (it still waits, for the next re-drive), held
+    (another task holds its lease, and settles it), or
     None (a retry of its own was queued, or it failed for good). Raises what the provision
     raised unexpectedly."""
     key, err = request.build_key, outcome.error
+    if isinstance(err, tasks.BeingProvisioned):
+        # Another task is deciding it (an overlapping re-drive, its own provision job) and
+        # settles it: no error and no line of its own. Counted as a provision error, each
+        # waiting build of each overlapping pass made CIProvisioningFailing (errors over
+        # errors plus agents made) page through a long burst in which nothing failed; logged
+        # as a warning, a worker under a burst wrote thousands of lines
+        # (tests/integration/test_redrive_deferrals.py).
+        return _HELD
     if isinstance(err, RetryableError):  # this one next time; the others now
         counted.error("provision", err)
         # Placed, its trigger failed: no longer waiting, no re-drive would try it.

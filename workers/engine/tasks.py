@@ -99,6 +99,14 @@ def provision_agent(build: dict[str, Any], **newer: Any) -> dict[str, Any]:
             raise
 
 
+class BeingProvisioned(RetryableError):
+    """Another task holds the build's provision lease: it is deciding the build now, and
+    settles it (placed, or back in the waiting set). Expected whenever re-drives overlap (a
+    release's, the next release's, the reconcile pass's, a provision's once-more), so a
+    re-drive leaves the build to that task without counting an error or logging a line for it
+    (workers.engine.redrive)."""
+
+
 class TemplateGone(PermanentError):
     """A build's pod template is no longer in the config (renamed or removed while it
     waited)."""
@@ -136,7 +144,7 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
     try:
         lease = provision_lease(rt, request.build_key, renewed=True)  # by its Heartbeat
         if not lease.acquire():
-            raise RetryableError(f"build {request.build_key} is being provisioned by another task")
+            raise BeingProvisioned(f"build {request.build_key} is being provisioned by another task")
         try:
             asked = redrive.asked(rt.state)  # under the try: a Redis error lets the lease go
             with Heartbeat(lease, what=f"provision {request.build_key}") as beat:

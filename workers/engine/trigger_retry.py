@@ -46,7 +46,9 @@ def after_redrive(rt: runtime.Runtime, request: BuildRequest, err: RetryableErro
     release's, which triggered or released it while this one's chunk ran), queue its
     provision after the delay. Whether one was queued."""
     key = request.build_key
-    if key in rt.capacity.waiting():
+    # One member's score, not the whole set: it runs for every build of a pass whose provision
+    # failed retryably, and reading the set each time made a pass of W such builds read W x W.
+    if rt.capacity.still_waiting([key]):
         return False
     status, queue_item = rt.state.build_fields([key], "status", "queue_item")[0]
     if queue_item or status is None or status in FINISHED:
