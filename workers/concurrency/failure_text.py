@@ -77,3 +77,18 @@ def failure_text(exc_info: tuple[type[BaseException] | None, BaseException | Non
     shown = traceback.TracebackException(type(error), error, trace, compact=True)
     _cut(shown)
     return redact("".join(shown.format()), secrets)
+
+
+def last_error(exc_info: tuple[type[BaseException] | None, BaseException | None,
+                               TracebackType | None]) -> str:
+    """The error a log line names (workers.telemetry.logs): the last exception's type and
+    what _kept keeps of its message, on one line, redacted. Its traceback's last line was
+    the last line of its message: a page's "</html>", an ApiException's "HTTP response body:
+    ..." (its status and reason left out)."""
+    kind, error, _trace = exc_info
+    if error is None:
+        return kind.__name__ if kind is not None else ""
+    shown = traceback.TracebackException(type(error), error, None, compact=True)
+    _cut(shown)
+    shown.__cause__ = shown.__context__ = None
+    return redact(" ".join("".join(shown.format_exception_only()).split("\n")).strip())
