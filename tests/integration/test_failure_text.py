@@ -12,6 +12,8 @@ from rq import Queue
 
 from tests.support import jobs as test_jobs
 from workers.concurrency.pool_worker import PoolWorker
+from workers.engine import jobs
+from workers.telemetry.metrics import EngineMetrics
 
 CRUMB = "crumb-7d3a51b0e2"
 CSRF = "csrf-session-91c4ab"
@@ -73,3 +75,17 @@ def test_a_failed_jobs_traceback_keeps_no_page_answered_nor_secret(redis_conn, f
     assert "exception raised while executing" in caplog.text  # RQ's error line is logged
     for secret in NEVER:
         assert not [text for text in everything if secret in text], secret
+
+
+def test_a_library_error_no_adapter_translated_is_logged_without_its_headers(redis_conn, caplog):
+    """The failure handler's "job failed" line (workers.engine.jobs) named a raw library
+    error by its whole text: the Kubernetes client's carries the answer's headers and body."""
+    queue = Queue("failure-text-raw", connection=redis_conn)
+    queue.enqueue("tests.support.jobs.kubernetes_refusal", cookie="session-cookie-6a0e19")
+    worker = PoolWorker([queue], connection=redis_conn, concurrency=1)
+    worker.push_exc_handler(jobs.failure_handler(EngineMetrics(redis_conn, prefix="ft:")))
+    with caplog.at_level(logging.INFO):
+        worker.work(burst=True)
+    [failed] = [r for r in caplog.records if r.getMessage() == "job failed"]
+    assert "(422)" in failed.error and "Unprocessable Entity" in failed.error
+    assert "Set-Cookie" not in failed.error and "denied by a webhook" not in failed.error

@@ -84,3 +84,13 @@ def jenkins_nodes_at(*, url: str) -> list[str]:
     """The real Jenkins adapter's read of the nodes of a Jenkins (or what answers at `url`)."""
     from workers.adapters.jenkins import JenkinsAdapter
     return JenkinsAdapter(url=url, user="ci", token=JENKINS_TOKEN).jenkins_nodes()
+
+
+def kubernetes_refusal(*, cookie: str) -> None:
+    """Raises the Kubernetes client's error as a call no adapter translated would: its text
+    carries the answer's headers and body."""
+    from kubernetes.client.exceptions import ApiException
+    err = ApiException(status=422, reason="Unprocessable Entity")
+    err.headers = {"Audit-Id": "1", "Set-Cookie": cookie}
+    err.body = '{"kind": "Status", "message": "denied by a webhook"}'
+    raise err
