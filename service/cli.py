@@ -264,7 +264,8 @@ def _worker(args: argparse.Namespace) -> int:
                         concurrency=rt.settings.provision_concurrency,
                         alive=alive,  # the pod's liveness probe reads it
                         serializer=SERIALIZER,  # JSON: never pickle
-                        job_class=jobs.TaskJob)  # and only our tasks run
+                        job_class=jobs.TaskJob,  # and only our tasks run
+                        secrets=rt.settings.secret_values)  # never in a failure's text
     worker.push_exc_handler(jobs.failure_handler(tasks.engine_metrics(rt), rt.state))
     # RQ registers the worker (and starts its scheduler) before it installs its own signal
     # handlers, so a SIGTERM in between killed a registered worker outright (exit -15, its

@@ -73,3 +73,24 @@ def wait_at_gate(*, gate: str) -> int:
         with g.lock:
             g.active -= 1
     return g.most
+
+
+# The Jenkins API token of jenkins_nodes_at's client: a constant here, not an argument (RQ logs
+# a failed job's arguments)
+JENKINS_TOKEN = "jenkins-api-token-5e1f0c9d"
+
+
+def jenkins_nodes_at(*, url: str) -> list[str]:
+    """The real Jenkins adapter's read of the nodes of a Jenkins (or what answers at `url`)."""
+    from workers.adapters.jenkins import JenkinsAdapter
+    return JenkinsAdapter(url=url, user="ci", token=JENKINS_TOKEN).jenkins_nodes()
+
+
+def kubernetes_refusal(*, cookie: str) -> None:
+    """Raises the Kubernetes client's error as a call no adapter translated would: its text
+    carries the answer's headers and body."""
+    from kubernetes.client.exceptions import ApiException
+    err = ApiException(status=422, reason="Unprocessable Entity")
+    err.headers = {"Audit-Id": "1", "Set-Cookie": cookie}
+    err.body = '{"kind": "Status", "message": "denied by a webhook"}'
+    raise err

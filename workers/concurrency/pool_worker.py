@@ -31,6 +31,7 @@ answer waits for it to write the job's end (workers.concurrency.job_end).
 import logging
 import os
 import queue as queues
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +39,9 @@ from typing import Any
 
 import redis
 from rq import Retry, SimpleWorker
+from rq.callbacks import execute_failure_callback
 from rq.exceptions import DeserializationError, StopRequested
+from rq.job import JobStatus
 from rq.job_lifecycle import call_exception_handlers
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import now
@@ -46,8 +49,10 @@ from rq.worker import WorkerStatus
 
 from workers.telemetry import liveness
 from workers.concurrency import full_redis, job_end, redis_away, scheduler_lock, scheduler_stop
+from workers.concurrency.failure_text import failure_text
 from workers.concurrency.side import block_stop_signals
 from workers.core.errors import RetryableError
+from workers.core.redaction import redact
 
 log = logging.getLogger("ci_autoscaler.pool_worker")
 DEFAULT_CONCURRENCY = 16
@@ -100,12 +105,15 @@ class PoolWorker(SimpleWorker):
 
     def __init__(self, *args: Any, concurrency: int = DEFAULT_CONCURRENCY,
                  alive: Callable[[], None] = liveness.nothing,
-                 dequeue_seconds: int = DEQUEUE_SECONDS, **kwargs: Any):
+                 dequeue_seconds: int = DEQUEUE_SECONDS, secrets: tuple[str, ...] = (),
+                 **kwargs: Any):
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self._dequeue_seconds = dequeue_seconds  # RQ's __init__ reads dequeue_timeout
         super().__init__(*args, **kwargs)
         self.concurrency = concurrency
+        # Blanked out of a failure's text, stored and logged (workers.concurrency.failure_text)
+        self._secrets = secrets
         # Called each time the main loop goes round (every heartbeat it tries, sent or not,
         # Redis answering or not): a wedged main thread stops calling it (workers.telemetry.liveness).
         self._alive = alive
@@ -161,9 +169,22 @@ class PoolWorker(SimpleWorker):
     def _finalize_failure(self, job: Any, queue: Any, execution: Any, exc_info: Any) -> None:
         """RQ's end of a job that raised (its retry, or its failure), written once Redis
         answers (workers.concurrency.job_end)."""
-        job_end.written(lambda: super(PoolWorker, self)._finalize_failure(
-            job, queue, execution, exc_info), job, execution, check=True,
-            stopping=lambda: self._stop_requested)
+        job_end.written(lambda: self._failed(job, queue, execution, exc_info), job,
+                        execution, check=True, stopping=lambda: self._stop_requested)
+
+    def _failed(self, job: Any, queue: Any, execution: Any, exc_info: Any) -> None:
+        """RQ 3.0's Worker._finalize_failure, the failure's text kept in Redis made by
+        failure_text (no page answered, no secret), not RQ's format_exc_info."""
+        job._status = JobStatus.FAILED
+        self.handle_execution_ended(job, queue, job.failure_callback_timeout)
+        try:
+            execute_failure_callback(job, self.death_penalty_class, *exc_info)
+        except BaseException:  # as RQ: a failing callback's error is the failure recorded
+            exc_info = sys.exc_info()
+        self.handle_exception(job, *exc_info)
+        self.handle_job_failure(job=job, exc_string=failure_text(exc_info, self._secrets),
+                                queue=queue, started_job_registry=queue.started_job_registry,
+                                execution=execution)
 
     @property
     def dequeue_timeout(self) -> int:
@@ -430,16 +451,30 @@ class PoolWorker(SimpleWorker):
     def _handle_exception(self, job: Any, *exc_info: Any) -> None:
         error = exc_info[1]
         if not (isinstance(error, RetryableError) and job.retries_left):
-            super().handle_exception(job, *exc_info)
+            self._logged(job, exc_info)
             return
         try:
             task = (job.func_name or "").rsplit(".", 1)[-1]
         except DeserializationError:  # never the case of a job that ran; RQ's own way then
-            super().handle_exception(job, *exc_info)
+            self._logged(job, exc_info)
             return
         log.warning("job failed; it will be retried", extra={
             "task": task, "job_id": job.id, "retries_left": job.retries_left,
-            "error": f"{type(error).__name__}: {error}"})
+            "error": redact(f"{type(error).__name__}: {error}", self._secrets)})
+        call_exception_handlers(self._exc_handlers, job, *exc_info)
+
+    def _logged(self, job: Any, exc_info: Any) -> None:
+        """RQ 3.0's Worker.handle_exception: the failure logged at ERROR with its traceback,
+        made by failure_text (no page answered, no secret), then the exception handlers."""
+        try:
+            extra = {"func": job.func_name, "arguments": job.args, "kwargs": job.kwargs}
+            func_name = job.func_name
+        except DeserializationError:
+            extra, func_name = {}, "<DeserializationError>"
+        extra.update({"queue": job.origin, "job_id": job.id})
+        self.log.error("Worker %s: job %s: exception raised while executing (%s)\n%s",
+                       self.name, job.id, func_name, failure_text(exc_info, self._secrets),
+                       extra=extra)
         call_exception_handlers(self._exc_handlers, job, *exc_info)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:

@@ -48,7 +48,8 @@ from rq.exceptions import DeserializationError
 from rq.job import UNEVALUATED, Job
 
 from workers.adapters.redis_state import RedisState
-from workers.core.errors import PermanentError, RetryableError, Unauthorized
+from workers.concurrency.failure_text import last_error
+from workers.core.errors import CIAutoscalerError, PermanentError, RetryableError, Unauthorized
 from workers.telemetry.metrics import EngineMetrics
 from workers.engine.tasks import PROVISION_TASK
 
@@ -120,8 +121,11 @@ def failure_handler(metrics: EngineMetrics, state: RedisState | None = None):
                                "error": f"{exc_type.__name__}: {exc_value}"})
         elif not job.retries_left:
             metrics.job_failed(task)
-            log.error("job failed", extra={"task": task, "job_id": job.id,
-                                           "error": f"{exc_type.__name__}: {exc_value}"})
+            # a library's error no adapter translated: its type and status, not the page or
+            # headers after them (failure_text)
+            log.error("job failed", extra={"task": task, "job_id": job.id, "error": (
+                f"{exc_type.__name__}: {exc_value}" if isinstance(exc_value, CIAutoscalerError)
+                else last_error((exc_type, exc_value, None)))})
         return True  # let RQ's own handling (and any other handler) go on
 
     return handle

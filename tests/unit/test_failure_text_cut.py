@@ -1,0 +1,55 @@
+"""What a failed job's stored and logged text keeps of an HTTP client library's error
+(workers.concurrency.failure_text): the status line, never the page or the headers answered."""
+
+import sys
+
+import pytest
+from gitlab import exceptions as gl_errors
+from kubernetes.client.exceptions import ApiException
+
+from workers.concurrency.failure_text import BODY_NOT_SHOWN, failure_text
+from workers.core.errors import PermanentError
+
+COOKIE = "_oauth2_proxy=cookie-4b7e21"
+CSRF = "csrf-value-0d9c3f"
+TOKEN = "gitlab-api-token-a1b2c3d4"
+
+
+def _failure(cause: BaseException) -> tuple:
+    try:
+        try:
+            raise cause
+        except Exception as err:
+            raise PermanentError("create the pod of agent x failed: HTTP 422") from err
+    except PermanentError:
+        return sys.exc_info()
+
+
+def _kubernetes_error() -> ApiException:
+    err = ApiException(status=422, reason="Unprocessable Entity")
+    err.headers = {"Audit-Id": "1", "Set-Cookie": COOKIE}
+    err.body = f'{{"kind": "Status", "message": "denied: {CSRF}"}}'
+    return err
+
+
+def _gitlab_error() -> gl_errors.GitlabHttpError:
+    # python-gitlab's error for a page that is no JSON: its whole content
+    page = f'<html><form><input name="authenticity_token" value="{CSRF}">{TOKEN}</form></html>'
+    return gl_errors.GitlabHttpError(response_code=502, error_message=page.encode())
+
+
+@pytest.mark.parametrize("cause, kept", [
+    (_kubernetes_error(), "(422)\nReason: Unprocessable Entity"),
+    (_gitlab_error(), "GitlabHttpError: 502 [the page"),
+])
+def test_a_librarys_error_keeps_its_status_but_not_the_page_nor_headers(cause, kept):
+    text = failure_text(_failure(cause), secrets=(TOKEN,))
+    assert "PermanentError: create the pod of agent x failed: HTTP 422" in text
+    assert COOKIE not in text and CSRF not in text and TOKEN not in text
+    assert kept in text and BODY_NOT_SHOWN in text
+
+
+def test_our_own_multi_line_message_is_kept_whole_but_redacted():
+    message = "two problems:\nJENKINS_URL: required\nsee https://ci:hunter22@jenkins.example"
+    text = failure_text((PermanentError, PermanentError(message), None))
+    assert "JENKINS_URL: required" in text and "hunter22" not in text
