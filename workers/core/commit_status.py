@@ -21,7 +21,7 @@ from workers.core.notifications import UNCONFIRMED_FIELD
 from workers.core.quantity import format_memory
 from workers.core.redaction import URL_USERINFO, redact
 from workers.core.start_failures import LOST_RUN_FIELD, FailureReason
-from workers.core.waiting_text import waiting_text
+from workers.core.waiting_text import JENKINS_REFUSED_FIELD, refused_text, waiting_text
 
 # GitLab refuses a ref, target_url or description over 255 characters with 400, the whole
 # status with it (CommitStatus: validates :ref, :target_url, :description, length: {maximum:
@@ -244,6 +244,8 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
         state = State.PENDING
         text = "waiting in Jenkins" + (f": {record['wait_detail']}"
                                        if record.get("wait_detail") else "")
+    elif status in ("queued", "pod_created") and record.get(JENKINS_REFUSED_FIELD):
+        state, text = State.PENDING, refused_text(record[JENKINS_REFUSED_FIELD])
     elif status in ("pod_created", "triggered"):
         state, text = State.PENDING, "agent starting" + (f" on {record['node']}"
                                                          if record.get("node") else "")
