@@ -15,6 +15,7 @@ from tests.integration.test_job_refusals import (  # noqa: F401 (the fixture)
 from tests.integration.test_placement_on_cluster import push
 from workers.core import commit_status
 from workers.core.commit_status import State
+from workers.engine import tasks
 
 
 def _pending_text(app, key) -> str:
@@ -69,3 +70,30 @@ def test_a_build_waiting_on_a_refused_token_says_so_without_the_token(
     page = html.unescape(app.test_client().get("/status").get_data(as_text=True))
     assert "JENKINS_API_TOKEN not accepted" in page
     assert token not in page and TOKEN not in page
+
+
+def test_a_waiting_build_placed_while_jenkins_refuses_us_says_so_not_its_old_reason(
+        app, kube, jenkins_fake):  # noqa: F811
+    """The template's cap (2) holds the third build back; a release frees its slot and the
+    re-drive places it, but Jenkins refuses to register its agent: it waits on Jenkins now,
+    not on the cap, which the page and its status went on saying."""
+    jenkins_fake.add_job("build", parameters=OURS)
+    keys = [push(app.test_client(), n) for n in (1, 2, 3)]
+    run_worker(app)
+    state = state_of(app)
+    assert state.get_build(keys[2])["wait_reason"] == "cap"
+    jenkins_fake.missing_permissions = {"Agent/Create"}
+
+    tasks.release_agent(keys[0], state.get_build(keys[0])["agent"])
+    run_worker(app)  # the re-drive the release queued
+
+    assert state.get_build(keys[2])["status"] == "waiting", state.get_build(keys[2])
+    assert "Agent/Create" in _pending_text(app, keys[2])
+    page = " ".join(html.unescape(app.test_client().get("/status").get_data(
+        as_text=True)).split())
+    assert "placed, but Jenkins refuses ci-autoscaler" in page and "Agent/Create" in page
+
+    jenkins_fake.missing_permissions = set()
+    passes(app, 1, time.time())
+    assert state.get_build(keys[2])["status"] == "triggered"
+    assert not state.get_build(keys[2]).get("jenkins_refused")

@@ -236,6 +236,8 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
     elif status == "running" or record.get("started_at"):
         state, text = State.RUNNING, "running" + (f" on {record['node']}"
                                                    if record.get("node") else "")
+    elif status in ("queued", "waiting", "pod_created") and record.get(JENKINS_REFUSED_FIELD):
+        state, text = State.PENDING, refused_text(record[JENKINS_REFUSED_FIELD])
     elif status == "waiting":
         state = State.PENDING
         text = waiting_text(record.get("wait_reason", ""), record.get("wait_detail", ""),
@@ -244,8 +246,6 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
         state = State.PENDING
         text = "waiting in Jenkins" + (f": {record['wait_detail']}"
                                        if record.get("wait_detail") else "")
-    elif status in ("queued", "pod_created") and record.get(JENKINS_REFUSED_FIELD):
-        state, text = State.PENDING, refused_text(record[JENKINS_REFUSED_FIELD])
     elif status in ("pod_created", "triggered"):
         state, text = State.PENDING, "agent starting" + (f" on {record['node']}"
                                                          if record.get("node") else "")

@@ -164,10 +164,11 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
 def _note_refused(rt: runtime.Runtime, key: str, err: Unauthorized) -> None:
     """Why the build waits, on its record (JENKINS_REFUSED_FIELD): Jenkins refuses us until
     an admin fixes a setting (a token, Agent/Create or Agent/Connect, a proxy's sign-in), and
-    the build stayed `queued` with no word for its commit status or the status page. Best
-    effort: Redis away, the next try notes it."""
+    the build stayed `queued` with no word for its commit status or the status page (or
+    `waiting` for the capacity it now has: a re-drive placed it). Best effort: Redis away,
+    the next try notes it."""
     try:
-        if rt.state.get_build(key).get("status") in (BuildStatus.QUEUED,
+        if rt.state.get_build(key).get("status") in (BuildStatus.QUEUED, BuildStatus.WAITING,
                                                       BuildStatus.POD_CREATED):
             rt.state.update_build(key, **{JENKINS_REFUSED_FIELD: redact(str(err))})
             refused_builds.note(rt.state, key, time.time())
