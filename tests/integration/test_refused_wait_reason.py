@@ -16,6 +16,8 @@ from tests.integration.test_placement_on_cluster import push
 from workers.core import commit_status
 from workers.core.commit_status import State
 from workers.engine import tasks
+from tests.integration.test_commit_status import arrives, posted, world  # noqa: F401
+from tests.support.app import work
 
 
 def _pending_text(app, key) -> str:
@@ -97,3 +99,22 @@ def test_a_waiting_build_placed_while_jenkins_refuses_us_says_so_not_its_old_rea
     passes(app, 1, time.time())
     assert state.get_build(keys[2])["status"] == "triggered"
     assert not state.get_build(keys[2]).get("jenkins_refused")
+
+
+def test_the_developer_sees_in_gitlab_that_jenkins_refuses_us(
+        world, kube, jenkins_fake, gitlab_fake):  # noqa: F811
+    """Through the real sender and the GitLab fake: the build's pending status names the
+    refusal at once (it is decided: no wait for the worker's decision), within GitLab's 255
+    characters and without the token."""
+    app, _ = world
+    jenkins_fake.add_job("build", parameters=OURS)
+    token, jenkins_fake.token = jenkins_fake.token, TOKEN
+
+    push(app.test_client(), 0)
+    work(app)
+    arrives(gitlab_fake, 0, "pending")
+
+    [(state, text, answer)] = posted(gitlab_fake, 0)
+    assert text.startswith("waiting: Jenkins refuses ci-autoscaler until an admin fixes"), text
+    assert "JENKINS_API_TOKEN not accepted" in text and len(text) <= 255
+    assert token not in text and TOKEN not in text

@@ -286,6 +286,8 @@ def wait_text_ready(record: Mapping[str, str], *, capacity_at: float | None,
     only (``enqueue`` from pending is refused): a "queued" sent while the worker was deciding
     was all the commit showed, never why the build waited."""
     if record.get("status") == "queued" and not record.get("started_at"):
+        if record.get(JENKINS_REFUSED_FIELD):  # decided: it waits on Jenkins refusing us
+            return True
         return now - _float(record.get("received_at")) >= DECISION_SETTLE_SECONDS
     if record.get("status") != "waiting":
         return True
