@@ -6,7 +6,8 @@ for capacity) listed it: the page counted it "not decided yet" with no word of w
 A sorted set ``refused-builds``, build key by the time of its last refusal. Each refusal
 notes it again; entries not noted for RECENT_SECONDS are dropped by the next note (a
 refused provision is tried again within minutes: RQ's retries, then the reconcile loop's),
-and the page shows only builds whose record still carries the refusal."""
+and the page shows only builds whose record still carries the refusal. The set itself expires
+RECENT_SECONDS after the last refusal."""
 
 from workers.adapters.redis_state import RedisState, _s, _unavailable_is_retryable
 
@@ -19,6 +20,7 @@ def note(state: RedisState, build_key: str, now: float) -> None:
     with _unavailable_is_retryable(), state.redis.pipeline(transaction=False) as pipe:
         pipe.zadd(state.prefix + KEY, {build_key: now})
         pipe.zremrangebyscore(state.prefix + KEY, "-inf", now - RECENT_SECONDS)
+        pipe.expire(state.prefix + KEY, int(RECENT_SECONDS))  # no refusal since: all stale
         pipe.execute()
 
 
