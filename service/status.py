@@ -29,7 +29,7 @@ from jinja2.runtime import Context
 
 from service.app import WebContext, context
 from workers.adapters.metric_store import counter_values
-from workers.adapters import unserved_store
+from workers.adapters import refused_builds, unserved_store
 from workers.adapters.pass_store import CATCH_UP, RECONCILE, Passes, PassStore
 from workers.adapters.redis_state import AGENT_PHASE_OF, BuildStatus
 from workers.adapters.warm_store import WarmStore
@@ -38,7 +38,7 @@ from workers.core.redaction import URL_USERINFO
 from workers.core.errors import RetryableError
 from workers.core.image_pulls import PULL_AGENT_FIELD, PULL_ERROR_FIELD, PULL_SINCE_FIELD
 from workers.core.stages import FIELD, current
-from workers.core.waiting_text import meaning, waiting_text
+from workers.core.waiting_text import JENKINS_REFUSED_FIELD, meaning, waiting_text
 from workers.telemetry.metrics import WARM_HITS_TOTAL
 
 bp = Blueprint("status", __name__, template_folder="templates")
@@ -67,9 +67,10 @@ HIDDEN = "[hidden]"
 # build fields the page shows cut to ERROR_SHOWN_CHARS: the pull error the kubelet retries
 # (workers.agent_starts.pulls) as well, the one place anyone but the worker's log sees it
 # (GitLab keeps the build's first pending status)
-_CUT = frozenset({"error", PULL_ERROR_FIELD})
+_CUT = frozenset({"error", PULL_ERROR_FIELD, JENKINS_REFUSED_FIELD})
 _FIELDS = ("project", "ref", "job", "template", "status", "node", "cpu_millis", "memory_bytes",
            "size_source", "size_moved", "wait_reason", "wait_detail", "fail_reason", "error", "parked_at",
+           JENKINS_REFUSED_FIELD,
            PULL_ERROR_FIELD, PULL_SINCE_FIELD, PULL_AGENT_FIELD, "agent", *FIELD.values())
 
 
@@ -241,7 +242,22 @@ def read_in_flight(ctx: WebContext, scrub: Scrub) -> tuple[list[Build], int]:
         start += len(keys)
         shown += [Build(r) for r in _records(ctx, keys, scrub)
                   if AGENT_PHASE_OF.get(r.get("status", "")) not in (None, "retained")]
-    return shown, max(total, len(shown))
+    return _with_refused(ctx, scrub, shown, max(total, len(shown)))
+
+
+def _with_refused(ctx: WebContext, scrub: Scrub, shown: list[Build],
+                  total: int) -> tuple[list[Build], int]:
+    """The in-flight rows and the builds still queued because Jenkins refuses us (workers.
+    adapters.refused_builds), in arrival order: they have no agent, so live-agents never
+    listed them."""
+    keys = refused_builds.recent(ctx.state, time.time())
+    refused = [Build(r) for r in _records(ctx, keys, scrub) if _refused(r)]
+    rows = sorted(shown + refused, key=lambda b: b.number("received_at") or 0)
+    return rows, total + len(refused)
+
+
+def _refused(record: dict[str, str]) -> bool:
+    return record.get("status") == BuildStatus.QUEUED and bool(record.get(JENKINS_REFUSED_FIELD))
 
 
 def _every_in_flight(ctx: WebContext, scrub: Scrub) -> tuple[list[Build], int]:
@@ -252,7 +268,7 @@ def _every_in_flight(ctx: WebContext, scrub: Scrub) -> tuple[list[Build], int]:
     every = [Build(r) for r in _records(ctx, ctx.state.live_build_keys(), scrub)
              if AGENT_PHASE_OF.get(r.get("status", "")) not in (None, "retained")]
     every.sort(key=lambda b: b.number("received_at") or 0)
-    return every[:IN_FLIGHT_SHOWN], len(every)
+    return _with_refused(ctx, scrub, every[:IN_FLIGHT_SHOWN], len(every))
 
 
 def read_page(ctx: WebContext, scrub: Scrub, now: float) -> Page:

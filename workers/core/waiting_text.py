@@ -41,6 +41,21 @@ MEANING: dict[str, str] = {
 }
 
 
+# The build's record: why Jenkins refused its provision's last try (workers.engine.tasks: a
+# refused token, a missing Agent/Create or Agent/Connect, a proxy's sign-in page; its
+# Unauthorized's message), while it waits for an admin to fix it. The provision retries, and
+# the build stays `queued` (or `pod_created`, its trigger refused): without it the developer's
+# commit status said "queued" and the status page nothing. Cleared when Jenkins takes it.
+JENKINS_REFUSED_FIELD = "jenkins_refused"
+
+
+def refused_text(detail: str) -> str:
+    """Why a build waits on Jenkins refusing us, for its developer: what Jenkins answered
+    (redacted by the caller, core.redaction) says what the admin must fix."""
+    return ("waiting: Jenkins refuses ci-autoscaler until an admin fixes its setup"
+            + (f": {detail}" if detail else ""))
+
+
 def meaning(reason: str) -> str:
     """What the wait reason means for a person; "" for a reason without a text. An extended
     resource's (insufficient_nvidia.com/gpu) is told by its name."""

@@ -18,10 +18,11 @@ import logging
 import time
 from typing import Any
 
-from workers import runtime
+from workers import commit_statuses, runtime
 from workers.engine import (agent_names, caps, jenkins_quiet, jenkins_sessions, namespace_sizes,
                             retention, run_confirm, scheduling, task_args, terminating)
 from workers.adapters.kube_errors import QuotaFull, Refused
+from workers.adapters import refused_builds
 from workers.adapters.lease import Lease
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
@@ -30,13 +31,16 @@ from workers.checks import jobs as job_checks
 from workers.concurrency import side
 from workers.concurrency.heartbeat import Heartbeat, let_go
 from workers.concurrency.turns import NO_TURN, Turn
-from workers.core.errors import NotOurs, PermanentError, PermissionMissing, RetryableError
+from workers.core.errors import NotOurs, PermanentError, PermissionMissing, RetryableError, \
+    Unauthorized
 from workers.core.jenkins_queue import first_triggered
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import Wait, WaitReason
 from workers.core.pods import agent_pod_manifest, agent_secret_manifest
+from workers.core.redaction import redact
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import FIRST_WAIT_REASON, Stage
+from workers.core.waiting_text import JENKINS_REFUSED_FIELD
 from workers.core import warm_quota
 from workers.core.start_failures import FailureReason, StartFailure
 from workers.job_history import learn as job_history
@@ -148,7 +152,11 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
         try:
             asked = redrive.asked(rt.state)  # under the try: a Redis error lets the lease go
             with Heartbeat(lease, what=f"provision {request.build_key}") as beat:
-                result = _provision_held(rt, request, beat, refresh=refresh, turn=turn)
+                try:
+                    result = _provision_held(rt, request, beat, refresh=refresh, turn=turn)
+                except Unauthorized as err:
+                    _note_refused(rt, request.build_key, err)
+                    raise
         finally:
             let_go(lease, what=f"provision {request.build_key}")  # once Redis answers
     finally:
@@ -159,6 +167,23 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
     if "waiting" in result and redrive.asked(rt.state) != asked:
         redrive.queue_pass(rt.state)
     return result
+
+
+def _note_refused(rt: runtime.Runtime, key: str, err: Unauthorized) -> None:
+    """Why the build waits, on its record (JENKINS_REFUSED_FIELD): Jenkins refuses us until
+    an admin fixes a setting (a token, Agent/Create or Agent/Connect, a proxy's sign-in), and
+    the build stayed `queued` with no word for its commit status or the status page (or
+    `waiting` for the capacity it now has: a re-drive placed it). Best effort: Redis away,
+    the next try notes it."""
+    try:
+        if rt.state.get_build(key).get("status") in (BuildStatus.QUEUED, BuildStatus.WAITING,
+                                                      BuildStatus.POD_CREATED):
+            rt.state.update_build(key, **{JENKINS_REFUSED_FIELD: redact(str(err))})
+            refused_builds.note(rt.state, key, time.time())
+            commit_statuses.touch(rt.state, key)
+    except RetryableError as noted:
+        log.warning("Jenkins' refusal not noted on its build",
+                    extra={"build_key": key, "error": str(noted)})
 
 
 def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat, *,
@@ -245,7 +270,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             rt.capacity.add_waiting(key, request.received_at,
                                     on_cap=decision.reason == WaitReason.CAP)
             rt.state.update_build(key, status=BuildStatus.WAITING, wait_reason=decision.reason,
-                                  wait_detail=decision.detail)
+                                  wait_detail=decision.detail, **{JENKINS_REFUSED_FIELD: None})
             ledger.record(rt.state, key, Stage.WAITING,
                           **{FIRST_WAIT_REASON: str(decision.reason)})
             if refresh:
@@ -335,7 +360,8 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             else BuildStatus.POD_CREATED
         if not rt.state.advance_build(key, **scheduling.decision_fields(decision),
                                       status=status, pod_created_at=time.time(),
-                                      wait_reason=None, wait_detail=None):
+                                      wait_reason=None, wait_detail=None,
+                                      **{JENKINS_REFUSED_FIELD: None}):
             return _ended_meanwhile(rt, request, ctx)
         if refresh:
             scheduling.refresh_capacity_folded(rt)
@@ -347,7 +373,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             state.get("status") in (BuildStatus.QUEUED, BuildStatus.WAITING):
         # A retry after a create whose answer was lost, its build triggered by that attempt:
         # pod and trigger exist, and nothing else moves it past queued.
-        rt.state.advance_build(key, status=BuildStatus.TRIGGERED)
+        rt.state.advance_build(key, status=BuildStatus.TRIGGERED, **{JENKINS_REFUSED_FIELD: None})
     if pod is not None and state.get("status") == BuildStatus.WAITING:
         # Its pod made by a re-drive's attempt whose answers were lost: placed, it waits no
         # more (left in the waiting set, it was counted waiting, and ahead, until it ended).
@@ -535,7 +561,8 @@ def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, s
             raise
     else:
         queue_item = found
-    marks = {"queue_item": queue_item, "triggered_at": time.time(), jenkins_sessions.FIELD: session}
+    marks = {"queue_item": queue_item, "triggered_at": time.time(), jenkins_sessions.FIELD: session,
+             JENKINS_REFUSED_FIELD: None}
     if write_status:
         rt.state.advance_build(key, status=BuildStatus.TRIGGERED, **marks)
     else:  # the provision writes it, once its pod's create has ended
