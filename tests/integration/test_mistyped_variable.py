@@ -80,3 +80,15 @@ def test_no_variable_the_charts_pods_are_given_is_named(option_set):
     # and a mistyped setting beside them is still named
     assert unknown(known_variables(), environ | {"CI_AUTOSCALER_TARGETUTILISATION": "0.5"}) == {
         "CI_AUTOSCALER_TARGETUTILISATION": "CI_AUTOSCALER_TARGET_UTILISATION"}
+
+
+def test_only_a_setting_is_suggested():
+    """A build's parameters and the web's own internal names are not named as what an operator
+    meant: following "did you mean CI_AUTOSCALER_CPU?" (a parameter a Jenkins build gets) for
+    CI_AUTOSCALER_CPUS, they set a variable every process ignores without a word."""
+    assert unknown(known_variables(), {"CI_AUTOSCALER_CPUS": "4", "CI_AUTOSCALER_BUILDKEY": "k",
+                                       "CI_AUTOSCALER_METRICS_DIR": "/tmp/m",
+                                       "CI_AUTOSCALER_LIVENES_FILE": "/tmp/l"}) == {
+        "CI_AUTOSCALER_CPUS": None, "CI_AUTOSCALER_BUILDKEY": None,
+        "CI_AUTOSCALER_METRICS_DIR": None,
+        "CI_AUTOSCALER_LIVENES_FILE": "CI_AUTOSCALER_LIVENESS_FILE"}

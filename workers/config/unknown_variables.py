@@ -36,10 +36,20 @@ def unknown(known: Iterable[str], environ: Mapping[str, str]) -> dict[str, str |
     """Each CI_AUTOSCALER_* name of `environ` not in `known`, with the known name closest to
     it (None when none is close)."""
     names = {n.upper() for n in known} | READ_ELSEWHERE
-    return {name: next(iter(difflib.get_close_matches(name.upper(), names, n=1, cutoff=0.8)),
-                       None)
+    settings = {n.upper() for n in known} | {"CI_AUTOSCALER_LIVENESS_FILE"}
+    return {name: _closest(name.upper(), settings)
             for name in sorted(environ) if name.upper().startswith(PREFIX)
             and name.upper() not in names and not _SERVICE_LINK.fullmatch(name.upper())}
+
+
+def _closest(name: str, settings: set[str]) -> str | None:
+    """The setting an operator most likely meant, compared past the prefix (every name has it:
+    whole, CI_AUTOSCALER_CPUS came out as CI_AUTOSCALER_QUEUE); only a name an operator sets
+    ("did you mean CI_AUTOSCALER_CPU?", a build's parameter, led to one every process
+    ignores)."""
+    tails = {n.removeprefix(PREFIX): n for n in settings if n.startswith(PREFIX)}
+    close = difflib.get_close_matches(name.removeprefix(PREFIX), tails, n=1, cutoff=0.8)
+    return tails[close[0]] if close else None
 
 
 def warn(known: Iterable[str], environ: Mapping[str, str] = os.environ) -> None:
