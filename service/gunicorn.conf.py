@@ -20,8 +20,11 @@ from workers.adapters import listen
 # and IPv6, 0.0.0.0 without IPv6; 0.0.0.0 alone left an IPv6-only pod's address unheard.
 # A PORT or WEB_CONCURRENCY that is no number is left to on_starting's check, which refuses it
 # naming the variable (workers.config.settings): read here as it was, gunicorn itself refused
-# PORT=abc without naming it ("'abc' is not a valid port number."), and the int() of
-# WEB_CONCURRENCY=two was a traceback.
+# PORT=abc without naming it ("'abc' is not a valid port number."). WEB_CONCURRENCY=two is not
+# refused here but by `ci-autoscaler web` before gunicorn starts: gunicorn's own config module
+# does int() on it as it is imported, before this file is read (gunicorn/config.py, Workers'
+# default), so the Procfile's and the image's gunicorn line still end in its ValueError (the
+# chart's schema takes only a number of at least 1).
 
 
 def _number(name: str, default: int) -> int:

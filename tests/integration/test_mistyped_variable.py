@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.support.helm_chart import containers, find, objects_of, option_sets, pod_specs, \
+    render_files
 from tests.support.payloads import EXAMPLE_CONFIG
 from workers.config.settings import known_variables
 from workers.config.unknown_variables import unknown
@@ -41,3 +45,50 @@ def test_every_variable_the_project_reads_is_known():
     assert unknown(known_variables(), environ) == {}
     assert unknown(known_variables(), {"CI_AUTOSCALER_LOG_FORMAT_EXTRA": "x"}) == {
         "CI_AUTOSCALER_LOG_FORMAT_EXTRA": None}  # an operator's own: named, nothing suggested
+
+
+def _service_links(service: dict) -> set[str]:
+    """The variables the kubelet gives every container of the namespace for this Service
+    (kubernetes pkg/kubelet/envvars/envvars.go FromServices and makeLinkVariables; kubelet_pods.go
+    getServiceEnvVarMap leaves out a Service with no cluster IP, a headless one)."""
+    if service["spec"].get("clusterIP") == "None":
+        return set()
+    name = service["metadata"]["name"].upper().replace("-", "_")
+    out = {f"{name}_SERVICE_HOST", f"{name}_SERVICE_PORT", f"{name}_PORT"}
+    for port in service["spec"]["ports"]:
+        if port.get("name"):
+            out.add(f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}")
+        link = f"{name}_PORT_{port['port']}_{port.get('protocol', 'TCP')}"
+        out |= {link, f"{link}_PROTO", f"{link}_PORT", f"{link}_ADDR"}
+    return out
+
+
+@pytest.mark.parametrize("option_set", sorted(option_sets()))
+def test_no_variable_the_charts_pods_are_given_is_named(option_set):
+    """Installed as the README says (`helm install ci-autoscaler`), the chart's Services are
+    ci-autoscaler, ci-autoscaler-redis...: Kubernetes gives every pod of the namespace
+    CI_AUTOSCALER_PORT, CI_AUTOSCALER_SERVICE_HOST, CI_AUTOSCALER_REDIS_PORT_6379_TCP_ADDR...,
+    which every process logged as an operator's mistake ("CI_AUTOSCALER_PORT is no setting of
+    ci-autoscaler: ignored (did you mean CI_AUTOSCALER_CPU?)"). Nor the chart's own env."""
+    objs = objects_of(render_files(option_sets()[option_set], release="ci-autoscaler"))
+    given = {link for service in find(objs, "Service") for link in _service_links(service)}
+    assert "CI_AUTOSCALER_PORT" in given and "CI_AUTOSCALER_SERVICE_HOST" in given
+    given |= {env["name"] for _, spec in pod_specs(objs) for container in containers(spec)
+              for env in container.get("env", [])}
+    environ = dict.fromkeys(given, "x")
+    assert unknown(known_variables(), environ) == {}
+    # and a mistyped setting beside them is still named
+    assert unknown(known_variables(), environ | {"CI_AUTOSCALER_TARGETUTILISATION": "0.5"}) == {
+        "CI_AUTOSCALER_TARGETUTILISATION": "CI_AUTOSCALER_TARGET_UTILISATION"}
+
+
+def test_only_a_setting_is_suggested():
+    """A build's parameters and the web's own internal names are not named as what an operator
+    meant: following "did you mean CI_AUTOSCALER_CPU?" (a parameter a Jenkins build gets) for
+    CI_AUTOSCALER_CPUS, they set a variable every process ignores without a word."""
+    assert unknown(known_variables(), {"CI_AUTOSCALER_CPUS": "4", "CI_AUTOSCALER_BUILDKEY": "k",
+                                       "CI_AUTOSCALER_METRICS_DIR": "/tmp/m",
+                                       "CI_AUTOSCALER_LIVENES_FILE": "/tmp/l"}) == {
+        "CI_AUTOSCALER_CPUS": None, "CI_AUTOSCALER_BUILDKEY": None,
+        "CI_AUTOSCALER_METRICS_DIR": None,
+        "CI_AUTOSCALER_LIVENES_FILE": "CI_AUTOSCALER_LIVENESS_FILE"}
