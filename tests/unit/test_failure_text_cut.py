@@ -53,3 +53,28 @@ def test_our_own_multi_line_message_is_kept_whole_but_redacted():
     message = "two problems:\nJENKINS_URL: required\nsee https://ci:hunter22@jenkins.example"
     text = failure_text((PermanentError, PermanentError(message), None))
     assert "JENKINS_URL: required" in text and "hunter22" not in text
+
+
+def test_a_one_line_connection_error_keeps_its_cause_past_a_long_url():
+    """requests' ConnectionError is one line: the URL asked, then the cause at its end. Cut at
+    KEPT_CHARS, a Jenkins API URL with its tree= query left "Connection refused" out of the
+    text and of a log line's error, and said a page was not shown where none was answered."""
+    import socket
+
+    import requests
+    from workers.concurrency.failure_text import last_error
+
+    with socket.socket() as closed:  # bound, never listening: a connection to it is refused
+        closed.bind(("127.0.0.1", 0))
+        url = (f"http://127.0.0.1:{closed.getsockname()[1]}/computer/api/json?tree=computer"
+               "%5BdisplayName%2Coffline%2CtemporarilyOffline%2CofflineCauseReason%2C"
+               "assignedLabels%5Bname%5D%2Cexecutors%5BcurrentExecutable%5Burl%5D%5D%5D")
+        try:
+            requests.get(url, timeout=5)
+        except requests.ConnectionError:
+            exc_info = sys.exc_info()
+    assert len(str(exc_info[1])) > 300  # the case: past KEPT_CHARS
+    error = last_error(exc_info)
+    assert error.startswith("requests.exceptions.ConnectionError: HTTPConnectionPool")
+    assert "Connection refused" in error and BODY_NOT_SHOWN not in error
+    assert BODY_NOT_SHOWN not in failure_text(exc_info)

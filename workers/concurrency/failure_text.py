@@ -37,7 +37,10 @@ def _kept(module: str, text: str) -> str:
     - kubernetes: ApiException.__str__ adds "HTTP response headers: ..." (an auth proxy's
       Set-Cookie) and "HTTP response body: ..." after its status and reason; our own error
       says the Status's message (workers.adapters.kube_errors).
-    - requests, urllib3: one line, naming the URL asked (cut at KEPT_CHARS, redacted)."""
+    - requests, urllib3: one line, naming the URL asked (redacted) and the cause at its end.
+    A message of one line, nothing cut off it, is kept whole: capped at KEPT_CHARS, a
+    ConnectionError's "Connection refused" after a Jenkins API URL's tree= query was lost
+    (and a page said not shown where none was answered)."""
     if module == "kubernetes":
         kept = text.split("\nHTTP response headers:", 1)[0].split("\nHTTP response body:", 1)[0]
     elif module == "gitlab" and re.match(r"[0-9]{3}: ", text):
@@ -46,8 +49,10 @@ def _kept(module: str, text: str) -> str:
         kept = text.split("\n", 1)[0]
     else:
         return text
-    kept = kept.rstrip("\n")[:KEPT_CHARS]
-    return kept if kept == text.rstrip("\n") else kept + BODY_NOT_SHOWN
+    kept = kept.rstrip("\n")
+    if kept == text.rstrip("\n"):
+        return text
+    return kept[:KEPT_CHARS] + BODY_NOT_SHOWN
 
 
 def _cut(shown: traceback.TracebackException) -> None:
