@@ -9,7 +9,12 @@ refused provision is tried again within minutes: RQ's retries, then the reconcil
 and the page shows only builds whose record still carries the refusal. The set itself expires
 RECENT_SECONDS after the last refusal."""
 
-from workers.adapters.redis_state import RedisState, _s, _unavailable_is_retryable
+from typing import Any
+
+import redis
+
+from workers.adapters.redis_state import RedisState
+from workers.core.errors import RetryableError
 
 KEY = "refused-builds"
 RECENT_SECONDS = 900.0
@@ -17,15 +22,25 @@ SHOWN = 50
 
 
 def note(state: RedisState, build_key: str, now: float) -> None:
-    with _unavailable_is_retryable(), state.redis.pipeline(transaction=False) as pipe:
-        pipe.zadd(state.prefix + KEY, {build_key: now})
-        pipe.zremrangebyscore(state.prefix + KEY, "-inf", now - RECENT_SECONDS)
-        pipe.expire(state.prefix + KEY, int(RECENT_SECONDS))  # no refusal since: all stale
-        pipe.execute()
+    try:
+        with state.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(state.prefix + KEY, {build_key: now})
+            pipe.zremrangebyscore(state.prefix + KEY, "-inf", now - RECENT_SECONDS)
+            pipe.expire(state.prefix + KEY, int(RECENT_SECONDS))  # no refusal since: all stale
+            pipe.execute()
+    except redis.RedisError as err:
+        raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
 
 
 def recent(state: RedisState, now: float, limit: int = SHOWN) -> list[str]:
     """The builds refused within RECENT_SECONDS, oldest first, at most `limit`."""
-    with _unavailable_is_retryable():
-        return [_s(k) for k in state.redis.zrangebyscore(
-            state.prefix + KEY, now - RECENT_SECONDS, "+inf", start=0, num=limit)]
+    try:
+        found = state.redis.zrangebyscore(state.prefix + KEY, now - RECENT_SECONDS, "+inf",
+                                          start=0, num=limit)
+    except redis.RedisError as err:
+        raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
+    return [_s(k) for k in found]
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
