@@ -158,12 +158,8 @@ def test_a_re_drive_while_the_api_server_does_not_answer_stops_after_that_chunk(
     assert 0 < calls <= CHUNK * 4 + 8, calls  # one chunk's creates, each retried
 
 
-def test_a_re_drive_job_while_another_runs_leaves_the_line_to_it_which_goes_once_more(
-        world, kube, jenkins_fake, caplog):
-    """A release's re-drive job runs while the previous release's job is still deciding its
-    chunk (here held on its build's trigger): it walked the whole line beside it, trying the
-    builds that pass held. Now it leaves the line to the running pass, which queues one
-    more pass at its end for the room the second job came for."""
+def two_slots_freed(world):
+    """Builds waiting on a cap of 2, the two placed ones released: room for two. The runtime."""
     app, _ = world(max_line="maxConcurrent: 2")
     client = app.test_client()
     keys = [pod_templates_push(client, i) for i in range(2 + WAITING)]
@@ -173,6 +169,16 @@ def test_a_re_drive_job_while_another_runs_leaves_the_line_to_it_which_goes_once
     assert len(placed) == 2
     for key in placed:  # two slots free
         tasks.release(rt, key, rt.state.get_build(key)["agent"], "build_completed")
+    return rt
+
+
+def test_a_re_drive_job_while_another_runs_leaves_the_line_to_it_which_goes_once_more(
+        world, kube, jenkins_fake, caplog):
+    """A release's re-drive job runs while the previous release's job is still deciding its
+    chunk (here held on its build's trigger): it walked the whole line beside it, trying the
+    builds that pass held. Now it leaves the line to the running pass, which queues one
+    more pass at its end for the room the second job came for."""
+    rt = two_slots_freed(world)
     arrived, release = jenkins_fake.hold_next("/job/build/buildWithParameters")
     first = threading.Thread(target=redrive.redrive_waiting, daemon=True)
     first.start()
@@ -188,3 +194,37 @@ def test_a_re_drive_job_while_another_runs_leaves_the_line_to_it_which_goes_once
     # the first pass queued one more, for the room the second came for
     assert rt.state.redis.exists(rt.state.prefix + "redrive-pending")
     assert len(jenkins_fake.builds) == 4
+
+
+def test_a_re_drive_job_early_in_a_long_pass_is_still_gone_once_more_for(
+        world, kube, jenkins_fake, monkeypatch):
+    """The mark a job leaves for the running pass lived as long as the pending flag (60 s),
+    while a pass in a burst runs up to RQ's job timeout (5 min): a job that came early in a
+    long pass had its mark lapse before the pass ended, which then queued no pass for the
+    room that job came for (a template found full earlier in the pass stays full for it):
+    it waited for the next reconcile pass. Scaled down here: the flag's life 1 s, the pass
+    held past it."""
+    monkeypatch.setattr(redrive, "REDRIVE_PENDING_SECONDS", 1)
+    rt = two_slots_freed(world)
+    arrived, release = jenkins_fake.hold_next("/job/build/buildWithParameters")
+    first = threading.Thread(target=redrive.redrive_waiting, daemon=True)
+    first.start()
+    try:
+        assert arrived.wait(60), "the first pass triggered nothing"
+        redrive.redrive_waiting()  # the next release's job, early in the first pass
+        probe = rt.state.prefix + "test-probe"
+        rt.state.redis.set(probe, "1", ex=redrive.REDRIVE_PENDING_SECONDS)
+        wait_until(lambda: not rt.state.redis.exists(probe), timeout=10,
+                   what="the pending flag's life over")
+        queued = redrive_jobs(rt)
+    finally:
+        release.set()
+        first.join(60)
+    assert not first.is_alive()
+    # the first pass queued one more, for the room the second came for: none before
+    assert redrive_jobs(rt) == queued + 1
+
+
+def redrive_jobs(rt) -> int:
+    """Re-drive jobs in the queue."""
+    return sum(job.func_name == redrive.REDRIVE_TASK for job in rt.state.queue.get_jobs())

@@ -19,7 +19,7 @@ from workers.adapters import run_bound
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.kube_errors import ApiNotServing
 from workers.adapters.lease import Lease
-from workers.adapters.redis_state import RedisState
+from workers.adapters.redis_state import JOB_TIMEOUT_SECONDS, RedisState
 from workers.concurrency import side
 from workers.concurrency.heartbeat import Heartbeat, let_go
 from workers.concurrency.turns import line
@@ -79,7 +79,9 @@ def queue_pass(state: RedisState) -> bool:
 # end, which sees the room that job came for. In a burst each release queued a job that ran
 # beside the passes still running (a worker runs 16 jobs at once): each walked every waiting
 # build, reading its record and trying its lease, and met the builds the others were deciding,
-# out of their order.
+# out of their order. AGAIN lives as long as a pass may run (RQ ends a job at its timeout),
+# not the pending flag's minute: a pass in a burst runs longer, and a job that came early in it
+# had its mark lapse, its room left to the next reconcile pass.
 RUNNING, AGAIN = "redrive-running", "redrive-again"
 
 
@@ -91,7 +93,7 @@ def redrive_waiting(**newer: Any) -> dict[str, int]:
     connection, prefix = rt.state.redis, rt.state.prefix
     with tasks.engine_metrics(rt).errors_counted("provision"):
         connection.delete(prefix + "redrive-pending")
-        connection.set(prefix + AGAIN, "1", ex=REDRIVE_PENDING_SECONDS)  # before the try
+        connection.set(prefix + AGAIN, "1", ex=JOB_TIMEOUT_SECONDS)  # before the try
         running = Lease(connection, prefix + RUNNING, rt.settings.provision_lease_seconds,
                         renewed=True)
         if not running.acquire():
