@@ -24,6 +24,7 @@ from tests.integration.test_push_to_pod import NAMESPACE
 from tests.support.app import app_on_cluster, one_template_config  # noqa: F401 (the fixture)
 from tests.support.monitoring import wait_until
 from workers import runtime
+from workers.adapters import lease
 from workers.engine import redrive, tasks
 
 WAITING = 30  # the template's cap is 2: every build after the first two waits
@@ -228,3 +229,21 @@ def test_a_re_drive_job_early_in_a_long_pass_is_still_gone_once_more_for(
 def redrive_jobs(rt) -> int:
     """Re-drive jobs in the queue."""
     return sum(job.func_name == redrive.REDRIVE_TASK for job in rt.state.queue.get_jobs())
+
+
+def test_a_re_drive_job_takes_the_line_from_a_pass_whose_worker_died(
+        world, kube, jenkins_fake):
+    """The worker running a pass is killed (SIGKILL, an OOM kill in a burst): its lease,
+    renewed no more, held the line for its whole minute, and every re-drive job in that
+    minute left at once (the mark it left read by no pass). Once unrenewed for as long as a
+    provision's lease is taken for its dead holder's (workers.adapters.lease free_if_stale),
+    the next job takes it over and runs the pass."""
+    rt = two_slots_freed(world)
+    seconds = rt.settings.provision_lease_seconds
+    unrenewed = lease.stale_seconds(seconds) + 1  # its last renewal that long ago
+    rt.state.redis.set(rt.state.prefix + redrive.RUNNING, lease.RENEWED + "dead",
+                       px=int((seconds - unrenewed) * 1000))
+
+    result = redrive.redrive_waiting()
+
+    assert result["placed"] == 2, result  # 0 before: left to the dead pass

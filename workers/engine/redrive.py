@@ -18,7 +18,7 @@ from workers.engine import failures, scheduling, task_args, tasks, trigger_retry
 from workers.adapters import run_bound
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.kube_errors import ApiNotServing
-from workers.adapters.lease import Lease
+from workers.adapters.lease import Lease, free_if_stale
 from workers.adapters.redis_state import JOB_TIMEOUT_SECONDS, RedisState
 from workers.concurrency import side
 from workers.concurrency.heartbeat import Heartbeat, let_go
@@ -94,8 +94,12 @@ def redrive_waiting(**newer: Any) -> dict[str, int]:
     with tasks.engine_metrics(rt).errors_counted("provision"):
         connection.delete(prefix + "redrive-pending")
         connection.set(prefix + AGAIN, "1", ex=JOB_TIMEOUT_SECONDS)  # before the try
-        running = Lease(connection, prefix + RUNNING, rt.settings.provision_lease_seconds,
-                        renewed=True)
+        seconds = rt.settings.provision_lease_seconds
+        running = Lease(connection, prefix + RUNNING, seconds, renewed=True)
+        # A pass whose worker died (SIGKILL, an OOM kill) renews it no more: taken over once
+        # unrenewed as long as a provision's (20 s), not left for its whole TTL, every job
+        # meanwhile leaving at once and its mark read by no pass.
+        free_if_stale(connection, [running.key], seconds)
         if not running.acquire():
             return {"placed": 0, "waiting": 0}  # the running pass goes once more (AGAIN)
         try:
