@@ -11,8 +11,11 @@ lines, errors and Redis reads, not as time:
 - it is no warning line per build per pass (a worker under a burst logged thousands).
 """
 
+import json
 import logging
 import threading
+
+import pytest
 
 from tests.integration.test_job_refusals import (  # noqa: F401 (the fixture)
     OURS, app, run_worker)
@@ -20,11 +23,15 @@ from tests.integration.test_concurrent_provisions import (  # noqa: F401 (the fi
     PODS, work_while, world)
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_pod_templates import push as pod_templates_push
-from tests.integration.test_push_to_pod import NAMESPACE
-from tests.support.app import app_on_cluster, one_template_config  # noqa: F401 (the fixture)
+from tests.integration.test_push_to_pod import NAMESPACE, PUSH
+from tests.support.app import (  # noqa: F401 (the fixture)
+    GITLAB_TOKEN, app_on_cluster, one_template_config, production_env)
+from tests.support.fault_proxy import FaultProxy
+from tests.support.kmock_cluster import _write_kubeconfig
+from service.app import create_app
 from tests.support.monitoring import wait_until
 from workers import runtime
-from workers.adapters import lease
+from workers.adapters.lease import RENEWED, stale_seconds
 from workers.engine import redrive, tasks
 
 WAITING = 30  # the template's cap is 2: every build after the first two waits
@@ -240,10 +247,105 @@ def test_a_re_drive_job_takes_the_line_from_a_pass_whose_worker_died(
     the next job takes it over and runs the pass."""
     rt = two_slots_freed(world)
     seconds = rt.settings.provision_lease_seconds
-    unrenewed = lease.stale_seconds(seconds) + 1  # its last renewal that long ago
-    rt.state.redis.set(rt.state.prefix + redrive.RUNNING, lease.RENEWED + "dead",
+    unrenewed = stale_seconds(seconds) + 1  # its last renewal that long ago
+    rt.state.redis.set(rt.state.prefix + redrive.RUNNING, RENEWED + "dead",
                        px=int((seconds - unrenewed) * 1000))
 
     result = redrive.redrive_waiting()
 
     assert result["placed"] == 2, result  # 0 before: left to the dead pass
+
+
+THREE_TEMPLATES = """
+routes:
+  - {project: "*", ref: "refs/heads/other", job: build, template: other}
+  - {project: "*", ref: "refs/heads/third", job: build, template: third}
+  - {project: "*", ref: "refs/*", job: build, template: small}
+templates:
+  small:
+    cpu: {min: 250m, default: 250m, max: 250m}
+    memory: {min: 256Mi, default: 256Mi, max: 256Mi}
+  other:
+    cpu: {min: 250m, default: 250m, max: 250m}
+    memory: {min: 256Mi, default: 256Mi, max: 256Mi}
+  third:
+    cpu: {min: 250m, default: 250m, max: 250m}
+    memory: {min: 256Mi, default: 256Mi, max: 256Mi}
+"""
+
+
+def push_to(client, n: int, ref: str) -> str:
+    body = json.loads(PUSH)
+    body["ref"], body["checkout_sha"] = ref, f"{n + 1:040x}"
+    body["after"] = body["checkout_sha"]
+    response = client.post("/webhooks/gitlab", json=body, headers={
+        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
+        "Idempotency-Key": f"push-{n}"})
+    assert response.status_code == 202, response.json
+    return response.json["build_key"]
+
+
+@pytest.fixture
+def three_templates(monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """8 builds of template small, then 8 of other and 4 of third, waiting for a node, which
+    joins: the next re-drive has room for all. (the runtime, the proxy before the API
+    server, small's builds, the others')"""
+    proxy = FaultProxy(kube.url, ratio=0.0, seed=0, kubernetes=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    _write_kubeconfig(kubeconfig, proxy.url)
+    config = tmp_path / "config.yaml"
+    config.write_text(THREE_TEMPLATES)
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE, KUBECONFIG=str(kubeconfig),
+                   CI_AUTOSCALER_PROVISION_CONCURRENCY=str(CHUNK))
+    runtime.install(None)
+    try:
+        app = create_app()
+        client = app.test_client()
+        small = [push_to(client, n, "refs/heads/main") for n in range(8)]
+        other = [push_to(client, 8 + n, "refs/heads/other") for n in range(8)] + \
+            [push_to(client, 16 + n, "refs/heads/third") for n in range(4)]
+        work_while(app, lambda: None)
+        rt = runtime.current()
+        assert sorted(rt.capacity.waiting()) == sorted(small + other)  # no node yet
+        kube.create_node("node-0", cpu="64", memory="256Gi")
+        wait_until(lambda: [n.name for n in rt.view.snapshot()] == ["node-0"],
+                   timeout=60, what="the node seen")
+        yield rt, proxy, small, other
+    finally:
+        runtime.install(None)
+        proxy.stop()
+
+
+def test_a_template_whose_pods_the_api_server_does_not_answer_holds_no_other_back(
+        three_templates):
+    """The creates of one template's pods go unanswered (an admission webhook that selects
+    them by label hangs: each create times out; a 502 here, the same error) while the API
+    server serves every other call. Its builds came first. Every pass stopped after the
+    chunk of that template's builds: the other templates' builds, behind it in the line,
+    were never re-driven for as long as that webhook hung. Now that template is left for
+    the rest of the pass (as a full one is) and the others go on."""
+    rt, proxy, small, other = three_templates
+    proxy.fail_next("POST", PODS, status=502, times=100_000,
+                    body_has=b'"ci-autoscaler.io/template": "small"')
+
+    redrive.redrive(rt)
+
+    # the other templates' builds placed: none before (the pass ended after the first chunk)
+    assert sorted(rt.capacity.waiting()) == sorted(small)
+
+
+def test_a_second_template_unanswered_ends_the_pass(three_templates):
+    """Every create unanswered (the API server's, not one template's pods): the pass ends
+    once a second template's builds met it, two chunks in, not once every template's had
+    (a chunk of timeouts each: many templates, and the pass outlasted RQ's job timeout)."""
+    rt, proxy, small, other = three_templates
+    proxy.fail_next("POST", PODS, status=502, times=100_000)
+    calls_before = proxy.requests
+
+    redrive.redrive(rt)
+
+    calls = proxy.requests - calls_before
+    assert sorted(rt.capacity.waiting()) == sorted(small + other)  # none lost
+    # two chunks' creates, each retried: 72 when every template's chunk was tried
+    assert 0 < calls <= 2 * (CHUNK * 4 + 8), calls

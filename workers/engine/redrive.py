@@ -133,10 +133,12 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
     checkpoint (workers.adapters.run_bound) never gets to raise it: it is counted and
     logged there (_checkpoint). A chunk in which a call found Jenkins or the API server not
     serving (Unavailable, Overloaded) ends the pass: the builds after it wait, in their
-    order, for the next re-drive."""
+    order, for the next re-drive; the API server not answering one template's builds leaves
+    that template for the rest of the pass, a second's ends it."""
     placed = still = deferred = 0
     counted = tasks.engine_metrics(rt)
     full: set[str] = set()  # templates that found no room at min size in this pass
+    unanswered: set[str] = set()  # templates whose builds' API calls went unanswered
     errors: list[Exception] = []
     todo: list[BuildRequest] = []
     for key in rt.capacity.waiting():
@@ -148,7 +150,7 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
     chunk_size = max(1, rt.settings.provision_concurrency)
     while todo:
         _checkpoint(counted, errors)  # a reconcile pass may end before this chunk
-        open_ = [r for r in todo if r.template not in full]
+        open_ = [r for r in todo if r.template not in full and r.template not in unanswered]
         still += len(todo) - len(open_)
         chunk, todo = open_[:chunk_size], open_[chunk_size:]
         # At once, but each build admitted after the one before it: the first waiting build
@@ -174,14 +176,22 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
                     full.add(request.template)
                 elif verdict == _HELD:
                     deferred += 1
-        down = next((o.error for o in outcomes if _not_serving(o.error)), None)
+        unanswered.update(r.template for r, o in zip(chunk, outcomes)
+                          if isinstance(o.error, ApiNotServing))
+        down = next((o.error for o in outcomes if _not_serving(o.error) and (
+            len(unanswered) > 1 or not isinstance(o.error, ApiNotServing))), None)
         if down is not None and todo:
             # Jenkins or the API server not serving (a restart's 503, no connection, read
-            # timeouts, a front's 502): the builds after this chunk would each make their calls, retried
-            # within the call, to a server that cannot answer. A pass of W builds made W x 4 calls, and on a
-            # slow server (10 s a timeout) a pass of a few hundred outlasted RQ's job timeout.
-            # They keep their place in the line for the next re-drive (the reconcile pass
-            # runs one every pass).
+            # timeouts, a front's 502): the builds after this chunk would each make their
+            # calls, retried within the call, to a server that cannot answer. A pass of W
+            # builds made W x 4 calls, and on a slow server (10 s a timeout) a pass of a few
+            # hundred outlasted RQ's job timeout. They keep their place in the line for the
+            # next re-drive (the reconcile pass runs one every pass). The API server
+            # unanswering one template's builds alone may be its pods' (an admission webhook
+            # selecting them by label hangs: each create times out): that template is left
+            # for the rest of the pass, as a full one is; its builds, first in the line,
+            # ended every pass, and the other templates' builds behind them were never
+            # re-driven. A second template's unanswered too: the API server's.
             still += len(todo)
             log.warning("re-drive stopped: a call found the other side not serving; the "
                         "builds after wait for the next re-drive",
