@@ -38,7 +38,8 @@ class FaultProxy:
         # answers in tens of milliseconds, not at once (issue 19's benchmark: 30 ms).
         self.latency_seconds = latency_seconds
         self._holds: list[tuple[str, str, threading.Event, threading.Event, bool]] = []
-        self._scripted: list[list[Any]] = []  # fail_next: [method, prefix, status, left, after]
+        # fail_next: [method, prefix, status, left, after, body_has]
+        self._scripted: list[list[Any]] = []
         self.kubernetes = kubernetes
         self.faults: Counter[str] = Counter()
         self.requests = 0
@@ -67,12 +68,13 @@ class FaultProxy:
             self.ratio = ratio
 
     def fail_next(self, method: str, path_prefix: str, *, status: int = 500, times: int = 1,
-                  after: bool = False) -> None:
+                  after: bool = False, body_has: bytes = b"") -> None:
         """Answer the next `times` `method` requests whose path starts with `path_prefix` with
         `status`, whatever the ratio draws; with `after`, once the server has handled them
-        (the change made, its answer lost)."""
+        (the change made, its answer lost). `body_has`: only those whose body holds it (an
+        admission webhook selecting objects by label: only their creates fail)."""
         with self._lock:
-            self._scripted.append([method, path_prefix, status, times, after])
+            self._scripted.append([method, path_prefix, status, times, after, body_has])
 
     def hold_next(self, method: str, path_prefix: str, *, answer: bool = False
                   ) -> tuple[threading.Event, threading.Event]:
@@ -124,14 +126,16 @@ class FaultProxy:
         await self._runner.cleanup()
         await self._session.close()
 
-    def _draw(self, request: aiohttp.web.BaseRequest) -> tuple[int | None, bool]:
+    def _draw(self, request: aiohttp.web.BaseRequest, body: bytes
+              ) -> tuple[int | None, bool]:
         """(status to fail with or None, whether to fail after forwarding)."""
         if request.query.get("watch") in ("true", "1"):
             return None, False
         with self._lock:
             self.requests += 1
             for script in self._scripted:
-                if request.method == script[0] and request.path.startswith(script[1]):
+                if request.method == script[0] and request.path.startswith(script[1]) \
+                        and script[5] in body:
                     script[3] -= 1
                     if script[3] <= 0:
                         self._scripted.remove(script)
@@ -144,8 +148,8 @@ class FaultProxy:
             return status, after
 
     async def _handle(self, request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        status, after = self._draw(request)
         body = await request.read()
+        status, after = self._draw(request, body)
         release = self._held(request, answer=False)
         if release is not None and not await self._wait(release):
             return self._error(502)

@@ -18,8 +18,8 @@ from workers.engine import failures, scheduling, task_args, tasks, trigger_retry
 from workers.adapters import run_bound
 from workers.adapters.capacity_store import CapacityStore
 from workers.adapters.kube_errors import ApiNotServing
-from workers.adapters.lease import Lease
-from workers.adapters.redis_state import RedisState
+from workers.adapters.lease import Lease, free_if_stale
+from workers.adapters.redis_state import JOB_TIMEOUT_SECONDS, RedisState
 from workers.concurrency import side
 from workers.concurrency.heartbeat import Heartbeat, let_go
 from workers.concurrency.turns import line
@@ -79,7 +79,9 @@ def queue_pass(state: RedisState) -> bool:
 # end, which sees the room that job came for. In a burst each release queued a job that ran
 # beside the passes still running (a worker runs 16 jobs at once): each walked every waiting
 # build, reading its record and trying its lease, and met the builds the others were deciding,
-# out of their order.
+# out of their order. AGAIN lives as long as a pass may run (RQ ends a job at its timeout),
+# not the pending flag's minute: a pass in a burst runs longer, and a job that came early in it
+# had its mark lapse, its room left to the next reconcile pass.
 RUNNING, AGAIN = "redrive-running", "redrive-again"
 
 
@@ -91,9 +93,13 @@ def redrive_waiting(**newer: Any) -> dict[str, int]:
     connection, prefix = rt.state.redis, rt.state.prefix
     with tasks.engine_metrics(rt).errors_counted("provision"):
         connection.delete(prefix + "redrive-pending")
-        connection.set(prefix + AGAIN, "1", ex=REDRIVE_PENDING_SECONDS)  # before the try
-        running = Lease(connection, prefix + RUNNING, rt.settings.provision_lease_seconds,
-                        renewed=True)
+        connection.set(prefix + AGAIN, "1", ex=JOB_TIMEOUT_SECONDS)  # before the try
+        seconds = rt.settings.provision_lease_seconds
+        running = Lease(connection, prefix + RUNNING, seconds, renewed=True)
+        # A pass whose worker died (SIGKILL, an OOM kill) renews it no more: taken over once
+        # unrenewed as long as a provision's (20 s), not left for its whole TTL, every job
+        # meanwhile leaving at once and its mark read by no pass.
+        free_if_stale(connection, [running.key], seconds)
         if not running.acquire():
             return {"placed": 0, "waiting": 0}  # the running pass goes once more (AGAIN)
         try:
@@ -127,10 +133,12 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
     checkpoint (workers.adapters.run_bound) never gets to raise it: it is counted and
     logged there (_checkpoint). A chunk in which a call found Jenkins or the API server not
     serving (Unavailable, Overloaded) ends the pass: the builds after it wait, in their
-    order, for the next re-drive."""
+    order, for the next re-drive; the API server not answering one template's builds leaves
+    that template for the rest of the pass, a second's ends it."""
     placed = still = deferred = 0
     counted = tasks.engine_metrics(rt)
     full: set[str] = set()  # templates that found no room at min size in this pass
+    unanswered: set[str] = set()  # templates whose builds' API calls went unanswered
     errors: list[Exception] = []
     todo: list[BuildRequest] = []
     for key in rt.capacity.waiting():
@@ -142,7 +150,7 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
     chunk_size = max(1, rt.settings.provision_concurrency)
     while todo:
         _checkpoint(counted, errors)  # a reconcile pass may end before this chunk
-        open_ = [r for r in todo if r.template not in full]
+        open_ = [r for r in todo if r.template not in full and r.template not in unanswered]
         still += len(todo) - len(open_)
         chunk, todo = open_[:chunk_size], open_[chunk_size:]
         # At once, but each build admitted after the one before it: the first waiting build
@@ -168,14 +176,22 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
                     full.add(request.template)
                 elif verdict == _HELD:
                     deferred += 1
-        down = next((o.error for o in outcomes if _not_serving(o.error)), None)
+        unanswered.update(r.template for r, o in zip(chunk, outcomes)
+                          if isinstance(o.error, ApiNotServing))
+        down = next((o.error for o in outcomes if _not_serving(o.error) and (
+            len(unanswered) > 1 or not isinstance(o.error, ApiNotServing))), None)
         if down is not None and todo:
             # Jenkins or the API server not serving (a restart's 503, no connection, read
-            # timeouts, a front's 502): the builds after this chunk would each make their calls, retried
-            # within the call, to a server that cannot answer. A pass of W builds made W x 4 calls, and on a
-            # slow server (10 s a timeout) a pass of a few hundred outlasted RQ's job timeout.
-            # They keep their place in the line for the next re-drive (the reconcile pass
-            # runs one every pass).
+            # timeouts, a front's 502): the builds after this chunk would each make their
+            # calls, retried within the call, to a server that cannot answer. A pass of W
+            # builds made W x 4 calls, and on a slow server (10 s a timeout) a pass of a few
+            # hundred outlasted RQ's job timeout. They keep their place in the line for the
+            # next re-drive (the reconcile pass runs one every pass). The API server
+            # unanswering one template's builds alone may be its pods' (an admission webhook
+            # selecting them by label hangs: each create times out): that template is left
+            # for the rest of the pass, as a full one is; its builds, first in the line,
+            # ended every pass, and the other templates' builds behind them were never
+            # re-driven. A second template's unanswered too: the API server's.
             still += len(todo)
             log.warning("re-drive stopped: a call found the other side not serving; the "
                         "builds after wait for the next re-drive",
