@@ -23,7 +23,7 @@ from workers.engine import (agent_names, caps, jenkins_quiet, jenkins_sessions, 
                             retention, run_confirm, scheduling, task_args, terminating)
 from workers.adapters.kube_errors import QuotaFull, Refused
 from workers.adapters import refused_builds
-from workers.adapters.lease import Lease
+from workers.adapters.lease import Lease, free_if_stale
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
     BuildStatus)
@@ -91,6 +91,17 @@ def provision_agent(build: dict[str, Any], **newer: Any) -> dict[str, Any]:
         request = BuildRequest.from_dict(build)
         try:
             return _provision(rt, request)
+        except BeingProvisioned:
+            # Another live task holds the lease (a duplicate delivery's job, a re-drive or the
+            # reconcile pass's restart racing this one): it decides the build and settles it
+            # (placed, or in the waiting set, where re-drives find it), as a re-drive leaves
+            # it (workers.engine.redrive). Raised, it was counted a provision error (each try
+            # one more in CIProvisioningFailing's ratio, paging through a burst where nothing
+            # failed), logged as a warning and retried by RQ up to five times, each retry
+            # one more error, for work already done. A dead holder's lease was freed above.
+            log.info("build being provisioned by another task; left to it",
+                     extra={"build_key": request.build_key})
+            return {"build_key": request.build_key, "skipped": "held"}
         except TemplateGone as err:
             # Failed for good, once the lease is let go, as a re-drive fails it (workers.engine.
             # redrive: its queue item cancelled, if it has one). Left queued, the reconcile
@@ -147,7 +158,12 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
     from workers.engine import redrive  # it imports this module
     try:
         lease = provision_lease(rt, request.build_key, renewed=True)  # by its Heartbeat
-        if not lease.acquire():
+        # A lease its holder stopped renewing is its dead holder's (SIGKILL, an OOM kill):
+        # freed and taken now (the reconcile pass's rule: workers.engine.repairs), not left
+        # to a holder that will never settle the build.
+        if not lease.acquire() and not (
+                free_if_stale(rt.state.redis, [lease.key], rt.settings.provision_lease_seconds)
+                and lease.acquire()):
             raise BeingProvisioned(f"build {request.build_key} is being provisioned by another task")
         try:
             asked = redrive.asked(rt.state)  # under the try: a Redis error lets the lease go
