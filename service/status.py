@@ -38,7 +38,7 @@ from workers.core.redaction import URL_USERINFO
 from workers.core.errors import RetryableError
 from workers.core.image_pulls import PULL_AGENT_FIELD, PULL_ERROR_FIELD, PULL_SINCE_FIELD
 from workers.core.stages import FIELD, current
-from workers.core.waiting_text import JENKINS_REFUSED_FIELD, meaning, waiting_text
+from workers.core.waiting_text import JENKINS_WAIT_FIELD, meaning, waiting_text
 from workers.telemetry.metrics import WARM_HITS_TOTAL
 
 bp = Blueprint("status", __name__, template_folder="templates")
@@ -67,10 +67,10 @@ HIDDEN = "[hidden]"
 # build fields the page shows cut to ERROR_SHOWN_CHARS: the pull error the kubelet retries
 # (workers.agent_starts.pulls) as well, the one place anyone but the worker's log sees it
 # (GitLab keeps the build's first pending status)
-_CUT = frozenset({"error", PULL_ERROR_FIELD, JENKINS_REFUSED_FIELD})
+_CUT = frozenset({"error", PULL_ERROR_FIELD, JENKINS_WAIT_FIELD})
 _FIELDS = ("project", "ref", "job", "template", "status", "node", "cpu_millis", "memory_bytes",
            "size_source", "size_moved", "wait_reason", "wait_detail", "fail_reason", "error", "parked_at",
-           JENKINS_REFUSED_FIELD,
+           JENKINS_WAIT_FIELD,
            PULL_ERROR_FIELD, PULL_SINCE_FIELD, PULL_AGENT_FIELD, "agent", *FIELD.values())
 
 
@@ -247,8 +247,8 @@ def read_in_flight(ctx: WebContext, scrub: Scrub) -> tuple[list[Build], int]:
 
 def _with_refused(ctx: WebContext, scrub: Scrub, shown: list[Build],
                   total: int) -> tuple[list[Build], int]:
-    """The in-flight rows and the builds still queued because Jenkins refuses us (workers.
-    adapters.refused_builds), in arrival order: they have no agent, so live-agents never
+    """The in-flight rows and the builds still queued because Jenkins refuses us or does not
+    answer (workers.adapters.refused_builds), in arrival order: they have no agent, so live-agents never
     listed them."""
     keys = refused_builds.recent(ctx.state, time.time())
     refused = [Build(r) for r in _records(ctx, keys, scrub) if _refused(r)]
@@ -257,7 +257,7 @@ def _with_refused(ctx: WebContext, scrub: Scrub, shown: list[Build],
 
 
 def _refused(record: dict[str, str]) -> bool:
-    return record.get("status") == BuildStatus.QUEUED and bool(record.get(JENKINS_REFUSED_FIELD))
+    return record.get("status") == BuildStatus.QUEUED and bool(record.get(JENKINS_WAIT_FIELD))
 
 
 def _every_in_flight(ctx: WebContext, scrub: Scrub) -> tuple[list[Build], int]:

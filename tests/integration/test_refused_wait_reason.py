@@ -15,6 +15,7 @@ from tests.integration.test_job_refusals import (  # noqa: F401 (the fixture)
 from tests.integration.test_placement_on_cluster import push
 from workers.core import commit_status
 from workers.core.commit_status import State
+from workers.core.waiting_text import JENKINS_WAIT_FIELD
 from workers.engine import tasks
 from tests.integration.test_commit_status import arrives, posted, world  # noqa: F401
 from tests.support.app import work
@@ -51,7 +52,7 @@ def test_a_build_waiting_on_a_missing_agent_permission_says_why_and_clears_when_
 
     record = state_of(app).get_build(key)
     assert record["status"] == "triggered"
-    assert not record.get("jenkins_refused")
+    assert not record.get(JENKINS_WAIT_FIELD)
     assert "refuses" not in _pending_text(app, key)
     assert "Agent/Create" not in html.unescape(
         app.test_client().get("/status").get_data(as_text=True))
@@ -98,7 +99,7 @@ def test_a_waiting_build_placed_while_jenkins_refuses_us_says_so_not_its_old_rea
     jenkins_fake.missing_permissions = set()
     passes(app, 1, time.time())
     assert state.get_build(keys[2])["status"] == "triggered"
-    assert not state.get_build(keys[2]).get("jenkins_refused")
+    assert not state.get_build(keys[2]).get(JENKINS_WAIT_FIELD)
 
 
 def test_the_developer_sees_in_gitlab_that_jenkins_refuses_us(

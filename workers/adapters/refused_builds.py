@@ -1,5 +1,7 @@
 """The builds whose provision Jenkins refuses (a token, Agent/Create or Agent/Connect, a
-proxy's sign-in page: workers.engine.tasks), for the status page. Such a build stays `queued`
+proxy's sign-in page) or leaves unanswered (restarting: no connection, its 503 while it loads;
+overloaded: read timeouts, 429: workers.engine.tasks), for the status page; "refused" below
+covers both. Such a build stays `queued`
 and has no agent, so neither the in-flight table (live agents) nor the waiting one (waiting
 for capacity) listed it: the page counted it "not decided yet" with no word of why.
 

@@ -21,7 +21,7 @@ from workers.core.notifications import UNCONFIRMED_FIELD
 from workers.core.quantity import format_memory
 from workers.core.redaction import URL_USERINFO, redact
 from workers.core.start_failures import LOST_RUN_FIELD, FailureReason
-from workers.core.waiting_text import JENKINS_REFUSED_FIELD, refused_text, waiting_text
+from workers.core.waiting_text import JENKINS_WAIT_FIELD, jenkins_wait_text, waiting_text
 
 # GitLab refuses a ref, target_url or description over 255 characters with 400, the whole
 # status with it (CommitStatus: validates :ref, :target_url, :description, length: {maximum:
@@ -236,8 +236,8 @@ def wanted(record: Mapping[str, str], *, nodes_needed: int | None = None,
     elif status == "running" or record.get("started_at"):
         state, text = State.RUNNING, "running" + (f" on {record['node']}"
                                                    if record.get("node") else "")
-    elif status in ("queued", "waiting", "pod_created") and record.get(JENKINS_REFUSED_FIELD):
-        state, text = State.PENDING, refused_text(record[JENKINS_REFUSED_FIELD])
+    elif status in ("queued", "waiting", "pod_created") and record.get(JENKINS_WAIT_FIELD):
+        state, text = State.PENDING, jenkins_wait_text(record[JENKINS_WAIT_FIELD])
     elif status == "waiting":
         state = State.PENDING
         text = waiting_text(record.get("wait_reason", ""), record.get("wait_detail", ""),
@@ -286,7 +286,7 @@ def wait_text_ready(record: Mapping[str, str], *, capacity_at: float | None,
     only (``enqueue`` from pending is refused): a "queued" sent while the worker was deciding
     was all the commit showed, never why the build waited."""
     if record.get("status") == "queued" and not record.get("started_at"):
-        if record.get(JENKINS_REFUSED_FIELD):  # decided: it waits on Jenkins refusing us
+        if record.get(JENKINS_WAIT_FIELD):  # decided: it waits on Jenkins
             return True
         return now - _float(record.get("received_at")) >= DECISION_SETTLE_SECONDS
     if record.get("status") != "waiting":

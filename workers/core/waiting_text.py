@@ -41,19 +41,31 @@ MEANING: dict[str, str] = {
 }
 
 
-# The build's record: why Jenkins refused its provision's last try (workers.engine.tasks: a
+# The build's record: why its provision's last try could not go on with Jenkins, while it
+# waits (workers.engine.tasks), the whole reason after "waiting: ". Jenkins refuses us (a
 # refused token, a missing Agent/Create or Agent/Connect, a proxy's sign-in page; its
-# Unauthorized's message), while it waits for an admin to fix it. The provision retries, and
-# the build stays `queued` (or `pod_created`, its trigger refused): without it the developer's
-# commit status said "queued" and the status page nothing. Cleared when Jenkins takes it.
-JENKINS_REFUSED_FIELD = "jenkins_refused"
+# Unauthorized's message): an admin must fix it (`refused_reason`). Or Jenkins does not answer
+# (no connection or its 503 while it restarts and loads: Unavailable; a read timeout or 429 in
+# a busy spell: Overloaded): the build goes on by itself (NOT_ANSWERING). The provision
+# retries, and the build stays `queued` (or `pod_created`, its trigger not taken): without it
+# the developer's commit status said "queued" and the status page nothing. Cleared when
+# Jenkins takes it.
+JENKINS_WAIT_FIELD = "jenkins_wait"
+
+NOT_ANSWERING = ("Jenkins is not answering (restarting or overloaded); the build goes on once "
+                 "it answers")
 
 
-def refused_text(detail: str) -> str:
+def refused_reason(detail: str) -> str:
     """Why a build waits on Jenkins refusing us, for its developer: what Jenkins answered
     (redacted by the caller, core.redaction) says what the admin must fix."""
-    return ("waiting: Jenkins refuses ci-autoscaler until an admin fixes its setup"
+    return ("Jenkins refuses ci-autoscaler until an admin fixes its setup"
             + (f": {detail}" if detail else ""))
+
+
+def jenkins_wait_text(reason: str) -> str:
+    """The commit status of a build waiting on Jenkins (JENKINS_WAIT_FIELD's reason)."""
+    return f"waiting: {reason}"
 
 
 def meaning(reason: str) -> str:

@@ -31,8 +31,8 @@ from workers.checks import jobs as job_checks
 from workers.concurrency import side
 from workers.concurrency.heartbeat import Heartbeat, let_go
 from workers.concurrency.turns import NO_TURN, Turn
-from workers.core.errors import NotOurs, PermanentError, PermissionMissing, RetryableError, \
-    Unauthorized
+from workers.core.errors import NotOurs, Overloaded, PermanentError, PermissionMissing, \
+    RetryableError, Unauthorized, Unavailable
 from workers.core.jenkins_queue import first_triggered
 from workers.core.models import BuildRequest, PodTemplate
 from workers.core.placement import Wait, WaitReason
@@ -40,7 +40,7 @@ from workers.core.pods import agent_pod_manifest, agent_secret_manifest
 from workers.core.redaction import redact
 from workers.core.routing import AGENT_PARAMETER
 from workers.core.stages import FIRST_WAIT_REASON, Stage
-from workers.core.waiting_text import JENKINS_REFUSED_FIELD
+from workers.core.waiting_text import JENKINS_WAIT_FIELD, NOT_ANSWERING, refused_reason
 from workers.core import warm_quota
 from workers.core.start_failures import FailureReason, StartFailure
 from workers.job_history import learn as job_history
@@ -171,7 +171,10 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
                 try:
                     result = _provision_held(rt, request, beat, refresh=refresh, turn=turn)
                 except Unauthorized as err:
-                    _note_refused(rt, request.build_key, err)
+                    _note_jenkins_wait(rt, request.build_key, refused_reason(redact(str(err))))
+                    raise
+                except (Unavailable, Overloaded):  # Jenkins' only: the API server's is
+                    _note_jenkins_wait(rt, request.build_key, NOT_ANSWERING)  # ApiNotServing
                     raise
         finally:
             let_go(lease, what=f"provision {request.build_key}")  # once Redis answers
@@ -185,20 +188,21 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
     return result
 
 
-def _note_refused(rt: runtime.Runtime, key: str, err: Unauthorized) -> None:
-    """Why the build waits, on its record (JENKINS_REFUSED_FIELD): Jenkins refuses us until
-    an admin fixes a setting (a token, Agent/Create or Agent/Connect, a proxy's sign-in), and
-    the build stayed `queued` with no word for its commit status or the status page (or
-    `waiting` for the capacity it now has: a re-drive placed it). Best effort: Redis away,
+def _note_jenkins_wait(rt: runtime.Runtime, key: str, reason: str) -> None:
+    """Why the build waits, on its record (JENKINS_WAIT_FIELD): Jenkins refuses us until an
+    admin fixes a setting (a token, Agent/Create or Agent/Connect, a proxy's sign-in), or does
+    not answer (restarting: no connection, its 503 while it loads; overloaded: read timeouts,
+    429), and the build stayed `queued` with no word for its commit status or the status page
+    (or `waiting` for the capacity it now has: a re-drive placed it). Best effort: Redis away,
     the next try notes it."""
     try:
         if rt.state.get_build(key).get("status") in (BuildStatus.QUEUED, BuildStatus.WAITING,
                                                       BuildStatus.POD_CREATED):
-            rt.state.update_build(key, **{JENKINS_REFUSED_FIELD: redact(str(err))})
+            rt.state.update_build(key, **{JENKINS_WAIT_FIELD: reason})
             refused_builds.note(rt.state, key, time.time())
             commit_statuses.touch(rt.state, key)
     except RetryableError as noted:
-        log.warning("Jenkins' refusal not noted on its build",
+        log.warning("why the build waits on Jenkins not noted on it",
                     extra={"build_key": key, "error": str(noted)})
 
 
@@ -286,7 +290,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             rt.capacity.add_waiting(key, request.received_at,
                                     on_cap=decision.reason == WaitReason.CAP)
             rt.state.update_build(key, status=BuildStatus.WAITING, wait_reason=decision.reason,
-                                  wait_detail=decision.detail, **{JENKINS_REFUSED_FIELD: None})
+                                  wait_detail=decision.detail, **{JENKINS_WAIT_FIELD: None})
             ledger.record(rt.state, key, Stage.WAITING,
                           **{FIRST_WAIT_REASON: str(decision.reason)})
             if refresh:
@@ -377,7 +381,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
         if not rt.state.advance_build(key, **scheduling.decision_fields(decision),
                                       status=status, pod_created_at=time.time(),
                                       wait_reason=None, wait_detail=None,
-                                      **{JENKINS_REFUSED_FIELD: None}):
+                                      **{JENKINS_WAIT_FIELD: None}):
             return _ended_meanwhile(rt, request, ctx)
         if refresh:
             scheduling.refresh_capacity_folded(rt)
@@ -389,7 +393,7 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
             state.get("status") in (BuildStatus.QUEUED, BuildStatus.WAITING):
         # A retry after a create whose answer was lost, its build triggered by that attempt:
         # pod and trigger exist, and nothing else moves it past queued.
-        rt.state.advance_build(key, status=BuildStatus.TRIGGERED, **{JENKINS_REFUSED_FIELD: None})
+        rt.state.advance_build(key, status=BuildStatus.TRIGGERED, **{JENKINS_WAIT_FIELD: None})
     if pod is not None and state.get("status") == BuildStatus.WAITING:
         # Its pod made by a re-drive's attempt whose answers were lost: placed, it waits no
         # more (left in the waiting set, it was counted waiting, and ahead, until it ended).
@@ -578,7 +582,7 @@ def _trigger_once(rt: runtime.Runtime, request: BuildRequest, state: dict[str, s
     else:
         queue_item = found
     marks = {"queue_item": queue_item, "triggered_at": time.time(), jenkins_sessions.FIELD: session,
-             JENKINS_REFUSED_FIELD: None}
+             JENKINS_WAIT_FIELD: None}
     if write_status:
         rt.state.advance_build(key, status=BuildStatus.TRIGGERED, **marks)
     else:  # the provision writes it, once its pod's create has ended
