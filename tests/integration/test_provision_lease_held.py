@@ -12,6 +12,7 @@ import logging
 
 import pytest
 
+from tests.integration.test_jenkins_token_refused import run_retries
 from tests.integration.test_job_refusals import CONFIG, OURS, pod_creates, run_worker
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE
@@ -69,3 +70,27 @@ def test_a_provision_job_frees_the_lease_of_a_dead_holder_and_provisions(
     assert build["status"] == "triggered", build  # 'queued' before: left to a dead task
     assert len(pod_creates(kube)) == 1
     assert provision_errors(app) - errors_before == 0
+
+
+def test_a_provision_job_whose_build_a_short_step_holds_is_retried(app, kube, jenkins_fake):
+    """A lease taken for a short step (a reconcile repair's look, a fail that may drop the
+    failure as not the build's: workers.engine.failures), not renewed: its holder provisions
+    nothing. Left to it, the build sat queued with no job until the reconcile pass found it
+    stalled, a lease period later (ten while the queue holds jobs); RQ retries the job."""
+    jenkins_fake.add_job("build", parameters=OURS)
+    key = push(app.test_client(), 0)
+    rt = runtime.current()
+    step = tasks.provision_lease(rt, key)  # not renewed: lost_triggers', a fail's
+    assert step.acquire()
+    state = app.extensions["ci_autoscaler"].state
+
+    run_worker(app)
+
+    assert state.queue.scheduled_job_registry.count == 1  # 0 before: skipped as 'held'
+    assert pod_creates(kube) == []
+    step.release()  # its step ends, the build untouched
+
+    run_retries(app)
+
+    assert state.get_build(key)["status"] == "triggered"
+    assert len(pod_creates(kube)) == 1

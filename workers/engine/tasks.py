@@ -23,7 +23,7 @@ from workers.engine import (agent_names, caps, jenkins_quiet, jenkins_sessions, 
                             retention, run_confirm, scheduling, task_args, terminating)
 from workers.adapters.kube_errors import QuotaFull, Refused
 from workers.adapters import refused_builds
-from workers.adapters.lease import Lease, free_if_stale
+from workers.adapters.lease import RENEWED, Lease, free_if_stale
 from workers.adapters.redis_state import (
     FINISHED, JOB_FAILURE_TTL_SECONDS, JOB_RESULT_TTL_SECONDS, JOB_RETRY, JOB_TIMEOUT_SECONDS,
     BuildStatus)
@@ -91,7 +91,9 @@ def provision_agent(build: dict[str, Any], **newer: Any) -> dict[str, Any]:
         request = BuildRequest.from_dict(build)
         try:
             return _provision(rt, request)
-        except BeingProvisioned:
+        except BeingProvisioned as held:
+            if not held.by_task:
+                raise  # a repair's or a fail's short step: it provisions nothing (RQ's retry)
             # Another live task holds the lease (a duplicate delivery's job, a re-drive or the
             # reconcile pass's restart racing this one): it decides the build and settles it
             # (placed, or in the waiting set, where re-drives find it), as a re-drive leaves
@@ -119,7 +121,17 @@ class BeingProvisioned(RetryableError):
     settles it (placed, or back in the waiting set). Expected whenever re-drives overlap (a
     release's, the next release's, the reconcile pass's, a provision's once-more), so a
     re-drive leaves the build to that task without counting an error or logging a line for it
-    (workers.engine.redrive)."""
+    (workers.engine.redrive).
+
+    `by_task`: held by a task that renews it (a provision; a release, which ends the build).
+    Not so (a short step of the reconcile pass's repairs, a fail: workers.engine.failures,
+    lost_triggers, blocked_builds), the holder provisions nothing: a provision job left the
+    build to it, and the build sat with no job until the reconcile pass found it stalled, a
+    lease period later (ten while the queue holds jobs); its job is retried instead."""
+
+    def __init__(self, message: str, *, by_task: bool = True):
+        super().__init__(message)
+        self.by_task = by_task
 
 
 class TemplateGone(PermanentError):
@@ -164,7 +176,11 @@ def _provision(rt: runtime.Runtime, request: BuildRequest, *, refresh: bool = Tr
         if not lease.acquire() and not (
                 free_if_stale(rt.state.redis, [lease.key], rt.settings.provision_lease_seconds)
                 and lease.acquire()):
-            raise BeingProvisioned(f"build {request.build_key} is being provisioned by another task")
+            holder = rt.state.redis.get(lease.key)  # None: let go meanwhile (retried)
+            raise BeingProvisioned(
+                f"build {request.build_key} is being provisioned by another task",
+                by_task=(holder.decode() if isinstance(holder, bytes) else holder or "")
+                .startswith(RENEWED))
         try:
             asked = redrive.asked(rt.state)  # under the try: a Redis error lets the lease go
             with Heartbeat(lease, what=f"provision {request.build_key}") as beat:
