@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.test_catchup import CONFIG, metric, world  # noqa: F401 (a fixture)
 from tests.support.dashboards import ROOT, rules_with_for
-from tests.support.monitoring import Prometheus, get_json, running, serve_app, wait_until
+from tests.support.monitoring import Prometheus, running, serve_app, wait_until
 from tests.support.redis_server import free_port
 from workers.adapters import gitlab as gitlab_api
 from workers.engine import catchup
@@ -80,17 +80,6 @@ def test_passes_failing_from_the_first_show_no_pass_caught_up(world, gitlab_fake
     assert metric(app, FAILING) >= 0 and metric(app, PASS_AGE) == float("inf")
 
 
-def _state(prometheus: Prometheus) -> str | None:
-    return next((a["state"] for a in prometheus.alerts()
-                 if a["labels"]["alertname"] == ALERT), None)
-
-
-def _evaluated_after(prometheus: Prometheus, moment: datetime) -> bool:
-    rules = get_json(f"{prometheus.url}/api/v1/rules?type=alert")["data"]["groups"]
-    [rule] = [r for g in rules for r in g["rules"] if r["name"] == ALERT]
-    return rule["health"] == "ok" and datetime.fromisoformat(rule["lastEvaluation"]) > moment
-
-
 def test_an_expired_token_pages_in_a_real_prometheus_and_resolves_once_renewed(
         world, gitlab_fake, tmp_path):
     """The alert's `for` made 1s; the first failed pass run as of 11 minutes ago (its `now`),
@@ -106,15 +95,15 @@ def test_an_expired_token_pages_in_a_real_prometheus_and_resolves_once_renewed(
             wait_until(lambda: prometheus.query(f"{FAILING} == 0")["data"]["result"],
                        timeout=30, what="Prometheus scraping passes that catch up")
             moment = datetime.now(timezone.utc) + timedelta(seconds=3)
-            wait_until(lambda: _evaluated_after(prometheus, moment), timeout=30,
+            wait_until(lambda: prometheus.evaluated_after(moment, ALERT), timeout=30,
                        what=f"{ALERT} evaluated 3 s after the scrape")
-            assert _state(prometheus) is None
+            assert prometheus.alert_state(ALERT) is None
 
             gitlab_fake.expired_tokens.add(gitlab_fake.token)
             cu = new_catch_up()
             catchup.catch_up_once(cu, now=time.time() - 660)
             catchup.catch_up_once(cu)
-            wait_until(lambda: _state(prometheus) == "firing", timeout=30,
+            wait_until(lambda: prometheus.alert_state(ALERT) == "firing", timeout=30,
                        what=f"{ALERT} firing while every pass fails")
             [alert] = [a for a in prometheus.alerts() if a["labels"]["alertname"] == ALERT]
             refused = re.search(r"\((\d+) of its errors in the last 15 minutes were GitLab "
@@ -124,7 +113,7 @@ def test_an_expired_token_pages_in_a_real_prometheus_and_resolves_once_renewed(
 
             gitlab_fake.expired_tokens.clear()  # renewed
             catchup.catch_up_once(new_catch_up())
-            wait_until(lambda: _state(prometheus) is None, timeout=30,
+            wait_until(lambda: prometheus.alert_state(ALERT) is None, timeout=30,
                        what=f"{ALERT} resolved once a pass caught up")
 
 

@@ -12,7 +12,7 @@ from service.app import create_app
 from tests.integration.test_status_403_log import Clock, running
 from tests.support.app import make_settings
 from tests.support.dashboards import rules, rules_with_for
-from tests.support.monitoring import Prometheus, get_json, running as servers_running, \
+from tests.support.monitoring import Prometheus, running as servers_running, \
     serve_app, wait_until
 from workers.adapters import gitlab as gitlab_api
 from workers.adapters.capacity_store import CapacityStore
@@ -32,12 +32,6 @@ REFUSED = 'ci_autoscaler_commit_status_total{result="refused"}'
 
 def _firing(prometheus: Prometheus) -> set[str]:
     return {a["labels"]["alertname"] for a in prometheus.alerts() if a["state"] == "firing"}
-
-
-def _evaluated_after(prometheus: Prometheus, moment: datetime) -> bool:
-    groups = get_json(f"{prometheus.url}/api/v1/rules?type=alert")["data"]["groups"]
-    return all(r["health"] == "ok" and datetime.fromisoformat(r["lastEvaluation"]) > moment
-               for g in groups for r in g["rules"])
 
 
 def _sender(state, gitlab_fake, token: str) -> status_sender.Sender:
@@ -88,7 +82,7 @@ def test_statuses_a_new_tokens_user_may_not_set_page_while_other_projects_go(
             wait_until(lambda: "CIGitLabCommitStatusRefused" in _firing(prometheus),
                        timeout=60, what="CIGitLabCommitStatusRefused firing")
             moment = datetime.now(timezone.utc) + timedelta(seconds=2)
-            wait_until(lambda: _evaluated_after(prometheus, moment), timeout=30,
+            wait_until(lambda: prometheus.evaluated_after(moment), timeout=30,
                        what="the rules evaluated again")
             # the gap: the alert there was stays quiet, as a status got through
             assert "CIGitLabCommitStatusFailing" not in _firing(prometheus)

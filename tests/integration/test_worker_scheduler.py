@@ -45,6 +45,18 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _stop(*procs: subprocess.Popen | None) -> None:
+    """Each worker still running, with its process group: SIGTERM, SIGKILL after 30 s."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
 def test_a_job_scheduled_after_a_redis_restart_runs_without_waiting_for_maintenance(
         own_redis, tmp_path):
     log = (tmp_path / "worker.log").open("w")
@@ -292,14 +304,7 @@ def test_a_worker_killed_with_its_scheduler_has_its_retries_moved_by_the_other_w
         assert time.monotonic() - killed < 30
         assert connection.get(lock) not in (None, holder)
     finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+        _stop(first, second)
         for log in logs:
             log.close()
 
@@ -338,14 +343,7 @@ def test_a_worker_killed_alone_leaves_no_scheduler_behind_and_its_restart_schedu
         wait_until(lambda: job.get_status(refresh=True) == "finished", timeout=30,
                    what="the retry run by the restarted worker")
     finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+        _stop(first, second)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(first.pid, signal.SIGKILL)  # its orphan, if it is still there
         for log in logs:

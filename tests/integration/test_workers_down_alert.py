@@ -8,21 +8,9 @@ from datetime import datetime, timedelta, timezone
 from tests.integration.test_placement_on_cluster import cluster, push  # noqa: F401
 from tests.support.app import work
 from tests.support.dashboards import rules_with_for
-from tests.support.monitoring import Prometheus, get_json, running, serve_app, wait_until
+from tests.support.monitoring import Prometheus, running, serve_app, wait_until
 
 ALERT = "CIWorkersDown"
-
-
-def _state(prometheus: Prometheus) -> str | None:
-    return next((a["state"] for a in prometheus.alerts()
-                 if a["labels"]["alertname"] == ALERT), None)
-
-
-def _evaluated_after(prometheus: Prometheus, moment: datetime) -> bool:
-    """The alert's rule was evaluated after `moment` (a quiet alert shows nothing else)."""
-    rules = get_json(f"{prometheus.url}/api/v1/rules?type=alert")["data"]["groups"]
-    [rule] = [r for g in rules for r in g["rules"] if r["name"] == ALERT]
-    return rule["health"] == "ok" and datetime.fromisoformat(rule["lastEvaluation"]) > moment
 
 
 def test_workers_down_pages_only_while_a_push_waits_with_no_worker(cluster, tmp_path):
@@ -39,15 +27,15 @@ def test_workers_down_pages_only_while_a_push_waits_with_no_worker(cluster, tmp_
                        what="Prometheus scraping no worker, nothing waiting")
             # Scraped at rest, then evaluated (for: 1s) twice over: pending, then firing, if at all.
             moment = datetime.now(timezone.utc) + timedelta(seconds=3)
-            wait_until(lambda: _evaluated_after(prometheus, moment), timeout=30,
+            wait_until(lambda: prometheus.evaluated_after(moment, ALERT), timeout=30,
                        what=f"{ALERT} evaluated 3 s after the scrape")
-            assert _state(prometheus) is None  # no worker, nothing waiting: at rest
+            assert prometheus.alert_state(ALERT) is None  # no worker, nothing waiting: at rest
 
             key = push(cluster.test_client(), 0)
-            wait_until(lambda: _state(prometheus) == "firing", timeout=30,
+            wait_until(lambda: prometheus.alert_state(ALERT) == "firing", timeout=30,
                        what=f"{ALERT} firing while a push waits with no worker")
 
             work(cluster)  # a worker comes and takes it
             assert cluster.extensions["ci_autoscaler"].state.get_build(key).get("node")
-            wait_until(lambda: _state(prometheus) is None, timeout=30,
+            wait_until(lambda: prometheus.alert_state(ALERT) is None, timeout=30,
                        what=f"{ALERT} resolved once nothing waits")

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
@@ -160,6 +161,20 @@ class Prometheus(_Server):
 
     def alerts(self) -> list[dict[str, Any]]:
         return get_json(f"{self.url}/api/v1/alerts")["data"]["alerts"]
+
+    def alert_state(self, name: str) -> str | None:
+        """The alert's state ("pending", "firing"), None while it is quiet."""
+        return next((a["state"] for a in self.alerts() if a["labels"]["alertname"] == name),
+                    None)
+
+    def evaluated_after(self, moment: datetime, name: str | None = None) -> bool:
+        """The alert rule `name` (every alert rule, without one) was evaluated after `moment`,
+        healthy: a quiet alert shows nothing else."""
+        groups = get_json(f"{self.url}/api/v1/rules?type=alert")["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"] if name is None or r["name"] == name]
+        assert rules, f"no alert rule {name!r}"
+        return all(r["health"] == "ok" and datetime.fromisoformat(r["lastEvaluation"]) > moment
+                   for r in rules)
 
 
 class Alertmanager(_Server):
