@@ -16,7 +16,7 @@ from tests.integration.test_warm_agents import (  # noqa: F401 (the fixture)
     CONFIG, app, pod_creations, pod_names, pool_of)
 from workers import runtime
 from workers.config.config_file import parse_file_config
-from workers.adapters.warm_specs import WarmSpecs
+from workers.adapters.warm_specs import KIND_SIZES, WarmSpecs
 from workers.core.warm_pool import WarmState
 from workers.warm import pool
 
@@ -128,3 +128,16 @@ def test_a_pool_resized_in_the_new_file_is_not_shrunk_back_by_the_old_files_pass
             assert done["warm_retired"] == done["warm_started"] == 0, done
             assert {e.name for e in pool_of(rt)} == kept
     assert kept <= pod_names(kube) and pod_creations(kube) == creates
+
+
+def test_a_pools_sizes_and_its_pod_spec_are_announced_apart(redis_conn):
+    """A release before the pool's sizes were announced compares its agents' pod fingerprints
+    with the announced pod spec: had the sizes been folded into that announcement, it would
+    have taken every agent of the new release for one of another pod spec and retired it."""
+    specs = WarmSpecs(redis_conn, prefix="cia:")
+    assert specs.announce("small", "pods", since=1000.0, now=5000.0) == "pods"
+    assert specs.announce("small", "sizes-new", since=5000.0, now=5001.0,
+                          kind=KIND_SIZES) == "sizes-new"
+    assert specs.announce("small", "pods", since=1000.0, now=5002.0) == "pods"
+    assert specs.announce("small", "sizes-old", since=1000.0, now=5003.0,
+                          kind=KIND_SIZES) == "sizes-new"
