@@ -16,7 +16,7 @@ from tests.integration.test_warm_agents import (  # noqa: F401 (the fixture)
     CONFIG, app, pod_creations, pod_names, pool_of)
 from workers import runtime
 from workers.config.config_file import parse_file_config
-from workers.adapters.warm_specs import WarmSpecs
+from workers.adapters.warm_specs import KIND_SIZES, WarmSpecs
 from workers.core.warm_pool import WarmState
 from workers.warm import pool
 
@@ -98,3 +98,46 @@ def test_the_new_files_leader_at_the_longest_reconcile_interval_stays_the_winner
         assert specs.announce("small", "old", since=old_start, now=at - 1) == "new", at - seen
         assert specs.announce("small", "new", since=new_start, now=at) == "new"
         seen = at
+
+
+# The new release changes the pool's sizes only (its `warm:` min and max), not its pods
+BIGGER_POOL = CONFIG.replace("warm: {min: 1, max: 2, idleSeconds: 600}",
+                             "warm: {min: 2, max: 3, idleSeconds: 600}")
+assert BIGGER_POOL != CONFIG
+
+
+def test_a_pool_resized_in_the_new_file_is_not_shrunk_back_by_the_old_files_passes(
+        app, kube, jenkins_fake):
+    """An operator raises a pool's `min` (1 -> 2) in a chart upgrade. Its pods are as before,
+    so the pod fingerprint matched and both files' passes counted as the pool's: the new one
+    made the second agent, the old one (its min 1) retired it as beyond its target, the new
+    one made it again... a pod and a Jenkins node made and deleted on every pair of passes
+    until the last old process ended. The newest file's sizes win, as its pods do."""
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    old = runtime.current()
+    pool.run(old)
+    [first] = online(old, kube, jenkins_fake)
+    new = on_file(old, BIGGER_POOL)  # the new release's first process starts
+    assert pool.run(new)["warm_started"] == 1  # its min: 2
+    kept = online(new, kube, jenkins_fake)
+    assert first in kept and len(kept) == 2  # the old agent is not retired: its pod is as before
+    creates = pod_creations(kube)
+    for _ in range(3):  # the old leader's pass, a new worker's, the old one's again
+        for rt in (old, new):
+            done = pool.run(rt)
+            assert done["warm_retired"] == done["warm_started"] == 0, done
+            assert {e.name for e in pool_of(rt)} == kept
+    assert kept <= pod_names(kube) and pod_creations(kube) == creates
+
+
+def test_a_pools_sizes_and_its_pod_spec_are_announced_apart(redis_conn):
+    """A release before the pool's sizes were announced compares its agents' pod fingerprints
+    with the announced pod spec: had the sizes been folded into that announcement, it would
+    have taken every agent of the new release for one of another pod spec and retired it."""
+    specs = WarmSpecs(redis_conn, prefix="cia:")
+    assert specs.announce("small", "pods", since=1000.0, now=5000.0) == "pods"
+    assert specs.announce("small", "sizes-new", since=5000.0, now=5001.0,
+                          kind=KIND_SIZES) == "sizes-new"
+    assert specs.announce("small", "pods", since=1000.0, now=5002.0) == "pods"
+    assert specs.announce("small", "sizes-old", since=1000.0, now=5003.0,
+                          kind=KIND_SIZES) == "sizes-new"

@@ -15,9 +15,18 @@ own; the winner's passes retire the others'. A release rolled back is announced 
 fresh processes (the other's entry lapses LIVE_SECONDS after the last pass of its
 processes), so it wins in turn.
 
+The pool's sizes (its `warm` min and max, the template's sizes: workers.core.warm_pool.
+pool_sizes_of) are announced the same way, under keys of their own (KIND_SIZES): a file that
+changes them only makes pods as before, so the pod fingerprints agreed, and the old and the new
+files' passes each brought the pool to its own target, one retiring what the other made.
+(Under keys of their own, not in the pod fingerprint: a process of a release before, which
+compares its agents' pod fingerprints with the announced one, retired every agent as made
+under another pod spec.)
+
 Keys (under the prefix), per template, both sorted sets of fingerprints:
-  ``warm-spec-since:<template>``  score: when its first announcer (while it stayed live) started
-  ``warm-spec-seen:<template>``   score: when it was last announced
+  ``warm-<kind>-since:<template>``  score: when its first announcer (while it stayed live) started
+  ``warm-<kind>-seen:<template>``   score: when it was last announced
+where kind is ``spec`` (the pods) or ``sizes`` (the pool's sizes).
 """
 
 import redis
@@ -32,6 +41,7 @@ from workers.adapters.redis_script import retryable
 # this long after the newer file's last pass before the older file's processes fill them.
 LIVE_SECONDS = 420.0
 NO_POOL = "-"  # the announcement of a file that keeps no pool of the template
+KIND_SPEC, KIND_SIZES = "spec", "sizes"  # what is announced: the pods, the pool's sizes
 _TTL_SECONDS = 24 * 3600
 
 # KEYS: since, seen. ARGV: fingerprint, now, cutoff, ttl, since. Forget the lapsed, announce this
@@ -57,11 +67,12 @@ class WarmSpecs:
         self.prefix = prefix
         self._announce = connection.register_script(_ANNOUNCE)
 
-    def announce(self, template: str, spec: str, *, since: float, now: float) -> str:
+    def announce(self, template: str, spec: str, *, since: float, now: float,
+                 kind: str = KIND_SPEC) -> str:
         """Announce `spec` as the template's in the file of a process started at `since`; the
         fingerprint the pools follow now (this one, unless a newer one is announced)."""
-        keys = [f"{self.prefix}warm-spec-since:{template}",
-                f"{self.prefix}warm-spec-seen:{template}"]
+        keys = [f"{self.prefix}warm-{kind}-since:{template}",
+                f"{self.prefix}warm-{kind}-seen:{template}"]
         with retryable():
             current = self._announce(keys=keys, args=[spec, now, now - LIVE_SECONDS,
                                                       _TTL_SECONDS, since])

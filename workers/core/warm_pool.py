@@ -155,6 +155,20 @@ def pod_spec_of(template: PodTemplate) -> str:
     return hashlib.sha256(json.dumps(shaped, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Template fields that size a pool (how many agents, at what size) without shaping its pods.
+_THE_POOL = ("warm", "cpu", "memory", "max_concurrent")
+
+
+def pool_sizes_of(template: PodTemplate, max_agents: int | None = None) -> str:
+    """A fingerprint of how a template's pool is sized (its `warm` min, max and idleSeconds,
+    its sizes, maxConcurrent, and the file's maxAgents): two files whose pods agree but whose
+    pools do not want different targets, and their passes, run side by side during a rolling
+    upgrade, each retired or made what the other had just made or retired."""
+    shaped = {**template.model_dump(mode="json", include=set(_THE_POOL)),
+              "max_agents": max_agents}
+    return hashlib.sha256(json.dumps(shaped, sort_keys=True).encode()).hexdigest()[:16]
+
+
 # After a warm agent of a template failed to start (its image cannot be pulled, its agent
 # never connected), the pool starts no other of it for this long, doubled at each failure in
 # a row up to the max: as a kubelet backs off an image pull or a crashing container (10 s

@@ -12,7 +12,7 @@ import uuid
 
 from workers.concurrency.heartbeat import let_go
 from workers.engine import scheduling
-from workers.adapters.warm_specs import WarmSpecs
+from workers.adapters.warm_specs import KIND_SIZES, WarmSpecs
 from workers.adapters.warm_store import WarmEntry, WarmStore
 from workers.core.keys import agent_name
 from workers.core.cluster import Resources
@@ -22,7 +22,7 @@ from workers.core.sizing import template_min
 from workers.core.pods import WARM_LABEL as POD_WARM_LABEL
 from workers.core.pods import agent_pod_manifest, agent_secret_manifest
 from workers.core.warm_pool import WARM_MAX_AGE_SECONDS, WARM_SOURCE, WarmState, default_size
-from workers.core.warm_pool import pinned, pod_spec_of
+from workers.core.warm_pool import pinned, pod_spec_of, pool_sizes_of
 from workers.core.warm_pods import idle_warm
 from workers.telemetry.metrics import EngineMetrics
 from workers.runtime import Runtime
@@ -81,6 +81,23 @@ def announce(rt: Runtime, template_name: str, spec: str | None = None) -> str:
     return WarmSpecs(rt.state.redis, prefix=rt.state.prefix).announce(
         template_name, current_spec(rt, template_name) if spec is None else spec,
         since=rt.started_at, now=time.time())
+
+
+def pool_sizes(rt: Runtime, template_name: str) -> str:
+    """The fingerprint of how the file sizes the template's pool (workers.core.warm_pool.
+    pool_sizes_of)."""
+    template = rt.config.templates.get(template_name)
+    return pool_sizes_of(template, rt.config.max_agents) if template is not None else ""
+
+
+def newest_sizes(rt: Runtime, template_name: str) -> bool:
+    """Announce how this process's file sizes the template's pool; whether they are the ones
+    the pools follow now (the newest announced by a live process: workers.adapters.
+    warm_specs). Not: a newer file's processes run beside this one, and its passes bring the
+    pool to its targets; this one's, bringing it to its own, undid theirs pass after pass."""
+    mine = pool_sizes(rt, template_name)
+    return WarmSpecs(rt.state.redis, prefix=rt.state.prefix).announce(
+        template_name, mine, since=rt.started_at, now=time.time(), kind=KIND_SIZES) == mine
 
 
 def start(rt: Runtime, template_name: str, template: PodTemplate,

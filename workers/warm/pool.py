@@ -339,9 +339,12 @@ def run(rt: Runtime, now: float | None = None, *, only: str | None = None,
             # a slot of maxAgents for each agent an older release started without one
             rt.capacity.hold_warm_slots(name, [e.name for e in entries if e.state in (
                 WarmState.STARTING, WarmState.IDLE)], agents.store(rt).key(name))
-            if current != agents.current_spec(rt, name):
+            # (announced on every pass: an announcement lapses unless renewed)
+            newest_sizes = agents.newest_sizes(rt, name)
+            if current != agents.current_spec(rt, name) or not newest_sizes:
                 # a newer file's processes run beside this one (a rolling upgrade): its agents
-                # are theirs to keep and make; made here, each pass retired the other's
+                # are theirs to keep and make; made here, each pass retired the other's, or
+                # (its pool's sizes changed only) brought the pool back to this file's target
                 log.info("warm pool left to a newer file's processes", extra={"template": name})
                 continue
             entries = retire_outgrown(rt, entries, seen.get(name, []), now, sizes[name])
