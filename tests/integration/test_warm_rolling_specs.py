@@ -141,3 +141,30 @@ def test_a_pools_sizes_and_its_pod_spec_are_announced_apart(redis_conn):
     assert specs.announce("small", "pods", since=1000.0, now=5002.0) == "pods"
     assert specs.announce("small", "sizes-old", since=1000.0, now=5003.0,
                           kind=KIND_SIZES) == "sizes-new"
+
+
+def test_a_pool_is_kept_by_someone_when_a_third_file_changes_its_sizes_back_to_older_pods(
+        app, kube, jenkins_fake):
+    """Three files within LIVE_SECONDS of each other: the running one (A), a new image (B)
+    rolled out over it, and a change on top (C: the old image back, a bigger pool) while A's
+    processes still run or lapse. B's pods won (started after A's, whose pods C's share), C's
+    sizes won (the newest): B's processes, their sizes not the newest, and C's, their pods
+    not, each left the pool to the other. No one filled it: an agent gone was not made again
+    until B's last process had been gone 7 minutes. The sizes are only weighed among the
+    processes whose pods agree (B's, its pods the newest, keep the pool until then)."""
+    kube.add_node("node-a", cpu="8", memory="32Gi")
+    a = runtime.current()
+    pool.run(a)
+    online(a, kube, jenkins_fake)
+    b = on_file(a, NEW_IMAGE)
+    assert pool.run(b)["warm_started"] == 1  # its pods win: A's agent retired (warm_changed)
+    [made] = online(b, kube, jenkins_fake)
+    c = dataclasses.replace(on_file(a, BIGGER_POOL), started_at=b.started_at + 30)
+    for rt in (c, a, b):
+        assert pool.run(rt)["warm_started"] == 0  # B's pool as it should be: one agent
+    kube.set_pod_phase(NAMESPACE, made, "Failed", node="node-a")  # its pod ends
+    started = sum(pool.run(rt)["warm_started"] for rt in (a, b, c))
+    assert started == 1, started  # made again, by B's processes (its file's min)
+    [again] = {e.name for e in pool_of(b)}
+    image = {c["name"]: c["image"] for c in kube.pod(NAMESPACE, again)["spec"]["containers"]}
+    assert image["jnlp"] == "eclipse-temurin:21-jdk", image

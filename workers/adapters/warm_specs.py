@@ -21,12 +21,17 @@ changes them only makes pods as before, so the pod fingerprints agreed, and the 
 files' passes each brought the pool to its own target, one retiring what the other made.
 (Under keys of their own, not in the pod fingerprint: a process of a release before, which
 compares its agents' pod fingerprints with the announced one, retired every agent as made
-under another pod spec.)
+under another pod spec.) The sizes are weighed only among the processes whose file gives the
+pods the same fingerprint (keys of their own for each): weighed among all, the newest pods
+and the newest sizes could be two files' (a third file, the old image back and a bigger
+pool, on top of a rollout), each file's processes left the pool to the other's, and no one
+filled it until the older of them had lapsed.
 
 Keys (under the prefix), per template, both sorted sets of fingerprints:
   ``warm-<kind>-since:<template>``  score: when its first announcer (while it stayed live) started
   ``warm-<kind>-seen:<template>``   score: when it was last announced
-where kind is ``spec`` (the pods) or ``sizes`` (the pool's sizes).
+where kind is ``spec`` (the pods), or ``sizes`` (the pool's sizes) with ``:<pod fingerprint>``
+after the template; each expires a day after its last announcement.
 """
 
 import redis
@@ -68,11 +73,13 @@ class WarmSpecs:
         self._announce = connection.register_script(_ANNOUNCE)
 
     def announce(self, template: str, spec: str, *, since: float, now: float,
-                 kind: str = KIND_SPEC) -> str:
+                 kind: str = KIND_SPEC, among: str | None = None) -> str:
         """Announce `spec` as the template's in the file of a process started at `since`; the
-        fingerprint the pools follow now (this one, unless a newer one is announced)."""
-        keys = [f"{self.prefix}warm-{kind}-since:{template}",
-                f"{self.prefix}warm-{kind}-seen:{template}"]
+        fingerprint the pools follow now (this one, unless a newer one is announced). `among`:
+        weighed only against those announced with the same (the pod fingerprint, for sizes)."""
+        where = template if among is None else f"{template}:{among}"
+        keys = [f"{self.prefix}warm-{kind}-since:{where}",
+                f"{self.prefix}warm-{kind}-seen:{where}"]
         with retryable():
             current = self._announce(keys=keys, args=[spec, now, now - LIVE_SECONDS,
                                                       _TTL_SECONDS, since])

@@ -92,12 +92,14 @@ def pool_sizes(rt: Runtime, template_name: str) -> str:
 
 def newest_sizes(rt: Runtime, template_name: str) -> bool:
     """Announce how this process's file sizes the template's pool; whether they are the ones
-    the pools follow now (the newest announced by a live process: workers.adapters.
-    warm_specs). Not: a newer file's processes run beside this one, and its passes bring the
-    pool to its targets; this one's, bringing it to its own, undid theirs pass after pass."""
+    the pools follow now (the newest announced by a live process whose file's pods are this
+    one's: workers.adapters.warm_specs). Not: a newer file's processes run beside this one,
+    and its passes bring the pool to its targets; this one's, bringing it to its own, undid
+    theirs pass after pass."""
     mine = pool_sizes(rt, template_name)
     return WarmSpecs(rt.state.redis, prefix=rt.state.prefix).announce(
-        template_name, mine, since=rt.started_at, now=time.time(), kind=KIND_SIZES) == mine
+        template_name, mine, since=rt.started_at, now=time.time(), kind=KIND_SIZES,
+        among=current_spec(rt, template_name)) == mine
 
 
 def start(rt: Runtime, template_name: str, template: PodTemplate,
