@@ -215,6 +215,24 @@ def hold_spool_live() -> None:
     spool = Spool(settings.spool_path, private=settings.spool_is_default)
     if hold_live(spool):
         _HELD.append(spool)
+    prepare_spool(spool)
+
+
+def prepare_spool(spool) -> None:
+    """The spool file brought to this version's schema by the master, before any worker opens
+    it (workers.adapters.spool: Spool.prepare); one that cannot be opened is left to the
+    workers, which say why (service.app) and answer 503 only while Redis is away too."""
+    from workers.adapters.spool import SpoolError
+
+    try:
+        seconds = spool.prepare()
+    except SpoolError as err:
+        log.warning("the spool file could not be opened before the workers start",
+                    extra={"spool": str(spool.directory), "error": str(err)})
+        return
+    if seconds >= 1:
+        log.info("spool file made ready for this version",
+                 extra={"spool": str(spool.directory), "seconds": round(seconds, 1)})
 
 
 def hold_live(spool) -> bool:
