@@ -164,6 +164,11 @@ def main() -> None:
         median = statistics.median(rates)
         lines.append(f"| {name} | {median:,.0f} | {median / reference:.2f}x | "
                      f"{', '.join(f'{r:,.0f}' for r in rates)} |")
+    paired = [rate / base for rate, base in zip(results["Drainer.drain"],
+                                                results["per row (before)"])]
+    lines += ["", f"Drainer.drain / per row, round by round (same round, same load): "
+                  f"{', '.join(f'{r:.1f}x' for r in paired)}; median "
+                  f"{statistics.median(paired):.1f}x."]
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
