@@ -225,11 +225,16 @@ def prepare_spool(spool) -> None:
     from workers.adapters.spool import SpoolError
 
     try:
-        seconds = spool.prepare()
+        seconds, repaired = spool.prepare()
     except SpoolError as err:
         log.warning("the spool file could not be opened before the workers start",
                     extra={"spool": str(spool.directory), "error": str(err)})
         return
+    if repaired is not None:
+        log.error("the spool file was damaged: moved aside and kept, the rows still readable "
+                  "copied into a new one (the rest may be read with sqlite3's .recover)",
+                  extra={"spool": str(spool.directory), "kept_as": str(repaired.kept_as),
+                         "rows_copied": repaired.rows, "problem": repaired.problem[:300]})
     if seconds >= 1:
         log.info("spool file made ready for this version",
                  extra={"spool": str(spool.directory), "seconds": round(seconds, 1)})

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.adapters import spool_live
+from workers.adapters import spool_live, spool_repair
 
 FILE_NAME = "spool.sqlite3"
 MAX_EVENTS = 100_000  # default bound on the rows (CI_AUTOSCALER_SPOOL_MAX_EVENTS)
@@ -142,23 +142,37 @@ class Spool:
         self._db, self._pid = db, os.getpid()  # a forked child opens its own
         return db
 
-    def prepare(self) -> float:
+    def prepare(self) -> tuple[float, "spool_repair.Repaired | None"]:
         """Open the file once and close it: made, or brought to this version's schema (the
         owner column, the owner index), which on a file of an earlier version holding a long
         outage's rows rewrites or reads it all under the write lock (14 s for 250 MB measured
         here). gunicorn's master does it before its first worker (service.startup): done by
         the workers themselves, the second one's open waited out LOCK_TIMEOUT_SECONDS on the
         first one's, and a push it took meanwhile was answered 503 with room in the spool.
-        The seconds it took; raises SpoolError."""
-        started = time.monotonic()
+        A damaged file (SQLite's quick check) is moved aside and its readable rows copied into
+        a new one (workers.adapters.spool_repair): no other process may have it open, so only
+        the master may. The seconds it took, and what was repaired; raises SpoolError."""
+        started, repaired = time.monotonic(), None
         try:
             with self._lock:
-                self._connection()
+                try:
+                    problem = spool_repair.problem_of(self._connection())
+                except sqlite3.Error as err:
+                    if not spool_repair.damaged(err):
+                        raise
+                    problem = f"{type(err).__name__}: {err}"
+                if problem is not None:
+                    if self._db is not None:
+                        self._db.close()
+                        self._db = None
+                    kept = spool_repair.move_aside(self.path)
+                    repaired = spool_repair.Repaired(
+                        kept, spool_repair.salvage(kept, self._connection()), problem)
                 self._db.close()  # type: ignore[union-attr]  # a forked child opens its own
                 self._db = None
         except (sqlite3.Error, OSError) as err:
             raise SpoolError(f"{type(err).__name__}: {err}") from err
-        return time.monotonic() - started
+        return time.monotonic() - started, repaired
 
     def _check_private(self) -> None:
         info = os.lstat(self.directory)
