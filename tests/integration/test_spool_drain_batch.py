@@ -4,13 +4,14 @@ when the delete fails after Redis took the batch."""
 
 import sqlite3
 
+import orjson
 import pytest
 
 from tests.integration.test_spool import push
 from tests.support.app import make_app
 from workers.adapters.spool import SpoolError
 from workers.engine.intake import Mover
-from workers.engine.spool_drain import DRAIN_BATCH, Drainer
+from workers.engine.spool_drain import DRAIN_BATCH, Drainer, SpooledPush
 
 PUSHES = 300  # three batches of DRAIN_BATCH
 
@@ -23,6 +24,8 @@ def spooled(own_redis, prefix: str, pushes: int = PUSHES):
     own_redis.stop()
     answers = [push(client, f"{prefix}-{n}", sha=f"{n + 1:040x}") for n in range(pushes)]
     assert [(a.status_code, a.json["status"]) for a in answers] == [(202, "spooled")] * pushes
+    ctx = app.extensions["ci_autoscaler"]
+    ctx.spool.counts()  # the file made, whether or not a push was spooled
     own_redis.start()
     return app.extensions["ci_autoscaler"]
 
@@ -67,3 +70,25 @@ def test_a_batch_redis_took_whose_rows_could_not_be_deleted_is_built_once(own_re
     assert Drainer(ctx.spool, ctx.state.intake).drain() == 150
     assert ctx.spool.counts() == (0, 0) and ctx.state.intake.counts() == (150, 0)
     assert Mover(ctx.state).drain() == 150 and ctx.state.queue.count == 150
+
+
+@pytest.mark.parametrize("row", [
+    {"delivery_id": "gitlab:odd", "mark": "k", "record": 5, "ttl_seconds": 60,
+     "run_ttl_seconds": 60},  # a record that is no text
+    {"delivery_id": "gitlab:odd", "mark": "k", "record": "{}", "ttl_seconds": [60],
+     "run_ttl_seconds": 60},  # a TTL that is no number
+    ["gitlab:odd"],  # JSON, but no object
+], ids=["record", "ttl", "list"])
+def test_a_row_of_the_wrong_shape_is_set_aside_and_the_pushes_after_it_drained(
+        own_redis, row):
+    """A row that is JSON but not a push of any release's shape (a damaged file) raised
+    AttributeError out of the drainer's read ('spool drainer failed' every 5 s): it was
+    neither set aside nor passed, and every push spooled after it waited for good."""
+    ctx = spooled(own_redis, "after-odd", pushes=0)
+    assert ctx.spool.put("gitlab:odd", orjson.dumps(row))
+    pushes = [SpooledPush(f"gitlab:after-{n}", f"k{n}", b"{}", 60).to_bytes() for n in range(3)]
+    for n, payload in enumerate(pushes):
+        assert ctx.spool.put(f"gitlab:after-{n}", payload)
+    assert Drainer(ctx.spool, ctx.state.intake).drain() == 4
+    assert ctx.spool.counts() == (0, 0) and ctx.state.intake.counts() == (3, 0)
+    assert [d for d, _ in ctx.spool.set_aside_events()] == ["gitlab:odd"]

@@ -217,8 +217,8 @@ class FunctionBatch(ScriptCall):
         super().__init__(client, library.code, wait=wait)
         self.library = library
 
-    def __call__(self, calls: Sequence[tuple[str, Sequence[Any], Sequence[Any]]]  # type: ignore[override]
-                 ) -> list[Any]:
+    def __call__(  # type: ignore[override]
+            self, calls: Sequence[tuple[str, Sequence[Any], Sequence[Any]]]) -> list[Any]:
         """Each (function, keys, args)'s answer in order; a call Redis refused gives its
         redis.ResponseError in its place. A lost connection raises, as a single call does (the
         calls are sent once more first, afresh): the caller cannot tell which ran, so each must

@@ -257,7 +257,7 @@ class Drainer:
             return True
         try:
             push = SpooledPush.from_bytes(event.payload)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             # Not written by any version of spool_push (a damaged file; a newer kind is left
             # above): kept out of the way of the rest, but not lost: set aside in the
             # file for a person to look at (deleted, a push answered 202 was gone unseen).
