@@ -13,6 +13,7 @@ from tests.integration.test_spool_outage import send
 from tests.support.monitoring import wait_until
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.web_process import GUNICORN, web_env, web_process
+from workers.adapters import spool_live
 from workers.adapters.spool import FILE_NAME, Spool, spooled_events
 from workers.engine.spool_drain import SpooledPush
 
@@ -96,3 +97,22 @@ def test_a_spool_file_with_a_damaged_page_drains_its_readable_rows_and_new_pushe
     # read past the damaged page: the rows after it were copied too
     assert 30 <= kept["rows_copied"] < 40 and os.path.exists(kept["kept_as"])
     assert intake == [kept["rows_copied"] + 3]  # each copied row and each push, in Redis
+
+
+def test_a_damaged_spool_another_web_runs_on_is_left_in_place(tmp_path):
+    """Another web still running on the directory (a restart on a host, the old one still
+    finishing its requests) may have the file open: moved aside, the rows it wrote after would
+    go into the kept file, drained by nobody. The file stays; the master says why."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    garbage = os.urandom(64 * 1024)
+    (spool_dir / FILE_NAME).write_bytes(garbage)
+    other = spool_live.hold(spool_dir)  # that web's live lock (workers.adapters.spool_live)
+    try:
+        answers, log = start_and_push(tmp_path, spool_dir, pushes=1)
+    finally:
+        os.close(other)
+    assert answers[0][0] == 503 and "not a database" in answers[0][1]["reason"]
+    assert (spool_dir / FILE_NAME).read_bytes() == garbage
+    assert not list(spool_dir.glob("*.damaged-*"))
+    assert "another web runs on it: not moved aside" in log

@@ -142,7 +142,7 @@ class Spool:
         self._db, self._pid = db, os.getpid()  # a forked child opens its own
         return db
 
-    def prepare(self) -> tuple[float, "spool_repair.Repaired | None"]:
+    def prepare(self, *, repair: bool = True) -> tuple[float, "spool_repair.Repaired | None"]:
         """Open the file once and close it: made, or brought to this version's schema (the
         owner column, the owner index), which on a file of an earlier version holding a long
         outage's rows rewrites or reads it all under the write lock (14 s for 250 MB measured
@@ -150,26 +150,34 @@ class Spool:
         the workers themselves, the second one's open waited out LOCK_TIMEOUT_SECONDS on the
         first one's, and a push it took meanwhile was answered 503 with room in the spool.
         A damaged file (SQLite's quick check) is moved aside and its readable rows copied into
-        a new one (workers.adapters.spool_repair): no other process may have it open, so only
-        the master may. The seconds it took, and what was repaired; raises SpoolError."""
+        a new one (workers.adapters.spool_repair), with `repair`: no other process may have it
+        open (its writes would go to the file moved aside), so only a master that no other
+        web runs beside may; without, SpoolError says what is wrong. The seconds it took,
+        and what was repaired; raises SpoolError."""
         started, repaired = time.monotonic(), None
         try:
             with self._lock:
                 try:
-                    problem = spool_repair.problem_of(self._connection())
-                except sqlite3.Error as err:
-                    if not spool_repair.damaged(err):
-                        raise
-                    problem = f"{type(err).__name__}: {err}"
-                if problem is not None:
-                    if self._db is not None:
+                    try:
+                        problem = spool_repair.problem_of(self._connection())
+                    except sqlite3.Error as err:
+                        if not spool_repair.damaged(err):
+                            raise
+                        problem = f"{type(err).__name__}: {err}"
+                    if problem is not None and not repair:
+                        raise SpoolError(f"the spool file is damaged ({problem[:300]}); "
+                                         "another web runs on it: not moved aside")
+                    if problem is not None:
+                        if self._db is not None:
+                            self._db.close()
+                            self._db = None
+                        kept = spool_repair.move_aside(self.path)
+                        repaired = spool_repair.Repaired(
+                            kept, spool_repair.salvage(kept, self._connection()), problem)
+                finally:
+                    if self._db is not None:  # a forked child opens its own
                         self._db.close()
                         self._db = None
-                    kept = spool_repair.move_aside(self.path)
-                    repaired = spool_repair.Repaired(
-                        kept, spool_repair.salvage(kept, self._connection()), problem)
-                self._db.close()  # type: ignore[union-attr]  # a forked child opens its own
-                self._db = None
         except (sqlite3.Error, OSError) as err:
             raise SpoolError(f"{type(err).__name__}: {err}") from err
         return time.monotonic() - started, repaired
