@@ -209,12 +209,40 @@ def hold_spool_live() -> None:
     """The gunicorn master holds the spool's live lock too (workers.adapters.spool_live), for
     its whole life: between a worker's death and the next one's start the web still counts as
     running on it. Its workers inherit the descriptor and take their own (service.app)."""
+    from workers.adapters import spool_live
     from workers.adapters.spool import Spool
 
     settings = load_settings()
     spool = Spool(settings.spool_path, private=settings.spool_is_default)
+    # Looked at before this master takes the lock itself: another web still running on the
+    # directory (a restart on a host, the old one still finishing) may have the file open.
+    alone = not spool_live.held_elsewhere(spool.directory)
     if hold_live(spool):
         _HELD.append(spool)
+    prepare_spool(spool, repair=alone)
+
+
+def prepare_spool(spool, *, repair: bool = True) -> None:
+    """The spool file brought to this version's schema by the master, before any worker opens
+    it (workers.adapters.spool: Spool.prepare), and a damaged one moved aside, with `repair`
+    (no other web runs on it); one that cannot be opened is left to the workers, which say
+    why (service.app) and answer 503 only while Redis is away too."""
+    from workers.adapters.spool import SpoolError
+
+    try:
+        seconds, repaired = spool.prepare(repair=repair)
+    except SpoolError as err:
+        log.warning("the spool file could not be opened before the workers start",
+                    extra={"spool": str(spool.directory), "error": str(err)})
+        return
+    if repaired is not None:
+        log.error("the spool file was damaged: moved aside and kept, the rows still readable "
+                  "copied into a new one (the rest may be read with sqlite3's .recover)",
+                  extra={"spool": str(spool.directory), "kept_as": str(repaired.kept_as),
+                         "rows_copied": repaired.rows, "problem": repaired.problem[:300]})
+    if seconds >= 1:
+        log.info("spool file made ready for this version",
+                 extra={"spool": str(spool.directory), "seconds": round(seconds, 1)})
 
 
 def hold_live(spool) -> bool:

@@ -29,10 +29,11 @@ Keys (under the prefix):
 """
 
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 
-from workers.adapters.redis_script import FunctionCall, Library
+from workers.adapters.redis_script import FunctionBatch, FunctionCall, Library
 from workers.core.catchup import delivery_id as catch_up_delivery
 from workers.core.errors import RetryableError
 
@@ -165,6 +166,7 @@ class Intake:
         self.library = Library("cia_intake", {"push": _PUSH, "push_run": ended_table + _PUSH_RUN})
         self._push = FunctionCall(connection, self.library, "push", wait=wait)
         self._push_run = FunctionCall(connection, self.library, "push_run", wait=wait)
+        self._push_batch = FunctionBatch(connection, self.library, wait=wait)
         self._claim = connection.register_script(_CLAIM)
         self._recover = connection.register_script(_RECOVER)
         self._drop = connection.register_script(_DROP)
@@ -184,20 +186,42 @@ class Intake:
         commit this run `mark` builds) a run of that commit is still in flight, or the
         catch-up built that commit after this push was `received_at`; raises RetryableError
         when Redis cannot be reached, so the sender is told to retry."""
-        delivery_key = self.prefix + "delivery:" + delivery_id
+        name, keys, args = self._push_call(
+            delivery_id=delivery_id, mark=mark, record=record, ttl_seconds=ttl_seconds,
+            commit=commit, run_ttl_seconds=run_ttl_seconds, received_at=received_at)
         try:
-            if commit is None:
-                queued = bool(self._push([delivery_key, self.key], [mark, ttl_seconds, record]))
-                return Pushed(queued, mark, "" if queued else _DUPLICATE_REASONS[0])
-            code, key = self._push_run(
-                [delivery_key, self.key, self.prefix + "commit:" + commit,
-                 self.prefix + "delivery:" + catch_up_delivery(commit)],
-                [mark, ttl_seconds, record, run_ttl_seconds, self.prefix + "build:",
-                 "" if received_at is None else repr(received_at)])
+            answer = (self._push if name == "push" else self._push_run)(keys, args)
         except redis.RedisError as err:
             raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
-        key = key.decode() if isinstance(key, bytes) else str(key)
-        return Pushed(code == 1, key, _DUPLICATE_REASONS.get(int(code), ""))
+        return _pushed(name, mark, answer)
+
+    def push_many(self, pushes: Iterable[dict[str, Any]]) -> list[Pushed | RetryableError]:
+        """`push` for each (its keyword arguments), in order, all in one round trip: what
+        became of each, or the RetryableError of one Redis refused (out of memory, say; those
+        after it ran too). Raises RetryableError when Redis cannot be reached or did not
+        replicate the batch in time (NotReplicated, its cause): any of them may have been
+        taken, and each is a duplicate of its delivery when pushed again."""
+        calls = [self._push_call(**push) for push in pushes]
+        try:
+            answers = self._push_batch(calls)
+        except redis.RedisError as err:
+            raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
+        return [_refused(answer) if isinstance(answer, redis.ResponseError)
+                else _pushed(name, args[0], answer)
+                for (name, _, args), answer in zip(calls, answers)]
+
+    def _push_call(self, *, delivery_id: str, mark: str, record: bytes, ttl_seconds: int,
+                   commit: str | None = None, run_ttl_seconds: int = 0,
+                   received_at: float | None = None) -> tuple[str, list[str], list[Any]]:
+        """(function, keys, args) of one push."""
+        delivery_key = self.prefix + "delivery:" + delivery_id
+        if commit is None:
+            return "push", [delivery_key, self.key], [mark, ttl_seconds, record]
+        return "push_run", [
+            delivery_key, self.key, self.prefix + "commit:" + commit,
+            self.prefix + "delivery:" + catch_up_delivery(commit)], [
+            mark, ttl_seconds, record, run_ttl_seconds, self.prefix + "build:",
+            "" if received_at is None else repr(received_at)]
 
     def load_functions(self) -> bool:
         """Load the web's functions into Redis (the worker does, at start): True if it had
@@ -283,6 +307,21 @@ class Intake:
             pipe.llen(self.failed_key)
             waiting, failed = pipe.execute()
         return int(waiting), int(failed)
+
+
+def _pushed(function: str, mark: str, answer: Any) -> Pushed:
+    """A push function's answer as a Pushed."""
+    if function == "push":
+        return Pushed(bool(answer), mark, "" if answer else _DUPLICATE_REASONS[0])
+    code, key = answer
+    key = key.decode() if isinstance(key, bytes) else str(key)
+    return Pushed(code == 1, key, _DUPLICATE_REASONS.get(int(code), ""))
+
+
+def _refused(err: redis.ResponseError) -> RetryableError:
+    refused = RetryableError(f"redis unavailable: {type(err).__name__}: {err}")
+    refused.__cause__ = err
+    return refused
 
 
 def _lua(text: str) -> str:

@@ -206,6 +206,75 @@ class FunctionCall(ScriptCall):
         return answer
 
 
+class FunctionBatch(ScriptCall):
+    """Calls of a Library's functions, any mix of them, sent in one write and read back in one
+    round trip (a pipeline), with one WAIT after the last: Redis runs them in order, as one at
+    a time, and with appendfsync always fsyncs its AOF once for the lot, not once a call (the
+    spool drainer's batch, bench/results/spool-drain.md)."""
+
+    def __init__(self, client: redis.Redis, library: Library,
+                 wait: tuple[int, int] | None = None):
+        super().__init__(client, library.code, wait=wait)
+        self.library = library
+
+    def __call__(  # type: ignore[override]
+            self, calls: Sequence[tuple[str, Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """Each (function, keys, args)'s answer in order; a call Redis refused gives its
+        redis.ResponseError in its place. A lost connection raises, as a single call does (the
+        calls are sent once more first, afresh): the caller cannot tell which ran, so each must
+        be safe to run again; so does NotReplicated, when the WAIT saw fewer replicas than
+        asked acknowledge the batch's writes in time (read as: none of them replicated)."""
+        if not calls:
+            return []
+        if self._pid != os.getpid():  # a forked child: the parent's sockets are not ours
+            self._idle, self._pid = [], os.getpid()
+        connection = self._idle.pop() if self._idle else self._connect()
+        try:
+            try:
+                answers = self._fcall_many(connection, calls)
+            except redis.ConnectionError:  # stale, or Redis restarted: once more, afresh
+                connection.disconnect()
+                answers = self._fcall_many(connection, calls)
+        except BaseException:
+            connection.disconnect()  # a reply may be left unread: never reuse it
+            raise
+        self._idle.append(connection)
+        return answers
+
+    def _fcall_many(self, connection: Any, calls: Sequence[tuple[str, Sequence[Any],
+                                                                 Sequence[Any]]]) -> list[Any]:
+        connection.connect()  # with Sentinel: the master (see ScriptCall._evalsha)
+        commands = [hiredis.pack_command(("FCALL", self.library.function(name), len(keys),
+                                          *keys, *args)) for name, keys, args in calls]
+        answers, acked = self._send(connection, commands)
+        # Redis lost the library (a data loss): loaded once (NoPermissionError for the web's
+        # user, raised), and the calls it refused for it sent again.
+        again = [i for i, a in enumerate(answers)
+                 if isinstance(a, redis.ResponseError) and "Function not found" in str(a)]
+        if again:
+            self.library.load(connection)
+            redone, acked = self._send(connection, [commands[i] for i in again])
+            for i, answer in zip(again, redone):
+                answers[i] = answer
+        if acked is not None and acked < self._replicas:
+            raise NotReplicated(f"{acked} of {self._replicas} replica(s) acknowledged the "
+                                "batch in time")
+        return answers
+
+    def _send(self, connection: Any, commands: list[bytes]) -> tuple[list[Any], int | None]:
+        """The commands' answers (an error answer in its place) and, with a WAIT after them,
+        how many replicas acknowledged every write so far on this connection."""
+        wait = [self._wait] if self._wait is not None else []
+        connection.send_packed_command([*commands, *wait], check_health=False)
+        answers: list[Any] = []
+        for _ in commands:
+            try:
+                answers.append(connection.read_response())
+            except redis.ResponseError as err:
+                answers.append(err)
+        return answers, int(connection.read_response()) if wait else None
+
+
 @contextmanager
 def retryable():
     """Redis errors as RetryableError (the caller's task or pass is tried again)."""

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.adapters import spool_live
+from workers.adapters import spool_live, spool_repair
 
 FILE_NAME = "spool.sqlite3"
 MAX_EVENTS = 100_000  # default bound on the rows (CI_AUTOSCALER_SPOOL_MAX_EVENTS)
@@ -141,6 +141,46 @@ class Spool:
             raise
         self._db, self._pid = db, os.getpid()  # a forked child opens its own
         return db
+
+    def prepare(self, *, repair: bool = True) -> tuple[float, "spool_repair.Repaired | None"]:
+        """Open the file once and close it: made, or brought to this version's schema (the
+        owner column, the owner index), which on a file of an earlier version holding a long
+        outage's rows rewrites or reads it all under the write lock (14 s for 250 MB measured
+        here). gunicorn's master does it before its first worker (service.startup): done by
+        the workers themselves, the second one's open waited out LOCK_TIMEOUT_SECONDS on the
+        first one's, and a push it took meanwhile was answered 503 with room in the spool.
+        A damaged file (SQLite's quick check) is moved aside and its readable rows copied into
+        a new one (workers.adapters.spool_repair), with `repair`: no other process may have it
+        open (its writes would go to the file moved aside), so only a master that no other
+        web runs beside may; without, SpoolError says what is wrong. The seconds it took,
+        and what was repaired; raises SpoolError."""
+        started, repaired = time.monotonic(), None
+        try:
+            with self._lock:
+                try:
+                    try:
+                        problem = spool_repair.problem_of(self._connection())
+                    except sqlite3.Error as err:
+                        if not spool_repair.damaged(err):
+                            raise
+                        problem = f"{type(err).__name__}: {err}"
+                    if problem is not None and not repair:
+                        raise SpoolError(f"the spool file is damaged ({problem[:300]}); "
+                                         "another web runs on it: not moved aside")
+                    if problem is not None:
+                        if self._db is not None:
+                            self._db.close()
+                            self._db = None
+                        kept = spool_repair.move_aside(self.path)
+                        repaired = spool_repair.Repaired(
+                            kept, spool_repair.salvage(kept, self._connection()), problem)
+                finally:
+                    if self._db is not None:  # a forked child opens its own
+                        self._db.close()
+                        self._db = None
+        except (sqlite3.Error, OSError) as err:
+            raise SpoolError(f"{type(err).__name__}: {err}") from err
+        return time.monotonic() - started, repaired
 
     def _check_private(self) -> None:
         info = os.lstat(self.directory)
@@ -277,6 +317,18 @@ class Spool:
     def remove(self, event_id: int) -> None:
         """Delete a row (only once Redis has taken its event); committed and fsynced."""
         self.query("DELETE FROM events WHERE id = ?", (event_id,))
+
+    def remove_many(self, event_ids: list[int]) -> None:
+        """Delete rows (only once Redis has taken their events), in one commit, fsynced once:
+        a commit a row made the drain as slow as the disk's fsyncs (bench/results/
+        spool-drain.md)."""
+        if not event_ids:
+            return
+        with self.transaction() as db:
+            for start in range(0, len(event_ids), 500):  # SQLite's bound on parameters
+                batch = event_ids[start:start + 500]
+                db.execute(f"DELETE FROM events WHERE id IN ({','.join('?' * len(batch))})",
+                           batch)
 
     def set_aside(self, event_id: int) -> None:
         """Move a row the drainer cannot read into the `set_aside` table, in one commit: kept
