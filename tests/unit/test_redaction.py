@@ -8,7 +8,7 @@ import pytest
 from redis.connection import parse_url
 
 from workers.core.commit_status import wanted
-from workers.core.redaction import redact
+from workers.core.redaction import cut, redact
 
 # Each URL's password has a raw '@', which redis-py and urllib accept: both take the userinfo
 # up to the LAST '@' of the authority (urllib.parse.urlsplit: netloc.rpartition('@'); redis-py's
@@ -58,3 +58,16 @@ def test_a_build_link_with_an_at_in_its_password_loses_all_of_its_userinfo():
                     nodes_needed=0)
     assert status is not None
     assert status.target_url == "https://jenkins.example.com/job/build/7/"
+
+
+@pytest.mark.parametrize("text, limit, kept", [
+    ("short enough", 20, "short enough"),
+    ("cut between words here", 13, "cut between"),
+    ("cut inside token-9f8e7d6c5b4a then more", 20, "cut inside"),
+    ("see http://ci:hunter22@jenkins.example/job/x", 30, "see"),
+    ("oneverylongwordwithnospace", 10, ""),
+])
+def test_a_cut_never_leaves_the_head_of_a_word(text, limit, kept):
+    """What a text cut short keeps (GitLab's message, a library's first line): never the head
+    of a secret the limit fell in, which no redaction of the whole secret would find later."""
+    assert cut(text, limit) == kept

@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Iterable
 from types import TracebackType
 
-from workers.core.redaction import redact
+from workers.core.redaction import cut, redact
 
 BODY_NOT_SHOWN = " [the page answered is not shown]"
 # The most of an outside library's message kept (a cut one)
@@ -52,7 +52,7 @@ def _kept(module: str, text: str) -> str:
     kept = kept.rstrip("\n")
     if kept == text.rstrip("\n"):
         return text
-    return kept[:KEPT_CHARS] + BODY_NOT_SHOWN
+    return cut(kept, KEPT_CHARS) + BODY_NOT_SHOWN
 
 
 def _cut(shown: traceback.TracebackException) -> None:

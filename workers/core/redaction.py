@@ -34,3 +34,15 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     text = URL_USERINFO.sub(_REDACTED + "@", text)
     return _TOKEN_LIKE.sub(_REDACTED, text)
 
+
+
+def cut(text: str, limit: int) -> str:
+    """The text's first `limit` characters at most, never ending inside a word: a secret the
+    limit fell in (a token, a URL with user:password@) is left out whole, not cut in two, of
+    which the head stayed in the text where no later redaction could know it."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    if not text[limit].isspace():
+        head = re.sub(r"\S+\Z", "", head)
+    return head.rstrip()
