@@ -23,6 +23,7 @@ class Quoting:
 @pytest.fixture
 def line(monkeypatch):
     monkeypatch.setattr(logs, "_secrets", ())  # this test's alone, restored after
+    monkeypatch.setattr(logs, "_redactor", logs.Redactor())
     logs.hide_secrets([TOKEN, ""])
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -17,11 +17,12 @@ from typing import Any
 import orjson
 
 from workers.concurrency.failure_text import last_error
-from workers.core.redaction import redact
+from workers.core.redaction import Redactor
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 # The process's secrets (hide_secrets), blanked out of every line
 _secrets: tuple[str, ...] = ()
+_redactor = Redactor()
 
 
 def hide_secrets(secrets: Iterable[str]) -> None:
@@ -29,37 +30,38 @@ def hide_secrets(secrets: Iterable[str]) -> None:
     known stays hidden): the settings' secret values, told by workers.config.settings as they
     load, in every process (the web's master and workers, the worker, the reconcile loop,
     the start-up checks)."""
-    global _secrets
+    global _secrets, _redactor
     _secrets = tuple(dict.fromkeys((*_secrets, *(s for s in secrets if s))))
+    _redactor = Redactor(_secrets)
 
 
-def _shown(value: Any, secrets: tuple[str, ...]) -> Any:
+def _shown(value: Any, redact: Redactor) -> Any:
     """A field's value as the line shows it: every text in it redacted, numbers as they are."""
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, str):
-        return redact(value, secrets)
+        return redact(value)
     if isinstance(value, dict):
-        return {redact(str(k), secrets): _shown(v, secrets) for k, v in value.items()}
+        return {redact(str(k)): _shown(v, redact) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_shown(v, secrets) for v in value]
-    return redact(str(value), secrets)  # what the line showed of it before: str()
+        return [_shown(v, redact) for v in value]
+    return redact(str(value))  # what the line showed of it before: str()
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        secrets = _secrets
+        redact = _redactor
         line = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": redact(record.getMessage(), secrets),
+            "msg": redact(record.getMessage()),
         }
-        line.update({k: _shown(v, secrets) for k, v in vars(record).items()
+        line.update({k: _shown(v, redact) for k, v in vars(record).items()
                      if k not in _STANDARD})
         if record.exc_info:
-            line["error"] = last_error(record.exc_info, secrets)
+            line["error"] = last_error(record.exc_info, redact.secrets)
         try:  # orjson: a third of the json module's time, on every webhook's log line
             return orjson.dumps(line, default=str).decode()
         except (TypeError, orjson.JSONEncodeError):  # e.g. an int past 64 bits
