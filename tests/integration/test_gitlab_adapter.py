@@ -222,3 +222,20 @@ def test_every_token_header_goes_on_to_the_same_origin_only(before, after, kept)
     session.rebuild_auth(redirected, response)
     assert {k: redirected.headers.get(k) for k in tokens} == (
         tokens if kept else dict.fromkeys(tokens))
+
+
+def test_a_message_cut_short_keeps_no_head_of_a_token_it_quotes(gitlab_fake):
+    """GitLab's message is kept to its first 200 characters: one quoting a credential where the
+    cut fell (a front repeating the request's PRIVATE-TOKEN; an old token has no glpat- prefix
+    that redaction knows) kept its head, which no later blanking of the whole token finds."""
+    old_token = "Zx81kq2PLm4Rt7vWn3Yb"  # a personal access token of GitLab < 14.5
+    gitlab_fake.add_project("team/app", branches={"main": A})
+    gl = api_client(gitlab_fake)
+    message = "request refused " + "x" * 154 + f" PRIVATE-TOKEN: {old_token} (WAF rule 942)"
+    assert message.index(old_token) < 200 < message.index(old_token) + len(old_token)
+    gitlab_fake.fail_status_posts(1, message)
+    with pytest.raises(PermanentError) as err:
+        gitlab_api.set_commit_status(gl=gl, project="team/app", sha=A, state="pending",
+                                     name="ci-autoscaler/build")
+    assert "GitLab answered 400: request refused xxx" in str(err.value)
+    assert old_token[:4] not in str(err.value), str(err.value)

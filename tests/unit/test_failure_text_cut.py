@@ -78,3 +78,18 @@ def test_a_one_line_connection_error_keeps_its_cause_past_a_long_url():
     assert error.startswith("requests.exceptions.ConnectionError: HTTPConnectionPool")
     assert "Connection refused" in error and BODY_NOT_SHOWN not in error
     assert BODY_NOT_SHOWN not in failure_text(exc_info)
+
+
+def test_a_first_line_cut_short_keeps_no_head_of_a_secret_it_quotes():
+    """python-jenkins' first line is kept to KEPT_CHARS: one quoting a Jenkins API token where
+    the cut fell ("11" and 32 hex digits: no pattern knows it) kept its head, which the
+    redaction of the whole token (the worker's secrets) then missed."""
+    import jenkins
+
+    token = "11d4e0c2b7a95f3e81c6a2d9b0f4e7c315"
+    first = "Error in request: " + "x" * 260 + f" Basic ci:{token} refused"
+    assert first.index(token) < 300 < first.index(token) + len(token)
+    cause = jenkins.JenkinsException(first + "\n<html>the page</html>")
+    text = failure_text(_failure(cause), secrets=(token,))
+    assert "Error in request: xxx" in text and BODY_NOT_SHOWN in text
+    assert token[:4] not in text, text

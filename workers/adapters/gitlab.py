@@ -30,7 +30,7 @@ from workers.core.catchup import BRANCH_PREFIX, TAG_PREFIX, Head
 from workers.core.errors import CredentialsRefused, Overloaded, PermanentError, RetryableError, \
     Unavailable
 from workers.core.models import EventKind
-from workers.core.redaction import URL_USERINFO
+from workers.core.redaction import URL_USERINFO, cut
 
 log = logging.getLogger("ci_autoscaler.gitlab")
 
@@ -242,7 +242,7 @@ def _message(err: gl_errors.GitlabError) -> str:
         else None
     if title:
         text = " ".join(title.group(1).split())
-    return text[:_BODY_CHARS]
+    return cut(text, _BODY_CHARS)
 
 
 def _description(err: gl_errors.GitlabError) -> str:
@@ -254,7 +254,7 @@ def _description(err: gl_errors.GitlabError) -> str:
     except (TypeError, ValueError):
         return ""
     text = body.get("error_description") if isinstance(body, dict) else None
-    return f": {str(text)[:_BODY_CHARS]}" if isinstance(text, str) and text else ""
+    return f": {cut(text, _BODY_CHARS)}" if isinstance(text, str) and text else ""
 
 
 @contextmanager

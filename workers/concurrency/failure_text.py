@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Iterable
 from types import TracebackType
 
-from workers.core.redaction import redact
+from workers.core.redaction import cut, redact
 
 BODY_NOT_SHOWN = " [the page answered is not shown]"
 # The most of an outside library's message kept (a cut one)
@@ -52,7 +52,7 @@ def _kept(module: str, text: str) -> str:
     kept = kept.rstrip("\n")
     if kept == text.rstrip("\n"):
         return text
-    return kept[:KEPT_CHARS] + BODY_NOT_SHOWN
+    return cut(kept, KEPT_CHARS) + BODY_NOT_SHOWN
 
 
 def _cut(shown: traceback.TracebackException) -> None:
@@ -85,9 +85,11 @@ def failure_text(exc_info: tuple[type[BaseException] | None, BaseException | Non
 
 
 def last_error(exc_info: tuple[type[BaseException] | None, BaseException | None,
-                               TracebackType | None]) -> str:
+                               TracebackType | None],
+               secrets: Iterable[str] = ()) -> str:
     """The error a log line names (workers.telemetry.logs): the last exception's type and
-    what _kept keeps of its message, on one line, redacted. Its traceback's last line was
+    what _kept keeps of its message, on one line, redacted (`secrets` too: the process's).
+    Its traceback's last line was
     the last line of its message: a page's "</html>", an ApiException's "HTTP response body:
     ..." (its status and reason left out)."""
     kind, error, _trace = exc_info
@@ -96,4 +98,4 @@ def last_error(exc_info: tuple[type[BaseException] | None, BaseException | None,
     shown = traceback.TracebackException(type(error), error, None, compact=True)
     _cut(shown)
     shown.__cause__ = shown.__context__ = None
-    return redact(" ".join("".join(shown.format_exception_only()).split("\n")).strip())
+    return redact(" ".join("".join(shown.format_exception_only()).split("\n")).strip(), secrets)

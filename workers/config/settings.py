@@ -27,6 +27,7 @@ from workers.core.start_failures import DEFAULT_FATAL_WAITING_REASONS
 from workers.core.usage_history import DEFAULT_HALF_LIFE_SECONDS
 from workers.config import unknown_variables
 from workers.config.spool_paths import default_spool_path
+from workers.telemetry import logs
 
 # A webhook body up to this is read whole and parsed. A GitLab push lists at most 20 commits (its
 # docs): the real push in ../shared/fixtures is 3.5 KB with 3 commits, so 4 MiB leaves room for
@@ -622,8 +623,11 @@ def load_settings(*, warn_unknown: bool = True, **overrides: Any) -> Settings:
     if warn_unknown:
         unknown_variables.warn(known_variables())
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as err:
         raise ConfigError([": ".join(filter(None, (".".join(map(str, e["loc"])),
                                                    e["msg"].removeprefix("Value error, "))))
                            for e in err.errors()]) from None
+    # Every log line of the process from now on is without them, whatever an error quotes
+    logs.hide_secrets(settings.secret_values)
+    return settings

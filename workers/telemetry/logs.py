@@ -1,32 +1,67 @@
 """JSON-lines logging. Pass context as ``extra={"build_key": ..., ...}``; it becomes fields.
 
-Never pass a token or an agent secret: nothing here can tell a secret from a value.
+Never pass a token or an agent secret. Every text of a line is redacted all the same
+(core.redaction: a URL's user:password@, token-like words, and the process's own secrets, its
+settings' values, told by `hide_secrets` as they load): an error's text quotes what an outside
+answer said (GitLab's message for a refused commit status, Jenkins' reason for a queue item,
+a library's exception), which may repeat a credential it was sent.
 """
 
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
 
 from workers.concurrency.failure_text import last_error
+from workers.core.redaction import Redactor
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# The process's secrets (hide_secrets), blanked out of every line
+_secrets: tuple[str, ...] = ()
+_redactor = Redactor()
+
+
+def hide_secrets(secrets: Iterable[str]) -> None:
+    """Blank these out of every JSON line from now on, with those told before (a secret once
+    known stays hidden): the settings' secret values, told by workers.config.settings as they
+    load, in every process (the web's master and workers, the worker, the reconcile loop,
+    the start-up checks)."""
+    global _secrets, _redactor
+    _secrets = tuple(dict.fromkeys((*_secrets, *(s for s in secrets if s))))
+    _redactor = Redactor(_secrets)
+
+
+def _shown(value: Any, redact: Redactor) -> Any:
+    """A field's value as the line shows it: every text in it redacted, numbers as they are."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(str(k)): _shown(v, redact) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_shown(v, redact) for v in value]
+    return redact(str(value))  # what the line showed of it before: str()
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        redact = _redactor
         line = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
-        line.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        line.update({k: _shown(v, redact) for k, v in vars(record).items()
+                     if k not in _STANDARD})
         if record.exc_info:
-            line["error"] = last_error(record.exc_info)
+            line["error"] = last_error(record.exc_info, redact.secrets)
         try:  # orjson: a third of the json module's time, on every webhook's log line
             return orjson.dumps(line, default=str).decode()
         except (TypeError, orjson.JSONEncodeError):  # e.g. an int past 64 bits

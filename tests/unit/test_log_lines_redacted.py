@@ -1,0 +1,77 @@
+"""A JSON log line (workers.telemetry.logs) shows none of the process's secrets, whichever of
+its texts holds one: the message, a field (an error's text, nested in a list or a mapping, an
+object logged as its str()), the error of an exception logged with it; nor a URL's
+user:password@. Numbers stay numbers."""
+
+import io
+import json
+import logging
+
+import pytest
+
+from workers.telemetry import logs
+
+# A Jenkins API token as Jenkins makes them: no word a pattern would know
+TOKEN = "11d4e0c2b7a95f3e81c6a2d9b0f4e7c315"
+
+
+class Quoting:
+    def __str__(self) -> str:
+        return f"an object quoting {TOKEN}"
+
+
+@pytest.fixture
+def line(monkeypatch):
+    monkeypatch.setattr(logs, "_secrets", ())  # this test's alone, restored after
+    monkeypatch.setattr(logs, "_redactor", logs.Redactor())
+    logs.hide_secrets([TOKEN, ""])
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    log = logging.getLogger("test_log_lines_redacted")
+    log.addHandler(handler)
+
+    def logged(*args, exc: BaseException | None = None, **extra) -> dict:
+        try:
+            if exc is None:
+                log.warning(*args, extra=extra)
+            else:
+                try:
+                    raise exc
+                except BaseException:
+                    log.exception(*args, extra=extra)
+        finally:
+            stream.seek(0)
+            text = stream.read()
+            stream.seek(0)
+            stream.truncate()
+        assert TOKEN not in text and "hunter2" not in text, text
+        return json.loads(text)
+
+    yield logged
+    log.removeHandler(handler)
+
+
+def test_the_processes_secrets_are_in_no_text_of_a_line(line):
+    shown = line("GitLab answered: %s", f"Basic ci:{TOKEN}",
+                 error=f"set the commit status: GitLab answered 400: {TOKEN}",
+                 why=["waiting", {"page": f"http://ci:hunter2@jenkins.example/ {TOKEN}"}],
+                 seen=Quoting(), attempts=3, waited_seconds=1.5, retried=True, agent=None)
+    assert shown["msg"] == "GitLab answered: Basic ci:[redacted]"
+    assert shown["error"] == "set the commit status: GitLab answered 400: [redacted]"
+    assert shown["why"] == ["waiting", {"page": "http://[redacted]@jenkins.example/ [redacted]"}]
+    assert shown["seen"] == "an object quoting [redacted]"
+    assert (shown["attempts"], shown["waited_seconds"], shown["retried"], shown["agent"]) \
+        == (3, 1.5, True, None)
+
+
+def test_the_error_of_an_exception_logged_names_no_secret(line):
+    shown = line("reconcile pass failed", exc=RuntimeError(f"refused {TOKEN} at "
+                                                             "redis://:hunter2@redis:6379/0"))
+    assert shown["error"] == "RuntimeError: refused [redacted] at redis://[redacted]@redis:6379/0"
+
+
+def test_a_secret_told_stays_hidden_when_more_are_told(line):
+    logs.hide_secrets(["another-secret-value"])
+    shown = line("told: %s and %s", TOKEN, "another-secret-value")
+    assert shown["msg"] == "told: [redacted] and [redacted]"
