@@ -11,6 +11,7 @@ from workers.core.jenkins_queue import job_of_url
 from workers.core.keys import agent_name, commit_key as _commit_key, run_key
 from workers.core.models import BuildRequest, EventKind, Route, Source
 from workers.core.push_payload import FieldTooLong, push_fields, system_hook_event
+from workers.core.push_skip import skip_option
 from workers.core.validation import push_problem
 
 # The `after` of a deleted branch or tag: GitLab's blank ref, 40 zeros, or 64 in a project with
@@ -38,6 +39,9 @@ class Ignored:
 
     reason: str
     refused: bool = field(default=False, compare=False)
+    # A push its pusher asked to build nothing (workers.core.push_skip): the webhook tells the
+    # catch-up its head was seen, so that no later pass builds it as a push never delivered.
+    skipped: "Push | None" = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -118,9 +122,12 @@ def parse_gitlab_push(event_header: str | None, payload: Any) -> Push | Ignored:
     user = str(payload.get("user_username") or payload.get("user_name") or "")
     if problem := push_problem(sha=sha, ref=ref, project=project, user=user):
         return Ignored(problem, refused=True)
-    return Push(event=event, project=project, ref=ref, sha=sha, user=user,
+    push = Push(event=event, project=project, ref=ref, sha=sha, user=user,
                 hints=hint_parameters(push_option_variables(payload.get("push_options"))),
                 project_id=project_id_of(payload))
+    if option := skip_option(payload.get("push_options")):
+        return Ignored(f"push option {option}: the pusher asked for no build", skipped=push)
+    return push
 
 
 def project_id_of(payload: dict[str, Any]) -> int | None:
