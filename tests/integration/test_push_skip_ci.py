@@ -1,5 +1,6 @@
-"""A push whose pusher asked for no build (`git push -o ci.skip`, `-o integrations.skip_ci`)
-builds nothing, neither at its webhook nor at a later catch-up pass; GitLab's own sample push,
+"""A push whose pusher asked for no build (`git push -o ci.skip`, `-o integrations.skip_ci`, a
+commit message with [skip ci]) builds nothing, neither at its webhook nor at a later catch-up
+pass; GitLab's own sample push,
 which a system hook's "Test" button sends, starts no build either. Real parts: a redis-server,
 the web app's webhook endpoint, the catch-up with python-gitlab against the GitLab API fake."""
 
@@ -52,10 +53,12 @@ def sha(n: int) -> str:
     return f"{n:040x}"
 
 
-def push(client, project: str, branch: str, commit: str, push_options, delivery: str):
+def push(client, project: str, branch: str, commit: str, push_options, delivery: str,
+         message: str = "a change"):
     body = fixture("gitlab_push_real_lrz.json")
     body.update(ref=f"refs/heads/{branch}", after=commit, checkout_sha=commit,
                 push_options=push_options)
+    body["commits"][-1].update(id=commit, message=message)
     body["project"]["path_with_namespace"] = project
     return client.post("/webhooks/gitlab", json=body, headers={
         "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN,
@@ -87,12 +90,19 @@ def test_a_push_asking_for_no_build_is_built_neither_by_its_webhook_nor_by_the_c
         assert answer.status_code == 200, answer.json
         assert answer.json["status"] == "ignored" and "asked for no build" in \
             answer.json["reason"]
-    # a push with no such option, whose delivery GitLab failed: the catch-up builds it
+    bump = "chore(release): 1.4.0 [skip ci]\n\nversion bump pushed back by the release job"
+    gitlab_fake.push(APP, "release", sha(12), message=bump)
+    answer = push(client, APP, "release", sha(12), {}, "delivery-2", message=bump)
+    assert answer.json == {"status": "ignored",
+                           "reason": "the commit's message asks for no build ([skip ci])"}
+    # pushes whose deliveries GitLab failed: the catch-up builds the one that asked for no
+    # skip, and reads a [skip ci] head's message as the webhook does
     gitlab_fake.push(APP, "feature", sha(20))
+    gitlab_fake.push(APP, "bump", sha(21), message="[ci skip] 1.4.1")
     assert intake(ctx.state) == []
 
     second = catch_up()
-    assert second.get("queued") == 1, second
+    assert second.get("queued") == 1 and second.get("skipped") == 1, second
     assert [r["build"]["ref"] for r in intake(ctx.state)] == ["refs/heads/feature"]
 
 

@@ -51,3 +51,28 @@ def test_a_deleted_branch_is_ignored_as_deleted_whatever_its_options():
     push.update(after="0" * 40, checkout_sha=None, push_options={"ci": {"skip": True}})
     ignored = parse_gitlab_push_body("Push Hook", json.dumps(push).encode())
     assert ignored == Ignored("branch deleted") and ignored.skipped is None
+
+
+# Gitlab::Ci::Pipeline::Chain::Skip::SKIP_PATTERN: /\[(ci[ _-]skip|skip[ _-]ci)\]/i
+@pytest.mark.parametrize("message, skips", [
+    ("chore(release): 1.4.0 [skip ci]", True), ("[ci skip] bump", True),
+    ("[CI-SKIP] version", True), ("bump [Skip_CI]\n\nbody", True),
+    ("title\n\n[ci skip] in the body", True),
+    ("skip ci", False), ("[skip  ci]", False), ("[ci skipped]", False), ("fix ci", False),
+])
+def test_the_commit_messages_that_ask_for_no_build(message, skips):
+    push = fixture("gitlab_push_real_lrz.json")
+    push["commits"][-1]["message"] = message  # the pushed commit: `after`
+    assert push["commits"][-1]["id"] == push["after"]
+    parsed = parse_gitlab_push_body("Push Hook", json.dumps(push).encode())
+    assert isinstance(parsed, Ignored) is skips, parsed
+    if skips:
+        assert parsed.reason == "the commit's message asks for no build ([skip ci])"
+
+
+def test_only_the_pushed_commits_message_counts():
+    push = fixture("gitlab_push_real_lrz.json")
+    push["commits"][0]["message"] = "wip [skip ci]"  # an older commit of the push
+    assert isinstance(parse_gitlab_push_body("Push Hook", json.dumps(push).encode()), Push)
+    push["commits"] = ""  # GitLab before 9, for a push of no commits
+    assert isinstance(parse_gitlab_push_body("Push Hook", json.dumps(push).encode()), Push)

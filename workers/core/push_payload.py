@@ -19,6 +19,7 @@ import msgspec
 
 from workers.core.errors import InvalidPayload
 from workers.core.partial_json import DEPTH_REFUSED, check_utf8, refusal, small as _small
+from workers.core.push_skip import message_skips
 from workers.core.validation import MAX_PROJECT_PATH_BYTES, MAX_REF_BYTES, MAX_USER_BYTES
 
 MAX_SHA_CHARS = 64
@@ -53,6 +54,19 @@ class _PushFields(msgspec.Struct):
     project_id: msgspec.Raw = msgspec.Raw()  # the same as project.id
 
 
+class _Commit(msgspec.Struct):
+    id: _Sha = ""
+    message: msgspec.Raw = msgspec.Raw()  # read for the pushed commit only (push_skip)
+
+
+class _Commits(msgspec.Struct):
+    """A push's `commits`, read apart from _PushFields: a push past the web's limit is read
+    without them (its trimmed body keeps no commits: PUSH_SPEC), so such a push's commit
+    message is not looked at. A list of anything else (GitLab before 9 sent "" for none) is
+    read as none."""
+    commits: list[_Commit] | str | None = None
+
+
 class _SystemHookEvent(msgspec.Struct):
     event_name: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
@@ -65,6 +79,7 @@ PUSH_SPEC = {b"ref": True, b"after": True, b"checkout_sha": True, b"user_usernam
              b"event_name": True,
              b"project": {b"path_with_namespace": True, b"id": True}}
 _SYSTEM_HOOK = msgspec.json.Decoder(_SystemHookEvent)
+_COMMITS = msgspec.json.Decoder(_Commits)
 
 
 def system_hook_event(body: bytes) -> str | None:
@@ -108,7 +123,28 @@ def push_fields(body: bytes) -> dict[str, Any]:
     for name in ("push_options", "project_id"):
         if (value := _small(getattr(fields, name))) is not None:
             out[name] = value
+    if message := _skipping_message(body, fields.checkout_sha or fields.after):
+        out["commits"] = [{"id": fields.checkout_sha or fields.after, "message": message}]
     return out
+
+
+def _skipping_message(body: bytes, sha: str) -> str | None:
+    """The message of the pushed commit `sha` if it asks for no build ([skip ci]), else None:
+    only then is it kept (workers.core.push_skip), the rest of the commits never made."""
+    try:
+        commits = _COMMITS.decode(body).commits
+    except (msgspec.DecodeError, RecursionError):  # commits of another shape: none read
+        return None
+    if not isinstance(commits, list):
+        return None
+    for commit in commits:
+        if commit.id == sha and len(commit.message):
+            try:
+                message = msgspec.json.decode(commit.message)
+            except msgspec.DecodeError:
+                return None
+            return message if message_skips(message) else None
+    return None
 
 
 def _problem(err: msgspec.DecodeError) -> Exception:

@@ -11,7 +11,7 @@ from workers.core.jenkins_queue import job_of_url
 from workers.core.keys import agent_name, commit_key as _commit_key, run_key
 from workers.core.models import BuildRequest, EventKind, Route, Source
 from workers.core.push_payload import FieldTooLong, push_fields, system_hook_event
-from workers.core.push_skip import skip_option
+from workers.core.push_skip import head_message, message_skips, skip_option
 from workers.core.validation import push_problem
 
 # The `after` of a deleted branch or tag: GitLab's blank ref, 40 zeros, or 64 in a project with
@@ -127,6 +127,8 @@ def parse_gitlab_push(event_header: str | None, payload: Any) -> Push | Ignored:
                 project_id=project_id_of(payload))
     if option := skip_option(payload.get("push_options")):
         return Ignored(f"push option {option}: the pusher asked for no build", skipped=push)
+    if message_skips(head_message(payload.get("commits"), sha)):
+        return Ignored("the commit's message asks for no build ([skip ci])", skipped=push)
     return push
 
 
