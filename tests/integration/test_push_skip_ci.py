@@ -114,3 +114,18 @@ def test_the_sample_push_a_system_hooks_test_sends_starts_no_build(redis_url):
     assert answer.status_code == 200, answer.json
     assert answer.json == {"status": "ignored",
                            "reason": "push option ci.skip: the pusher asked for no build"}
+
+
+def test_the_tag_push_a_projects_test_sends_without_tags_starts_no_build(redis_url):
+    """Integrations::ProjectTestData#tag_push_events_data (Push.build_sample, is_tag: true)
+    in a project with commits and no tag: tag v1.0.0, no one's, with `after` the default
+    branch's head and checkout_sha null (Push#checkout_sha: no such tag). The example
+    config routes every project's tags to the build job, with GIT_TAG v1.0.0."""
+    body = fixture("gitlab_push_real_lrz.json")
+    body.update(object_kind="tag_push", event_name="tag_push", ref="refs/tags/v1.0.0",
+                before=body["commits"][0]["id"], checkout_sha=None, push_options={})
+    answer = make_app(redis_url).test_client().post("/webhooks/gitlab", json=body, headers={
+        "X-Gitlab-Event": "Tag Push Hook", "X-Gitlab-Token": GITLAB_TOKEN})
+    assert answer.status_code == 200, answer.json
+    assert answer.json["status"] == "ignored"
+    assert answer.json["reason"].startswith("tag push names no commit")

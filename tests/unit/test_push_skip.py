@@ -76,3 +76,19 @@ def test_only_the_pushed_commits_message_counts():
     assert isinstance(parse_gitlab_push_body("Push Hook", json.dumps(push).encode()), Push)
     push["commits"] = ""  # GitLab before 9, for a push of no commits
     assert isinstance(parse_gitlab_push_body("Push Hook", json.dumps(push).encode()), Push)
+
+
+def test_a_tag_push_naming_no_commit_is_ignored():
+    """GitLab's "Test > Tag push events" of a project without tags (Integrations::
+    ProjectTestData#tag_push_events_data: Push.build_sample(is_tag: true)) sends tag v1.0.0,
+    which no one pushed: `after` the default branch's head, `before` an older commit, and
+    `checkout_sha` null, as GitLab finds no such tag (Push#checkout_sha)."""
+    push = fixture("gitlab_push_real_lrz.json")
+    push.update(ref="refs/tags/v1.0.0", object_kind="tag_push", event_name="tag_push",
+                checkout_sha=None)
+    ignored = parse_gitlab_push_body("Tag Push Hook", json.dumps(push).encode())
+    assert isinstance(ignored, Ignored) and ignored.reason.startswith(
+        "tag push names no commit (checkout_sha null)")
+    del push["checkout_sha"]  # a body without the field at all: built by `after`, as before
+    assert parse_gitlab_push_body("Tag Push Hook", json.dumps(push).encode()).sha == \
+        push["after"]

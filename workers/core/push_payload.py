@@ -46,7 +46,8 @@ class _PushFields(msgspec.Struct):
     ref: _Ref
     after: _Sha
     project: _Project
-    checkout_sha: _Sha | None = None
+    # null (not absent) when GitLab found no commit for a tag: see routing.parse_gitlab_push
+    checkout_sha: _Sha | None | msgspec.UnsetType = msgspec.UNSET
     user_username: _User | None = None
     user_name: _User | None = None
     # GitLab's ci.variable push options: a few short strings (only the size hints are kept)
@@ -117,7 +118,9 @@ def push_fields(body: bytes) -> dict[str, Any]:
                            "project": {"path_with_namespace": fields.project.path_with_namespace}}
     if (project := _small(fields.project.id)) is not None:
         out["project"]["id"] = project
-    for name in ("checkout_sha", "user_username", "user_name"):
+    if fields.checkout_sha is not msgspec.UNSET:
+        out["checkout_sha"] = fields.checkout_sha
+    for name in ("user_username", "user_name"):
         if (value := getattr(fields, name)) is not None:
             out[name] = value
     for name in ("push_options", "project_id"):

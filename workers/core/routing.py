@@ -115,6 +115,15 @@ def parse_gitlab_push(event_header: str | None, payload: Any) -> Push | Ignored:
         EventKind.PUSH if ref.startswith("refs/heads/") else event
     if after in ZERO_SHAS:
         return Ignored("tag deleted" if event is EventKind.TAG_PUSH else "branch deleted")
+    if event is EventKind.TAG_PUSH and "checkout_sha" in payload \
+            and payload["checkout_sha"] is None:
+        # GitLab sends null when it finds no commit for the tag (Gitlab::DataBuilder::Push
+        # #checkout_sha: repository.find_tag nil); a real tag push's names its commit. Its
+        # "Test > Tag push events" of a project without tags sends tag v1.0.0, which no one
+        # pushed, with `after` the default branch's head (build_sample(is_tag: true)): built,
+        # a release job ran for a tag that does not exist.
+        return Ignored("tag push names no commit (checkout_sha null): GitLab found none for "
+                       "the tag, as in its Test of tag push events of a project without tags")
     # An annotated tag's `after` is the tag object; checkout_sha is the commit to build.
     sha = payload.get("checkout_sha") or after
     if not isinstance(sha, str):
