@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.app import WebContext
+from workers.adapters.catchup_store import mark_skipped
 from workers.adapters.redis_connect import within
 from workers.adapters.spool import SpoolRefused
 from workers.core.errors import RetryableError
@@ -62,6 +63,26 @@ def push(ctx: WebContext, *, delivery_id: str, mark: str, record: bytes,
     if not pushed:
         return Stored("duplicate", pushed.build_key, pushed.reason)
     return Stored("queued", pushed.build_key)
+
+
+def skipped(ctx: WebContext, *, commit: str) -> bool:
+    """Mark a push that asked for no build (ci.skip) as seen by the catch-up, within the web's
+    Redis timeout; whether Redis took it. Nothing is stored of the push, so nothing is
+    spooled: without the mark (Redis away), a catch-up pass may build its head later."""
+    probe = ctx.redis_gate.enter()
+    if probe is None:  # Redis failed the last attempt and another is trying it
+        return False
+    ok = False
+    try:
+        with within(ctx.settings.redis_timeout_seconds):
+            mark_skipped(ctx.state.redis, prefix=ctx.state.prefix, commit=commit,
+                         ttl_seconds=ctx.settings.run_mark_ttl_seconds)
+        ok = True
+    except RetryableError:
+        pass
+    finally:
+        ctx.redis_gate.leave(bool(probe), ok)
+    return ok
 
 
 def note(ctx: WebContext, *, delivery_id: str, payload: Any, received_at: float,

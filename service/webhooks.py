@@ -163,6 +163,11 @@ def gitlab(ctx: WebContext, environ: Environ,
     if isinstance(build, Ignored):
         if build.refused:  # a field broke a rule: 200 all the same (a 4xx disables the hook)
             log_rejection(environ, 200, build.reason, source="gitlab", result="ignored")
+        if build.skipped is not None and not store.skipped(
+                ctx, commit=push_commit_key(build.skipped)):
+            log.warning("push asking for no build not marked for the catch-up: Redis did "
+                        "not answer; a catch-up pass may build its head", extra={
+                            "project": build.skipped.project, "ref": build.skipped.ref})
         return answer(environ, "gitlab", event, "ignored", 200, began, reason=build.reason)
     try:
         # One short script: the delivery deduped, and the commit's run in flight if there is

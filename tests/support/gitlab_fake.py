@@ -156,12 +156,13 @@ class FakeCommit:
     sha: str
     committed_at: float
     title: str = "a change"
+    message: str = ""  # the whole message (title, blank line, body); "": the title alone
 
     def json(self, base: str, project: str) -> dict[str, Any]:
         """The commit object inside a branch or a tag (doc/api/branches.md)."""
         at = _iso(self.committed_at)
         return {"id": self.sha, "short_id": self.sha[:8], "created_at": at,
-                "parent_ids": [], "title": self.title, "message": self.title,
+                "parent_ids": [], "title": self.title, "message": self.message or self.title,
                 "author_name": "Ann Author", "author_email": "ann@example.com",
                 "authored_date": at, "committer_name": "Ann Author",
                 "committer_email": "ann@example.com", "committed_date": at,
@@ -342,10 +343,12 @@ class GitLabFake:
         with self._lock:
             self.projects[path].shared_with.add(group.lower())
 
-    def push(self, path: str, branch: str, sha: str) -> None:
-        """The branch now points at `sha` (created if new), as after a push."""
+    def push(self, path: str, branch: str, sha: str, message: str = "") -> None:
+        """The branch now points at `sha` (created if new), as after a push; the commit's
+        `message` as the branches API lists it (its title is its first line)."""
         with self._lock:
-            self.projects[path].branches[branch] = FakeCommit(sha, time.time())
+            self.projects[path].branches[branch] = FakeCommit(
+                sha, time.time(), *((message.split("\n", 1)[0], message) if message else ()))
             self.projects[path].commits.add(sha)
 
     def tag(self, path: str, name: str, sha: str) -> None:

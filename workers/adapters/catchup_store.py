@@ -8,7 +8,8 @@ looked at, or not looked at for longer than the memory lives: the build state's 
 which the commits' run marks that say "built" are gone too) gets a baseline pass, and so do
 the tags (or branches) of a project the last pass did not list. Whether a
 commit was built is read from the intake's run mark (``commit:<key>``, workers.adapters.intake),
-which webhooks and catch-ups write alike. Also the state of our GitLab hook per project, for
+which webhooks and catch-ups write alike, or from the mark a webhook leaves for a push whose
+pusher asked for no build (``skipped:<key>``, workers.core.push_skip). Also the state of our GitLab hook per project, for
 /metrics, living three passes unless renewed; a pass that listed every project forgets the
 state of those it did not list. And per name the config gives a project, the project GitLab
 last led it to (its id and path then), so that the project is still found by its id once
@@ -24,6 +25,8 @@ Keys (under the prefix):
                                build state's TTL from its last lookup
   ``catchup:hooks``            hash: project -> 1 (our hook is disabled) or 0 (enabled)
   ``catchup:last``             JSON: the last pass's counts (for an operator)
+  ``skipped:<commit key>``     a push of that commit asked for no build (ci.skip): seen, not
+                               built; living as long as a run mark
 """
 
 import json
@@ -78,14 +81,14 @@ class CatchUpStore:
 
     def built(self, commits: Iterable[str]) -> set[str]:
         """Of these commit keys, those with a run mark: a run of the commit was stored by a
-        webhook or a catch-up, and its state has not expired."""
+        webhook or a catch-up, and its state has not expired; or a skip mark (mark_skipped)."""
         commits = list(commits)
         if not commits:
             return set()
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 for commit in commits:
-                    pipe.exists(self.prefix + "commit:" + commit)
+                    pipe.exists(self.prefix + "commit:" + commit, skipped_key(self.prefix, commit))
                 found = pipe.execute()
         except redis.RedisError as err:
             raise RetryableError(f"redis unavailable: {type(err).__name__}") from err
@@ -168,3 +171,17 @@ class CatchUpStore:
     def note_pass(self, summary: Mapping[str, object]) -> None:
         """The last pass's counts, for an operator (`redis-cli GET <prefix>catchup:last`)."""
         self.redis.set(self.prefix + "catchup:last", json.dumps(dict(summary)))
+
+
+def skipped_key(prefix: str, commit: str) -> str:
+    return prefix + "skipped:" + commit
+
+
+def mark_skipped(connection: redis.Redis, *, prefix: str, commit: str, ttl_seconds: int) -> None:
+    """Remember that a push of `commit` (its commit key) asked for no build, so that the
+    catch-up takes its head for seen (CatchUpStore.built) and does not build it as a push whose
+    delivery was lost. Raises RetryableError when Redis cannot take it."""
+    try:
+        connection.set(skipped_key(prefix, commit), "1", ex=max(1, int(ttl_seconds)))
+    except redis.RedisError as err:
+        raise RetryableError(f"redis unavailable: {type(err).__name__}") from err

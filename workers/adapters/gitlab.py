@@ -30,6 +30,7 @@ from workers.core.catchup import BRANCH_PREFIX, TAG_PREFIX, Head
 from workers.core.errors import CredentialsRefused, Overloaded, PermanentError, RetryableError, \
     Unavailable
 from workers.core.models import EventKind
+from workers.core.push_skip import message_skips
 from workers.core.redaction import URL_USERINFO, cut
 
 log = logging.getLogger("ci_autoscaler.gitlab")
@@ -384,14 +385,16 @@ def _project_heads(gl: gitlab.Gitlab, project: str | int, kinds: frozenset[Event
             pages = proj.branches.list(iterator=True, per_page=PER_PAGE,
                                        max_retries=MAX_RETRIES)
             branches = list(pages)
-            listing.heads.extend(Head(BRANCH_PREFIX + b.name, b.commit["id"]) for b in branches)
+            listing.heads.extend(Head(BRANCH_PREFIX + b.name, b.commit["id"],
+                                      message_skips(b.commit.get("message"))) for b in branches)
             _count_unlisted(listing, EventKind.PUSH, len(branches), pages.total)
         if EventKind.TAG_PUSH in kinds:
             pages = proj.tags.list(iterator=True, per_page=PER_PAGE, max_retries=MAX_RETRIES)
             tags = list(pages)
             # A tag's `commit` is the commit it points at, also for an annotated tag (whose
             # `target` is the tag object): the webhook's checkout_sha.
-            listing.heads.extend(Head(TAG_PREFIX + t.name, t.commit["id"]) for t in tags
+            listing.heads.extend(Head(TAG_PREFIX + t.name, t.commit["id"],
+                                      message_skips(t.commit.get("message"))) for t in tags
                                  if t.commit)
             _count_unlisted(listing, EventKind.TAG_PUSH, len(tags), pages.total)
     return listing

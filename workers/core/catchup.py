@@ -12,7 +12,7 @@ current path, as its webhooks' pushes are.
 """
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -75,6 +75,9 @@ class Head:
 
     ref: str
     sha: str
+    # the commit's message asks for no build ([skip ci]: workers.core.push_skip), as GitLab
+    # lists it with the ref; False where it was not read
+    skips: bool = field(default=False, compare=False)
 
     @property
     def event(self) -> EventKind:
@@ -86,6 +89,7 @@ class Verdict(StrEnum):
     BUILT = "built"        # a run of this commit on this ref is known (webhook or catch-up)
     UNROUTED = "unrouted"  # no route matches: never built
     BASELINE = "baseline"  # the project's first pass: recorded, not built
+    SKIPPED = "skipped"    # its commit's message asks for no build ([skip ci]): never built
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,9 @@ def decide(project: str, changed: Iterable[Head], *, routes: Collection[Route],
         elif any(k in built for k in head_commit_keys(project, head)):
             out.append(HeadDecision(head, Verdict.BUILT, "a build of this commit on this ref "
                                     "was seen", commit))
+        elif head.skips:  # its webhook's push was ignored alike (routing.parse_gitlab_push)
+            out.append(HeadDecision(head, Verdict.SKIPPED, "the commit's message asks for no "
+                                    "build ([skip ci])", commit))
         else:
             out.append(HeadDecision(head, Verdict.BUILD, "routed head with no build seen "
                                     "(its push was not delivered)", commit, routed))

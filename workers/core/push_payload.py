@@ -19,6 +19,7 @@ import msgspec
 
 from workers.core.errors import InvalidPayload
 from workers.core.partial_json import DEPTH_REFUSED, check_utf8, refusal, small as _small
+from workers.core.push_skip import message_skips
 from workers.core.validation import MAX_PROJECT_PATH_BYTES, MAX_REF_BYTES, MAX_USER_BYTES
 
 MAX_SHA_CHARS = 64
@@ -45,12 +46,26 @@ class _PushFields(msgspec.Struct):
     ref: _Ref
     after: _Sha
     project: _Project
-    checkout_sha: _Sha | None = None
+    # null (not absent) when GitLab found no commit for a tag: see routing.parse_gitlab_push
+    checkout_sha: _Sha | None | msgspec.UnsetType = msgspec.UNSET
     user_username: _User | None = None
     user_name: _User | None = None
     # GitLab's ci.variable push options: a few short strings (only the size hints are kept)
     push_options: msgspec.Raw = msgspec.Raw()
     project_id: msgspec.Raw = msgspec.Raw()  # the same as project.id
+
+
+class _Commit(msgspec.Struct):
+    id: _Sha = ""
+    message: msgspec.Raw = msgspec.Raw()  # read for the pushed commit only (push_skip)
+
+
+class _Commits(msgspec.Struct):
+    """A push's `commits`, read apart from _PushFields: a push past the web's limit is read
+    without them (its trimmed body keeps no commits: PUSH_SPEC), so such a push's commit
+    message is not looked at. A list of anything else (GitLab before 9 sent "" for none) is
+    read as none."""
+    commits: list[_Commit] | str | None = None
 
 
 class _SystemHookEvent(msgspec.Struct):
@@ -65,6 +80,7 @@ PUSH_SPEC = {b"ref": True, b"after": True, b"checkout_sha": True, b"user_usernam
              b"event_name": True,
              b"project": {b"path_with_namespace": True, b"id": True}}
 _SYSTEM_HOOK = msgspec.json.Decoder(_SystemHookEvent)
+_COMMITS = msgspec.json.Decoder(_Commits)
 
 
 def system_hook_event(body: bytes) -> str | None:
@@ -102,13 +118,36 @@ def push_fields(body: bytes) -> dict[str, Any]:
                            "project": {"path_with_namespace": fields.project.path_with_namespace}}
     if (project := _small(fields.project.id)) is not None:
         out["project"]["id"] = project
-    for name in ("checkout_sha", "user_username", "user_name"):
+    if fields.checkout_sha is not msgspec.UNSET:
+        out["checkout_sha"] = fields.checkout_sha
+    for name in ("user_username", "user_name"):
         if (value := getattr(fields, name)) is not None:
             out[name] = value
     for name in ("push_options", "project_id"):
         if (value := _small(getattr(fields, name))) is not None:
             out[name] = value
+    if message := _skipping_message(body, fields.checkout_sha or fields.after):
+        out["commits"] = [{"id": fields.checkout_sha or fields.after, "message": message}]
     return out
+
+
+def _skipping_message(body: bytes, sha: str) -> str | None:
+    """The message of the pushed commit `sha` if it asks for no build ([skip ci]), else None:
+    only then is it kept (workers.core.push_skip), the rest of the commits never made."""
+    try:
+        commits = _COMMITS.decode(body).commits
+    except (msgspec.DecodeError, RecursionError):  # commits of another shape: none read
+        return None
+    if not isinstance(commits, list):
+        return None
+    for commit in commits:
+        if commit.id == sha and len(commit.message):
+            try:
+                message = msgspec.json.decode(commit.message)
+            except msgspec.DecodeError:
+                return None
+            return message if message_skips(message) else None
+    return None
 
 
 def _problem(err: msgspec.DecodeError) -> Exception:

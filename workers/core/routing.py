@@ -11,6 +11,7 @@ from workers.core.jenkins_queue import job_of_url
 from workers.core.keys import agent_name, commit_key as _commit_key, run_key
 from workers.core.models import BuildRequest, EventKind, Route, Source
 from workers.core.push_payload import FieldTooLong, push_fields, system_hook_event
+from workers.core.push_skip import head_message, message_skips, skip_option
 from workers.core.validation import push_problem
 
 # The `after` of a deleted branch or tag: GitLab's blank ref, 40 zeros, or 64 in a project with
@@ -38,6 +39,9 @@ class Ignored:
 
     reason: str
     refused: bool = field(default=False, compare=False)
+    # A push its pusher asked to build nothing (workers.core.push_skip): the webhook tells the
+    # catch-up its head was seen, so that no later pass builds it as a push never delivered.
+    skipped: "Push | None" = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,15 @@ def parse_gitlab_push(event_header: str | None, payload: Any) -> Push | Ignored:
         EventKind.PUSH if ref.startswith("refs/heads/") else event
     if after in ZERO_SHAS:
         return Ignored("tag deleted" if event is EventKind.TAG_PUSH else "branch deleted")
+    if event is EventKind.TAG_PUSH and "checkout_sha" in payload \
+            and payload["checkout_sha"] is None:
+        # GitLab sends null when it finds no commit for the tag (Gitlab::DataBuilder::Push
+        # #checkout_sha: repository.find_tag nil); a real tag push's names its commit. Its
+        # "Test > Tag push events" of a project without tags sends tag v1.0.0, which no one
+        # pushed, with `after` the default branch's head (build_sample(is_tag: true)): built,
+        # a release job ran for a tag that does not exist.
+        return Ignored("tag push names no commit (checkout_sha null): GitLab found none for "
+                       "the tag, as in its Test of tag push events of a project without tags")
     # An annotated tag's `after` is the tag object; checkout_sha is the commit to build.
     sha = payload.get("checkout_sha") or after
     if not isinstance(sha, str):
@@ -118,9 +131,14 @@ def parse_gitlab_push(event_header: str | None, payload: Any) -> Push | Ignored:
     user = str(payload.get("user_username") or payload.get("user_name") or "")
     if problem := push_problem(sha=sha, ref=ref, project=project, user=user):
         return Ignored(problem, refused=True)
-    return Push(event=event, project=project, ref=ref, sha=sha, user=user,
+    push = Push(event=event, project=project, ref=ref, sha=sha, user=user,
                 hints=hint_parameters(push_option_variables(payload.get("push_options"))),
                 project_id=project_id_of(payload))
+    if option := skip_option(payload.get("push_options")):
+        return Ignored(f"push option {option}: the pusher asked for no build", skipped=push)
+    if message_skips(head_message(payload.get("commits"), sha)):
+        return Ignored("the commit's message asks for no build ([skip ci])", skipped=push)
+    return push
 
 
 def project_id_of(payload: dict[str, Any]) -> int | None:
