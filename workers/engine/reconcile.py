@@ -213,8 +213,9 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
     # these counts and the builds written since (workers.adapters.agent_counts)
     agent_counts.recount(rt.state)
     keep()
-    # placing a build registers its agent in Jenkins; refreshed just below
-    result.update(jenkins.run(redrive.redrive, rt, refresh=False, skipped={}))
+    # placing a build registers its agent in Jenkins; refreshed just below. In the line of
+    # the re-drive jobs: while one's pass runs, it goes once more instead (workers.engine.redrive)
+    result.update(jenkins.run(redrive.redrive_in_line, rt, refresh=False, skipped={}))
     keep()
     try:  # Pending pods a cluster autoscaler adds nodes for, for the builds still waiting
         result.update(scale_up.sync(rt))

@@ -90,26 +90,35 @@ def redrive_waiting(**newer: Any) -> dict[str, int]:
     RUNNING). `newer`: a newer release's arguments, run without (workers.engine.task_args)."""
     task_args.ignored("redrive_waiting", newer)
     rt = runtime.current()
-    connection, prefix = rt.state.redis, rt.state.prefix
     with tasks.engine_metrics(rt).errors_counted("provision"):
-        connection.delete(prefix + "redrive-pending")
-        connection.set(prefix + AGAIN, "1", ex=JOB_TIMEOUT_SECONDS)  # before the try
-        seconds = rt.settings.provision_lease_seconds
-        running = Lease(connection, prefix + RUNNING, seconds, renewed=True)
-        # A pass whose worker died (SIGKILL, an OOM kill) renews it no more: taken over once
-        # unrenewed as long as a provision's (20 s), not left for its whole TTL, every job
-        # meanwhile leaving at once and its mark read by no pass.
-        free_if_stale(connection, [running.key], seconds)
-        if not running.acquire():
-            return {"placed": 0, "waiting": 0}  # the running pass goes once more (AGAIN)
-        try:
-            with Heartbeat(running, what="re-drive"):
-                connection.delete(prefix + AGAIN)  # this pass reads the line after it
-                return redrive(rt)
-        finally:
-            let_go(running, what="re-drive")
-            if connection.delete(prefix + AGAIN):  # a job came while this pass ran
-                queue_pass(rt.state)
+        rt.state.redis.delete(rt.state.prefix + "redrive-pending")
+        return redrive_in_line(rt)
+
+
+def redrive_in_line(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
+    """redrive(rt), holding the line (RUNNING): a re-drive job's, and the reconcile pass's
+    every pass. While another pass holds it, none: that pass goes once more (AGAIN). The
+    reconcile pass's re-drive took no lease, and walked the line every pass beside a job's
+    pass deciding its chunk, each deferring the builds the other held and racing it for the
+    same room out of the line's order (tests/integration/test_reconcile_redrive_line.py)."""
+    connection, prefix = rt.state.redis, rt.state.prefix
+    connection.set(prefix + AGAIN, "1", ex=JOB_TIMEOUT_SECONDS)  # before the try
+    seconds = rt.settings.provision_lease_seconds
+    running = Lease(connection, prefix + RUNNING, seconds, renewed=True)
+    # A pass whose worker died (SIGKILL, an OOM kill) renews it no more: taken over once
+    # unrenewed as long as a provision's (20 s), not left for its whole TTL, every job
+    # meanwhile leaving at once and its mark read by no pass.
+    free_if_stale(connection, [running.key], seconds)
+    if not running.acquire():
+        return {"placed": 0, "waiting": 0}  # the running pass goes once more (AGAIN)
+    try:
+        with Heartbeat(running, what="re-drive"):
+            connection.delete(prefix + AGAIN)  # this pass reads the line after it
+            return redrive(rt, refresh=refresh)
+    finally:
+        let_go(running, what="re-drive")
+        if connection.delete(prefix + AGAIN):  # a job came while this pass ran
+            queue_pass(rt.state)
 
 
 def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
