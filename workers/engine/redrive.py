@@ -17,7 +17,7 @@ from workers import runtime
 from workers.engine import failures, scheduling, task_args, tasks, trigger_retry
 from workers.adapters import run_bound
 from workers.adapters.capacity_store import CapacityStore
-from workers.adapters.kube_errors import ApiNotServing
+from workers.adapters.kube_errors import ApiNotServing, ApiThrottled
 from workers.adapters.lease import Lease, free_if_stale
 from workers.adapters.redis_state import JOB_TIMEOUT_SECONDS, RedisState
 from workers.concurrency import side
@@ -224,12 +224,14 @@ _PLACED, _FULL, _DEFERRED, _HELD = "placed", "full", "deferred", "held"
 def _not_serving(err: BaseException | None) -> bool:
     """Whether a build's error says Jenkins or the API server cannot answer now: it is
     Unavailable (Jenkins' 503, no connection), ApiNotServing (the API server's timeouts, no
-    connection, a front's 502/503/504), or Overloaded without a Retry-After (a read timeout, a
+    connection, a front's 502/503/504), ApiThrottled (the API server's 429, which refuses
+    every call of ours alike: it went on to every waiting build, each create retried 4
+    times), or Overloaded without a Retry-After (a read timeout, a
     bare 429), which the adapter retried within the call, backing off, before it came here.
     A 429 whose Retry-After was longer than the adapter waits (workers.adapters.retry) was
     one quick answer, not retried: the builds after it go on (each gets its own answer, and
     a placed one's trigger its retry after that wait: workers.engine.trigger_retry)."""
-    if isinstance(err, (Unavailable, ApiNotServing)):
+    if isinstance(err, (Unavailable, ApiNotServing, ApiThrottled)):
         return True
     return isinstance(err, Overloaded) and err.retry_after is None
 
