@@ -50,6 +50,7 @@ from workers import runtime
 from workers.engine import caps, data_loss, redrive, repairs, retention, scale_up, scheduling, tasks
 from workers.telemetry import liveness
 from workers.adapters.expiry import expire_ended
+from workers.adapters.kube_errors import ApiNotServing, ApiThrottled
 from workers.agent_starts import jenkins_away, online as agent_start, unschedulable, \
     watch as start_watch
 from workers.adapters import agent_counts, run_bound
@@ -349,6 +350,16 @@ def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
         tasks.engine_metrics(rt).error("reconcile", err)
         log.warning("reconcile pass stopped: Redis is full (maxmemory), its writes wait for "
                     "room", extra={"instance": me, "error": str(err)})
+        _record(passes.failed, me, time.time(), shown(err), partial=False)
+        return True
+    except (ApiNotServing, ApiThrottled) as err:
+        # The API server away (a control plane's upgrade: its front's 503s; no connection)
+        # or throttling us (429), its retries within the call spent: nothing after the step
+        # ran. One line, no trace: an ERROR with the client's traceback every pass, for as
+        # long as an outage lasted, read as a bug (as Jenkins away is said: one line).
+        tasks.engine_metrics(rt).error("reconcile", err)
+        log.warning("reconcile pass failed: the Kubernetes API server is not answering "
+                    "(the next pass tries again)", extra={"instance": me, "error": shown(err)})
         _record(passes.failed, me, time.time(), shown(err), partial=False)
         return True
     except Exception as err:  # nothing after the failing step ran
