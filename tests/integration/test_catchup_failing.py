@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.integration.test_catchup import CONFIG, metric, world  # noqa: F401 (a fixture)
+from tests.support.app import make_settings
 from tests.support.dashboards import ROOT, rules_with_for
 from tests.support.monitoring import Prometheus, running, serve_app, wait_until
 from tests.support.redis_server import free_port
@@ -128,6 +129,46 @@ def test_a_catch_up_turned_off_leaves_no_failing_passes_behind(world, gitlab_fak
     assert not settings.catch_up_enabled  # the test app's settings name no GitLab
     assert catchup.from_settings(settings, new_catch_up().config, state) is None
     assert metric(app, FAILING) is None and metric(app, PASS_AGE) is None
+
+
+@pytest.mark.parametrize("given", [{"gitlab_url": "https://gitlab.example.com",
+                                    "gitlab_api_token": ""},
+                                   {"gitlab_api_token": "glpat-only-the-token-8Vw2"}])
+def test_a_catch_up_half_configured_keeps_its_failing_streak_and_says_why(
+        world, gitlab_fake, redis_url, given):
+    """A reconcile pod started with GITLAB_URL set and the token blank (the Secret's value
+    emptied at a rotation, its key renamed), or the other way round, runs no catch-up. It
+    forgot the failing streak of the passes before, as if the catch-up had been turned off:
+    CIGitLabCatchUpFailing resolved while no push whose webhook GitLab lost was built. Its
+    start now counts as a failing pass naming the missing setting, the streak's start kept."""
+    app, state, new_catch_up = world
+    catchup.catch_up_once(new_catch_up(token="glpat-revoked-9Zx1"), now=time.time() - 700)
+    assert metric(app, FAILING) >= 700
+    settings = make_settings(redis_url, **given)  # as the world's app, but for GitLab
+    assert not settings.catch_up_enabled
+
+    assert catchup.from_settings(settings, new_catch_up().config, state) is None
+
+    assert metric(app, FAILING) >= 700  # None before: the streak forgotten
+    page = " ".join(app.test_client().get("/status").get_data(as_text=True).split())
+    missing = "GITLAB_API_TOKEN" if "gitlab_url" in given else "GITLAB_URL"
+    assert f"catch-up off: {missing} is not set" in page
+    assert "glpat-only-the-token-8Vw2" not in page
+
+
+def test_a_catch_up_half_configured_after_good_passes_starts_failing(
+        world, gitlab_fake, redis_url):
+    """After passes that caught up, a restart with the token blank: the catch-up stops, and
+    /metrics went on saying nothing failed (its series removed)."""
+    app, state, new_catch_up = world
+    catchup.catch_up_once(new_catch_up())
+    assert metric(app, FAILING) == 0
+    settings = make_settings(redis_url, gitlab_url="https://gitlab.example.com",
+                             gitlab_api_token="")
+
+    catchup.from_settings(settings, new_catch_up().config, state)
+
+    assert metric(app, FAILING) is not None and metric(app, PASS_AGE) is not None
 
 
 def test_the_status_page_says_since_when_the_catch_up_fails_and_why(world, gitlab_fake):

@@ -373,7 +373,38 @@ def test_a_pod_made_without_a_deadline_of_its_own_still_goes_at_its_templates(
 
     assert reconcile.reconcile_once(rt, now=time.time() + 600 + 60)["pods_deleted"] == 0
     assert reconcile.reconcile_once(rt, now=time.time() + 600 + 121)["pods_deleted"] == 1
-    assert pod_names(kube) == [] and state_of(app).get_build(key)["status"] == "released"
+    # never started: failed (test_a_build_whose_pod_stayed_pending_past_its_deadline_...)
+    assert pod_names(kube) == [] and state_of(app).get_build(key)["status"] == "failed"
+
+
+def test_a_build_whose_pod_stayed_pending_past_its_deadline_fails_and_leaves_no_queue_item(
+        app, kube, jenkins_fake):
+    """A pod no kubelet ever starts (bound to a node that went away with it, or made without
+    a deadline of its own) is deleted at its template's deadline. Its build was released
+    with no result nor reason, and its Jenkins queue item waited for good on the label of
+    an agent that was gone. It is a start failure now: failed with its reason, its queue
+    item cancelled, and nothing made again in the passes after."""
+    key = push(app.test_client(), 1)
+    work(app)
+    state = state_of(app).get_build(key)
+    agent, item = state["agent"], int(state["queue_item"])
+    rt = runtime.current()
+    later = time.time() + 600 + 121  # deadline + grace
+
+    result = reconcile.reconcile_once(rt, now=later)
+
+    assert result["pods_deleted"] == 1 and pod_names(kube) == []
+    state = state_of(app).get_build(key)
+    assert (state["status"], state["fail_reason"]) == ("failed", "pod_failed"), state
+    assert "Pending" in state["error"] and "deadline" in state["error"]
+    (build,) = jenkins_fake.builds
+    assert build.queue_id == item and build.state == "cancelled"  # queued for good before
+    assert agent not in jenkins_fake.nodes
+    for offset in (60, 600):  # no loop: nothing made again, nothing more deleted
+        again = reconcile.reconcile_once(rt, now=later + offset)
+        work(app)
+        assert again["pods_deleted"] == 0 and pod_names(kube) == []
+    assert len(jenkins_fake.builds) == 1
 
 
 def test_jenkins_agents_without_a_pod_go_when_their_build_is_unknown_or_over(

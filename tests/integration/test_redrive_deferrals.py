@@ -166,6 +166,33 @@ def test_a_re_drive_while_the_api_server_does_not_answer_stops_after_that_chunk(
     assert 0 < calls <= CHUNK * 4 + 8, calls  # one chunk's creates, each retried
 
 
+def test_a_re_drive_the_api_server_throttles_stops_after_that_chunk(
+        world, kube, jenkins_fake, monkeypatch):
+    """The API server's priority and fairness refusing our calls (429 Too Many Requests,
+    Retry-After 1: k8s.io/apiserver/pkg/server/filters/priority-and-fairness.go and
+    maxinflight.go, tooManyRequests; our calls share one priority level, so every one is
+    refused alike). The pass went on to every waiting build, each pod create retried 4
+    times: a throttled API server got W x 4 creates more, and a pass of hundreds outlasted
+    RQ's job timeout."""
+    monkeypatch.setenv("CI_AUTOSCALER_PROVISION_CONCURRENCY", str(CHUNK))
+    app, proxy = world(nodes=0)
+    client = app.test_client()
+    keys = [pod_templates_push(client, i) for i in range(WAITING)]
+    work_while(app, lambda: None)
+    rt = runtime.current()
+    kube.create_node("node-0", cpu="64", memory="256Gi")
+    wait_until(lambda: [n.name for n in rt.view.snapshot()] == ["node-0"],
+               timeout=60, what="the node seen")
+    proxy.fail_next("POST", PODS, status=429, times=100_000)
+    calls_before = proxy.requests
+
+    redrive.redrive(rt)
+
+    calls = proxy.requests - calls_before
+    assert sorted(rt.capacity.waiting()) == sorted(keys)  # none lost
+    assert 0 < calls <= CHUNK * 4 + 8, calls  # one chunk's creates, each retried
+
+
 def two_slots_freed(world):
     """Builds waiting on a cap of 2, the two placed ones released: room for two. The runtime."""
     app, _ = world(max_line="maxConcurrent: 2")

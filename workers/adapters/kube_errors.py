@@ -103,6 +103,15 @@ class ApiNotServing(RetryableError):
     (workers.engine.redrive)."""
 
 
+class ApiThrottled(RetryableError):
+    """The API server refused the call to slow us down: 429 Too Many Requests, from its
+    priority and fairness or max-in-flight filter, with Retry-After 1
+    (k8s.io/apiserver/pkg/server/filters/priority-and-fairness.go and maxinflight.go,
+    tooManyRequests). Our calls share one priority level, so every call made now is refused
+    alike: a re-drive that meets it, once retried within the call, stops its pass
+    (workers.engine.redrive)."""
+
+
 class Refused(PermanentError):
     """The API refused the object itself (admission or validation): the same request is
     refused every time, whoever sends it. `exceeded`: what a ResourceQuota the object alone
@@ -161,6 +170,8 @@ def status_error(what: str, status: int, reason: str | None, *,
     message = f"{what} failed: HTTP {status} {_first_line(reason)}"
     if status in (502, 503, 504):
         return ApiNotServing(message, retry_after=retry_after)
-    if status == 429 or 500 <= status <= 599:
+    if status == 429:
+        return ApiThrottled(message, retry_after=retry_after)
+    if 500 <= status <= 599:
         return RetryableError(message, retry_after=retry_after)
     return PermanentError(message)

@@ -99,17 +99,28 @@ def from_settings(settings: Settings, config: FileConfig, state: RedisState) -> 
     """The catch-up, when GITLAB_URL and GITLAB_API_TOKEN are set; else None, with a warning
     when one of them is set alone (the other misnamed, or its secret key missing)."""
     if not settings.catch_up_enabled:
-        try:  # its passes, recorded while it was on, would page for ever (CIGitLabCatchUpFailing)
-            PassStore(state.redis, prefix=state.prefix, name=CATCH_UP).forget()
-        except redis.RedisError:  # the next start forgets them
-            pass
         given = {"GITLAB_URL": bool(settings.gitlab_url), "GITLAB_API_TOKEN": bool(
             settings.gitlab_api_token and settings.gitlab_api_token.get_secret_value())}
-        if any(given.values()):
-            missing = next(name for name, is_set in given.items() if not is_set)
-            log.warning("catch-up off: it needs both GITLAB_URL and GITLAB_API_TOKEN; pushes "
-                        "whose webhooks GitLab does not send are not built",
-                        extra={"missing": missing})
+        passes = PassStore(state.redis, prefix=state.prefix, name=CATCH_UP)
+        if not any(given.values()):
+            try:  # its passes, recorded while it was on, would page for ever
+                passes.forget()  # (CIGitLabCatchUpFailing)
+            except redis.RedisError:  # the next start forgets them
+                pass
+            return None
+        missing = next(name for name, is_set in given.items() if not is_set)
+        log.warning("catch-up off: it needs both GITLAB_URL and GITLAB_API_TOKEN; pushes "
+                    "whose webhooks GitLab does not send are not built",
+                    extra={"missing": missing})
+        # Half set (the token's Secret key renamed, or blank after a rotation) is a catch-up
+        # that fails, not one turned off: forgotten, its failing streak went, and
+        # CIGitLabCatchUpFailing resolved while no lost push was built. Recorded as a failed
+        # pass, it pages as one (the streak's start kept across restarts).
+        try:
+            passes.failed("config", time.time(), f"catch-up off: {missing} is not set",
+                          partial=False)
+        except redis.RedisError:  # the next start records it
+            pass
         return None
     return CatchUp(settings=settings, config=config, state=state, gl=gitlab_api.client(
         url=settings.gitlab_url, token=settings.gitlab_api_token.get_secret_value()))

@@ -50,6 +50,7 @@ from workers import runtime
 from workers.engine import caps, data_loss, redrive, repairs, retention, scale_up, scheduling, tasks
 from workers.telemetry import liveness
 from workers.adapters.expiry import expire_ended
+from workers.adapters.kube_errors import ApiNotServing, ApiThrottled
 from workers.agent_starts import jenkins_away, online as agent_start, unschedulable, \
     watch as start_watch
 from workers.adapters import agent_counts, run_bound
@@ -213,8 +214,9 @@ def _reconcile(rt: runtime.Runtime, now: float, jenkins: JenkinsSteps,
     # these counts and the builds written since (workers.adapters.agent_counts)
     agent_counts.recount(rt.state)
     keep()
-    # placing a build registers its agent in Jenkins; refreshed just below
-    result.update(jenkins.run(redrive.redrive, rt, refresh=False, skipped={}))
+    # placing a build registers its agent in Jenkins; refreshed just below. In the line of
+    # the re-drive jobs: while one's pass runs, it goes once more instead (workers.engine.redrive)
+    result.update(jenkins.run(redrive.redrive_in_line, rt, refresh=False, skipped={}))
     keep()
     try:  # Pending pods a cluster autoscaler adds nodes for, for the builds still waiting
         result.update(scale_up.sync(rt))
@@ -348,6 +350,16 @@ def leader_pass(rt: runtime.Runtime, me: str, lease: Lease | None = None,
         tasks.engine_metrics(rt).error("reconcile", err)
         log.warning("reconcile pass stopped: Redis is full (maxmemory), its writes wait for "
                     "room", extra={"instance": me, "error": str(err)})
+        _record(passes.failed, me, time.time(), shown(err), partial=False)
+        return True
+    except (ApiNotServing, ApiThrottled) as err:
+        # The API server away (a control plane's upgrade: its front's 503s; no connection)
+        # or throttling us (429), its retries within the call spent: nothing after the step
+        # ran. One line, no trace: an ERROR with the client's traceback every pass, for as
+        # long as an outage lasted, read as a bug (as Jenkins away is said: one line).
+        tasks.engine_metrics(rt).error("reconcile", err)
+        log.warning("reconcile pass failed: the Kubernetes API server is not answering "
+                    "(the next pass tries again)", extra={"instance": me, "error": shown(err)})
         _record(passes.failed, me, time.time(), shown(err), partial=False)
         return True
     except Exception as err:  # nothing after the failing step ran

@@ -17,7 +17,7 @@ from workers import runtime
 from workers.engine import failures, scheduling, task_args, tasks, trigger_retry
 from workers.adapters import run_bound
 from workers.adapters.capacity_store import CapacityStore
-from workers.adapters.kube_errors import ApiNotServing
+from workers.adapters.kube_errors import ApiNotServing, ApiThrottled
 from workers.adapters.lease import Lease, free_if_stale
 from workers.adapters.redis_state import JOB_TIMEOUT_SECONDS, RedisState
 from workers.concurrency import side
@@ -90,26 +90,35 @@ def redrive_waiting(**newer: Any) -> dict[str, int]:
     RUNNING). `newer`: a newer release's arguments, run without (workers.engine.task_args)."""
     task_args.ignored("redrive_waiting", newer)
     rt = runtime.current()
-    connection, prefix = rt.state.redis, rt.state.prefix
     with tasks.engine_metrics(rt).errors_counted("provision"):
-        connection.delete(prefix + "redrive-pending")
-        connection.set(prefix + AGAIN, "1", ex=JOB_TIMEOUT_SECONDS)  # before the try
-        seconds = rt.settings.provision_lease_seconds
-        running = Lease(connection, prefix + RUNNING, seconds, renewed=True)
-        # A pass whose worker died (SIGKILL, an OOM kill) renews it no more: taken over once
-        # unrenewed as long as a provision's (20 s), not left for its whole TTL, every job
-        # meanwhile leaving at once and its mark read by no pass.
-        free_if_stale(connection, [running.key], seconds)
-        if not running.acquire():
-            return {"placed": 0, "waiting": 0}  # the running pass goes once more (AGAIN)
-        try:
-            with Heartbeat(running, what="re-drive"):
-                connection.delete(prefix + AGAIN)  # this pass reads the line after it
-                return redrive(rt)
-        finally:
-            let_go(running, what="re-drive")
-            if connection.delete(prefix + AGAIN):  # a job came while this pass ran
-                queue_pass(rt.state)
+        rt.state.redis.delete(rt.state.prefix + "redrive-pending")
+        return redrive_in_line(rt)
+
+
+def redrive_in_line(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
+    """redrive(rt), holding the line (RUNNING): a re-drive job's, and the reconcile pass's
+    every pass. While another pass holds it, none: that pass goes once more (AGAIN). The
+    reconcile pass's re-drive took no lease, and walked the line every pass beside a job's
+    pass deciding its chunk, each deferring the builds the other held and racing it for the
+    same room out of the line's order (tests/integration/test_reconcile_redrive_line.py)."""
+    connection, prefix = rt.state.redis, rt.state.prefix
+    connection.set(prefix + AGAIN, "1", ex=JOB_TIMEOUT_SECONDS)  # before the try
+    seconds = rt.settings.provision_lease_seconds
+    running = Lease(connection, prefix + RUNNING, seconds, renewed=True)
+    # A pass whose worker died (SIGKILL, an OOM kill) renews it no more: taken over once
+    # unrenewed as long as a provision's (20 s), not left for its whole TTL, every job
+    # meanwhile leaving at once and its mark read by no pass.
+    free_if_stale(connection, [running.key], seconds)
+    if not running.acquire():
+        return {"placed": 0, "waiting": 0}  # the running pass goes once more (AGAIN)
+    try:
+        with Heartbeat(running, what="re-drive"):
+            connection.delete(prefix + AGAIN)  # this pass reads the line after it
+            return redrive(rt, refresh=refresh)
+    finally:
+        let_go(running, what="re-drive")
+        if connection.delete(prefix + AGAIN):  # a job came while this pass ran
+            queue_pass(rt.state)
 
 
 def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
@@ -141,8 +150,10 @@ def redrive(rt: runtime.Runtime, *, refresh: bool = True) -> dict[str, int]:
     unanswered: set[str] = set()  # templates whose builds' API calls went unanswered
     errors: list[Exception] = []
     todo: list[BuildRequest] = []
-    for key in rt.capacity.waiting():
-        raw = rt.state.get_build(key).get("request")
+    waiting = rt.capacity.waiting()
+    # Their requests in one round trip: one read each was thousands of round trips a pass
+    # with thousands waiting (tests/integration/test_redrive_round_trips.py)
+    for key, (raw,) in zip(waiting, rt.state.build_fields(waiting, "request")):
         if not raw:
             rt.capacity.remove_waiting(key)
             continue
@@ -213,12 +224,14 @@ _PLACED, _FULL, _DEFERRED, _HELD = "placed", "full", "deferred", "held"
 def _not_serving(err: BaseException | None) -> bool:
     """Whether a build's error says Jenkins or the API server cannot answer now: it is
     Unavailable (Jenkins' 503, no connection), ApiNotServing (the API server's timeouts, no
-    connection, a front's 502/503/504), or Overloaded without a Retry-After (a read timeout, a
+    connection, a front's 502/503/504), ApiThrottled (the API server's 429, which refuses
+    every call of ours alike: it went on to every waiting build, each create retried 4
+    times), or Overloaded without a Retry-After (a read timeout, a
     bare 429), which the adapter retried within the call, backing off, before it came here.
     A 429 whose Retry-After was longer than the adapter waits (workers.adapters.retry) was
     one quick answer, not retried: the builds after it go on (each gets its own answer, and
     a placed one's trigger its retry after that wait: workers.engine.trigger_retry)."""
-    if isinstance(err, (Unavailable, ApiNotServing)):
+    if isinstance(err, (Unavailable, ApiNotServing, ApiThrottled)):
         return True
     return isinstance(err, Overloaded) and err.retry_after is None
 

@@ -46,9 +46,10 @@ import time
 from collections.abc import Iterable
 
 from workers import commit_statuses, runtime
-from workers.engine import (adopted_done, adoption, blocked_builds, forgotten_items,
-                            jenkins_leftovers, label_probe, lost_agents, lost_runs, lost_triggers,
-                            orphans, retention, run_confirm, tasks, unserved)
+from workers.engine import (adopted_done, adoption, blocked_builds, failures,
+                            forgotten_items, jenkins_leftovers, label_probe, lost_agents,
+                            lost_runs, lost_triggers, orphans, retention, run_confirm, tasks,
+                            unserved)
 from workers.adapters import lease, rq_taken, run_bound
 from workers.adapters.lease import held
 from workers.adapters.redis_state import FINISHED, RETRY_AT, BuildStatus
@@ -60,8 +61,10 @@ from workers.core.models import BuildRequest
 from workers.core.notifications import Confirmed
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import BuildState, PodInfo, PodPhase
+from workers.core.errors import RetryableError
 from workers.core.start_failures import (JUDGED, LOST_RUN_AT_FIELD, LOST_RUN_FIELD,
-                                         LOST_RUN_NODE_LEFT_FIELD, start_failure)
+                                         LOST_RUN_NODE_LEFT_FIELD, FailureReason,
+                                         StartFailure, start_failure)
 from workers.engine.jenkins_steps import JenkinsSteps
 from workers.warm import agents as warm_agents, pool as warm_pool
 
@@ -148,12 +151,37 @@ def delete_stray_pods(rt: runtime.Runtime, pods: list[PodInfo], now: float, *,
             if rt.cluster.delete_pod(pod.name):
                 tasks.engine_metrics(rt).agent_deleted("unknown", reason)
             tasks.delete_node_or_leave(rt, pod.name)
+        elif reason == "deadline" and pod.phase == PodPhase.PENDING:
+            if not starts_judged or not _fail_never_started(rt, key, pod, now):
+                continue  # Jenkins away, or a task holds the build: the next pass
         else:
             tasks.release(rt, key, pod.name, reason)
         log.warning("deleted a stray agent pod", extra={"agent": pod.name, "build_key": key,
                                                         "reason": reason})
         deleted += 1
     return deleted
+
+
+def _fail_never_started(rt: runtime.Runtime, key: str, pod: PodInfo, now: float) -> bool:
+    """A pod still Pending past its deadline (no kubelet ever started it: its node went
+    away with it bound, a podSpecPatch took activeDeadlineSeconds out) never ran its agent:
+    its build is failed as one whose agent cannot start (workers.engine.failures), its
+    Jenkins queue item cancelled. Released as a pod past its deadline, the build read
+    "released" with no result nor reason, and its queue item waited in Jenkins for good on
+    the label of an agent that was gone. One whose agent connected after all (Jenkins says
+    so: not a start failure) is released as before. False when a task holds the build."""
+    created = pod.created_at or now
+    failure = StartFailure(str(FailureReason.POD_FAILED),
+                           f"agent pod {pod.name} still Pending {now - created:.0f}s after it "
+                           "was made, past its deadline: no kubelet started it",
+                           only_before_connect=True)
+    try:
+        failed = failures.fail_build(rt, key, pod.name, failure)
+    except RetryableError:  # a provision holds it (or Redis away): the next pass
+        return False
+    if failed.get("skipped"):  # its agent connected after all: its deadline, as any pod's
+        tasks.release(rt, key, pod.name, "deadline")
+    return True
 
 
 def _start_failed(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],

@@ -303,6 +303,9 @@ def _provision_held(rt: runtime.Runtime, request: BuildRequest, beat: Heartbeat,
     if decision is not None:
         if isinstance(decision, Wait):
             decision = scheduling.refused_wait(decision, state)
+            from workers.agent_starts import no_node_left  # it imports this module
+            if no_node_left.fail_if_none(rt, request, state, decision):
+                return {"build_key": key, "failed": "no node left"}
             rt.capacity.add_waiting(key, request.received_at,
                                     on_cap=decision.reason == WaitReason.CAP)
             rt.state.update_build(key, status=BuildStatus.WAITING, wait_reason=decision.reason,
