@@ -69,6 +69,12 @@ class SpooledPush:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SpooledPush":
+        """Raises TypeError for a delivery id, mark or commit that is no text (a damaged
+        file): Intake.push raised TypeError for it at every pass, out of the drainer, so the
+        row was never set aside and every push spooled after it waited for good."""
+        if not (isinstance(data["delivery_id"], str) and isinstance(data["mark"], str)
+                and isinstance(data.get("commit"), str | None)):
+            raise TypeError("a field of a spooled push is no text")
         return cls(delivery_id=data["delivery_id"], mark=data["mark"],
                    record=data["record"].encode(), ttl_seconds=int(data["ttl_seconds"]),
                    commit=data.get("commit"), run_ttl_seconds=int(data["run_ttl_seconds"]),
