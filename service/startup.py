@@ -235,11 +235,11 @@ def prepare_spool(spool, *, repair: bool = True) -> None:
         log.warning("the spool file could not be opened before the workers start",
                     extra={"spool": str(spool.directory), "error": str(err)})
         return
-    if repaired is not None:
+    for kept in repaired:
         log.error("the spool file was damaged: moved aside and kept, the rows still readable "
                   "copied into a new one (the rest may be read with sqlite3's .recover)",
-                  extra={"spool": str(spool.directory), "kept_as": str(repaired.kept_as),
-                         "rows_copied": repaired.rows, "problem": repaired.problem[:300]})
+                  extra={"spool": str(spool.directory), "kept_as": str(kept.kept_as),
+                         "rows_copied": kept.rows, "problem": kept.problem[:300]})
     if seconds >= 1:
         log.info("spool file made ready for this version",
                  extra={"spool": str(spool.directory), "seconds": round(seconds, 1)})

@@ -4,7 +4,11 @@ spools every push, and keeps the damaged file and the rows it can still read."""
 
 import json
 import os
+import resource
+import signal
 import sqlite3
+import subprocess
+import sys
 
 import redis as redis_py
 
@@ -56,6 +60,23 @@ def test_a_spool_file_that_is_not_a_database_is_kept_aside_and_pushes_are_spoole
     assert spooled_events(spool_dir) == 3
 
 
+def spool_with_a_damaged_page(spool_dir, rows: int) -> None:
+    """A spool of `rows` pushes with a page past the first rows written over."""
+    spool = Spool(spool_dir)
+    for n in range(rows):
+        assert spool.put(f"gitlab:old-{n}",
+                         SpooledPush(f"gitlab:old-{n}", f"k{n}", PUSH, 60).to_bytes())
+    spool.close()
+    db = sqlite3.connect(spool_dir / FILE_NAME)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page = db.execute("PRAGMA page_size").fetchone()[0]
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.close()
+    with open(spool_dir / FILE_NAME, "r+b") as f:
+        f.seek(page * (pages * 2 // 3))
+        f.write(b"\xff" * page)
+
+
 def test_a_spool_file_with_a_damaged_page_drains_its_readable_rows_and_new_pushes(tmp_path):
     """A page in the middle of a spool holding rows overwritten: pushes were still spooled
     (appended past it), but the drainer's read stopped there ("database disk image is
@@ -63,19 +84,7 @@ def test_a_spool_file_with_a_damaged_page_drains_its_readable_rows_and_new_pushe
     nor any push spooled since ever reached Redis, on every restart. Now the rows on the
     other pages are in a new file, oldest first, with the pushes after them, and drained."""
     spool_dir = tmp_path / "spool"
-    spool = Spool(spool_dir)
-    rows = [SpooledPush(f"gitlab:old-{n}", f"k{n}", PUSH, 60).to_bytes() for n in range(40)]
-    for n, row in enumerate(rows):
-        assert spool.put(f"gitlab:old-{n}", row)
-    spool.close()
-    db = sqlite3.connect(spool_dir / FILE_NAME)
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    page = db.execute("PRAGMA page_size").fetchone()[0]
-    pages = db.execute("PRAGMA page_count").fetchone()[0]
-    db.close()
-    with open(spool_dir / FILE_NAME, "r+b") as f:  # a page past the first rows, written over
-        f.seek(page * (pages * 2 // 3))
-        f.write(b"\xff" * page)
+    spool_with_a_damaged_page(spool_dir, 40)
     redis = RedisServer(tmp_path / "redis").start()
     redis.stop()
     intake: list[int] = []
@@ -116,3 +125,37 @@ def test_a_damaged_spool_another_web_runs_on_is_left_in_place(tmp_path):
     assert (spool_dir / FILE_NAME).read_bytes() == garbage
     assert not list(spool_dir.glob("*.damaged-*"))
     assert "another web runs on it: not moved aside" in log
+
+
+def prepare_in_a_child(spool_dir, file_size_limit: int | None = None) -> int:
+    """Spool.prepare as gunicorn's master runs it, in a process of its own that a write past
+    `file_size_limit` bytes kills (SIGXFSZ, the kernel's: a real crash at that write; Python
+    ignores the signal unless told otherwise); its exit status."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if file_size_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    return subprocess.run(
+        [sys.executable, "-c", "import signal, sys; from workers.adapters.spool import Spool; "
+                               "signal.signal(signal.SIGXFSZ, signal.SIG_DFL); "
+                               "Spool(sys.argv[1]).prepare()", str(spool_dir)],
+        preexec_fn=limit, capture_output=True, timeout=60).returncode
+
+
+def test_a_start_killed_between_the_move_and_the_copy_leaves_no_row_behind(tmp_path):
+    """The master moved a damaged file aside and died before the copy of its rows was
+    committed (killed by the kubelet, out of memory, a full volume): the next start found a
+    sound, empty file and never looked at the kept one again, nor said so, and the pushes in
+    it, answered 202, were never drained. Now the next start copies them, and only once."""
+    spool_dir = tmp_path / "spool"
+    spool_with_a_damaged_page(spool_dir, 200)
+    # killed as the copy writes the new file (200 pushes: ~400 KB)
+    assert prepare_in_a_child(spool_dir, file_size_limit=128 * 1024) == -signal.SIGXFSZ
+    assert len(list(spool_dir.glob(f"{FILE_NAME}.damaged-*"))) == 1  # moved aside
+    assert spooled_events(spool_dir) == 0  # and none of its rows copied yet
+    assert prepare_in_a_child(spool_dir) == 0  # the next start
+    copied = spooled_events(spool_dir)
+    assert 150 <= copied < 200
+    _, repaired = Spool(spool_dir).prepare()  # and the one after: nothing copied again
+    assert repaired == [] and spooled_events(spool_dir) == copied

@@ -78,7 +78,17 @@ def test_a_batch_redis_took_whose_rows_could_not_be_deleted_is_built_once(own_re
     {"delivery_id": "gitlab:odd", "mark": "k", "record": "{}", "ttl_seconds": [60],
      "run_ttl_seconds": 60},  # a TTL that is no number
     ["gitlab:odd"],  # JSON, but no object
-], ids=["record", "ttl", "list"])
+    {"delivery_id": 7, "mark": "k", "record": "{}", "ttl_seconds": 60,
+     "run_ttl_seconds": 60},  # a delivery id that is no text
+    {"delivery_id": "gitlab:odd", "mark": ["k"], "record": "{}", "ttl_seconds": 60,
+     "run_ttl_seconds": 60},  # a mark that is no text
+    {"delivery_id": "gitlab:odd", "mark": "k", "record": "{}", "ttl_seconds": 60,
+     "commit": 1234, "run_ttl_seconds": 60},  # a commit that is no text
+    {"delivery_id": "gitlab:odd", "mark": "k", "record": "{}", "ttl_seconds": 0,
+     "run_ttl_seconds": 60},  # a TTL Redis refuses (SET ... EX 0), after the RPUSH
+    {"delivery_id": "gitlab:odd", "mark": "k", "record": "{}", "ttl_seconds": 60,
+     "commit": "ab" * 20, "run_ttl_seconds": -1},  # so is the run mark's
+], ids=["record", "ttl", "list", "delivery", "mark", "commit", "ttl0", "run_ttl0"])
 def test_a_row_of_the_wrong_shape_is_set_aside_and_the_pushes_after_it_drained(
         own_redis, row):
     """A row that is JSON but not a push of any release's shape (a damaged file) raised

@@ -142,7 +142,7 @@ class Spool:
         self._db, self._pid = db, os.getpid()  # a forked child opens its own
         return db
 
-    def prepare(self, *, repair: bool = True) -> tuple[float, "spool_repair.Repaired | None"]:
+    def prepare(self, *, repair: bool = True) -> tuple[float, list["spool_repair.Repaired"]]:
         """Open the file once and close it: made, or brought to this version's schema (the
         owner column, the owner index), which on a file of an earlier version holding a long
         outage's rows rewrites or reads it all under the write lock (14 s for 250 MB measured
@@ -152,9 +152,10 @@ class Spool:
         A damaged file (SQLite's quick check) is moved aside and its readable rows copied into
         a new one (workers.adapters.spool_repair), with `repair`: no other process may have it
         open (its writes would go to the file moved aside), so only a master that no other
-        web runs beside may; without, SpoolError says what is wrong. The seconds it took,
-        and what was repaired; raises SpoolError."""
-        started, repaired = time.monotonic(), None
+        web runs beside may; without, SpoolError says what is wrong. A file moved aside whose
+        rows were never copied (a start that stopped in between) is copied then too. The
+        seconds it took, and what was repaired; raises SpoolError."""
+        started, repaired = time.monotonic(), []
         try:
             with self._lock:
                 try:
@@ -171,13 +172,16 @@ class Spool:
                         if self._db is not None:
                             self._db.close()
                             self._db = None
-                        kept = spool_repair.move_aside(self.path)
-                        repaired = spool_repair.Repaired(
-                            kept, spool_repair.salvage(kept, self._connection()), problem)
+                        spool_repair.move_aside(self.path)
+                    if repair:
+                        repaired = spool_repair.salvage_pending(self.path, self._connection(),
+                                                                problem)
                 finally:
                     if self._db is not None:  # a forked child opens its own
                         self._db.close()
                         self._db = None
+        except spool_repair.NotCopied as err:
+            raise SpoolError(str(err)) from err
         except (sqlite3.Error, OSError) as err:
             raise SpoolError(f"{type(err).__name__}: {err}") from err
         return time.monotonic() - started, repaired

@@ -15,12 +15,22 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("ci_autoscaler.spool")
 DAMAGED_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 _COLUMNS = "id, owner, delivery, payload, size, spooled_at"
+KEPT_MARK = ".damaged-"  # spool.sqlite3.damaged-<time>: a damaged file, moved aside
+# In the new file: each file moved aside whose rows were copied into it (once only).
+_SALVAGED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS salvaged (
+  kept_as TEXT PRIMARY KEY,
+  rows INTEGER NOT NULL,
+  copied_at REAL NOT NULL
+)
+"""
 
 
 @dataclass(frozen=True)
@@ -43,10 +53,15 @@ def problem_of(db: sqlite3.Connection) -> str | None:
     return None if found == ["ok"] else "; ".join(found)
 
 
+class NotCopied(Exception):
+    """The rows of a file moved aside could not be copied (a full volume, say): tried again at
+    the next start."""
+
+
 def move_aside(path: Path) -> Path:
     """The file and its -wal and -shm renamed to <name>.damaged-<time> (the -wal stays the
     new name's own, so SQLite still reads it with the file); the new name."""
-    kept = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    kept = path.with_name(f"{path.name}{KEPT_MARK}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
     for suffix in ("-wal", "-shm", ""):
         try:
             os.rename(f"{path}{suffix}", f"{kept}{suffix}")
@@ -55,14 +70,46 @@ def move_aside(path: Path) -> Path:
     return kept
 
 
+def salvage_pending(path: Path, into: sqlite3.Connection,
+                    problem: str | None = None) -> list[Repaired]:
+    """Copy the readable rows of each file moved aside beside `path` whose rows `into` (the
+    new file) has not had yet, oldest first; what was copied. Each file's rows and its name
+    (table `salvaged`) are committed together: a start that stopped between the move and
+    the copy (killed, out of memory, a full volume) left the rows in the kept file alone, and
+    the next start, finding a sound file, never looked at it again, nor said so. `problem`:
+    what SQLite said of the file this start moved aside. Raises NotCopied."""
+    kept_files = sorted(kept for kept in path.parent.glob(f"{path.name}{KEPT_MARK}*")
+                        if not kept.name.endswith(("-wal", "-shm")))
+    if not kept_files:
+        return []
+    into.execute(_SALVAGED_SCHEMA)
+    done = {name for name, in into.execute("SELECT kept_as FROM salvaged")}
+    pending = [kept for kept in kept_files if kept.name not in done]
+    repaired = []
+    for n, kept in enumerate(pending):
+        try:
+            rows = salvage(kept, into)
+        except (sqlite3.Error, OSError) as err:
+            raise NotCopied(f"the rows of {kept} (moved aside) were not copied, tried again "
+                            f"at the next start: {type(err).__name__}: {err}") from err
+        repaired.append(Repaired(kept, rows, problem if problem and n == len(pending) - 1
+                                 else "moved aside by an earlier start, which stopped before "
+                                      "its rows were copied"))
+    return repaired
+
+
 def salvage(kept: Path, into: sqlite3.Connection) -> int:
     """Copy the rows of the damaged file `kept` that can still be read into `into` (the new
-    file, its schema made), with their ids and owners, in one commit; how many."""
-    rows = _readable_rows(kept)
+    file, its schema made), with their ids and owners, and its name into `salvaged`, in one
+    commit; how many."""
+    into.execute(_SALVAGED_SCHEMA)
     into.execute("BEGIN IMMEDIATE")
     try:
         copied = sum(into.execute(f"INSERT OR IGNORE INTO events ({_COLUMNS}) "
-                                  "VALUES (?, ?, ?, ?, ?, ?)", row).rowcount for row in rows)
+                                  "VALUES (?, ?, ?, ?, ?, ?)", row).rowcount
+                     for row in _readable_rows(kept))
+        into.execute("INSERT INTO salvaged (kept_as, rows, copied_at) VALUES (?, ?, ?)",
+                     (kept.name, copied, time.time()))
         into.execute("COMMIT")
     except BaseException:
         into.execute("ROLLBACK")
@@ -70,14 +117,14 @@ def salvage(kept: Path, into: sqlite3.Connection) -> int:
     return copied
 
 
-def _readable_rows(kept: Path) -> list[tuple]:
+def _readable_rows(kept: Path) -> Iterator[tuple]:
     """The rows, oldest first, read past the pages that cannot be: a scan stopped at a
-    damaged page goes on from the next id, up to the highest id given (sqlite_sequence)."""
-    rows: list[tuple] = []
+    damaged page goes on from the next id, up to the highest id given (sqlite_sequence).
+    One at a time: a full spool's rows (256 MiB) held at once outgrew the web's memory."""
     try:
         source = sqlite3.connect(kept, isolation_level=None)
     except sqlite3.Error:
-        return rows
+        return
     try:
         try:
             top = int(source.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'"
@@ -90,12 +137,12 @@ def _readable_rows(kept: Path) -> list[tuple]:
                 cursor = source.execute(f"SELECT {_COLUMNS} FROM events WHERE id > ? "
                                         "ORDER BY id", (after,))
                 while (row := cursor.fetchone()) is not None:
-                    rows.append(row)
                     after = row[0]
-                return rows
+                    yield row
+                return
             except sqlite3.Error:
                 if after >= top:
-                    return rows
+                    return
                 after += 1  # the row past the last one read is on a page that cannot be
     finally:
         source.close()

@@ -69,10 +69,22 @@ class SpooledPush:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SpooledPush":
-        return cls(delivery_id=data["delivery_id"], mark=data["mark"],
+        """Raises TypeError for a delivery id, mark or commit that is no text (a damaged
+        file): Intake.push raised TypeError for it at every pass, out of the drainer, so the
+        row was never set aside and every push spooled after it waited for good."""
+        if not (isinstance(data["delivery_id"], str) and isinstance(data["mark"], str)
+                and isinstance(data.get("commit"), str | None)):
+            raise TypeError("a field of a spooled push is no text")
+        push = cls(delivery_id=data["delivery_id"], mark=data["mark"],
                    record=data["record"].encode(), ttl_seconds=int(data["ttl_seconds"]),
                    commit=data.get("commit"), run_ttl_seconds=int(data["run_ttl_seconds"]),
                    received_at=data.get("received_at"))
+        # A TTL of 0 or less (no web writes one: Settings, gt=0): Redis refuses the push's SET
+        # ... EX (invalid expire time) after its RPUSH, which a script error does not undo,
+        # so each pass queued the push once more, and the row blocked the rest for good.
+        if push.ttl_seconds <= 0 or (push.commit is not None and push.run_ttl_seconds <= 0):
+            raise ValueError("a TTL of a spooled push is not positive")
+        return push
 
     def push_to(self, intake: Intake):
         return intake.push(delivery_id=self.delivery_id, mark=self.mark, record=self.record,
