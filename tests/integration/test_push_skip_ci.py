@@ -5,6 +5,7 @@ which a system hook's "Test" button sends, starts no build either. Real parts: a
 the web app's webhook endpoint, the catch-up with python-gitlab against the GitLab API fake."""
 
 import json
+import logging
 
 from service.app import create_app
 from tests.support.app import GITLAB_TOKEN, make_app, make_settings
@@ -129,3 +130,19 @@ def test_the_tag_push_a_projects_test_sends_without_tags_starts_no_build(redis_u
     assert answer.status_code == 200, answer.json
     assert answer.json["status"] == "ignored"
     assert answer.json["reason"].startswith("tag push names no commit")
+
+
+def test_a_push_not_built_as_its_pusher_asked_is_logged_with_why(redis_url, caplog):
+    """An operator asked why a push built nothing finds it in the web's log: its project, ref,
+    commit and reason. Before, only the answer (in GitLab's Recent events of the hook) said
+    why, and /metrics counted it with every other ignored delivery."""
+    client = make_app(redis_url).test_client()
+    caplog.set_level(logging.INFO, logger="ci_autoscaler.webhooks")
+    push(client, APP, "wip", sha(30), {"ci": {"skip": True}}, "delivery-30")
+    push(client, APP, "release", sha(31), {}, "delivery-31", message="1.4.0 [ci skip]")
+    skipped = [r for r in caplog.records if r.getMessage() == "push not built: its pusher "
+               "asked for no build"]
+    assert [(r.project, r.ref, r.sha, r.reason) for r in skipped] == [
+        (APP, "refs/heads/wip", sha(30), "push option ci.skip: the pusher asked for no build"),
+        (APP, "refs/heads/release", sha(31),
+         "the commit's message asks for no build ([skip ci])")]
