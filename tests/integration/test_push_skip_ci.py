@@ -146,3 +146,23 @@ def test_a_push_not_built_as_its_pusher_asked_is_logged_with_why(redis_url, capl
         (APP, "refs/heads/wip", sha(30), "push option ci.skip: the pusher asked for no build"),
         (APP, "refs/heads/release", sha(31),
          "the commit's message asks for no build ([skip ci])")]
+
+
+def test_a_lost_push_the_catch_up_does_not_build_for_its_skip_ci_is_logged(
+        redis_url, gitlab_fake, caplog):
+    """The catch-up's pass counts such heads `skipped`; which head that was, and why, is in
+    its log as a missed push built is (before: in no line)."""
+    config = parse_file_config(CONFIG)
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    gitlab_fake.add_project(APP, branches={"main": sha(1)})
+    run = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                          gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    assert catchup.catch_up_once(run)["baseline"] == 1
+    gitlab_fake.push(APP, "bump", sha(40), message="1.4.1 [skip ci]")
+    caplog.set_level(logging.INFO, logger="ci_autoscaler.catchup")
+    assert catchup.catch_up_once(run).get("skipped") == 1
+    skipped = [r for r in caplog.records if r.getMessage() == "missed push not built: its "
+               "commit's message asks for no build"]
+    assert [(r.project, r.ref, r.sha, r.reason) for r in skipped] == [
+        (APP, "refs/heads/bump", sha(40), "the commit's message asks for no build ([skip ci])")]
