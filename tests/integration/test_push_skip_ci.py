@@ -10,6 +10,7 @@ import logging
 from service.app import create_app
 from tests.support.app import GITLAB_TOKEN, make_app, make_settings
 from tests.support.payloads import fixture
+from tests.support.redis_server import free_port
 from workers.adapters import gitlab as gitlab_api
 from workers.config.config_file import parse_file_config
 from workers.engine import catchup
@@ -166,3 +167,15 @@ def test_a_lost_push_the_catch_up_does_not_build_for_its_skip_ci_is_logged(
                "commit's message asks for no build"]
     assert [(r.project, r.ref, r.sha, r.reason) for r in skipped] == [
         (APP, "refs/heads/bump", sha(40), "the commit's message asks for no build ([skip ci])")]
+
+
+def test_a_push_asking_for_no_build_is_ignored_while_redis_is_away(caplog):
+    """Nothing of such a push is stored, so Redis away changes only its mark: the push is still
+    200 ignored (not 503: a failure GitLab counts towards disabling the hook), and the web
+    says its head may be built by a catch-up pass."""
+    client = make_app(f"redis://127.0.0.1:{free_port()}/0").test_client()
+    caplog.set_level(logging.INFO, logger="ci_autoscaler.webhooks")
+    answer = push(client, APP, "wip", sha(50), {"ci": {"skip": True}}, "delivery-50")
+    assert (answer.status_code, answer.json["status"]) == (200, "ignored"), answer.json
+    assert [(r.levelname, r.sha) for r in caplog.records if r.getMessage().startswith(
+        "push asking for no build not marked for the catch-up")] == [("WARNING", sha(50))]
