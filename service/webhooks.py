@@ -163,11 +163,8 @@ def gitlab(ctx: WebContext, environ: Environ,
     if isinstance(build, Ignored):
         if build.refused:  # a field broke a rule: 200 all the same (a 4xx disables the hook)
             log_rejection(environ, 200, build.reason, source="gitlab", result="ignored")
-        if build.skipped is not None and not store.skipped(
-                ctx, commit=push_commit_key(build.skipped)):
-            log.warning("push asking for no build not marked for the catch-up: Redis did "
-                        "not answer; a catch-up pass may build its head", extra={
-                            "project": build.skipped.project, "ref": build.skipped.ref})
+        if build.skipped is not None:
+            _not_built(ctx, build.skipped, build.reason)
         return answer(environ, "gitlab", event, "ignored", 200, began, reason=build.reason)
     try:
         # One short script: the delivery deduped, and the commit's run in flight if there is
@@ -189,6 +186,18 @@ def gitlab(ctx: WebContext, environ: Environ,
                                     "ref": build.ref, "job": build.job})
     return answer(environ, "gitlab", event, pushed.result, 202, began,
                   build_key=build.build_key)
+
+
+def _not_built(ctx: WebContext, push: Push, reason: str) -> None:
+    """A push its pusher asked to build nothing (ci.skip, [skip ci]): marked seen for the
+    catch-up, and logged with why, as the push an operator looks for ("why was this not
+    built?") is in no other line of the log: only the answer, which GitLab keeps a while in
+    the hook's Recent events, said why, and /metrics counts it with every other ignored one."""
+    extra = {"project": push.project, "ref": push.ref, "sha": push.sha, "reason": reason}
+    if not store.skipped(ctx, commit=push_commit_key(push)):
+        log.warning("push asking for no build not marked for the catch-up: Redis did "
+                    "not answer; a catch-up pass may build its head", extra=extra)
+    log.info("push not built: its pusher asked for no build", extra=extra)
 
 
 class _NoBuild(Exception):

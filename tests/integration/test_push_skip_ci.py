@@ -5,10 +5,12 @@ which a system hook's "Test" button sends, starts no build either. Real parts: a
 the web app's webhook endpoint, the catch-up with python-gitlab against the GitLab API fake."""
 
 import json
+import logging
 
 from service.app import create_app
 from tests.support.app import GITLAB_TOKEN, make_app, make_settings
 from tests.support.payloads import fixture
+from tests.support.redis_server import free_port
 from workers.adapters import gitlab as gitlab_api
 from workers.config.config_file import parse_file_config
 from workers.engine import catchup
@@ -129,3 +131,51 @@ def test_the_tag_push_a_projects_test_sends_without_tags_starts_no_build(redis_u
     assert answer.status_code == 200, answer.json
     assert answer.json["status"] == "ignored"
     assert answer.json["reason"].startswith("tag push names no commit")
+
+
+def test_a_push_not_built_as_its_pusher_asked_is_logged_with_why(redis_url, caplog):
+    """An operator asked why a push built nothing finds it in the web's log: its project, ref,
+    commit and reason. Before, only the answer (in GitLab's Recent events of the hook) said
+    why, and /metrics counted it with every other ignored delivery."""
+    client = make_app(redis_url).test_client()
+    caplog.set_level(logging.INFO, logger="ci_autoscaler.webhooks")
+    push(client, APP, "wip", sha(30), {"ci": {"skip": True}}, "delivery-30")
+    push(client, APP, "release", sha(31), {}, "delivery-31", message="1.4.0 [ci skip]")
+    skipped = [r for r in caplog.records if r.getMessage() == "push not built: its pusher "
+               "asked for no build"]
+    assert [(r.project, r.ref, r.sha, r.reason) for r in skipped] == [
+        (APP, "refs/heads/wip", sha(30), "push option ci.skip: the pusher asked for no build"),
+        (APP, "refs/heads/release", sha(31),
+         "the commit's message asks for no build ([skip ci])")]
+
+
+def test_a_lost_push_the_catch_up_does_not_build_for_its_skip_ci_is_logged(
+        redis_url, gitlab_fake, caplog):
+    """The catch-up's pass counts such heads `skipped`; which head that was, and why, is in
+    its log as a missed push built is (before: in no line)."""
+    config = parse_file_config(CONFIG)
+    app = create_app(make_settings(redis_url), file_config=config)
+    ctx = app.extensions["ci_autoscaler"]
+    gitlab_fake.add_project(APP, branches={"main": sha(1)})
+    run = catchup.CatchUp(settings=ctx.settings, config=config, state=ctx.state,
+                          gl=gitlab_api.client(url=gitlab_fake.url, token=gitlab_fake.token))
+    assert catchup.catch_up_once(run)["baseline"] == 1
+    gitlab_fake.push(APP, "bump", sha(40), message="1.4.1 [skip ci]")
+    caplog.set_level(logging.INFO, logger="ci_autoscaler.catchup")
+    assert catchup.catch_up_once(run).get("skipped") == 1
+    skipped = [r for r in caplog.records if r.getMessage() == "missed push not built: its "
+               "commit's message asks for no build"]
+    assert [(r.project, r.ref, r.sha, r.reason) for r in skipped] == [
+        (APP, "refs/heads/bump", sha(40), "the commit's message asks for no build ([skip ci])")]
+
+
+def test_a_push_asking_for_no_build_is_ignored_while_redis_is_away(caplog):
+    """Nothing of such a push is stored, so Redis away changes only its mark: the push is still
+    200 ignored (not 503: a failure GitLab counts towards disabling the hook), and the web
+    says its head may be built by a catch-up pass."""
+    client = make_app(f"redis://127.0.0.1:{free_port()}/0").test_client()
+    caplog.set_level(logging.INFO, logger="ci_autoscaler.webhooks")
+    answer = push(client, APP, "wip", sha(50), {"ci": {"skip": True}}, "delivery-50")
+    assert (answer.status_code, answer.json["status"]) == (200, "ignored"), answer.json
+    assert [(r.levelname, r.sha) for r in caplog.records if r.getMessage().startswith(
+        "push asking for no build not marked for the catch-up")] == [("WARNING", sha(50))]

@@ -205,6 +205,10 @@ def catch_up_project(cu: CatchUp, ref: projects.ProjectRef, now: float
     for decision in decisions:
         if decision.verdict is core.Verdict.BUILD:
             counts["queued" if _build(cu, decision, ref) else "duplicate"] += 1
+        elif decision.verdict is core.Verdict.SKIPPED:  # which head the count is of, and why
+            log.info("missed push not built: its commit's message asks for no build", extra={
+                "project": ref.path, "ref": decision.head.ref, "sha": decision.head.sha,
+                "reason": decision.reason})
     absences = core.settle_absences(
         core.vanished_refs(heads, seen, partial=listing.unlisted), absent)
     cu.store.record(memory, heads={h.ref: h.sha for h in changed},
