@@ -92,6 +92,7 @@ CPU_TRIPLES = st.lists(st.integers(100, 8000), min_size=3, max_size=3)
 MEM_TRIPLES = st.lists(st.integers(128 * 2**20, 16 * GI), min_size=3, max_size=3)
 SELECTORS = st.just({}) | ZONE.map(lambda z: {"zone": z})
 TOLERATED = st.lists(st.sampled_from(TAINT_KEYS), unique=True)
+SECONDS = st.sampled_from([None, None, None, 60, 7200])
 QUARTER = st.integers(0, 3)
 TEMPLATE_PORTS = st.lists(st.sampled_from(PORTS), max_size=2, unique=True)
 ZONE_RULES = st.sampled_from([None, None, ("In", "a"), ("NotIn", "a"), ("In", "b")])
@@ -104,7 +105,10 @@ def _templates(draw, extras_too: bool):
     cpu = sorted(draw(CPU_TRIPLES))
     mem = sorted(draw(MEM_TRIPLES))
     selector = draw(SELECTORS)
-    tolerations = tuple(Toleration(key=k, operator="Exists") for k in draw(TOLERATED))
+    # now and then a NoExecute one for a while only: 60 s, or past the default deadline
+    tolerations = tuple(Toleration(key=k, operator="Exists") if (s := draw(SECONDS)) is None
+                        else Toleration(key=k, operator="Exists", effect="NoExecute",
+                                        toleration_seconds=s) for k in draw(TOLERATED))
     # with extras_too, a quarter ask for more than cpu and memory
     extras = extras_too and draw(QUARTER) == 0
     ports = draw(TEMPLATE_PORTS) if extras else []

@@ -26,7 +26,7 @@ from workers.core.cluster import NodeState, Resources, TaintEffect
 from workers.core.installation_pods import stamp
 from workers.core.keys import build_key as hash_key
 from workers.core.models import PodTemplate
-from workers.core.placement import tolerates
+from workers.core.tolerations import tolerates
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, container_security_context
 from workers.core.quantity import format_memory
 
