@@ -16,7 +16,8 @@ from typing import Any
 
 from workers.core.cluster import REFUSING_CONDITIONS, ZERO, NodeState, Resources, Taint
 from workers.core.fit import (
-    EPHEMERAL_STORAGE, NOTHING_HELD, STANDARD_RESOURCES, Held, Limits, spec_host_ports)
+    EPHEMERAL_STORAGE, NOTHING_HELD, STANDARD_RESOURCES, Held, Limits, spec_host_ports,
+    with_init_containers)
 from workers.core.installation_pods import INSTALLATION_LABEL, Owner, owner
 from workers.core.pods import (BUILD_KEY_LABEL, HOSTNAME_LABEL, RETAINED, RETAINED_LABEL,
                                TEMPLATE_LABEL, WARM_IDLE, WARM_LABEL, is_managed)
@@ -245,9 +246,8 @@ def pod_held(spec: Obj) -> Held:
     for c in groups[0]:
         for k, v in extras(c).items():
             total[k] = total.get(k, 0) + v
-    for c in groups[1]:
-        for k, v in extras(c).items():
-            total[k] = max(total.get(k, 0), v)
+    if groups[1]:  # a native sidecar's requests add to the containers' (as for cpu)
+        total = with_init_containers(spec, total)
     ephemeral = total.pop(EPHEMERAL_STORAGE, 0)
     return Held(1, ephemeral, tuple(sorted((k, v) for k, v in total.items() if v)),
                 frozenset(spec_host_ports(spec)))

@@ -5,8 +5,11 @@ once (`needs`); a node fits them or says why not, as the wait reason a build wou
 (`insufficient_pods`, `insufficient_ephemeral-storage`, `insufficient_nvidia.com/gpu`,
 `host_ports`). Pure values."""
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from workers.core.quantity import parse_quantity
 
 if TYPE_CHECKING:
     from workers.core.cluster import NodeState
@@ -92,8 +95,52 @@ def needs(template: "PodTemplate") -> Needs:
     extended = add_amounts(tuple(sorted(template.resources.items())), tuple(
         (name, amount) for name, amount in sorted(added.items())
         if name not in STANDARD_RESOURCES), 1)
-    return Needs((template.ephemeral_storage or 0) + added.get(EPHEMERAL_STORAGE, 0), extended,
-                 frozenset(spec_host_ports(template.pod_spec_patch)))
+    ephemeral = (template.ephemeral_storage or 0) + added.get(EPHEMERAL_STORAGE, 0)
+    patch = template.pod_spec_patch
+    if patch.get("initContainers"):  # the podSpecPatch's setup steps and sidecars
+        total = with_init_containers(patch, {EPHEMERAL_STORAGE: ephemeral, **dict(extended)})
+        ephemeral = total.pop(EPHEMERAL_STORAGE, 0)
+        extended = tuple(sorted((k, v) for k, v in total.items() if v))
+    return Needs(ephemeral, extended, frozenset(spec_host_ports(patch)))
+
+
+def container_extras(container: dict[str, Any]) -> dict[str, int]:
+    """The ephemeral-storage (bytes) and extended resources one container requests (a limit
+    alone is its request, as the API server defaults it); an unreadable quantity counts 0
+    (config load refuses it: workers.config.pod_schema)."""
+    res = container.get("resources") or {}
+    merged = {**(res.get("limits") or {}), **(res.get("requests") or {})}
+    out = {}
+    for name, value in merged.items():
+        if name == EPHEMERAL_STORAGE or (name not in STANDARD_RESOURCES and "/" in name):
+            try:
+                out[name] = int(math.ceil(parse_quantity(value)))
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+def with_init_containers(spec: dict[str, Any], containers: dict[str, int]) -> dict[str, int]:
+    """What the pod's containers request beside cpu and memory (`containers`: their sum) as
+    kube-scheduler counts the whole pod with the init containers of `spec`
+    (k8s.io/component-helpers/resource PodRequests, for every resource alike): per resource,
+    the larger of the containers' sum with the native sidecars (restartPolicy Always) and
+    each init container with the sidecars started before it. A setup step asking 30Gi of
+    ephemeral-storage beside a build of 2Gi holds 30Gi of its node while it runs."""
+    total, before, floor = dict(containers), {}, {}
+    for c in spec.get("initContainers") or []:
+        asked = container_extras(c or {})
+        if (c or {}).get("restartPolicy") == "Always":
+            for name, amount in asked.items():
+                before[name] = before.get(name, 0) + amount
+        else:
+            for name, amount in asked.items():
+                floor[name] = max(floor.get(name, 0), before.get(name, 0) + amount)
+    for name, amount in before.items():
+        total[name] = total.get(name, 0) + amount
+    for name, amount in floor.items():
+        total[name] = max(total.get(name, 0), amount)
+    return total
 
 
 def spec_host_ports(spec: dict[str, Any]) -> list[HostPort]:
