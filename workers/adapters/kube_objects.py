@@ -18,6 +18,7 @@ from workers.core.cluster import REFUSING_CONDITIONS, ZERO, NodeState, Resources
 from workers.core.fit import (
     EPHEMERAL_STORAGE, NOTHING_HELD, STANDARD_RESOURCES, Held, Limits, spec_host_ports,
     with_init_containers)
+from workers.core import pod_anti_affinity
 from workers.core.installation_pods import INSTALLATION_LABEL, Owner, owner
 from workers.core.pods import (BUILD_KEY_LABEL, HOSTNAME_LABEL, RETAINED, RETAINED_LABEL,
                                TEMPLATE_LABEL, WARM_IDLE, WARM_LABEL, is_managed)
@@ -200,12 +201,16 @@ def pod_record(obj: Obj, installation_value: str = "") -> PodRecord | None:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     key = labels.get(BUILD_KEY_LABEL) if labels.get(
         INSTALLATION_LABEL, installation_value) == installation_value else None
+    # our agents' pod anti-affinity is counted (core.pod_anti_affinity; warm ones' too, in
+    # the agent namespace), others' left to kube-scheduler
+    own = labels if spec.get("affinity") and is_managed(labels) and labels.get(
+        INSTALLATION_LABEL, installation_value) == installation_value else None
     if not spec.get("nodeName"):
-        if key is None or (held := pod_held(spec)) is _ONE_POD \
+        if key is None or (held := pod_held(spec, own)) is _ONE_POD \
                 or (first := first_candidate(spec)) is None:
             return None
         return first, ZERO, key, held
-    return spec["nodeName"], effective_request(spec), key, pod_held(spec)
+    return spec["nodeName"], effective_request(spec), key, pod_held(spec, own)
 
 
 def first_candidate(spec: Obj) -> str | None:
@@ -222,18 +227,20 @@ def first_candidate(spec: Obj) -> str | None:
     return None
 
 
-def pod_held(spec: Obj) -> Held:
+def pod_held(spec: Obj, labels: dict[str, str] | None = None) -> Held:
     """One pod, its ephemeral-storage and extended resource requests (requests default to
     limits; the larger of the containers' sum and each init container, as for cpu) and the
-    hostPorts it binds. Most pods ask for none of it: they share one value."""
+    hostPorts it binds; with its `labels`, the tokens of its own pod anti-affinity too
+    (core.pod_anti_affinity). Most pods ask for none of it: they share one value."""
     groups = (spec.get("containers") or [], spec.get("initContainers") or [])
+    anti = pod_anti_affinity.tokens(spec, labels) if labels is not None else frozenset()
     special = any(c.get("ports") or any(
         part and not part.keys() <= _CPU_MEMORY
         for part in ((c.get("resources") or {}).get("requests"),
                      (c.get("resources") or {}).get("limits")))
         for group in groups for c in group)
     if not special:
-        return _ONE_POD
+        return Held(1, host_ports=anti) if anti else _ONE_POD
 
     def extras(c: Obj) -> dict[str, int]:
         res = c.get("resources") or {}
@@ -250,7 +257,7 @@ def pod_held(spec: Obj) -> Held:
         total = with_init_containers(spec, total)
     ephemeral = total.pop(EPHEMERAL_STORAGE, 0)
     return Held(1, ephemeral, tuple(sorted((k, v) for k, v in total.items() if v)),
-                frozenset(spec_host_ports(spec)))
+                frozenset(spec_host_ports(spec)) | anti)
 
 
 def effective_request(spec: Obj) -> Resources:

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from workers.core import pod_anti_affinity
 from workers.core.quantity import parse_quantity
 
 if TYPE_CHECKING:
@@ -101,7 +102,8 @@ def needs(template: "PodTemplate") -> Needs:
         total = with_init_containers(patch, {EPHEMERAL_STORAGE: ephemeral, **dict(extended)})
         ephemeral = total.pop(EPHEMERAL_STORAGE, 0)
         extended = tuple(sorted((k, v) for k, v in total.items() if v))
-    return Needs(ephemeral, extended, frozenset(spec_host_ports(patch)))
+    return Needs(ephemeral, extended, frozenset(spec_host_ports(patch))
+                 | pod_anti_affinity.tokens(patch, template.pod_labels))
 
 
 def container_extras(container: dict[str, Any]) -> dict[str, int]:
@@ -179,10 +181,21 @@ def lacks(node: "NodeState", need: Needs) -> str | None:
         for name, amount in need.extended:
             if used.get(name, 0) + amount > have.get(name, 0):
                 return insufficient(name)
-    if need.host_ports and held.host_ports and any(
-            ports_conflict(w, u) for w in need.host_ports for u in held.host_ports):
-        return HOST_PORTS
+    if need.host_ports and held.host_ports:
+        return clash(need.host_ports, held.host_ports)
     return None
+
+
+def clash(want: frozenset[HostPort], used: frozenset[HostPort]) -> str | None:
+    """HOST_PORTS when a port the pod binds is taken (the NodePorts filter), else
+    POD_ANTI_AFFINITY when a pod its anti-affinity refuses is there (core.pod_anti_affinity:
+    a pseudo port), else None."""
+    found = [w for w in want if any(ports_conflict(w, u) for u in used)]
+    if not found:
+        return None
+    if all(pod_anti_affinity.is_token(w[0]) for w in found):
+        return pod_anti_affinity.POD_ANTI_AFFINITY
+    return HOST_PORTS
 
 
 def missing_extended(node: "NodeState", need: Needs) -> str | None:

@@ -13,8 +13,8 @@ from itertools import repeat
 from operator import ge, itemgetter
 
 from workers.core.cluster import NodeState, Resources, TaintEffect
-from workers.core.fit import EPHEMERAL_STORAGE, HOST_PORTS, PODS, Held, Needs, insufficient
-from workers.core.fit import lacks, needs, ports_conflict
+from workers.core.fit import EPHEMERAL_STORAGE, PODS, Held, Needs, insufficient
+from workers.core.fit import clash, lacks, needs, ports_conflict
 from workers.core.models import PodTemplate, Toleration
 from workers.core.placement import (
     DEFAULT_TARGET_UTILISATION, Decision, Placement, Wait, WaitReason, admission, admitted,
@@ -429,7 +429,7 @@ class PlacementIndex:
             for slot in self._ports.get((want[0], want[2]), ()):
                 if elig[slot] and slot not in out and any(
                         ports_conflict(want, used) for used in self._held[slot].host_ports):
-                    out[slot] = HOST_PORTS
+                    out[slot] = clash(need.host_ports, self._held[slot].host_ports)
         return out
 
     def _unindex(self, slot: int) -> None:

@@ -58,7 +58,8 @@ def wants_node(reason: str, in_vain: bool = False) -> bool:
     is in the cluster (`in_vain`: binds_pause_pod; the nodes that refused it, just now):
     bound there, deleted and re-driven, the build still matched no node, and its pause pod
     was made and bound again, pass after pass."""
-    return reason.startswith("insufficient_") or reason == "host_ports" or (
+    return reason.startswith("insufficient_") or reason in ("host_ports",
+                                                             "pod_anti_affinity") or (
         reason in ("no_matching_node", "unschedulable") and not in_vain)
 
 
@@ -180,6 +181,11 @@ def manifest(*, build_key: str, template_name: str, template: PodTemplate,
     if template.tolerations:
         spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True)
                                for t in template.tolerations]
+    anti = (template.pod_spec_patch.get("affinity") or {}).get("podAntiAffinity")
+    if anti:
+        # kept off the nodes its build's pod anti-affinity refuses (core.pod_anti_affinity):
+        # bound beside a heavy build there, it was deleted in vain and no node was added
+        spec.setdefault("affinity", {})["podAntiAffinity"] = anti
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": stamp({"name": pod_name(build_key, installation),
                                "labels": {MANAGED_BY_LABEL: SCALE_UP_VALUE,
