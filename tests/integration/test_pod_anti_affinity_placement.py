@@ -43,6 +43,8 @@ def test_one_build_per_node_is_placed_so_and_a_third_waits_for_a_node_added(
     # a-idle is still the idlest, but runs a heavy build already
     assert node_of(app, second) == "b-calm"
     state = app.extensions["ci_autoscaler"].state
+    pod = kube.pod(NAMESPACE, state.get_build(second)["agent"])
+    assert pod["spec"]["affinity"]["podAntiAffinity"]  # the pod keeps it: the scheduler's too
     # kube-scheduler binds both; the watch sees them where they run
     for key in (first, second):
         kube.bind_pod(NAMESPACE, state.get_build(key)["agent"], node_of(app, key))

@@ -111,3 +111,18 @@ def test_a_scale_up_pod_keeps_the_builds_anti_affinity():
     assert pod["spec"]["affinity"]["podAntiAffinity"] == template.pod_spec_patch[
         "affinity"]["podAntiAffinity"]
     assert scale_up.wants_node("pod_anti_affinity")
+
+
+def test_nodes_needed_plans_one_such_build_per_node_added_on_both_paths():
+    from workers.core.capacity import WaitingBuild, plan, plan_on_index
+    template = parse_file_config(CONFIG).templates["heavy"]
+    held = Held(1, host_ports=needs(template).host_ports)
+    nodes = [NodeState("a", SHAPE, held=held), NodeState("b", Resources(16000, 64 * GI))]
+    waiting = [WaitingBuild(f"k{i}", template, Resources(1000, GI)) for i in range(3)]
+    reference = plan(waiting, nodes, SHAPE)
+    index = PlacementIndex()
+    index.replace_all(nodes)
+    assert plan_on_index(waiting, index, SHAPE) == reference
+    # one on b, the other two on a fresh node each, though one node's cpu would take them all
+    assert reference.nodes_needed == 2
+    assert sorted(reference.assignment.values()).count("b") == 1
