@@ -14,9 +14,12 @@ import pytest
 
 from tests.integration.test_placement_on_cluster import node_of, push
 from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_reconcile_repairs import state_of
+from tests.integration.test_scale_up_pods import scale_up_pods
 from tests.support.app import one_template_config, production_env, work
 from service.app import create_app
 from workers import runtime
+from workers.engine import reconcile
 
 TAINT = {"key": "ci.example.com/draining", "value": "true", "effect": "NoExecute"}
 
@@ -81,3 +84,21 @@ def test_a_build_its_deadline_ends_before_the_eviction_may_go_there(
     work(app)
     assert node_of(app, key) == "a-draining"
     assert candidates(kube, app, key) == {"a-draining", "b-busy"}
+
+
+def test_a_scale_up_pod_is_made_for_a_build_only_such_nodes_would_take(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake, cleanup):
+    """Every node of the pool is being drained (the NoExecute taint); the build matches none it
+    may run its deadline on. Its pause pod tolerating the taint as the template does was
+    bound on a draining node (in vain: none made, no node added, the build waiting until
+    the old nodes were gone); without that toleration it stays Pending, and a node autoscaler
+    adds a node."""
+    app = start(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, config(600))
+    kube.patch_node("b-busy", {"spec": {"taints": [TAINT]}})
+    key = push(app.test_client(), 0)
+    work(app)
+    rt = runtime.current()
+    assert state_of(app).get_build(key)["wait_reason"] == "no_matching_node"
+    assert reconcile.reconcile_once(rt)["scale_up_pods_created"] == 1
+    [pod] = scale_up_pods(kube).values()
+    assert TAINT["key"] not in str(pod["spec"].get("tolerations"))

@@ -26,7 +26,7 @@ from workers.core.cluster import NodeState, Resources, TaintEffect
 from workers.core.installation_pods import stamp
 from workers.core.keys import build_key as hash_key
 from workers.core.models import PodTemplate
-from workers.core.tolerations import tolerates
+from workers.core.tolerations import lasting, tolerates
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, container_security_context
 from workers.core.quantity import format_memory
 
@@ -82,7 +82,7 @@ def binds_pause_pod(node: NodeState, template: PodTemplate) -> bool:
     terms = template.required_node_terms
     if terms is not None and not node_affinity.matches(node, terms):
         return False
-    tolerations, no_schedule = template.tolerations, TaintEffect.NO_SCHEDULE
+    tolerations, no_schedule = lasting(template), TaintEffect.NO_SCHEDULE
     if not node.ready and not tolerates(tolerations, _NOT_READY_TAINT, None, no_schedule):
         return False
     if node.unschedulable and not tolerates(tolerations, _CORDON_TAINT, None, no_schedule):
@@ -178,9 +178,9 @@ def manifest(*, build_key: str, template_name: str, template: PodTemplate,
     if template.node_affinity:
         # the template's own (its podSpecPatch's): an autoscaler adds a node its build may use
         spec["affinity"] = {"nodeAffinity": dict(template.node_affinity)}
-    if template.tolerations:
+    if tolerations := lasting(template):
         spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True)
-                               for t in template.tolerations]
+                               for t in tolerations]
     anti = (template.pod_spec_patch.get("affinity") or {}).get("podAntiAffinity")
     if anti:
         # kept off the nodes its build's pod anti-affinity refuses (core.pod_anti_affinity):

@@ -57,3 +57,12 @@ def run_bound(template: PodTemplate) -> int:
     if all(t.toleration_seconds is None for t in template.tolerations):
         return 0
     return template.active_deadline_seconds
+
+
+def lasting(template: PodTemplate) -> tuple[Toleration, ...]:
+    """The template's tolerations but those `cut_short` would hold against it (NoExecute for
+    fewer tolerationSeconds than its activeDeadlineSeconds): what a pod standing in for its
+    build's (a scale-up pod) tolerates, so that kube-scheduler binds it only where the build
+    may go (placement.why_not) and a node autoscaler adds a node when none is left."""
+    return tuple(t for t in template.tolerations if t.toleration_seconds is None
+                 or max(0, t.toleration_seconds) >= template.active_deadline_seconds)
