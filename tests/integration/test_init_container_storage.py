@@ -9,8 +9,10 @@ the idle node with too little local storage for its setup step, its pod Unschedu
 
 from tests.integration.test_placement_fit_on_cluster import build, push, seen
 from tests.integration.test_push_to_pod import NAMESPACE
+from tests.integration.test_scale_up_pods import scale_up_pods
 from tests.support.app import one_template_config, work
 from workers import runtime
+from workers.engine import reconcile
 
 CONFIG = one_template_config("""
     cpu: {min: 900m, default: 900m, max: 900m}
@@ -49,3 +51,20 @@ def test_an_init_container_s_ephemeral_storage_is_fitted_as_the_scheduler_counts
     state = build(app, second)
     assert not state.get("node"), state
     assert state["wait_reason"] == "insufficient_ephemeral-storage", state
+
+
+def test_its_scale_up_pod_asks_the_setup_steps_storage(kube, app_on_cluster):
+    """No node has 30Gi of local storage: the build waits, and its pause pod asks what the
+    build's pod is counted at, so that an autoscaler adds a node with room for it; at the
+    build's 2Gi it was bound on the small-disk node, in vain, pass after pass."""
+    kube.add_node("a-idle-small-disk", cpu="8", memory="32Gi",
+                  extended={"ephemeral-storage": "20Gi"})
+    app = app_on_cluster(CONFIG, namespace=NAMESPACE, nodes=())
+    key = push(app, 1)
+    work(app)
+    assert build(app, key)["wait_reason"] == "insufficient_ephemeral-storage"
+    reconcile.reconcile_once(runtime.current())
+    [pod] = scale_up_pods(kube).values()
+    asked = [c["resources"]["requests"].get("ephemeral-storage") for c in pod["spec"][
+        "containers"]]
+    assert "30Gi" in asked, pod["spec"]

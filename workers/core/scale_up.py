@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from workers.core import node_affinity
 from workers.core.cluster import NodeState, Resources, TaintEffect
 from workers.core.installation_pods import stamp
+from workers.core.fit import EPHEMERAL_STORAGE, with_init_containers
 from workers.core.keys import build_key as hash_key
 from workers.core.models import PodTemplate
 from workers.core.tolerations import lasting, tolerates
@@ -198,9 +199,16 @@ def manifest(*, build_key: str, template_name: str, template: PodTemplate,
 def _add_extras(container: dict, template: PodTemplate) -> None:
     """The template's ephemeral-storage and extended resources on this pause container;
     extended resources as limits equal to requests, as the API requires (Kubernetes docs,
-    "Manage extended resources for a node": they cannot be overcommitted)."""
+    "Manage extended resources for a node": they cannot be overcommitted). Raised to what a
+    podSpecPatch's init container asks of them when more (fit.with_init_containers; its
+    pause init container asks cpu and memory only): a setup step's 30Gi of
+    ephemeral-storage kept the pause pod at the build's 2Gi, bound where the build does not
+    fit, and no node with room for it was added."""
     resources = container["resources"]
-    if template.ephemeral_storage:
-        resources["requests"]["ephemeral-storage"] = format_memory(template.ephemeral_storage)
-    for resource, amount in sorted(template.resources.items()):
-        resources["requests"][resource] = resources["limits"][resource] = str(amount)
+    asked = with_init_containers(template.pod_spec_patch, {
+        EPHEMERAL_STORAGE: template.ephemeral_storage or 0, **template.resources})
+    if ephemeral := asked.pop(EPHEMERAL_STORAGE, 0):
+        resources["requests"][EPHEMERAL_STORAGE] = format_memory(ephemeral)
+    for resource, amount in sorted(asked.items()):
+        if amount:
+            resources["requests"][resource] = resources["limits"][resource] = str(amount)
