@@ -100,11 +100,11 @@ class PodIndex:
         return [rec[0] for rec in (old, record) if rec is not None]
 
     def _add_daemon(self, node: str, request: Resources, pods: int, held: Held) -> None:
-        if held.ephemeral_bytes or held.extended:
-            extras = Held(0, held.ephemeral_bytes, held.extended)
+        if held.ephemeral_bytes or held.extended or held.host_ports:
+            extras = Held(0, held.ephemeral_bytes, held.extended, held.host_ports)
             was_held = self.daemon_held.get(node, NOTHING_HELD)
             now = was_held + extras if pods > 0 else was_held - extras
-            if now.ephemeral_bytes or now.extended:
+            if now.ephemeral_bytes or now.extended or now.host_ports:
                 self.daemon_held[node] = now
             else:
                 self.daemon_held.pop(node, None)

@@ -35,11 +35,13 @@ def insufficient(resource: str) -> str:
 class Limits:
     """What a node allows beside cpu and memory (its status.allocatable): pods (None: not
     given, no limit counted), ephemeral-storage bytes (None: not given, so none; a kubelet
-    reports it unless local storage isolation is off) and extended resources."""
+    reports it unless local storage isolation is off) and extended resources; for a node
+    joining (capacity._onto_fresh), the hostPorts its DaemonSets bind there already."""
 
     pods: int | None = None
     ephemeral_bytes: int | None = None
     extended: Amounts = ()
+    bound_ports: frozenset[HostPort] = frozenset()
 
 
 @dataclass(frozen=True)
