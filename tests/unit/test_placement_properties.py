@@ -16,12 +16,17 @@ from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.fit import Limits, lacks, needs
 from workers.core.models import CpuRange, MemoryRange, PodTemplate, Toleration
 from workers.core.placement import Placement, Wait, decide, free, why_not
+from workers.core.pod_anti_affinity import tokens
 
 GI = 2**30
 ZONES = ("a", "b")
 TAINT_KEYS = ("dedicated", "gpu")
 GPU = "nvidia.com/gpu"
 PORTS = (("TCP", "", 8080), ("TCP", "10.0.0.1", 8080), ("UDP", "", 53))
+HEAVY = {"ci-autoscaler.io/template": "heavy"}
+ANTI = {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+    {"labelSelector": {"matchLabels": HEAVY}, "topologyKey": "kubernetes.io/hostname"}]}}}
+[ANTI_TOKEN] = tokens(ANTI, HEAVY)  # what a node running such a pod holds
 
 
 @functools.cache
@@ -122,13 +127,19 @@ def _templates(draw, extras_too: bool):
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
                 {"matchExpressions": [{"key": "zone", "operator": zone_rule[0],
                                        "values": [zone_rule[1]]}]}]}}}}
-    return PodTemplate(cpu=CpuRange(min=f"{cpu[0]}m", default=f"{cpu[1]}m", max=f"{cpu[2]}m"),
-                       memory=MemoryRange(min=mem[0], default=mem[1], max=mem[2]),
-                       node_selector=selector, tolerations=tolerations,
-                       ephemeral_storage=draw(EPHEMERAL) if extras else None,
-                       resources={GPU: draw(GPUS_ASKED)} if extras and draw(
-                           st.booleans()) else {},
-                       pod_spec_patch=patch)
+    # one per node of its own pods, now and then (core.pod_anti_affinity: a pseudo port)
+    anti = extras and draw(st.booleans())
+    if anti:
+        patch = {**patch, "affinity": {**patch.get("affinity", {}), **ANTI["affinity"]}}
+    template = PodTemplate(cpu=CpuRange(min=f"{cpu[0]}m", default=f"{cpu[1]}m",
+                                        max=f"{cpu[2]}m"),
+                           memory=MemoryRange(min=mem[0], default=mem[1], max=mem[2]),
+                           node_selector=selector, tolerations=tolerations,
+                           ephemeral_storage=draw(EPHEMERAL) if extras else None,
+                           resources={GPU: draw(GPUS_ASKED)} if extras and draw(
+                               st.booleans()) else {},
+                           pod_spec_patch=patch)
+    return template.with_pod_labels(HEAVY) if anti else template
 
 
 @functools.cache
