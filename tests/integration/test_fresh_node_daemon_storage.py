@@ -44,3 +44,40 @@ def test_nodes_needed_counts_the_ephemeral_storage_a_node_added_s_daemonsets_tak
         assert metric(app, "ci_autoscaler_builds_unplaceable") == 0
     finally:
         runtime.install(None)
+
+
+def test_a_port_a_node_added_s_daemonset_binds_makes_the_build_unplaceable_not_a_node_needed(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake):
+    """Every node runs a metrics agent DaemonSet binding hostPort 8125/UDP (DogStatsD's), and
+    the template's build binds it too: kube-scheduler's NodePorts filter refuses every node,
+    and a node added runs the DaemonSet as well (Cluster Autoscaler's template node holds
+    its DaemonSet pods: simulator/node_info_utils.go). nodes_needed said 1, for a node that
+    never takes the build (and CIClusterShortOfCapacity fired for it); it is unplaceable."""
+    config = tmp_path / "config.yaml"
+    config.write_text(one_template_config("""
+        cpu: {min: 500m, default: 500m, max: 500m}
+        memory: {min: 512Mi, default: 512Mi, max: 512Mi}
+        podSpecPatch:
+          containers:
+            - name: jnlp
+              ports: [{containerPort: 8125, hostPort: 8125, protocol: UDP}]
+    """))
+    production_env(monkeypatch, redis_url=redis_url, kube=kube, jenkins_fake=jenkins_fake,
+                   config=config, namespace=NAMESPACE)
+    for name in ("a", "b"):
+        kube.add_node(name, cpu="8", memory="32Gi")
+        kube.add_pod("monitoring", f"datadog-{name}", node=name, daemon_set="datadog",
+                     requests=[{"cpu": "100m", "memory": "256Mi"}],
+                     ports=[{"containerPort": 8125, "hostPort": 8125, "protocol": "UDP"}])
+    runtime.install(None)
+    try:
+        app = create_app()
+        key = push(app.test_client(), 0)
+        work(app)
+        state = app.extensions["ci_autoscaler"].state
+        assert state.get_build(key)["wait_reason"] == "host_ports"
+        reconcile.reconcile_once(runtime.current())
+        assert metric(app, "ci_autoscaler_nodes_needed") == 0
+        assert metric(app, "ci_autoscaler_builds_unplaceable") == 1
+    finally:
+        runtime.install(None)

@@ -1181,18 +1181,22 @@ def pod_object(namespace: str, name: str, *, node: str | None = None,
                requests: Iterable[dict[str, str]] = ({"cpu": "100m", "memory": "128Mi"},),
                init_requests: Iterable[dict[str, str]] = (), overhead: dict[str, str] | None = None,
                phase: str | None = "Running", labels: dict[str, str] | None = None,
-               daemon_set: str | None = None, mirror: bool = False) -> dict[str, Any]:
+               daemon_set: str | None = None, mirror: bool = False,
+               ports: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
     """A pod with one container per entry of ``requests`` (and one init container per entry
     of ``init_requests``), bound to ``node`` when given, in ``phase`` as a kubelet would set;
     ``daemon_set``: the DaemonSet that owns it (its controller ownerReference, as the
     DaemonSet controller sets it); ``mirror``: the mirror of a static pod of ``node``'s
     kubelet (pkg/kubelet/pod/mirror_client.go CreateMirrorPod: the kubernetes.io/config.mirror
-    annotation holding the pod's hash, and the Node as its controller owner)."""
+    annotation holding the pod's hash, and the Node as its controller owner); ``ports``: the
+    first container's ports (a hostPort bound on the node)."""
     def containers(prefix: str, all_requests: Iterable[dict[str, str]]) -> list[dict[str, Any]]:
         return [{"name": f"{prefix}{i}", "image": "busybox",
                  "resources": {"requests": dict(r)}} for i, r in enumerate(all_requests)]
 
     spec: dict[str, Any] = {"containers": containers("main", requests)}
+    if ports:
+        spec["containers"][0]["ports"] = [dict(p) for p in ports]
     if init := containers("init", init_requests):
         spec["initContainers"] = init
     if overhead:

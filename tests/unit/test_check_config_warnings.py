@@ -239,7 +239,11 @@ def test_pod_anti_affinity_and_a_topology_spread_placement_does_not_count_are_wa
     chooses nodes by their room, and kube-scheduler applies these only among the candidates
     it names, so they are said, not silently weakened."""
     path = tmp_path / "ci.yaml"
-    path.write_text(POD_ANTI_AFFINITY)
+    # per zone: not counted (one per node of the template's own pods is, and not warned of:
+    # core.pod_anti_affinity)
+    path.write_text(POD_ANTI_AFFINITY.replace(
+        "              topologyKey: kubernetes.io/hostname",
+        "              topologyKey: topology.kubernetes.io/zone"))
     anti, spread = warnings_of(check_config(path))
     assert anti.startswith(f"{path}:6: templates.heavy.podSpecPatch.affinity.podAntiAffinity: "
                            "placement does not count a required podAntiAffinity")
@@ -254,3 +258,6 @@ def test_pod_anti_affinity_and_a_topology_spread_placement_does_not_count_are_wa
         "                topologyKey: kubernetes.io/hostname\n      topology")
     path.write_text(preferred)
     assert warnings_of(check_config(path)) == []
+    path.write_text(POD_ANTI_AFFINITY)
+    [spread] = warnings_of(check_config(path))
+    assert "topologySpreadConstraints" in spread

@@ -8,7 +8,7 @@ import functools
 from hypothesis import given, settings, strategies as st
 
 from tests.unit.test_placement_properties import (
-    GI, GPU, PORTS, ZONES, node_labels, taint_sets, templates)
+    ANTI_TOKEN, GI, GPU, PORTS, ZONES, node_labels, taint_sets, templates)
 from workers.core.capacity import (
     WaitingBuild, capacity_state, capacity_state_on_index, plan, plan_on_index)
 from workers.core.cluster import NodeState, Resources, Taint
@@ -80,7 +80,7 @@ def limits():
 
 
 HELD_EPHEMERAL = st.sampled_from([0, 5 * GI, 10 * GI, 95 * GI])
-HELD_PORTS = st.lists(st.sampled_from(PORTS), max_size=2)
+HELD_PORTS = st.lists(st.sampled_from(PORTS + (ANTI_TOKEN,)), max_size=2)
 
 
 @functools.cache

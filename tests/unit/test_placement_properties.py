@@ -16,12 +16,17 @@ from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.fit import Limits, lacks, needs
 from workers.core.models import CpuRange, MemoryRange, PodTemplate, Toleration
 from workers.core.placement import Placement, Wait, decide, free, why_not
+from workers.core.pod_anti_affinity import tokens
 
 GI = 2**30
 ZONES = ("a", "b")
 TAINT_KEYS = ("dedicated", "gpu")
 GPU = "nvidia.com/gpu"
 PORTS = (("TCP", "", 8080), ("TCP", "10.0.0.1", 8080), ("UDP", "", 53))
+HEAVY = {"ci-autoscaler.io/template": "heavy"}
+ANTI = {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+    {"labelSelector": {"matchLabels": HEAVY}, "topologyKey": "kubernetes.io/hostname"}]}}}
+[ANTI_TOKEN] = tokens(ANTI, HEAVY)  # what a node running such a pod holds
 
 
 @functools.cache
@@ -92,6 +97,7 @@ CPU_TRIPLES = st.lists(st.integers(100, 8000), min_size=3, max_size=3)
 MEM_TRIPLES = st.lists(st.integers(128 * 2**20, 16 * GI), min_size=3, max_size=3)
 SELECTORS = st.just({}) | ZONE.map(lambda z: {"zone": z})
 TOLERATED = st.lists(st.sampled_from(TAINT_KEYS), unique=True)
+SECONDS = st.sampled_from([None, None, None, 60, 7200])
 QUARTER = st.integers(0, 3)
 TEMPLATE_PORTS = st.lists(st.sampled_from(PORTS), max_size=2, unique=True)
 ZONE_RULES = st.sampled_from([None, None, ("In", "a"), ("NotIn", "a"), ("In", "b")])
@@ -104,7 +110,10 @@ def _templates(draw, extras_too: bool):
     cpu = sorted(draw(CPU_TRIPLES))
     mem = sorted(draw(MEM_TRIPLES))
     selector = draw(SELECTORS)
-    tolerations = tuple(Toleration(key=k, operator="Exists") for k in draw(TOLERATED))
+    # now and then a NoExecute one for a while only: 60 s, or past the default deadline
+    tolerations = tuple(Toleration(key=k, operator="Exists") if (s := draw(SECONDS)) is None
+                        else Toleration(key=k, operator="Exists", effect="NoExecute",
+                                        toleration_seconds=s) for k in draw(TOLERATED))
     # with extras_too, a quarter ask for more than cpu and memory
     extras = extras_too and draw(QUARTER) == 0
     ports = draw(TEMPLATE_PORTS) if extras else []
@@ -118,13 +127,19 @@ def _templates(draw, extras_too: bool):
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
                 {"matchExpressions": [{"key": "zone", "operator": zone_rule[0],
                                        "values": [zone_rule[1]]}]}]}}}}
-    return PodTemplate(cpu=CpuRange(min=f"{cpu[0]}m", default=f"{cpu[1]}m", max=f"{cpu[2]}m"),
-                       memory=MemoryRange(min=mem[0], default=mem[1], max=mem[2]),
-                       node_selector=selector, tolerations=tolerations,
-                       ephemeral_storage=draw(EPHEMERAL) if extras else None,
-                       resources={GPU: draw(GPUS_ASKED)} if extras and draw(
-                           st.booleans()) else {},
-                       pod_spec_patch=patch)
+    # one per node of its own pods, now and then (core.pod_anti_affinity: a pseudo port)
+    anti = extras and draw(st.booleans())
+    if anti:
+        patch = {**patch, "affinity": {**patch.get("affinity", {}), **ANTI["affinity"]}}
+    template = PodTemplate(cpu=CpuRange(min=f"{cpu[0]}m", default=f"{cpu[1]}m",
+                                        max=f"{cpu[2]}m"),
+                           memory=MemoryRange(min=mem[0], default=mem[1], max=mem[2]),
+                           node_selector=selector, tolerations=tolerations,
+                           ephemeral_storage=draw(EPHEMERAL) if extras else None,
+                           resources={GPU: draw(GPUS_ASKED)} if extras and draw(
+                               st.booleans()) else {},
+                           pod_spec_patch=patch)
+    return template.with_pod_labels(HEAVY) if anti else template
 
 
 @functools.cache

@@ -16,7 +16,9 @@ from typing import Any
 
 from workers.core.cluster import REFUSING_CONDITIONS, ZERO, NodeState, Resources, Taint
 from workers.core.fit import (
-    EPHEMERAL_STORAGE, NOTHING_HELD, STANDARD_RESOURCES, Held, Limits, spec_host_ports)
+    EPHEMERAL_STORAGE, NOTHING_HELD, STANDARD_RESOURCES, Held, Limits, spec_host_ports,
+    with_init_containers)
+from workers.core import pod_anti_affinity
 from workers.core.installation_pods import INSTALLATION_LABEL, Owner, owner
 from workers.core.pods import (BUILD_KEY_LABEL, HOSTNAME_LABEL, RETAINED, RETAINED_LABEL,
                                TEMPLATE_LABEL, WARM_IDLE, WARM_LABEL, is_managed)
@@ -98,11 +100,11 @@ class PodIndex:
         return [rec[0] for rec in (old, record) if rec is not None]
 
     def _add_daemon(self, node: str, request: Resources, pods: int, held: Held) -> None:
-        if held.ephemeral_bytes or held.extended:
-            extras = Held(0, held.ephemeral_bytes, held.extended)
+        if held.ephemeral_bytes or held.extended or held.host_ports:
+            extras = Held(0, held.ephemeral_bytes, held.extended, held.host_ports)
             was_held = self.daemon_held.get(node, NOTHING_HELD)
             now = was_held + extras if pods > 0 else was_held - extras
-            if now.ephemeral_bytes or now.extended:
+            if now.ephemeral_bytes or now.extended or now.host_ports:
                 self.daemon_held[node] = now
             else:
                 self.daemon_held.pop(node, None)
@@ -199,12 +201,16 @@ def pod_record(obj: Obj, installation_value: str = "") -> PodRecord | None:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     key = labels.get(BUILD_KEY_LABEL) if labels.get(
         INSTALLATION_LABEL, installation_value) == installation_value else None
+    # our agents' pod anti-affinity is counted (core.pod_anti_affinity; warm ones' too, in
+    # the agent namespace), others' left to kube-scheduler
+    own = labels if spec.get("affinity") and is_managed(labels) and labels.get(
+        INSTALLATION_LABEL, installation_value) == installation_value else None
     if not spec.get("nodeName"):
-        if key is None or (held := pod_held(spec)) is _ONE_POD \
+        if key is None or (held := pod_held(spec, own)) is _ONE_POD \
                 or (first := first_candidate(spec)) is None:
             return None
         return first, ZERO, key, held
-    return spec["nodeName"], effective_request(spec), key, pod_held(spec)
+    return spec["nodeName"], effective_request(spec), key, pod_held(spec, own)
 
 
 def first_candidate(spec: Obj) -> str | None:
@@ -221,18 +227,20 @@ def first_candidate(spec: Obj) -> str | None:
     return None
 
 
-def pod_held(spec: Obj) -> Held:
+def pod_held(spec: Obj, labels: dict[str, str] | None = None) -> Held:
     """One pod, its ephemeral-storage and extended resource requests (requests default to
     limits; the larger of the containers' sum and each init container, as for cpu) and the
-    hostPorts it binds. Most pods ask for none of it: they share one value."""
+    hostPorts it binds; with its `labels`, the tokens of its own pod anti-affinity too
+    (core.pod_anti_affinity). Most pods ask for none of it: they share one value."""
     groups = (spec.get("containers") or [], spec.get("initContainers") or [])
+    anti = pod_anti_affinity.tokens(spec, labels) if labels is not None else frozenset()
     special = any(c.get("ports") or any(
         part and not part.keys() <= _CPU_MEMORY
         for part in ((c.get("resources") or {}).get("requests"),
                      (c.get("resources") or {}).get("limits")))
         for group in groups for c in group)
     if not special:
-        return _ONE_POD
+        return Held(1, host_ports=anti) if anti else _ONE_POD
 
     def extras(c: Obj) -> dict[str, int]:
         res = c.get("resources") or {}
@@ -245,12 +253,11 @@ def pod_held(spec: Obj) -> Held:
     for c in groups[0]:
         for k, v in extras(c).items():
             total[k] = total.get(k, 0) + v
-    for c in groups[1]:
-        for k, v in extras(c).items():
-            total[k] = max(total.get(k, 0), v)
+    if groups[1]:  # a native sidecar's requests add to the containers' (as for cpu)
+        total = with_init_containers(spec, total)
     ephemeral = total.pop(EPHEMERAL_STORAGE, 0)
     return Held(1, ephemeral, tuple(sorted((k, v) for k, v in total.items() if v)),
-                frozenset(spec_host_ports(spec)))
+                frozenset(spec_host_ports(spec)) | anti)
 
 
 def effective_request(spec: Obj) -> Resources:

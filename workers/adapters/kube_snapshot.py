@@ -320,7 +320,8 @@ class ClusterWatch:
             limits = replace(
                 limits, ephemeral_bytes=None if limits.ephemeral_bytes is None
                 else max(0, limits.ephemeral_bytes - held.ephemeral_bytes),
-                extended=tuple((k, max(0, v - taken.get(k, 0))) for k, v in limits.extended))
+                extended=tuple((k, max(0, v - taken.get(k, 0))) for k, v in limits.extended),
+                bound_ports=held.host_ports)  # node-local-dns' 53, an agent's 8125 ...
         if limits.pods is None:
             return limits
         return replace(limits, pods=max(0, limits.pods - self._pods.daemon_pods.get(name, 0)))

@@ -13,6 +13,7 @@ from pydantic import field_validator, model_validator
 from workers.core.catchup import CatchUpSources
 from workers.core.errors import ConfigError
 from workers.core.models import PodTemplate, Route
+from workers.core.pods import MANAGED_BY_LABEL, MANAGED_BY_VALUE, TEMPLATE_LABEL
 from workers.core.routing import PLACEHOLDERS, placeholders
 from workers.core.templates import TemplateError, patch_owner, resolve_inheritance
 from workers.config import pod_schema
@@ -39,7 +40,10 @@ class FileConfig(BaseModel):
             if not _LABEL_VALUE.fullmatch(name):
                 raise ValueError(f"template name {name!r} must be a Kubernetes label value "
                                  "(letters, digits, '-', '_', '.'; at most 63)")
-        return templates
+        # the labels its pods carry (core.pods), which its pod anti-affinity may select
+        return {name: t.with_pod_labels({MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+                                         TEMPLATE_LABEL: name})
+                for name, t in templates.items()}
 
     @model_validator(mode="after")
     def _routes_resolve(self) -> "FileConfig":

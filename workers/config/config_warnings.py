@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from workers.config.config_file import FileConfig, _problem
+from workers.core import pod_anti_affinity
 from workers.core.claims import shared_claims
 from workers.core.pod_security import ENFORCE_LABEL, Level, required_level, violations
 from workers.config.pod_schema import sample_manifest
@@ -105,6 +106,9 @@ def _placement_blind(config: FileConfig) -> list[tuple[tuple[str | int, ...], st
         patch = template.pod_spec_patch
         affinity = patch.get("affinity") if isinstance(patch.get("affinity"), dict) else {}
         for kind in ("podAffinity", "podAntiAffinity"):
+            if kind == "podAntiAffinity" and pod_anti_affinity.counts_all(
+                    patch, template.pod_labels):
+                continue  # one per node, of the template's own pods: placement counts it
             if isinstance(affinity.get(kind), dict) and \
                     affinity[kind].get("requiredDuringSchedulingIgnoredDuringExecution"):
                 found.append((("templates", name, "podSpecPatch", "affinity", kind), (

@@ -225,12 +225,11 @@ def _onto_fresh(size: Resources, need: Needs, reference: Resources, fresh: list[
         need = _on_fresh(need, limits) if limits is not None else \
             replace(need, extended=(), ephemeral_bytes=0)  # only its ports are known
         limits = Limits() if limits is None else limits
-        if lacks(NodeState("new", reference, limits=limits), need) is not None:
+        if lacks(_fresh_node(reference, limits), need) is not None:
             return None  # not even an empty fresh node takes it (fresh_lacks)
 
     def takes(left: Holding) -> bool:
-        return not counted or lacks(NodeState("new", reference, limits=limits,
-                                              held=left.held), need) is None
+        return not counted or lacks(_fresh_node(reference, limits, left.held), need) is None
 
     index = next((i for i, left in enumerate(fresh) if size.fits_in(left) and takes(left)),
                  None)
@@ -240,6 +239,15 @@ def _onto_fresh(size: Resources, need: Needs, reference: Resources, fresh: list[
     left = fresh[index] - size
     fresh[index] = Holding(left.cpu_millis, left.memory_bytes, fresh[index].held + need.held)
     return f"new-{index}"
+
+
+def _fresh_node(room: Resources, limits: Limits, held: Held = NOTHING_HELD) -> NodeState:
+    """A fresh node as fit.lacks reads it: what builds planned there hold, beside the
+    hostPorts its DaemonSets bind (Limits.bound_ports: kube-scheduler's NodePorts counts
+    them as any pod's, so a build binding one never goes there)."""
+    if limits.bound_ports:
+        held = held + Held(host_ports=limits.bound_ports)
+    return NodeState("new", room, limits=limits, held=held)
 
 
 def _on_fresh(need: Needs, limits: Limits) -> Needs:
@@ -258,7 +266,7 @@ def fresh_lacks(need: Needs, room: Resources, limits: Limits | None) -> str | No
     has 8000m cpu"."""
     if limits is None:
         return None
-    return lacks(NodeState("new", room, limits=limits), _on_fresh(need, limits))
+    return lacks(_fresh_node(room, limits), _on_fresh(need, limits))
 
 
 def capacity_state(waiting: Sequence[WaitingBuild], nodes: Sequence[NodeState],

@@ -5,8 +5,12 @@ once (`needs`); a node fits them or says why not, as the wait reason a build wou
 (`insufficient_pods`, `insufficient_ephemeral-storage`, `insufficient_nvidia.com/gpu`,
 `host_ports`). Pure values."""
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from workers.core import pod_anti_affinity
+from workers.core.quantity import parse_quantity
 
 if TYPE_CHECKING:
     from workers.core.cluster import NodeState
@@ -31,11 +35,13 @@ def insufficient(resource: str) -> str:
 class Limits:
     """What a node allows beside cpu and memory (its status.allocatable): pods (None: not
     given, no limit counted), ephemeral-storage bytes (None: not given, so none; a kubelet
-    reports it unless local storage isolation is off) and extended resources."""
+    reports it unless local storage isolation is off) and extended resources; for a node
+    joining (capacity._onto_fresh), the hostPorts its DaemonSets bind there already."""
 
     pods: int | None = None
     ephemeral_bytes: int | None = None
     extended: Amounts = ()
+    bound_ports: frozenset[HostPort] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -92,8 +98,53 @@ def needs(template: "PodTemplate") -> Needs:
     extended = add_amounts(tuple(sorted(template.resources.items())), tuple(
         (name, amount) for name, amount in sorted(added.items())
         if name not in STANDARD_RESOURCES), 1)
-    return Needs((template.ephemeral_storage or 0) + added.get(EPHEMERAL_STORAGE, 0), extended,
-                 frozenset(spec_host_ports(template.pod_spec_patch)))
+    ephemeral = (template.ephemeral_storage or 0) + added.get(EPHEMERAL_STORAGE, 0)
+    patch = template.pod_spec_patch
+    if patch.get("initContainers"):  # the podSpecPatch's setup steps and sidecars
+        total = with_init_containers(patch, {EPHEMERAL_STORAGE: ephemeral, **dict(extended)})
+        ephemeral = total.pop(EPHEMERAL_STORAGE, 0)
+        extended = tuple(sorted((k, v) for k, v in total.items() if v))
+    return Needs(ephemeral, extended, frozenset(spec_host_ports(patch))
+                 | pod_anti_affinity.tokens(patch, template.pod_labels))
+
+
+def container_extras(container: dict[str, Any]) -> dict[str, int]:
+    """The ephemeral-storage (bytes) and extended resources one container requests (a limit
+    alone is its request, as the API server defaults it); an unreadable quantity counts 0
+    (config load refuses it: workers.config.pod_schema)."""
+    res = container.get("resources") or {}
+    merged = {**(res.get("limits") or {}), **(res.get("requests") or {})}
+    out = {}
+    for name, value in merged.items():
+        if name == EPHEMERAL_STORAGE or (name not in STANDARD_RESOURCES and "/" in name):
+            try:
+                out[name] = int(math.ceil(parse_quantity(value)))
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+def with_init_containers(spec: dict[str, Any], containers: dict[str, int]) -> dict[str, int]:
+    """What the pod's containers request beside cpu and memory (`containers`: their sum) as
+    kube-scheduler counts the whole pod with the init containers of `spec`
+    (k8s.io/component-helpers/resource PodRequests, for every resource alike): per resource,
+    the larger of the containers' sum with the native sidecars (restartPolicy Always) and
+    each init container with the sidecars started before it. A setup step asking 30Gi of
+    ephemeral-storage beside a build of 2Gi holds 30Gi of its node while it runs."""
+    total, before, floor = dict(containers), {}, {}
+    for c in spec.get("initContainers") or []:
+        asked = container_extras(c or {})
+        if (c or {}).get("restartPolicy") == "Always":
+            for name, amount in asked.items():
+                before[name] = before.get(name, 0) + amount
+        else:
+            for name, amount in asked.items():
+                floor[name] = max(floor.get(name, 0), before.get(name, 0) + amount)
+    for name, amount in before.items():
+        total[name] = total.get(name, 0) + amount
+    for name, amount in floor.items():
+        total[name] = max(total.get(name, 0), amount)
+    return total
 
 
 def spec_host_ports(spec: dict[str, Any]) -> list[HostPort]:
@@ -132,10 +183,21 @@ def lacks(node: "NodeState", need: Needs) -> str | None:
         for name, amount in need.extended:
             if used.get(name, 0) + amount > have.get(name, 0):
                 return insufficient(name)
-    if need.host_ports and held.host_ports and any(
-            ports_conflict(w, u) for w in need.host_ports for u in held.host_ports):
-        return HOST_PORTS
+    if need.host_ports and held.host_ports:
+        return clash(need.host_ports, held.host_ports)
     return None
+
+
+def clash(want: frozenset[HostPort], used: frozenset[HostPort]) -> str | None:
+    """HOST_PORTS when a port the pod binds is taken (the NodePorts filter), else
+    POD_ANTI_AFFINITY when a pod its anti-affinity refuses is there (core.pod_anti_affinity:
+    a pseudo port), else None."""
+    found = [w for w in want if any(ports_conflict(w, u) for u in used)]
+    if not found:
+        return None
+    if all(pod_anti_affinity.is_token(w[0]) for w in found):
+        return pod_anti_affinity.POD_ANTI_AFFINITY
+    return HOST_PORTS
 
 
 def missing_extended(node: "NodeState", need: Needs) -> str | None:

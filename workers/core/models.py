@@ -452,6 +452,19 @@ class PodTemplate(_Model):
     # pod (core.runtime_class; workers.engine.namespace_sizes); not configurable.
     _overhead: tuple[int, int] = PrivateAttr(default=(0, 0))
 
+    # The labels every pod of it carries whatever the build (core.pods; set at config load):
+    # what its pod anti-affinity is judged on (core.fit.needs); not configurable.
+    _pod_labels: tuple[tuple[str, str], ...] = PrivateAttr(default=())
+
+    def with_pod_labels(self, labels: dict[str, str]) -> "PodTemplate":
+        out = self.model_copy()
+        out._pod_labels = tuple(sorted(labels.items()))
+        return out
+
+    @property
+    def pod_labels(self) -> dict[str, str]:
+        return dict(self._pod_labels)
+
     @property
     def labels(self) -> tuple[str, ...]:
         """The Jenkins labels whose waiting builds get an agent of this template."""

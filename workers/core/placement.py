@@ -16,8 +16,9 @@ from enum import StrEnum
 from workers.core import node_affinity
 from workers.core.cluster import Holding, NodeState, Resources, TaintEffect, ZERO
 from workers.core.fit import Held, lacks, needs
-from workers.core.models import PodTemplate, Toleration
+from workers.core.models import PodTemplate
 from workers.core.sizing import choose_size, template_default, template_min
+from workers.core.tolerations import cut_short, tolerates
 
 DEFAULT_TARGET_UTILISATION = 0.8
 # The pod may go to any of the best this many nodes (required node affinity), ours first
@@ -179,18 +180,6 @@ def free(node: NodeState, target_utilisation: float = DEFAULT_TARGET_UTILISATION
     return (capacity_left(node, target_utilisation) - node.in_flight).clamp_min(ZERO)
 
 
-def tolerates(tolerations: Sequence[Toleration], key: str, value: str | None,
-              effect: str) -> bool:
-    for t in tolerations:
-        if t.effect is not None and t.effect != effect:
-            continue
-        if not t.key and t.operator == "Exists":  # an empty key matches every key
-            return True
-        if t.key == key and (t.operator == "Exists" or (t.value or "") == (value or "")):
-            return True
-    return False
-
-
 def being_removed(node: NodeState) -> bool:
     """A node autoscaler is removing the node (one of REMOVAL_TAINT_KEYS, NoSchedule)."""
     return any(t.key in REMOVAL_TAINT_KEYS and t.effect == TaintEffect.NO_SCHEDULE
@@ -217,7 +206,10 @@ def why_not(node: NodeState, template: PodTemplate) -> str | None:
     autoscaler is removing takes no pod even from a template that tolerates every taint
     (`tolerations: [{operator: Exists}]`): kube-scheduler would bind it there, and the
     autoscaler's drain evict it moments later (a warm agent's pool made one, saw it go,
-    and made one there again, pass after pass)."""
+    and made one there again, pass after pass). Nor does a node with a NoExecute taint the
+    template tolerates for fewer seconds than its activeDeadlineSeconds (core.tolerations):
+    kube-scheduler binds the pod there, and the taint eviction controller evicts it then,
+    the build failing mid-run (spread by load, every build went to such an idle node)."""
     if (why := closed(node)) is not None:
         return why
     for k, v in template.node_selector.items():
@@ -231,6 +223,12 @@ def why_not(node: NodeState, template: PodTemplate) -> str | None:
             continue
         if not tolerates(template.tolerations, taint.key, taint.value, taint.effect):
             return f"taint {taint.key}:{taint.effect}"
+        if taint.effect == TaintEffect.NO_EXECUTE and (seconds := cut_short(
+                template.tolerations, taint.key, taint.value,
+                template.active_deadline_seconds)) is not None:
+            # kube-scheduler binds it, the taint eviction controller evicts it mid-build
+            return (f"taint {taint.key}:NoExecute tolerated for {seconds}s only, less than "
+                    f"activeDeadlineSeconds ({template.active_deadline_seconds}s)")
     if template.resources:
         have = dict(node.limits.extended)
         for name in template.resources:

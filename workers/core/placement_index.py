@@ -13,17 +13,18 @@ from itertools import repeat
 from operator import ge, itemgetter
 
 from workers.core.cluster import NodeState, Resources, TaintEffect
-from workers.core.fit import EPHEMERAL_STORAGE, HOST_PORTS, PODS, Held, Needs, insufficient
-from workers.core.fit import lacks, needs, ports_conflict
+from workers.core.fit import EPHEMERAL_STORAGE, PODS, Held, Needs, insufficient
+from workers.core.fit import clash, lacks, needs, ports_conflict
 from workers.core.models import PodTemplate, Toleration
 from workers.core.placement import (
     DEFAULT_TARGET_UTILISATION, Decision, Placement, Wait, WaitReason, admission, admitted,
     avoided, blocked_wait, closed, fmt, free, no_matching_node, preferring, shrunk_to,
     utilisation_after, why_not)
 from workers.core.sizing import choose_size, template_default, template_min
+from workers.core.tolerations import run_bound
 
 
-_Key = tuple[tuple[tuple[str, str], ...], tuple[Toleration, ...], tuple[str, ...], str]
+_Key = tuple[tuple[tuple[str, str], ...], tuple[Toleration, ...], tuple[str, ...], str, int]
 _REBUILD_SHARE = 16  # more than 1/16 of the nodes changed at once: re-sort instead of moving
 _NO_POD_LIMIT = 1 << 30  # pod_room of a node whose allocatable lists no pods (no limit known)
 
@@ -57,11 +58,10 @@ def node_row(node: NodeState, node_free: Resources) -> NodeRow:
 
 
 def template_key(template: PodTemplate) -> _Key:
-    """What `why_not` reads of a template: templates with the same key may use the same
-    nodes."""
+    """What `why_not` reads of a template: templates of one key may use the same nodes."""
     return (tuple(sorted(template.node_selector.items())), tuple(template.tolerations),
             tuple(sorted(template.resources)),
-            json.dumps(template.required_node_terms, sort_keys=True))
+            json.dumps(template.required_node_terms, sort_keys=True), run_bound(template))
 
 
 def _free_numbers(alloc: Resources, requested: Resources, usage: Resources | None,
@@ -429,7 +429,7 @@ class PlacementIndex:
             for slot in self._ports.get((want[0], want[2]), ()):
                 if elig[slot] and slot not in out and any(
                         ports_conflict(want, used) for used in self._held[slot].host_ports):
-                    out[slot] = HOST_PORTS
+                    out[slot] = clash(need.host_ports, self._held[slot].host_ports)
         return out
 
     def _unindex(self, slot: int) -> None:

@@ -61,7 +61,10 @@ def init_floor(template: PodTemplate) -> Resources:
     resource, the most an init container of the podSpecPatch asks with the sidecars started
     before it (k8s.io/component-helpers/resource PodRequests takes the max of that and the
     containers' sum with the sidecars). A setup step asking 2Gi beside a build of 512Mi
-    holds 2Gi of its node for the pod's life; placement fits the pod's total at least that."""
+    holds 2Gi of its node for the pod's life; placement fits the pod's total at least that.
+    The RuntimeClass's overhead is added after the max (PodRequests; Kubernetes docs, "Pod
+    Overhead"), so it is on the floor too: left off, a Kata pod whose setup step was its
+    largest part was fitted short of the overhead, and Unschedulable on the node chosen."""
     floor, before = Resources(0, 0), Resources(0, 0)
     for _, container, sidecar in patch_init_containers(template):
         asked = requests_of(container)
@@ -69,7 +72,7 @@ def init_floor(template: PodTemplate) -> Resources:
             before = before + asked
         else:
             floor = floor.clamp_min(before + asked)
-    return floor
+    return floor + Resources(*template.overhead) if floor != Resources(0, 0) else floor
 
 
 def memory_volumes(template: PodTemplate) -> int:

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from workers.core import node_affinity
 from workers.core.cluster import NodeState, Resources, TaintEffect
 from workers.core.installation_pods import stamp
+from workers.core.fit import EPHEMERAL_STORAGE, with_init_containers
 from workers.core.keys import build_key as hash_key
 from workers.core.models import PodTemplate
-from workers.core.placement import tolerates
+from workers.core.tolerations import lasting, tolerates
 from workers.core.pods import BUILD_KEY_LABEL, MANAGED_BY_LABEL, container_security_context
 from workers.core.quantity import format_memory
 
@@ -58,7 +59,8 @@ def wants_node(reason: str, in_vain: bool = False) -> bool:
     is in the cluster (`in_vain`: binds_pause_pod; the nodes that refused it, just now):
     bound there, deleted and re-driven, the build still matched no node, and its pause pod
     was made and bound again, pass after pass."""
-    return reason.startswith("insufficient_") or reason == "host_ports" or (
+    return reason.startswith("insufficient_") or reason in ("host_ports",
+                                                             "pod_anti_affinity") or (
         reason in ("no_matching_node", "unschedulable") and not in_vain)
 
 
@@ -81,7 +83,7 @@ def binds_pause_pod(node: NodeState, template: PodTemplate) -> bool:
     terms = template.required_node_terms
     if terms is not None and not node_affinity.matches(node, terms):
         return False
-    tolerations, no_schedule = template.tolerations, TaintEffect.NO_SCHEDULE
+    tolerations, no_schedule = lasting(template), TaintEffect.NO_SCHEDULE
     if not node.ready and not tolerates(tolerations, _NOT_READY_TAINT, None, no_schedule):
         return False
     if node.unschedulable and not tolerates(tolerations, _CORDON_TAINT, None, no_schedule):
@@ -177,9 +179,14 @@ def manifest(*, build_key: str, template_name: str, template: PodTemplate,
     if template.node_affinity:
         # the template's own (its podSpecPatch's): an autoscaler adds a node its build may use
         spec["affinity"] = {"nodeAffinity": dict(template.node_affinity)}
-    if template.tolerations:
+    if tolerations := lasting(template):
         spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True)
-                               for t in template.tolerations]
+                               for t in tolerations]
+    anti = (template.pod_spec_patch.get("affinity") or {}).get("podAntiAffinity")
+    if anti:
+        # kept off the nodes its build's pod anti-affinity refuses (core.pod_anti_affinity):
+        # bound beside a heavy build there, it was deleted in vain and no node was added
+        spec.setdefault("affinity", {})["podAntiAffinity"] = anti
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": stamp({"name": pod_name(build_key, installation),
                                "labels": {MANAGED_BY_LABEL: SCALE_UP_VALUE,
@@ -192,9 +199,16 @@ def manifest(*, build_key: str, template_name: str, template: PodTemplate,
 def _add_extras(container: dict, template: PodTemplate) -> None:
     """The template's ephemeral-storage and extended resources on this pause container;
     extended resources as limits equal to requests, as the API requires (Kubernetes docs,
-    "Manage extended resources for a node": they cannot be overcommitted)."""
+    "Manage extended resources for a node": they cannot be overcommitted). Raised to what a
+    podSpecPatch's init container asks of them when more (fit.with_init_containers; its
+    pause init container asks cpu and memory only): a setup step's 30Gi of
+    ephemeral-storage kept the pause pod at the build's 2Gi, bound where the build does not
+    fit, and no node with room for it was added."""
     resources = container["resources"]
-    if template.ephemeral_storage:
-        resources["requests"]["ephemeral-storage"] = format_memory(template.ephemeral_storage)
-    for resource, amount in sorted(template.resources.items()):
-        resources["requests"][resource] = resources["limits"][resource] = str(amount)
+    asked = with_init_containers(template.pod_spec_patch, {
+        EPHEMERAL_STORAGE: template.ephemeral_storage or 0, **template.resources})
+    if ephemeral := asked.pop(EPHEMERAL_STORAGE, 0):
+        resources["requests"][EPHEMERAL_STORAGE] = format_memory(ephemeral)
+    for resource, amount in sorted(asked.items()):
+        if amount:
+            resources["requests"][resource] = resources["limits"][resource] = str(amount)

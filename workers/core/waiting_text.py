@@ -31,6 +31,9 @@ MEANING: dict[str, str] = {
                                       "starts when pods end or nodes are added",
     "host_ports": "every node it may use has a pod on the host port it asks; it starts when "
                   "that pod ends or nodes are added",
+    "pod_anti_affinity": "every node it may use runs a pod its template's required pod "
+                         "anti-affinity keeps it away from (one per node); it starts when "
+                         "that pod ends or nodes are added",
     WaitReason.QUOTA: "a ResourceQuota of the agents' namespace has no room for its pod; it "
                       "starts when other pods there end (more nodes would not help)",
     WaitReason.PAUSED: "an admin paused CI in the agents' namespace (a ResourceQuota of pods: "

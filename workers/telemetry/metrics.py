@@ -84,7 +84,8 @@ JENKINS_EVENTS = ("started", "completed", "other")
 # last value); an extended resource's insufficient_<name> (insufficient_nvidia.com/gpu) is
 # exported only while some build waits for it (workers.telemetry.exposition).
 WAIT_REASONS = ("cap", "insufficient_cpu", "insufficient_memory", "insufficient_pods",
-                "insufficient_ephemeral-storage", "host_ports", "no_matching_node",
+                "insufficient_ephemeral-storage", "host_ports", "pod_anti_affinity",
+                "no_matching_node",
                 "unschedulable", "quota", "paused", "contention")
 QUEUE_STATES = ("queued", "started", "scheduled", "deferred", "failed")
 # An agent's phase, from its build's lifecycle: pending (pod created, no build on it yet),
