@@ -95,3 +95,15 @@ def test_the_credentials_as_sent_are_in_no_line(line):
                             "X-Proxy-Token: [redacted] Proxy-Authorization: [redacted]")
     shown = line("the proxy wants %s", "pq7Rw2Zt9kLm")
     assert shown["msg"] == "the proxy wants [redacted]"
+
+
+def test_an_extra_header_that_holds_no_credential_is_shown(line):
+    """JENKINS_API_EXTRA_HEADERS' Host or Accept is no credential: blanked, its value took the
+    host out of every build link the texts show."""
+    from workers.config.settings import load_settings
+
+    settings = load_settings(warn_unknown=False, jenkins_api_extra_headers=(
+        "Host: jenkins.internal\nX-Proxy-Token: hush-5d1e9f"))
+    assert "jenkins.internal" not in settings.secret_values
+    shown = line("build %s", "https://jenkins.internal/job/build/7/ hush-5d1e9f")
+    assert shown["msg"] == "build https://jenkins.internal/job/build/7/ [redacted]"

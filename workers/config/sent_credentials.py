@@ -8,11 +8,19 @@ own values (workers.config.settings: secret_values), so that a text quoting the 
   token's own text is not found.
 - JENKINS_API_EXTRA_HEADERS' values (a proxy's credential: `X-Proxy-Token: ...`,
   `Proxy-Authorization: Bearer ...`): a plain setting, its values never shown (settings), but
-  never blanked either. Its header values are told (nothing tells a credential's header from
-  another's), and the credential after a scheme word ("Bearer <token>") by itself too.
+  never blanked either. The values of the headers a credential goes in are told (a name with
+  auth, token, secret, key, pass, cookie, session, signature, credential or jwt in it:
+  Authorization, Proxy-Authorization, X-Proxy-Token, CF-Access-Client-Secret, X-Api-Key,
+  Cookie), and the credential after a scheme word ("Bearer <token>") by itself too. Not every
+  header's: a `Host: jenkins.internal` or an `Accept:` value blanked took the host out of
+  every build link (a commit status's target_url) and words out of every text.
 """
 
 import base64
+import re
+
+_CREDENTIAL_HEADER = re.compile(
+    r"auth|token|secret|key|pass|cookie|session|signature|credential|jwt", re.I)
 
 
 def sent_forms(*, jenkins_user: str, jenkins_token: str, extra_headers: str) -> list[str]:
@@ -25,9 +33,9 @@ def sent_forms(*, jenkins_user: str, jenkins_token: str, extra_headers: str) -> 
         if pair:
             forms.append(base64.b64encode(pair).decode("ascii"))
     for line in extra_headers.split("\n"):
-        _name, _colon, value = line.partition(":")
+        name, _colon, value = line.partition(":")
         value = value.strip()
-        if value:
+        if value and _CREDENTIAL_HEADER.search(name):
             forms.append(value)
             *scheme, credential = value.split(None, 1)
             if scheme:
