@@ -14,10 +14,19 @@ own values (workers.config.settings: secret_values), so that a text quoting the 
   Cookie), and the credential after a scheme word ("Bearer <token>") by itself too. Not every
   header's: a `Host: jenkins.internal` or an `Accept:` value blanked took the host out of
   every build link (a commit status's target_url) and words out of every text.
+- A secret in a URL, percent-encoded as a client sends what a path may not hold as it is
+  (RFC 3986's pchar: Ruby's URI, Java's URI for a token put in a hook's path), what a query's
+  value may not (every reserved character), or a form's (space as '+'): gunicorn's access log
+  and its "Error handling request" line show the URI as sent (RAW_URI), in which neither the
+  secret's own text nor its latin-1 form (PATH_INFO's) is found.
 """
 
 import base64
 import re
+from urllib.parse import quote, quote_plus
+
+# RFC 3986 3.3: a path segment's characters besides the unreserved ones, and '/'
+_PATH_SAFE = "/:@!$&'()*+,;="
 
 _CREDENTIAL_HEADER = re.compile(
     r"auth|token|secret|key|pass|cookie|session|signature|credential|jwt", re.I)
@@ -41,3 +50,14 @@ def sent_forms(*, jenkins_user: str, jenkins_token: str, extra_headers: str) -> 
             if scheme:
                 forms.append(credential.strip())
     return forms
+
+
+def url_forms(value: str) -> list[str]:
+    """The value percent-encoded as a URL's path, query value or form carries it, those that
+    differ from it."""
+    # surrogateescape: a value from the environment keeps a byte that is no UTF-8 so (os.environ)
+    encoded = {"encoding": "utf-8", "errors": "surrogateescape"}
+    forms = dict.fromkeys((quote(value, safe=_PATH_SAFE, **encoded),
+                           quote(value, safe="", **encoded),
+                           quote_plus(value, safe="", **encoded)))
+    return [form for form in forms if form != value]
