@@ -5,8 +5,19 @@ operator may turn on, and its "Error handling request" line, as the URI sent (RA
 token of non-ASCII characters or white space (what an operator typed into GitLab) showed
 there encoded, where neither its own text nor its latin-1 form (PATH_INFO's) is found."""
 
+import pytest
+
 from service.refused_requests import hidden_atoms
 from workers.config.settings import load_settings
+from workers.telemetry import logs
+
+
+@pytest.fixture(autouse=True)
+def _own_secrets(monkeypatch):
+    """load_settings tells the process's log lines its secrets (logs.hide_secrets): these
+    tests' are theirs alone, restored after."""
+    monkeypatch.setattr(logs, "_secrets", logs._secrets)
+    monkeypatch.setattr(logs, "_redactor", logs._redactor)
 
 TOKEN = "Schl\u00fcssel f\u00fcr Stra\u00dfe+1"
 SENT = "Schl%C3%BCssel%20f%C3%BCr%20Stra%C3%9Fe+1"  # as GitLab's Ruby URI sends the path
