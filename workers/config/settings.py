@@ -477,9 +477,8 @@ class Settings(BaseSettings):
                                                  for name in type(self).model_fields)
                   if isinstance(v, SecretStr) and v.get_secret_value()]
         token = self.jenkins_api_token.get_secret_value() if self.jenkins_api_token else ""
-        values += (v for v in sent_forms(jenkins_user=self.jenkins_user, jenkins_token=token,
-                                         extra_headers=self.jenkins_api_extra_headers)
-                   if v not in values)
+        values += sent_forms(jenkins_user=self.jenkins_user, jenkins_token=token,
+                             extra_headers=self.jenkins_api_extra_headers)
         sent = [v.encode("utf-8", "surrogateescape").decode("latin-1") for v in values]
         sent += (form for v in values for form in url_forms(v))
         return tuple(dict.fromkeys((*values, *sent)))
