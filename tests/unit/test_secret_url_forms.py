@@ -48,3 +48,12 @@ def test_a_token_with_a_byte_that_is_no_utf_8_is_read():
     token = b"tok\xffen-1234".decode("utf-8", "surrogateescape")
     secrets = load_settings(warn_unknown=False, gitlab_webhook_token=token).secret_values
     assert token in secrets and "tok%FFen-1234" in secrets
+
+
+def test_a_short_extra_header_value_is_not_made_a_secret():
+    """The status page blanks a secret whatever its length (service.status.Scrub): a credential
+    header's value of a character or two is no credential, and would take every such
+    character out of the page."""
+    secrets = load_settings(warn_unknown=False, jenkins_api_extra_headers=(
+        "X-Api-Key: 1\nProxy-Authorization: Bearer ab\nX-Proxy-Token: hush-5d1e9f")).secret_values
+    assert "hush-5d1e9f" in secrets and not {"1", "ab"} & set(secrets), secrets
