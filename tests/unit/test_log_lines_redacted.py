@@ -75,3 +75,35 @@ def test_a_secret_told_stays_hidden_when_more_are_told(line):
     logs.hide_secrets(["another-secret-value"])
     shown = line("told: %s and %s", TOKEN, "another-secret-value")
     assert shown["msg"] == "told: [redacted] and [redacted]"
+
+
+def test_the_credentials_as_sent_are_in_no_line(line):
+    """A proxy in front of Jenkins refusing a request with a page that repeats its headers
+    quotes them as sent: the Authorization python-jenkins sends (Basic, the base64 of
+    JENKINS_USER:JENKINS_API_TOKEN, requests.auth._basic_auth_str), in which the token's own
+    text is not; and JENKINS_API_EXTRA_HEADERS' values (the proxy's own credential), a plain
+    setting no line blanked."""
+    from workers.config.settings import load_settings
+
+    load_settings(warn_unknown=False, jenkins_user="ci-bot", jenkins_api_token=TOKEN,
+                  jenkins_api_extra_headers="X-Proxy-Token: hush-5d1e9f\r\n"
+                                            "Proxy-Authorization: Bearer pq7Rw2Zt9kLm")
+    basic = "Y2ktYm90OjExZDRlMGMyYjdhOTVmM2U4MWM2YTJkOWIwZjRlN2MzMTU="  # base64 ci-bot:TOKEN
+    shown = line("Jenkins answered 403: %s", f"refused Authorization: Basic {basic} "
+                 "X-Proxy-Token: hush-5d1e9f Proxy-Authorization: Bearer pq7Rw2Zt9kLm")
+    assert shown["msg"] == ("Jenkins answered 403: refused Authorization: Basic [redacted] "
+                            "X-Proxy-Token: [redacted] Proxy-Authorization: [redacted]")
+    shown = line("the proxy wants %s", "pq7Rw2Zt9kLm")
+    assert shown["msg"] == "the proxy wants [redacted]"
+
+
+def test_an_extra_header_that_holds_no_credential_is_shown(line):
+    """JENKINS_API_EXTRA_HEADERS' Host or Accept is no credential: blanked, its value took the
+    host out of every build link the texts show."""
+    from workers.config.settings import load_settings
+
+    settings = load_settings(warn_unknown=False, jenkins_api_extra_headers=(
+        "Host: jenkins.internal\nX-Proxy-Token: hush-5d1e9f"))
+    assert "jenkins.internal" not in settings.secret_values
+    shown = line("build %s", "https://jenkins.internal/job/build/7/ hush-5d1e9f")
+    assert shown["msg"] == "build https://jenkins.internal/job/build/7/ [redacted]"

@@ -26,6 +26,7 @@ from workers.core.image_pulls import PULL_RETRY_SECONDS
 from workers.core.start_failures import DEFAULT_FATAL_WAITING_REASONS
 from workers.core.usage_history import DEFAULT_HALF_LIFE_SECONDS
 from workers.config import unknown_variables
+from workers.config.sent_credentials import sent_forms, url_forms
 from workers.config.spool_paths import default_spool_path
 from workers.telemetry import logs
 
@@ -468,12 +469,19 @@ class Settings(BaseSettings):
         a URL (core.redaction), and a short one blanked everywhere took words out of texts.
         A secret of non-ASCII characters comes also as a WSGI server's text holds what was sent
         (PEP 3333: its UTF-8 bytes read as latin-1; a path's, a header's): the 404 of a hook
-        URL with the token in its path logged it so, where its own form matched nothing."""
+        URL with the token in its path logged it so, where its own form matched nothing.
+        And the credentials as they are sent (workers.config.sent_credentials: Jenkins' Basic
+        header, JENKINS_API_EXTRA_HEADERS' values), which a page repeating a request quotes,
+        and each percent-encoded as a URL carries it (a token in a hook's path: RAW_URI)."""
         values = [v.get_secret_value() for v in (getattr(self, name)
                                                  for name in type(self).model_fields)
                   if isinstance(v, SecretStr) and v.get_secret_value()]
-        sent = (v.encode("utf-8", "surrogateescape").decode("latin-1") for v in values)
-        return (*values, *(v for v in sent if v not in values))
+        token = self.jenkins_api_token.get_secret_value() if self.jenkins_api_token else ""
+        values += sent_forms(jenkins_user=self.jenkins_user, jenkins_token=token,
+                             extra_headers=self.jenkins_api_extra_headers)
+        sent = [v.encode("utf-8", "surrogateescape").decode("latin-1") for v in values]
+        sent += (form for v in values for form in url_forms(v))
+        return tuple(dict.fromkeys((*values, *sent)))
 
     def __repr_args__(self):  # type: ignore[no-untyped-def]
         # The SecretStr settings show as '**********'; REDIS_URL's password likewise.
