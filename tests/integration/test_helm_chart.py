@@ -250,7 +250,7 @@ def test_web_runs_gunicorn_with_probes_and_a_multiprocess_metrics_emptydir():
     objs = render("default")
     deployment = one(objs, "Deployment", "web")
     spec, web = deployment["spec"]["template"]["spec"], _container(objs, "web")
-    assert web["command"] == ["gunicorn", "-c", "service/gunicorn.conf.py", "service.wsgi:app"]
+    assert web["command"] == ["ci-autoscaler", "web"]  # the Procfile's and the image's too
     assert web["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert web["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert {p["name"]: p["containerPort"] for p in web["ports"]} == {"http": 8080, "admin": 9090}
@@ -1099,7 +1099,8 @@ def test_dockerfile_pins_its_base_images_and_ends_as_a_user_that_is_not_root(doc
 
 def test_service_image_runs_gunicorn_and_has_the_worker_and_reconcile_commands():
     steps = _instructions(ROOT / "Dockerfile")
-    assert ("CMD", '["gunicorn", "-c", "service/gunicorn.conf.py", "service.wsgi:app"]') in steps
+    assert ("CMD", '["ci-autoscaler", "web"]') in steps  # the Procfile's and the chart's too
+    assert "web: exec ci-autoscaler web" in (ROOT / "Procfile").read_text().splitlines()
     assert ("WORKDIR", "/app") in steps
     # `ci-autoscaler` (worker, reconcile) is the console script of the installed project.
     assert any(op == "RUN" and "pip install" in a and "." in a.split() for op, a in steps)
