@@ -587,6 +587,22 @@ def test_contradictory_redis_values_are_refused_with_the_reason(redis, message):
         render_files(_values("minimal", redis=redis))
 
 
+@pytest.mark.parametrize("given, missing", [({"cpu": "16"}, "memory"),
+                                            ({"memory": "64Gi"}, "cpu")])
+def test_half_a_reference_node_is_refused_naming_the_missing_value(given, missing):
+    """settings.referenceNode with its cpu alone (or its memory alone) rendered neither
+    variable: ci_autoscaler_nodes_needed went on counting in the most common node shape, with
+    nothing said, where the process refuses one of CI_AUTOSCALER_REFERENCE_NODE_CPU and
+    _MEMORY without the other."""
+    with pytest.raises(helm_python.HelmRenderError,
+                       match=re.escape(f"settings.referenceNode.{missing}")):
+        render_files(_merged("default", settings={"referenceNode": given}))
+    env = env_of(_container(objects_of(render_files(_merged(
+        "default", settings={"referenceNode": {"cpu": "16", "memory": "64Gi"}}))), "worker"))
+    assert (env["CI_AUTOSCALER_REFERENCE_NODE_CPU"]["value"],
+            env["CI_AUTOSCALER_REFERENCE_NODE_MEMORY"]["value"]) == ("16", "64Gi")
+
+
 # -- KEDA -----------------------------------------------------------------------------------
 
 def _scaled_object(objs: list[dict[str, Any]]) -> tuple[dict, dict]:
