@@ -27,7 +27,9 @@ from workers.adapters import listen
 
 
 def _number(name: str, default: int) -> int:
-    value = os.environ.get(name) or ""
+    """The variable's number as the settings take it (white space around its digits allowed:
+    WEB_CONCURRENCY=" 1" ran 2 workers); anything else is on_starting's to refuse."""
+    value = (os.environ.get(name) or "").strip()
     return int(value) if value.isdigit() and int(value) > 0 else default
 
 

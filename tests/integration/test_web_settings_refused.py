@@ -26,10 +26,11 @@ PROCFILE = ["sh", "-c", _procfile_line("web")]  # as honcho and foreman run it
 
 
 @pytest.mark.parametrize("command, variable, value, reason", [
-    (WEB, "WEB_CONCURRENCY", "two", "WEB_CONCURRENCY: Input should be a valid integer"),
+    (WEB, "WEB_CONCURRENCY", "two", "WEB_CONCURRENCY: a whole number of worker processes"),
     (WEB, "WEB_CONCURRENCY", "0", "WEB_CONCURRENCY: Input should be greater than or equal to 1"),
     (WEB, "WEB_CONCURRENCY", "", "WEB_CONCURRENCY: Input should be a valid integer"),
-    (PROCFILE, "WEB_CONCURRENCY", "two", "WEB_CONCURRENCY: Input should be a valid integer"),
+    (WEB, "WEB_CONCURRENCY", "4.0", "WEB_CONCURRENCY: a whole number of worker processes"),
+    (PROCFILE, "WEB_CONCURRENCY", "two", "WEB_CONCURRENCY: a whole number of worker processes"),
     (PROCFILE, "WEB_CONCURRENCY", "", "WEB_CONCURRENCY: Input should be a valid integer"),
     (PROCFILE, "WEB_CONCURRENCY", "0",
      "WEB_CONCURRENCY: Input should be greater than or equal to 1"),
@@ -38,7 +39,8 @@ PROCFILE = ["sh", "-c", _procfile_line("web")]  # as honcho and foreman run it
      "WEB_CONCURRENCY: Input should be greater than or equal to 1"),
     (GUNICORN, "PORT", "abc", "PORT: 'abc' is not a port"),
     (WEB, "PORT", "abc", "PORT: 'abc' is not a port"),
-], ids=["web-two-workers", "web-no-worker", "web-empty-workers", "procfile-two-workers",
+], ids=["web-two-workers", "web-no-worker", "web-empty-workers", "web-decimal-workers",
+        "procfile-two-workers",
         "procfile-empty-workers", "procfile-no-worker", "procfile-port", "gunicorn-no-worker",
         "gunicorn-port", "web-port"])
 def test_the_web_refuses_a_setting_it_cannot_use_naming_it(tmp_path, command, variable, value,

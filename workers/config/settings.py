@@ -530,6 +530,18 @@ class Settings(BaseSettings):
                              "drops such a line unsent, or requests refuses every call")
         return value
 
+    @field_validator("web_concurrency", mode="before")
+    @classmethod
+    def _web_concurrency(cls, value: Any) -> Any:
+        """Digits alone, white space around them allowed: what gunicorn's config reads
+        (service/gunicorn.conf.py). "4.0", "+4" and "4_0", ints to pydantic, ran gunicorn's
+        default 2 workers without a word."""
+        if isinstance(value, str) and value.strip():
+            if not value.strip().isdigit():
+                raise ValueError("a whole number of worker processes (digits only), at least 1")
+            return value.strip()
+        return value
+
     @field_validator("port")
     @classmethod
     def _port(cls, value: str | None) -> str | None:
