@@ -603,6 +603,14 @@ def test_half_a_reference_node_is_refused_naming_the_missing_value(given, missin
             env["CI_AUTOSCALER_REFERENCE_NODE_MEMORY"]["value"]) == ("16", "64Gi")
 
 
+def test_a_body_limit_too_small_for_any_push_fails_the_render_naming_it():
+    """settings.maxBodyBytes: 4 (meant as 4 MiB) rendered, and the web then ignored every push
+    (200, its fields read over 4 bytes); the web refuses below 1 KiB, and so does the chart."""
+    with pytest.raises(helm_python.HelmValuesError, match="maxBodyBytes"):
+        render_files(_merged("default", settings={"maxBodyBytes": 4}))
+    render_files(_merged("default", settings={"maxBodyBytes": 1024}))
+
+
 # -- KEDA -----------------------------------------------------------------------------------
 
 def _scaled_object(objs: list[dict[str, Any]]) -> tuple[dict, dict]:

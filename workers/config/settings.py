@@ -35,6 +35,10 @@ from workers.config.spool_paths import default_spool_path
 # MiB. A larger body is read in pieces and trimmed to the fields read, within this bound
 # (service.trimmed_body): a push of a commit that vendors a tree is larger, and is still built.
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20
+# The fields a push is read for, kept within the same bound (service.trimmed_body): about 500
+# bytes for the real push of the fixtures, more for a long ref, project path or user name.
+# Below this, a value meant in MiB ("4") started the web and every push was ignored (200).
+MIN_MAX_BODY_BYTES = 1024
 DEDUPE_TTL_SECONDS = 7 * 24 * 3600  # a delivery id is recognised this long
 BUILD_TTL_SECONDS = 7 * 24 * 3600  # a finished build's state is kept this long
 # A commit's run mark (commit:<key>, workers.adapters.intake: its run is in flight) is deleted
@@ -141,7 +145,7 @@ class Settings(BaseSettings):
     installation: str = Field("", validation_alias=_env("CI_AUTOSCALER_INSTALLATION"))
     kubeconfig: str | None = Field(None, validation_alias=_env("KUBECONFIG"))
     config_path: str | None = Field(None, validation_alias=_env("CI_AUTOSCALER_CONFIG"))
-    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0,
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=MIN_MAX_BODY_BYTES,
                                 validation_alias=_env("CI_AUTOSCALER_MAX_BODY_BYTES"))
     # How long the web waits on Redis before it puts the event in its spool instead.
     redis_timeout_seconds: float = Field(
