@@ -611,6 +611,15 @@ def test_a_body_limit_too_small_for_any_push_fails_the_render_naming_it():
     render_files(_merged("default", settings={"maxBodyBytes": 1024}))
 
 
+def test_a_spool_bound_below_the_body_limit_fails_the_render_naming_it():
+    """web.spool.maxBytes below settings.maxBodyBytes: the web refuses to start (its spool
+    could not keep one push read whole); the render says so first."""
+    with pytest.raises(helm_python.HelmRenderError, match=re.escape(
+            "web.spool.maxBytes: 256 is below settings.maxBodyBytes 4194304")):
+        render_files(_merged("default", web={"spool": {"maxBytes": 256}}))
+    render_files(_merged("default", web={"spool": {"maxBytes": 4194304}}))
+
+
 # -- KEDA -----------------------------------------------------------------------------------
 
 def _scaled_object(objs: list[dict[str, Any]]) -> tuple[dict, dict]:

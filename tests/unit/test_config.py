@@ -236,6 +236,21 @@ def test_a_body_limit_too_small_for_any_push_is_refused_by_name(monkeypatch, val
     assert load_settings().max_body_bytes == 1024
 
 
+def test_a_spool_bound_smaller_than_one_push_is_refused_by_name(monkeypatch):
+    """CI_AUTOSCALER_SPOOL_MAX_BYTES=256 (meant as MiB) started the web, and while Redis was
+    away every push was answered 503, the spool "full" with nothing in it: a push read whole is
+    up to CI_AUTOSCALER_MAX_BODY_BYTES, and the spool takes none larger than its bound."""
+    monkeypatch.setenv("CI_AUTOSCALER_SPOOL_MAX_BYTES", "256")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    [problem] = refused.value.problems
+    assert problem.startswith("CI_AUTOSCALER_SPOOL_MAX_BYTES: 256 is below "
+                              "CI_AUTOSCALER_MAX_BODY_BYTES (4194304)"), problem
+    monkeypatch.setenv("CI_AUTOSCALER_MAX_BODY_BYTES", "1024")
+    monkeypatch.setenv("CI_AUTOSCALER_SPOOL_MAX_BYTES", "1024")
+    assert load_settings().spool_max_bytes == 1024
+
+
 def test_the_installation_is_none_by_default_and_a_readable_name_from_the_environment(
         monkeypatch):
     monkeypatch.delenv("CI_AUTOSCALER_INSTALLATION", raising=False)

@@ -574,6 +574,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _spool_holds_a_push(self) -> "Settings":
+        """The spool takes no push larger than its bound (workers.adapters.spool), and one read
+        whole is up to max_body_bytes: a bound below it (256, meant as MiB) answered every push
+        503 while Redis was away, the spool "full" with nothing in it."""
+        if self.spool_max_bytes < self.max_body_bytes:
+            raise ValueError(f"CI_AUTOSCALER_SPOOL_MAX_BYTES: {self.spool_max_bytes} is below "
+                             f"CI_AUTOSCALER_MAX_BODY_BYTES ({self.max_body_bytes}): the spool "
+                             "could not keep a push read whole while Redis is away")
+        return self
+
+    @model_validator(mode="after")
     def _reference_shape(self) -> "Settings":
         if (self.reference_node_cpu is None) != (self.reference_node_memory is None):
             raise ValueError("CI_AUTOSCALER_REFERENCE_NODE_CPU and _MEMORY go together")
