@@ -52,8 +52,8 @@ threads = 8
 timeout = 30
 # On SIGTERM gunicorn closes its listener and lets each worker finish the request in flight.
 # A webhook's own worst case is a few seconds (two tries at Redis, 2 s each, then 503), and
-# GitLab gives up after 10 s anyway: 15 s covers every request that can still be answered and
-# leaves the pod's default 30 s grace period before SIGKILL.
+# GitLab gives up after 10 s anyway: 15 s covers every request that can still be answered; the
+# chart's grace period is its preStop wait (web.shutdownDelaySeconds) plus 25 s.
 # tests/integration/test_web_shutdown.py holds a request in flight across SIGTERM.
 graceful_timeout = 15
 keepalive = 5

@@ -265,6 +265,24 @@ def test_web_runs_gunicorn_with_probes_and_a_multiprocess_metrics_emptydir():
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
+def test_a_stopping_web_pod_takes_connections_until_its_endpoints_are_gone_then_drains():
+    """On a pod's deletion the kubelet sends SIGTERM while the endpoints controller, kube-proxy
+    and the Ingress controller are still removing the pod (asynchronously: Kubernetes docs,
+    "Pod Lifecycle", termination): gunicorn closed its listener at once, and the connections
+    still sent to the pod in those seconds were refused. A GitLab delivery refused so is a
+    failed one, never sent again, and four in a row disable the hook: every rolling update lost
+    pushes. The preStop hook waits first; then gunicorn's graceful stop (graceful_timeout, 15 s
+    in service/gunicorn.conf.py) fits in the grace period."""
+    spec = one(render("default"), "Deployment", "web")["spec"]["template"]["spec"]
+    web = _container(render("default"), "web")
+    assert web["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    assert spec["terminationGracePeriodSeconds"] >= 5 + 15 + 5  # a margin for the exit
+    objs = objects_of(render_files(_merged("default", web={"shutdownDelaySeconds": 0})))
+    assert "lifecycle" not in _container(objs, "web")  # the operator's choice: none
+    assert one(objs, "Deployment", "web")["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"] >= 15 + 5
+
+
 def test_web_gets_the_webhook_tokens_and_its_redis_user_but_nothing_of_kubernetes_or_jenkins():
     web = _container(render("default"), "web")
     # not the Redis password: the web's own user (tests/integration/test_web_redis_acl.py)
