@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The ci-autoscaler service: one image for the three processes.
-#   web (the default command): gunicorn -c service/gunicorn.conf.py service.wsgi:app
+#   web (the default command): ci-autoscaler web (gunicorn with service/gunicorn.conf.py)
 #   worker:                    ci-autoscaler worker
 #   reconcile:                 ci-autoscaler reconcile
 # Build and run:
@@ -39,4 +39,6 @@ COPY --from=build /app /app
 WORKDIR /app
 USER 10001:10001
 EXPOSE 8080
-CMD ["gunicorn", "-c", "service/gunicorn.conf.py", "service.wsgi:app"]
+# `ci-autoscaler web` checks the environment before gunicorn reads it: gunicorn's own command
+# ended in its ValueError traceback on WEB_CONCURRENCY=two. The Procfile and the chart run it too.
+CMD ["ci-autoscaler", "web"]

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -134,22 +135,28 @@ def _generate_trace(args: argparse.Namespace) -> int:
 
 
 def _web(args: argparse.Namespace) -> int:
-    """gunicorn with the shipped config. Its workers' counters add up on /metrics only with
-    PROMETHEUS_MULTIPROC_DIR (service/gunicorn.conf.py); the Procfile's web line makes one, and
-    so does this command when none is given (`ci-autoscaler run`, `make run`): without it each
-    scrape read one worker's counts, which Prometheus takes for counter resets."""
-    from service.startup import ensure_metrics_dir
+    """gunicorn with the shipped config: the Procfile's web line, the image's command, the
+    chart's, `ci-autoscaler run`'s. Its workers' counters add up on /metrics only with
+    PROMETHEUS_MULTIPROC_DIR; gunicorn's master makes one when none is given, once it listens
+    (service/gunicorn.conf.py when_ready), and removes it as it exits."""
     from workers.config.settings import load_settings
 
     # The environment is checked before gunicorn is: its config module reads WEB_CONCURRENCY
-    # as it is imported, and `two` was a ValueError traceback there, before our start-up check.
+    # as it is imported, and `two` (or an empty value) was a ValueError traceback there,
+    # before our start-up check.
     try:
         load_settings(warn_unknown=False)  # gunicorn's master warns
     except ConfigError as err:
         return _refused(err)
-    ensure_metrics_dir()  # before the exec: its environment names the directory
-    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF),
-                               "service.wsgi:app"])
+    # gunicorn's own script, run by this interpreter: a USR2 re-executes the master with the
+    # arguments it was started with (gunicorn arbiter: START_CTX, sys.argv). Started as
+    # `python -m gunicorn`, that was `python .../gunicorn/__main__.py`, whose directory, put
+    # first on sys.path, holds gunicorn's `http` package: the new master's workers failed to
+    # import the standard library's http.server, and it shut down ("Worker failed to boot").
+    script = Path(sysconfig.get_path("scripts")) / "gunicorn"
+    command = [str(script)] if script.is_file() else ["-m", "gunicorn"]
+    os.execv(sys.executable, [sys.executable, *command, "-c", str(GUNICORN_CONF),
+                              "service.wsgi:app"])
     return 1  # not reached
 
 

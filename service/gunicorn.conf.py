@@ -2,8 +2,7 @@
 two that multiprocess metrics need.
 
 PROMETHEUS_MULTIPROC_DIR, an empty directory, makes counters add up across workers: the
-Procfile and the chart give one; without it (the image's command run as it is) the master makes
-one once it listens, before any worker imports prometheus_client, which reads the variable as it
+chart gives one; without it (the Procfile, `docker run`) the master makes one once it listens, before any worker imports prometheus_client, which reads the variable as it
 is imported (service.startup.ensure_metrics_dir). The master itself never imports it before.
 """
 
@@ -23,12 +22,14 @@ from workers.adapters import listen
 # PORT=abc without naming it ("'abc' is not a valid port number."). WEB_CONCURRENCY=two is not
 # refused here but by `ci-autoscaler web` before gunicorn starts: gunicorn's own config module
 # does int() on it as it is imported, before this file is read (gunicorn/config.py, Workers'
-# default), so the Procfile's and the image's gunicorn line still end in its ValueError (the
-# chart's schema takes only a number of at least 1).
+# default), so gunicorn started by hand ends in its ValueError; the Procfile, the image and the
+# chart run `ci-autoscaler web`.
 
 
 def _number(name: str, default: int) -> int:
-    value = os.environ.get(name) or ""
+    """The variable's number as the settings take it (white space around its digits allowed:
+    WEB_CONCURRENCY=" 1" ran 2 workers); anything else is on_starting's to refuse."""
+    value = (os.environ.get(name) or "").strip()
     return int(value) if value.isdigit() and int(value) > 0 else default
 
 
@@ -51,8 +52,8 @@ threads = 8
 timeout = 30
 # On SIGTERM gunicorn closes its listener and lets each worker finish the request in flight.
 # A webhook's own worst case is a few seconds (two tries at Redis, 2 s each, then 503), and
-# GitLab gives up after 10 s anyway: 15 s covers every request that can still be answered and
-# leaves the pod's default 30 s grace period before SIGKILL.
+# GitLab gives up after 10 s anyway: 15 s covers every request that can still be answered; the
+# chart's grace period is its preStop wait (web.shutdownDelaySeconds) plus 25 s.
 # tests/integration/test_web_shutdown.py holds a request in flight across SIGTERM.
 graceful_timeout = 15
 keepalive = 5
@@ -146,7 +147,7 @@ def on_exit(server):
     from service import startup
 
     startup.discard(os.environ.get(startup.SNAPSHOT_ENV))
-    startup.discard_metrics_dir(server)  # if made for this web (the Procfile, the CLI)
+    startup.discard_metrics_dir(server)  # if made for this web (when_ready)
 
 
 def child_exit(server, worker):

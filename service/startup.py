@@ -119,7 +119,7 @@ def discard(path: str | None) -> None:
 
 
 # Set beside PROMETHEUS_MULTIPROC_DIR, to the same path, by whoever made that directory for this
-# web alone (the Procfile's `mktemp -d`, `ci-autoscaler web`): the master removes it on exit.
+# web alone (ensure_metrics_dir, in the master): the master removes it on exit.
 # A directory given otherwise (the chart's emptyDir, one a user names) is left alone.
 METRICS_DIR_MADE_ENV = "CI_AUTOSCALER_METRICS_DIR_MADE"
 

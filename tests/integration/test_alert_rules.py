@@ -14,7 +14,7 @@ ALERTS = ("CIClusterShortOfCapacity", "CIBuildsWaitingTooLong", "CIWebhookQueueB
           "CIAgentsLost", "CICapacityStateStale", "CIReconcileFailing",
           "CIReconcileNotRunning",
           "CIWebhookSpooling", "CIWebhookSpoolStranded",
-          "CIWebhookAuthFailures", "CIAutoscalerDown",
+          "CIWebhookAuthFailures", "CIWebhookBusy", "CIAutoscalerDown",
           "CIRedisUnavailable", "CIRedisMemoryHigh", "CIRedisEvicting", "CIRedisEvictedKeys",
           "CIRedisNotPersistent",
           "CIGitLabHookDisabled", "CIGitLabCatchUpFailing",

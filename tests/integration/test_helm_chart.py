@@ -250,7 +250,7 @@ def test_web_runs_gunicorn_with_probes_and_a_multiprocess_metrics_emptydir():
     objs = render("default")
     deployment = one(objs, "Deployment", "web")
     spec, web = deployment["spec"]["template"]["spec"], _container(objs, "web")
-    assert web["command"] == ["gunicorn", "-c", "service/gunicorn.conf.py", "service.wsgi:app"]
+    assert web["command"] == ["ci-autoscaler", "web"]  # the Procfile's and the image's too
     assert web["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert web["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert {p["name"]: p["containerPort"] for p in web["ports"]} == {"http": 8080, "admin": 9090}
@@ -263,6 +263,24 @@ def test_web_runs_gunicorn_with_probes_and_a_multiprocess_metrics_emptydir():
     assert web["resources"]["requests"] and web["resources"]["limits"]
     service = one(objs, "Service", "web")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_a_stopping_web_pod_takes_connections_until_its_endpoints_are_gone_then_drains():
+    """On a pod's deletion the kubelet sends SIGTERM while the endpoints controller, kube-proxy
+    and the Ingress controller are still removing the pod (asynchronously: Kubernetes docs,
+    "Pod Lifecycle", termination): gunicorn closed its listener at once, and the connections
+    still sent to the pod in those seconds were refused. A GitLab delivery refused so is a
+    failed one, never sent again, and four in a row disable the hook: every rolling update lost
+    pushes. The preStop hook waits first; then gunicorn's graceful stop (graceful_timeout, 15 s
+    in service/gunicorn.conf.py) fits in the grace period."""
+    spec = one(render("default"), "Deployment", "web")["spec"]["template"]["spec"]
+    web = _container(render("default"), "web")
+    assert web["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    assert spec["terminationGracePeriodSeconds"] >= 5 + 15 + 5  # a margin for the exit
+    objs = objects_of(render_files(_merged("default", web={"shutdownDelaySeconds": 0})))
+    assert "lifecycle" not in _container(objs, "web")  # the operator's choice: none
+    assert one(objs, "Deployment", "web")["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"] >= 15 + 5
 
 
 def test_web_gets_the_webhook_tokens_and_its_redis_user_but_nothing_of_kubernetes_or_jenkins():
@@ -585,6 +603,39 @@ def test_external_redis_replaces_the_bundled_one():
 def test_contradictory_redis_values_are_refused_with_the_reason(redis, message):
     with pytest.raises(helm_python.HelmRenderError, match=re.escape(message)):
         render_files(_values("minimal", redis=redis))
+
+
+@pytest.mark.parametrize("given, missing", [({"cpu": "16"}, "memory"),
+                                            ({"memory": "64Gi"}, "cpu")])
+def test_half_a_reference_node_is_refused_naming_the_missing_value(given, missing):
+    """settings.referenceNode with its cpu alone (or its memory alone) rendered neither
+    variable: ci_autoscaler_nodes_needed went on counting in the most common node shape, with
+    nothing said, where the process refuses one of CI_AUTOSCALER_REFERENCE_NODE_CPU and
+    _MEMORY without the other."""
+    with pytest.raises(helm_python.HelmRenderError,
+                       match=re.escape(f"settings.referenceNode.{missing}")):
+        render_files(_merged("default", settings={"referenceNode": given}))
+    env = env_of(_container(objects_of(render_files(_merged(
+        "default", settings={"referenceNode": {"cpu": "16", "memory": "64Gi"}}))), "worker"))
+    assert (env["CI_AUTOSCALER_REFERENCE_NODE_CPU"]["value"],
+            env["CI_AUTOSCALER_REFERENCE_NODE_MEMORY"]["value"]) == ("16", "64Gi")
+
+
+def test_a_body_limit_too_small_for_any_push_fails_the_render_naming_it():
+    """settings.maxBodyBytes: 4 (meant as 4 MiB) rendered, and the web then ignored every push
+    (200, its fields read over 4 bytes); the web refuses below 1 KiB, and so does the chart."""
+    with pytest.raises(helm_python.HelmValuesError, match="maxBodyBytes"):
+        render_files(_merged("default", settings={"maxBodyBytes": 4}))
+    render_files(_merged("default", settings={"maxBodyBytes": 1024}))
+
+
+def test_a_spool_bound_below_the_body_limit_fails_the_render_naming_it():
+    """web.spool.maxBytes below settings.maxBodyBytes: the web refuses to start (its spool
+    could not keep one push read whole); the render says so first."""
+    with pytest.raises(helm_python.HelmRenderError, match=re.escape(
+            "web.spool.maxBytes: 256 is below settings.maxBodyBytes 4194304")):
+        render_files(_merged("default", web={"spool": {"maxBytes": 256}}))
+    render_files(_merged("default", web={"spool": {"maxBytes": 4194304}}))
 
 
 # -- KEDA -----------------------------------------------------------------------------------
@@ -1099,7 +1150,8 @@ def test_dockerfile_pins_its_base_images_and_ends_as_a_user_that_is_not_root(doc
 
 def test_service_image_runs_gunicorn_and_has_the_worker_and_reconcile_commands():
     steps = _instructions(ROOT / "Dockerfile")
-    assert ("CMD", '["gunicorn", "-c", "service/gunicorn.conf.py", "service.wsgi:app"]') in steps
+    assert ("CMD", '["ci-autoscaler", "web"]') in steps  # the Procfile's and the chart's too
+    assert "web: exec ci-autoscaler web" in (ROOT / "Procfile").read_text().splitlines()
     assert ("WORKDIR", "/app") in steps
     # `ci-autoscaler` (worker, reconcile) is the console script of the installed project.
     assert any(op == "RUN" and "pip install" in a and "." in a.split() for op, a in steps)

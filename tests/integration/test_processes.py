@@ -20,10 +20,12 @@ import redis
 
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from tests.integration.test_procfile import _procfile_line
 from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
 from tests.support.monitoring import wait_until
 from tests.support.payloads import EXAMPLE_CONFIG, fixture_bytes
 from tests.support.redis_server import RedisServer, free_port
+from tests.support.web_process import mapped_metrics_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_LIMIT_SECONDS = 60
@@ -220,18 +222,6 @@ def test_gunicorn_serves_webhooks_and_metrics_add_up_across_workers(redis_url, t
         log.close()
 
 
-def _mapped_metrics_dir(master_pid: int) -> Path | None:
-    """The multiprocess directory the gunicorn workers of `master_pid` write their counters
-    in (prometheus_client maps each worker's counter_PID.db), or None."""
-    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
-    for pid in children:
-        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-            path = Path(line.split(maxsplit=5)[-1])
-            if path.name == f"counter_{pid}.db":
-                return path.parent
-    return None
-
-
 def test_the_images_gunicorn_command_adds_metrics_up_without_a_metrics_dir_given(
         redis_url, tmp_path):
     """The image's default command (Dockerfile CMD: gunicorn with the shipped config) run
@@ -251,7 +241,7 @@ def test_the_images_gunicorn_command_adds_metrics_up_without_a_metrics_dir_given
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_http(f"{base}/healthz", proc)
-        metrics_dir = wait_until(lambda: _mapped_metrics_dir(proc.pid), timeout=10,
+        metrics_dir = wait_until(lambda: mapped_metrics_dir(proc.pid), timeout=10,
                                  what="the workers counting in a metrics directory")
         _every_scrape_counts_both_workers(base, metrics_dir)
     finally:
@@ -276,13 +266,17 @@ def test_the_gunicorn_master_makes_no_metric_values_its_workers_would_inherit():
     assert result.stdout.strip() == "[]"
 
 
-def test_the_images_gunicorn_command_leaves_no_metrics_dir_when_it_cannot_listen(
-        redis_url, tmp_path):
+@pytest.mark.parametrize("command", [
+    [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", "service.wsgi:app"],
+    ["sh", "-c", _procfile_line("web")]], ids=["gunicorn", "procfile"])
+def test_the_web_leaves_no_metrics_dir_when_it_cannot_listen(redis_url, tmp_path, command):
     """gunicorn that cannot bind its address (the port taken: a second web on a host network,
     an old process not gone yet) exits 1 from its start, past on_starting and with no on_exit
     (gunicorn sock.create_sockets: sys.exit). The metrics directory made in on_starting was
     left under /tmp on every such start, a container restarted in a loop gathering one a
-    try; it is made once the sockets are bound (when_ready), before the first worker."""
+    try; it is made once the sockets are bound (when_ready), before the first worker. The
+    Procfile's web line made its own with `mktemp -d` before gunicorn started, left on each
+    such start too; `ci-autoscaler web` leaves it to the master's when_ready."""
     temp = tmp_path / "tmp"
     temp.mkdir()
     with socket.socket() as taken:
@@ -291,12 +285,14 @@ def test_the_images_gunicorn_command_leaves_no_metrics_dir_when_it_cannot_listen
         port = taken.getsockname()[1]
         env = _env(REDIS_URL=redis_url, CI_AUTOSCALER_CONFIG=str(EXAMPLE_CONFIG),
                    GITLAB_WEBHOOK_TOKEN=GITLAB_TOKEN, JENKINS_WEBHOOK_TOKEN=JENKINS_TOKEN,
-                   CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", TMPDIR=str(temp))
-        result = subprocess.run([sys.executable, "-m", "gunicorn", "-c",
-                                 "service/gunicorn.conf.py", "service.wsgi:app"],
-                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+                   CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", TMPDIR=str(temp),
+                   PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=60)
     assert result.returncode == 1 and "Connection in use" in result.stderr, result.stderr[-1500:]
-    assert list(temp.glob("ci-autoscaler-metrics-*")) == []
+    # no directory left in $TMPDIR (mktemp's tmp.XXXXXXXXXX, ours) but the spool, kept on purpose
+    assert [p.name for p in temp.iterdir() if p.is_dir()
+            and not p.name.startswith("ci-autoscaler-spool-")] == []
 
 
 def test_web_refuses_to_start_on_a_bad_config_file(tmp_path):
@@ -325,11 +321,8 @@ def test_the_web_command_adds_metrics_up_across_workers_without_a_metrics_dir_gi
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_http(f"{base}/healthz", proc)
-        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
-        given = [v.split(b"=", 1)[1].decode() for v in environ
-                 if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
-        assert given and Path(given[0]).is_dir(), "the web runs without a metrics directory"
-        metrics_dir = Path(given[0])
+        metrics_dir = wait_until(lambda: mapped_metrics_dir(proc.pid), timeout=10,
+                                 what="the workers counting in a metrics directory")
         _every_scrape_counts_both_workers(base, metrics_dir)
     finally:
         proc.terminate()

@@ -36,6 +36,20 @@ def test_the_procfile_web_line_serves_on_port(redis_url, tmp_path):
         assert f"Listening at: http://[::]:{port}" in (tmp_path / "web.log").read_text()
 
 
+def test_a_web_concurrency_the_settings_take_is_the_number_of_workers_run(redis_url, tmp_path):
+    """WEB_CONCURRENCY=" 1" (a space from a .env file or a YAML value): the settings took it as
+    1, and gunicorn's config, which read only a plain run of digits, ran its default 2 workers
+    without a word."""
+    port = free_port()
+    env = web_env(redis_url, PORT=str(port), WEB_CONCURRENCY=" 1 ")
+    log = tmp_path / "web.log"
+    with web_process(_procfile_line("web"), env, port, log) as web:
+        wait_until(lambda: log.read_text().count("Booting worker") >= 1, timeout=30,
+                   what="a worker booted")
+        children = Path(f"/proc/{web.pid}/task/{web.pid}/children").read_text().split()
+        assert len(children) == 1, log.read_text()[-1500:]
+
+
 def test_an_explicit_bind_wins_over_port(redis_url, tmp_path):
     port, bind_port = free_port(), free_port()
     env = web_env(redis_url, PORT=str(port), CI_AUTOSCALER_BIND=f"127.0.0.1:{bind_port}")

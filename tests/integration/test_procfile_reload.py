@@ -17,7 +17,7 @@ from tests.integration.test_procfile import _procfile_line
 from tests.support.payloads import EXAMPLE_CONFIG
 from tests.support.monitoring import wait_until
 from tests.support.redis_server import free_port
-from tests.support.web_process import ROOT, answers, web_env, web_process
+from tests.support.web_process import ROOT, answers, mapped_metrics_dir, web_env, web_process
 
 
 def _workers(web: subprocess.Popen) -> list[str]:
@@ -112,7 +112,7 @@ def _unauthorized_count(port: int) -> float:
 
 def test_a_master_re_executed_on_usr2_keeps_the_old_workers_metrics_files(redis_url, tmp_path):
     """The new master of a USR2 (arbiter.reexec: GUNICORN_PID in its environment) shares the
-    old one's PROMETHEUS_MULTIPROC_DIR (the Procfile exported it before gunicorn started), and
+    old one's PROMETHEUS_MULTIPROC_DIR (the master made it, and passes it on: pre_exec), and
     the old master's workers go on serving and counting in their files until it is stopped. Its
     on_starting deleted every file there, as a fresh start does with an earlier run's: what the
     old workers had counted, and went on counting, was gone from /metrics."""
@@ -122,9 +122,7 @@ def test_a_master_re_executed_on_usr2_keeps_the_old_workers_metrics_files(redis_
     metrics_dir = None
     try:
         with web_process(_procfile_line("web"), env, port, log) as web:
-            environ = Path(f"/proc/{web.pid}/environ").read_bytes().split(b"\0")
-            [metrics_dir] = [Path(v.split(b"=", 1)[1].decode()) for v in environ
-                             if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
+            metrics_dir = _metrics_dir_of(web.pid)
             request = urllib.request.Request(
                 f"http://127.0.0.1:{port}/webhooks/gitlab", data=b"{}", method="POST",
                 headers={"X-Gitlab-Token": "wrong"})
@@ -141,7 +139,7 @@ def test_a_master_re_executed_on_usr2_keeps_the_old_workers_metrics_files(redis_
             assert _unauthorized_count(port) == 1
     finally:
         if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)  # the Procfile's mktemp -d
+            shutil.rmtree(metrics_dir, ignore_errors=True)  # the new master, never stopped
 
 
 def test_a_config_file_not_in_utf8_is_refused_on_sighup_and_the_web_serves_on(
@@ -162,17 +160,18 @@ def test_a_config_file_not_in_utf8_is_refused_on_sighup_and_the_web_serves_on(
 
 
 def _metrics_dir_of(pid: int) -> Path:
-    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    [given] = [Path(v.split(b"=", 1)[1].decode()) for v in environ
-               if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
-    return given
+    """The metrics directory the workers of master `pid` count in (made by the master once it
+    listens, so in no process's initial environment)."""
+    return wait_until(lambda: mapped_metrics_dir(pid), timeout=20,
+                      what="the workers counting in a metrics directory")
 
 
 def test_the_metrics_directory_the_web_line_makes_is_removed_when_the_web_stops(
         redis_url, tmp_path):
-    """The web line's `mktemp -d` made a directory under $TMPDIR on every start (a file in it
-    for every worker that ever ran), and nothing removed it: on a developer's machine, or a VM
-    run by systemd or honcho, they piled up. Gunicorn's master removes it as it exits."""
+    """The web line made a metrics directory under $TMPDIR on every start (once `mktemp -d`,
+    a file in it for every worker that ever ran), and nothing removed it: on a developer's
+    machine, or a VM run by systemd or honcho, they piled up. Gunicorn's master removes it as
+    it exits."""
     port = free_port()
     env = web_env(redis_url, PORT=str(port), WEB_CONCURRENCY="1", TMPDIR=str(tmp_path))
     with web_process(_procfile_line("web"), env, port, tmp_path / "web.log") as web:
@@ -186,16 +185,16 @@ def test_a_metrics_directory_given_to_the_web_is_left_in_place(redis_url, tmp_pa
     port = free_port()
     given = tmp_path / "metrics"
     given.mkdir()
-    command = "exec gunicorn -c service/gunicorn.conf.py service.wsgi:app"
     env = web_env(redis_url, PORT=str(port), WEB_CONCURRENCY="1",
                   PROMETHEUS_MULTIPROC_DIR=str(given))
-    with web_process(command, env, port, tmp_path / "web.log"):
+    with web_process(_procfile_line("web"), env, port, tmp_path / "web.log"):
         pass
     assert given.is_dir()
 
 
-# The Dockerfile's CMD (its `gunicorn` script, which a USR2 execs again as it was started).
-IMAGE_COMMAND = "exec gunicorn -c service/gunicorn.conf.py service.wsgi:app"
+# The Dockerfile's CMD, the chart's and the Procfile's: `ci-autoscaler web`, which execs
+# gunicorn's script, which a USR2 execs again as it was started.
+IMAGE_COMMAND = "exec ci-autoscaler web"
 
 
 def _new_master(old: int) -> int | None:
@@ -221,7 +220,10 @@ def test_a_master_re_executed_on_usr2_shares_the_metrics_directory_the_image_com
     execs the new master with env_orig (gunicorn arbiter.reexec), so it made a second one: the
     two masters' workers, serving side by side, each counted apart (a counter reset for
     Prometheus at each switch), and the old master, ending with a re-executed child
-    (server.reexec_pid), left its own directory under /tmp for good."""
+    (server.reexec_pid), left its own directory under /tmp for good. `ci-autoscaler web` ran
+    gunicorn as `python -m gunicorn`, which a USR2 re-executed as `python .../gunicorn/
+    __main__.py`: gunicorn's `http` package shadowed the standard library's, the new master's
+    worker could not boot, and it shut down, leaving no web once the old master stopped."""
     temp = tmp_path / "tmp"
     temp.mkdir()
     port = free_port()

@@ -1,4 +1,4 @@
-"""The web process under the shipped gunicorn config: on SIGTERM it finishes the requests in
+"""The web process (the Procfile's line: gunicorn with the shipped config): on SIGTERM it finishes the requests in
 flight, stores their events and answers them, then exits 0; bodies past the limit are refused."""
 
 import json
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_procfile import _procfile_line
 from tests.support.app import GITLAB_TOKEN, JENKINS_TOKEN
 from tests.support.monitoring import wait_until
 from tests.support.payloads import EXAMPLE_CONFIG, fixture_bytes
@@ -33,9 +34,12 @@ def gunicorn(redis_url, tmp_path):
         CI_AUTOSCALER_MAX_BODY_BYTES="8192",
         # Long enough that Redis held back by the test is not taken for Redis down.
         CI_AUTOSCALER_REDIS_TIMEOUT_SECONDS="30")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     log = (tmp_path / "gunicorn.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py",
-                             "service.wsgi:app"], cwd=ROOT, env=env, stderr=log)
+    # The Procfile's web line (the image's and the chart's command too), as honcho runs it:
+    # its `exec` leaves gunicorn's master the process that gets SIGTERM.
+    proc = subprocess.Popen(["sh", "-c", _procfile_line("web")], cwd=ROOT, env=env,
+                            stderr=log)
     proc.port, proc.log_path = port, tmp_path / "gunicorn.log"
     wait_until(lambda: answers(port) or proc.poll() is not None, timeout=30,
                what="gunicorn answering /healthz")

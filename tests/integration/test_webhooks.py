@@ -4,6 +4,7 @@ import json
 import logging
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service import trimmed_body
 from service.app import create_app
@@ -114,6 +115,20 @@ def test_a_push_over_the_limit_is_queued_and_a_larger_body_than_gitlab_sends_is_
         assert gitlab(client, body).status_code == 400
 
 
+def busy_counts(client) -> dict[str, float]:
+    """ci_autoscaler_webhooks_total{result="busy"} of this process, by source, as /metrics
+    exports it: a push's 503 is counted under its event, a notification's under `other`."""
+    text = client.get("/metrics").get_data(as_text=True)
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "ci_autoscaler_webhooks_total" and \
+                    sample.labels["result"] == "busy":
+                source = sample.labels["source"]
+                counts[source] = counts.get(source, 0.0) + sample.value
+    return counts
+
+
 def test_a_delivery_past_the_limit_while_two_others_are_read_is_503_busy_not_200(
         redis_url, stored):
     """Two bodies past the limit being read (by other threads: trimmed_body's slots taken
@@ -121,6 +136,10 @@ def test_a_delivery_past_the_limit_while_two_others_are_read_is_503_busy_not_200
     as when nothing could store it. It was 200 ignored: GitLab showed the push delivered,
     never sent it again, and no one could press Resend for it."""
     client = make_app(redis_url, max_body_bytes=1024).test_client()
+    # counted, in a series that exists at 0 before the first (Prometheus' increase() reads
+    # nothing of a series that appears at 1: CIWebhookBusy would miss a pod's first ones)
+    before = busy_counts(client)
+    assert set(before) == {"gitlab", "jenkins"}, before
     taken = [trimmed_body._reading.acquire(blocking=False)
              for _ in range(trimmed_body.OVERSIZED_READS)]
     try:
@@ -138,6 +157,8 @@ def test_a_delivery_past_the_limit_while_two_others_are_read_is_503_busy_not_200
         response = jenkins(client, note)
         assert (response.status_code, response.json["status"]) == (503, "busy"), response.json
         assert stored() == 0
+        assert busy_counts(client) == {"gitlab": before["gitlab"] + 1,
+                                       "jenkins": before["jenkins"] + 1}
     finally:
         for _ in taken:
             trimmed_body._reading.release()

@@ -66,6 +66,18 @@ def web_env(redis_url: str, **extra: str) -> dict[str, str]:
                   "CI_AUTOSCALER_SPOOL_DIR": spool_dir()} | extra
 
 
+def mapped_metrics_dir(master_pid: int) -> Path | None:
+    """The multiprocess directory the gunicorn workers of `master_pid` write their counters
+    in (prometheus_client maps each worker's counter_PID.db), or None."""
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    for pid in children:
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            path = Path(line.split(maxsplit=5)[-1])
+            if path.name == f"counter_{pid}.db":
+                return path.parent
+    return None
+
+
 def answers(port: int) -> bool:
     """Our web process answers /healthz on `port`: its own body, not another server's 200 (a
     port taken by another test's server once passed for the web's, and each webhook got that

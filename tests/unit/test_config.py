@@ -220,6 +220,37 @@ def test_bad_environment_value_is_named(monkeypatch):
         load_settings()
 
 
+@pytest.mark.parametrize("value", ["4", "256", "1023"])
+def test_a_body_limit_too_small_for_any_push_is_refused_by_name(monkeypatch, value):
+    """CI_AUTOSCALER_MAX_BODY_BYTES=4 (meant as 4 MiB) started the web, and every push was
+    answered 200 "ignored" (its fields read, ref, commits, project and user, "over 4 bytes"):
+    GitLab showed each one delivered, and none was built. The real push of the fixtures needs
+    about 500 bytes kept; below 1 KiB is refused."""
+    monkeypatch.setenv("CI_AUTOSCALER_MAX_BODY_BYTES", value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    [problem] = refused.value.problems
+    assert problem == ("CI_AUTOSCALER_MAX_BODY_BYTES: Input should be greater than or equal "
+                       "to 1024"), problem
+    monkeypatch.setenv("CI_AUTOSCALER_MAX_BODY_BYTES", "1024")
+    assert load_settings().max_body_bytes == 1024
+
+
+def test_a_spool_bound_smaller_than_one_push_is_refused_by_name(monkeypatch):
+    """CI_AUTOSCALER_SPOOL_MAX_BYTES=256 (meant as MiB) started the web, and while Redis was
+    away every push was answered 503, the spool "full" with nothing in it: a push read whole is
+    up to CI_AUTOSCALER_MAX_BODY_BYTES, and the spool takes none larger than its bound."""
+    monkeypatch.setenv("CI_AUTOSCALER_SPOOL_MAX_BYTES", "256")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    [problem] = refused.value.problems
+    assert problem.startswith("CI_AUTOSCALER_SPOOL_MAX_BYTES: 256 is below "
+                              "CI_AUTOSCALER_MAX_BODY_BYTES (4194304)"), problem
+    monkeypatch.setenv("CI_AUTOSCALER_MAX_BODY_BYTES", "1024")
+    monkeypatch.setenv("CI_AUTOSCALER_SPOOL_MAX_BYTES", "1024")
+    assert load_settings().spool_max_bytes == 1024
+
+
 def test_the_installation_is_none_by_default_and_a_readable_name_from_the_environment(
         monkeypatch):
     monkeypatch.delenv("CI_AUTOSCALER_INSTALLATION", raising=False)

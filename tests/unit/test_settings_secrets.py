@@ -27,6 +27,22 @@ def test_a_url_setting_with_credentials_is_refused_by_name(monkeypatch, name, fi
     assert name in problem and "user:password@" in problem and SECRET not in problem
 
 
+@pytest.mark.parametrize("sentinels", [
+    f"redis://:{SECRET}@s-1.example:26379",  # the Redis URL's form, password and all
+    f"s-1.example:26379,sentinel:{SECRET}@s-2.example:26379",  # user:password@ host:port
+])
+def test_sentinels_given_with_their_password_are_refused_without_it(monkeypatch, sentinels):
+    """REDIS_SENTINELS written as REDIS_URL is (a URL with the sentinels' password): the refusal
+    quoted each item that was not host:port, the password with it, into the pod's log."""
+    monkeypatch.setenv("REDIS_SENTINELS", sentinels)
+    monkeypatch.setenv("REDIS_SENTINEL_MASTER", "cia-master")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    [problem] = refused.value.problems
+    assert problem.startswith("REDIS_SENTINELS: ") and "host:port" in problem, problem
+    assert "REDIS_SENTINEL_PASSWORD" in problem and SECRET not in problem, problem
+
+
 def test_a_url_setting_without_credentials_is_taken_with_an_at_past_its_host(monkeypatch):
     monkeypatch.setenv("JENKINS_URL", "https://jenkins.example.com/view/a@b/")
     assert load_settings().jenkins_url == "https://jenkins.example.com/view/a@b/"

@@ -37,6 +37,10 @@ from workers.telemetry import logs
 # MiB. A larger body is read in pieces and trimmed to the fields read, within this bound
 # (service.trimmed_body): a push of a commit that vendors a tree is larger, and is still built.
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20
+# The fields a push is read for, kept within the same bound (service.trimmed_body): about 500
+# bytes for the real push of the fixtures, more for a long ref, project path or user name.
+# Below this, a value meant in MiB ("4") started the web and every push was ignored (200).
+MIN_MAX_BODY_BYTES = 1024
 DEDUPE_TTL_SECONDS = 7 * 24 * 3600  # a delivery id is recognised this long
 BUILD_TTL_SECONDS = 7 * 24 * 3600  # a finished build's state is kept this long
 # A commit's run mark (commit:<key>, workers.adapters.intake: its run is in flight) is deleted
@@ -143,7 +147,7 @@ class Settings(BaseSettings):
     installation: str = Field("", validation_alias=_env("CI_AUTOSCALER_INSTALLATION"))
     kubeconfig: str | None = Field(None, validation_alias=_env("KUBECONFIG"))
     config_path: str | None = Field(None, validation_alias=_env("CI_AUTOSCALER_CONFIG"))
-    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0,
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=MIN_MAX_BODY_BYTES,
                                 validation_alias=_env("CI_AUTOSCALER_MAX_BODY_BYTES"))
     # How long the web waits on Redis before it puts the event in its spool instead.
     redis_timeout_seconds: float = Field(
@@ -440,6 +444,10 @@ class Settings(BaseSettings):
     @classmethod
     def _sentinels(cls, value: str) -> str:
         for item in (i.strip() for i in value.split(",")):
+            if item and "@" in item:  # user:password@, or the form of REDIS_URL: not quoted
+                raise ValueError("a sentinel is given with credentials (...@host): give each "
+                                 "as host:port, comma-separated; their password goes in "
+                                 "REDIS_SENTINEL_PASSWORD")
             if item and _host_port(item) is None:
                 raise ValueError(f"{item!r} is not host:port (a port from 1 to 65535); give "
                                  "the sentinels comma-separated")
@@ -535,6 +543,18 @@ class Settings(BaseSettings):
                              "drops such a line unsent, or requests refuses every call")
         return value
 
+    @field_validator("web_concurrency", mode="before")
+    @classmethod
+    def _web_concurrency(cls, value: Any) -> Any:
+        """Digits alone, white space around them allowed: what gunicorn's config reads
+        (service/gunicorn.conf.py). "4.0", "+4" and "4_0", ints to pydantic, ran gunicorn's
+        default 2 workers without a word."""
+        if isinstance(value, str) and value.strip():
+            if not value.strip().isdigit():
+                raise ValueError("a whole number of worker processes (digits only), at least 1")
+            return value.strip()
+        return value
+
     @field_validator("port")
     @classmethod
     def _port(cls, value: str | None) -> str | None:
@@ -560,6 +580,17 @@ class Settings(BaseSettings):
         if self.admin_bind and bind_port(self.admin_bind) == bind_port(self.public_bind):
             raise ValueError(f"CI_AUTOSCALER_ADMIN_BIND: {self.admin_bind} has the port of the "
                              f"webhooks ({self.public_bind}); the admin port needs one of its own")
+        return self
+
+    @model_validator(mode="after")
+    def _spool_holds_a_push(self) -> "Settings":
+        """The spool takes no push larger than its bound (workers.adapters.spool), and one read
+        whole is up to max_body_bytes: a bound below it (256, meant as MiB) answered every push
+        503 while Redis was away, the spool "full" with nothing in it."""
+        if self.spool_max_bytes < self.max_body_bytes:
+            raise ValueError(f"CI_AUTOSCALER_SPOOL_MAX_BYTES: {self.spool_max_bytes} is below "
+                             f"CI_AUTOSCALER_MAX_BODY_BYTES ({self.max_body_bytes}): the spool "
+                             "could not keep a push read whole while Redis is away")
         return self
 
     @model_validator(mode="after")

@@ -73,9 +73,11 @@ WEBHOOK_SOURCES = ("gitlab", "jenkins")
 # spooled: Redis could not take the push, the web pod's spool did (answered 202 all the same);
 # unavailable: neither could (503); recorded: a Jenkins STARTED stored for the worker's mover
 # to mark its build running, no job queued (answered 200 "recorded"); error: the handler failed
-# (a bug: 500, logged with its traceback, event "other").
+# (a bug: 500, logged with its traceback, event "other"); busy: a valid delivery past the body
+# limit that found service.trimmed_body's reads all taken, read by nothing and answered 503
+# (a notification's under event "other"; CIWebhookBusy).
 WEBHOOK_RESULTS = ("queued", "recorded", "spooled", "duplicate", "ignored", "unauthorized",
-                   "invalid", "unavailable", "error")
+                   "invalid", "unavailable", "busy", "error")
 SPOOL_REFUSAL_REASONS = ("full", "unwritable")
 GITLAB_EVENTS = ("push", "tag_push", "other")
 JENKINS_EVENTS = ("started", "completed", "other")

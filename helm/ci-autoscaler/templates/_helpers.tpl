@@ -580,6 +580,15 @@ workers.engine.run_links) */}}
   value: {{ .Values.settings.scaleUpPods.max | quote }}
 - name: CI_AUTOSCALER_METRICS_INTERVAL_SECONDS
   value: {{ .Values.settings.metricsIntervalSeconds | quote }}
+{{- /* Both or neither: one alone rendered nothing, and nodes_needed counted in the most common
+shape without a word (the processes refuse either variable without the other). */}}
+{{- $reference := .Values.settings.referenceNode }}
+{{- if and $reference.cpu (not $reference.memory) }}
+{{- fail "settings.referenceNode.memory: required with settings.referenceNode.cpu (the reference node's shape is both; leave both empty for the most common shape of the nodes)" }}
+{{- end }}
+{{- if and $reference.memory (not $reference.cpu) }}
+{{- fail "settings.referenceNode.cpu: required with settings.referenceNode.memory (the reference node's shape is both; leave both empty for the most common shape of the nodes)" }}
+{{- end }}
 {{- if and .Values.settings.referenceNode.cpu .Values.settings.referenceNode.memory }}
 - name: CI_AUTOSCALER_REFERENCE_NODE_CPU
   value: {{ .Values.settings.referenceNode.cpu | quote }}
