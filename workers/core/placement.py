@@ -218,8 +218,12 @@ def why_not(node: NodeState, template: PodTemplate) -> str | None:
     (`tolerations: [{operator: Exists}]`): kube-scheduler would bind it there, and the
     autoscaler's drain evict it moments later (a warm agent's pool made one, saw it go,
     and made one there again, pass after pass)."""
-    if (why := closed(node)) is not None:
-        return why
+    return closed(node) or unsuited(node, template)
+
+
+def unsuited(node: NodeState, template: PodTemplate) -> str | None:
+    """Why the template may not run on this node even once it is open (`closed`): its
+    nodeSelector, required node affinity, taints or extended resources; None if it may."""
     for k, v in template.node_selector.items():
         if node.labels.get(k) != v:
             return f"nodeSelector {k}={v}"
