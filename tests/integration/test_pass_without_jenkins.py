@@ -74,6 +74,9 @@ def test_a_pod_past_its_deadline_is_deleted_while_jenkins_is_down_and_its_node_o
     Jenkins can say its agent runs nothing (Redis may have lost the record of a build that
     runs: workers.engine.orphans); it goes with its node in that same pass."""
     [(key, agent)] = placed(app, 1)
+    # A kubelet took it: one still Pending past its deadline is failed instead, by a pass
+    # with Jenkins (workers.engine.repairs._fail_never_started)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
     rt, state = runtime.current(), state_of(app)
     kube.add_pod(NAMESPACE, "cia-left-behind", node="node-a",
                  labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE, BUILD_KEY_LABEL: "no-such-build"})
@@ -229,6 +232,10 @@ def test_a_stray_pod_whose_jenkins_node_jenkins_fails_to_delete_is_released_all_
     half-way after the pod's delete, the build was left neither released nor with a pod (its
     slot and reservation held), and the pass stopped before writing the capacity state."""
     [(key, agent)] = placed(app, 1)
+    # Its agent runs (a pod still Pending past its deadline is failed instead, its agent's
+    # computer asked first: workers.engine.repairs._fail_never_started)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
     rt, state = runtime.current(), state_of(app)
     late = time.time() + DEADLINE_SECONDS + 121  # the deadline and its grace, past
     written = float(rt.capacity.read_state()[0]["updated_at"])
