@@ -103,6 +103,31 @@ def test_a_pod_past_its_deadline_is_deleted_while_jenkins_is_down_and_its_node_o
     assert not {agent, "cia-left-behind"} & set(jenkins_fake.nodes)
 
 
+def test_a_pod_still_pending_past_its_deadline_waits_for_jenkins_to_fail_its_build(
+        app, kube, jenkins_fake):
+    """A pod no kubelet took, past its deadline, is a start failure (repairs._fail_never_started):
+    released while Jenkins is away, its queue item waited for good on a gone agent's label.
+    It is left to the first pass with Jenkins, which fails the build and cancels the item."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    late = time.time() + DEADLINE_SECONDS + 121  # the deadline and its grace, past
+    jenkins_fake.go_down()
+
+    with pytest.raises(Unavailable):
+        reconcile.reconcile_once(rt, now=late)
+
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [agent]
+    assert state.get_build(key)["status"] == "triggered"
+    back(jenkins_fake)
+    assert reconcile.reconcile_once(rt, now=late + 15)["pods_deleted"] == 1
+    build = state.get_build(key)
+    assert (build["status"], build["fail_reason"]) == ("failed", "pod_failed"), build
+    assert kube.pods(NAMESPACE) == []
+    (queued,) = jenkins_fake.builds
+    assert queued.queue_id == item and queued.state == "cancelled"
+
+
 def test_orphan_pods_whose_agent_never_runs_are_deleted_while_jenkins_is_down(
         app, kube, jenkins_fake):
     """An orphan pod (its build unknown) waits for Jenkins' word that its agent runs nothing
