@@ -74,6 +74,9 @@ def test_a_pod_past_its_deadline_is_deleted_while_jenkins_is_down_and_its_node_o
     Jenkins can say its agent runs nothing (Redis may have lost the record of a build that
     runs: workers.engine.orphans); it goes with its node in that same pass."""
     [(key, agent)] = placed(app, 1)
+    # A kubelet took it: one still Pending past its deadline is failed instead, by a pass
+    # with Jenkins (workers.engine.repairs._fail_never_started)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
     rt, state = runtime.current(), state_of(app)
     kube.add_pod(NAMESPACE, "cia-left-behind", node="node-a",
                  labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE, BUILD_KEY_LABEL: "no-such-build"})
@@ -98,6 +101,31 @@ def test_a_pod_past_its_deadline_is_deleted_while_jenkins_is_down_and_its_node_o
     assert passed["pods_deleted"] == 1 and kube.pods(NAMESPACE) == []
     assert passed["jenkins_agents_deleted"] == 1  # the orphan's went with its pod
     assert not {agent, "cia-left-behind"} & set(jenkins_fake.nodes)
+
+
+def test_a_pod_still_pending_past_its_deadline_waits_for_jenkins_to_fail_its_build(
+        app, kube, jenkins_fake):
+    """A pod no kubelet took, past its deadline, is a start failure (repairs._fail_never_started):
+    released while Jenkins is away, its queue item waited for good on a gone agent's label.
+    It is left to the first pass with Jenkins, which fails the build and cancels the item."""
+    [(key, agent)] = placed(app, 1)
+    rt, state = runtime.current(), state_of(app)
+    item = int(state.get_build(key)["queue_item"])
+    late = time.time() + DEADLINE_SECONDS + 121  # the deadline and its grace, past
+    jenkins_fake.go_down()
+
+    with pytest.raises(Unavailable):
+        reconcile.reconcile_once(rt, now=late)
+
+    assert [p["metadata"]["name"] for p in kube.pods(NAMESPACE)] == [agent]
+    assert state.get_build(key)["status"] == "triggered"
+    back(jenkins_fake)
+    assert reconcile.reconcile_once(rt, now=late + 15)["pods_deleted"] == 1
+    build = state.get_build(key)
+    assert (build["status"], build["fail_reason"]) == ("failed", "pod_failed"), build
+    assert kube.pods(NAMESPACE) == []
+    (queued,) = jenkins_fake.builds
+    assert queued.queue_id == item and queued.state == "cancelled"
 
 
 def test_orphan_pods_whose_agent_never_runs_are_deleted_while_jenkins_is_down(
@@ -229,6 +257,10 @@ def test_a_stray_pod_whose_jenkins_node_jenkins_fails_to_delete_is_released_all_
     half-way after the pod's delete, the build was left neither released nor with a pod (its
     slot and reservation held), and the pass stopped before writing the capacity state."""
     [(key, agent)] = placed(app, 1)
+    # Its agent runs (a pod still Pending past its deadline is failed instead, its agent's
+    # computer asked first: workers.engine.repairs._fail_never_started)
+    kube.kubelet_status(NAMESPACE, agent, phase="Running", node="node-a")
+    jenkins_fake.connect_agent(agent)
     rt, state = runtime.current(), state_of(app)
     late = time.time() + DEADLINE_SECONDS + 121  # the deadline and its grace, past
     written = float(rt.capacity.read_state()[0]["updated_at"])

@@ -210,8 +210,13 @@ def why_not(node: NodeState, template: PodTemplate) -> str | None:
     template tolerates for fewer seconds than its activeDeadlineSeconds (core.tolerations):
     kube-scheduler binds the pod there, and the taint eviction controller evicts it then,
     the build failing mid-run (spread by load, every build went to such an idle node)."""
-    if (why := closed(node)) is not None:
-        return why
+    return closed(node) or unsuited(node, template)
+
+
+def unsuited(node: NodeState, template: PodTemplate) -> str | None:
+    """Why the template may not run on this node even once it is open (`closed`): its
+    nodeSelector, required node affinity, taints (or a NoExecute one tolerated too briefly)
+    or extended resources; None if it may."""
     for k, v in template.node_selector.items():
         if node.labels.get(k) != v:
             return f"nodeSelector {k}={v}"

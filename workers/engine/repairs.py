@@ -59,6 +59,7 @@ from workers.core.jenkins_queue import TRIGGER_TIMES, first_triggered
 from workers.core.keys import PREVIOUS_AGENTS
 from workers.core.models import BuildRequest
 from workers.core.notifications import Confirmed
+from workers.core.placement import WaitReason
 from workers.core.pods import BUILD_KEY_LABEL, is_managed
 from workers.core.ports import BuildState, PodInfo, PodPhase
 from workers.core.errors import RetryableError
@@ -91,7 +92,7 @@ _FIELDS = ("status", "agent", "job", "template", "queue_item", "jenkins_build", 
 
 
 _STRAY_FIELDS = ("status", "template", "pod_created_at", "fail_reason", JUDGED,
-                 disrupted.AGENT_FIELD)
+                 disrupted.AGENT_FIELD, "wait_reason")
 
 
 def ours(pods: Iterable[PodInfo]) -> list[PodInfo]:
@@ -208,6 +209,15 @@ def _why_stray(rt: runtime.Runtime, pod: PodInfo, state: dict[str, str],
         return "pod_ended"
     if state.get("status") in FINISHED:
         return "build_finished"
+    if pod.phase == PodPhase.PENDING and not pod.node \
+            and state.get("wait_reason") == WaitReason.UNSCHEDULABLE:
+        # Left to kube-scheduler, refused on every candidate (agent_starts.unschedulable):
+        # it waits for one to free up, however long their builds run. Its deadline has not
+        # begun: the kubelet counts it from the start a kubelet gives it (status.startTime;
+        # pkg/kubelet/active_deadline.go). Failed at it, an hour after it was made, the
+        # build read pod_failed, "no kubelet started it"
+        # (tests/integration/test_held_unschedulable_deadline.py).
+        return None
     # The deadline the pod was made with: the template's as loaded now may be lower (the
     # operator lowered it since), and taken, it deleted builds running within their own.
     deadline = pod.active_deadline_seconds
