@@ -15,7 +15,10 @@ statuses and headers real Jenkins gives, and keeps state a test can read and see
 Like Jenkins it asks basic auth (user + API token; a wrong one answers 401, none 403 as for an
 anonymous user without Overall/Read; with ``user=None`` anonymous may do all, yet any Basic
 header, an empty one too, still answers 401: BasicHeaderProcessor), a valid crumb on every POST
-(403 "No valid crumb was included in the request" otherwise), 400 with ``X-Error`` for an agent
+(403 "No valid crumb was included in the request" otherwise): a crumb is valid only with the web
+session it was issued in, the session cookie crumbIssuer/api/json set (``session_cookie``), as
+Jenkins' since 2.176 (DefaultCrumbIssuer.issueCrumb hashes req.getSession().getId(); tests post
+by hand with ``crumb_headers``), 400 with ``X-Error`` for an agent
 that already exists, 302 after creating or deleting an agent, 201 +
 ``Location: <url>/queue/item/<n>/`` for a build. Like Jenkins' queue, triggering a job with
 the same parameters as an item still in the queue answers that item again (items never leave
@@ -89,7 +92,8 @@ Permissions the API user lacks (``missing_permissions``, e.g. {"Agent/Connect"})
 Agent/Connect (the JNLP file, bringing an agent back online), Agent/Disconnect and
 Agent/Delete.
 
-Limits: crumbs are not bound to a web session; nothing builds by itself (the test starts and
+Limits: a crumb is not bound to the client's IP address (DefaultCrumbIssuer does so only with
+``excludeClientIPFromCrumb`` off, before 2.186); nothing builds by itself (the test starts and
 finishes builds); ``fail_next`` answers before auth; every parameter is a string parameter;
 ``tree`` is applied to job pages, a computer's own page, the computers' list and the queue only.
 """
@@ -416,6 +420,13 @@ class JenkinsFake:
         self.in_flight = 0  # requests being answered now
         self.most_in_flight = 0  # the most answered at once so far
         self._salt = secrets.token_hex(16)
+        # Jetty's web sessions (ids) and the cookie naming one: winstone names it
+        # JSESSIONID.<8 hex of the instance>, scoped to the context path. A crumb is issued
+        # for one of them (DefaultCrumbIssuer.issueCrumb: the user's name, ';', and
+        # req.getSession().getId(), which makes a session when the request has none) and
+        # valid only in it (validateCrumb issues it again for the request's session).
+        self.session_cookie = f"JSESSIONID.{secrets.token_hex(4)}"
+        self._web_sessions: set[str] = set()
         # An inbound agent's secret is an HMAC of its name under a key the controller keeps
         # (SlaveComputer.getJnlpMac: JnlpAgentReceiver.SLAVE_SECRET.mac(getName())): a node
         # deleted and registered again under the same name has the same secret.
@@ -954,15 +965,44 @@ class JenkinsFake:
         """The agent's secret: HMAC-SHA256 of its name, 64 hex digits (see _jnlp_key)."""
         return hmac.new(self._jnlp_key, name.encode(), hashlib.sha256).hexdigest()
 
-    @property
-    def crumb(self) -> str:
-        """The crumb currently valid (for the configured user)."""
-        return hashlib.sha256(f"{self._salt}:{self.user}".encode()).hexdigest()
+    def _crumb_for(self, web_session: str) -> str:
+        """The crumb DefaultCrumbIssuer issues the configured user in that web session."""
+        return hashlib.sha256(f"{self._salt}:{self.user};{web_session}".encode()).hexdigest()
+
+    def _web_session(self, request: Request) -> str | None:
+        """The live web session the request's cookie names, if any."""
+        web_session = request.cookies.get(self.session_cookie)
+        return web_session if web_session in self._web_sessions else None
+
+    def crumb_headers(self) -> dict[str, str]:
+        """The headers of a request a test sends by hand with a valid crumb: a web session's
+        cookie and the crumb issued in it (as a client that read crumbIssuer/api/json and kept
+        the cookie sends)."""
+        with self._lock:
+            web_session = secrets.token_hex(16)
+            self._web_sessions.add(web_session)
+            return {CRUMB_FIELD: self._crumb_for(web_session),
+                    "Cookie": f"{self.session_cookie}={web_session}"}
+
+    def crumb_valid(self, request: RecordedRequest) -> bool:
+        """Whether a recorded request carried a crumb of the web session its cookie names."""
+        cookies = dict(part.strip().split("=", 1) for part in
+                       request.headers.get("Cookie", "").split(";") if "=" in part)
+        web_session = cookies.get(self.session_cookie)
+        return web_session is not None and \
+            request.headers.get(CRUMB_FIELD) == self._crumb_for(web_session)
+
+    def expire_web_sessions(self) -> None:
+        """Every web session ends (Jetty's session timeout; a restart ends them too): the
+        crumbs issued in them are refused from now on (403 "No valid crumb")."""
+        with self._lock:
+            self._web_sessions.clear()
 
     def rotate_crumb(self) -> None:
         """Invalidate every crumb issued so far, as a Jenkins restart or session expiry does."""
         with self._lock:
             self._salt = secrets.token_hex(16)
+            self._web_sessions.clear()
 
     def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
         with self._lock:
@@ -1072,8 +1112,14 @@ class JenkinsFake:
                               headers={"WWW-Authenticate": 'Basic realm="Jenkins"'})
         elif self.user is not None:
             return _anonymous_refused(request)
-        if request.method == "POST" and request.headers.get(CRUMB_FIELD) != self.crumb:
-            return _error(403, "No valid crumb was included in the request")
+        if request.method == "POST":
+            # hudson.security.csrf.CrumbFilter: validateCrumb issues the crumb again for the
+            # request's own session (a new one when its cookie names none alive), so a crumb
+            # sent without the cookie it came with, or after its session ended, is refused
+            web_session = self._web_session(request)
+            if web_session is None or \
+                    request.headers.get(CRUMB_FIELD) != self._crumb_for(web_session):
+                return _error(403, "No valid crumb was included in the request")
         return None
 
     def _readable(self, job: str) -> bool:
@@ -1097,8 +1143,20 @@ class JenkinsFake:
                                 status=403, content_type="text/html;charset=utf-8")
             return _error(404, "Not Found")  # Jenkins.getItem: null without READ/DISCOVER
         if path == "/crumbIssuer/api/json":
-            return _json({"_class": "hudson.security.csrf.DefaultCrumbIssuer",
-                          "crumb": self.crumb, "crumbRequestField": CRUMB_FIELD})
+            # req.getSession() in DefaultCrumbIssuer.issueCrumb: the request's session, or a
+            # new one, whose cookie Jetty sets on the answer (Path: the context path)
+            web_session = self._web_session(request)
+            fresh = web_session is None
+            if fresh:
+                web_session = secrets.token_hex(16)
+                self._web_sessions.add(web_session)
+            answer = _json({"_class": "hudson.security.csrf.DefaultCrumbIssuer",
+                            "crumb": self._crumb_for(web_session),
+                            "crumbRequestField": CRUMB_FIELD})
+            if fresh:
+                answer.set_cookie(self.session_cookie, web_session,
+                                  path=self.context_path or "/", httponly=True)
+            return answer
         if path in ("/", "/computer/"):
             return Response("<html><body>Jenkins</body></html>", content_type="text/html")
         if path == "/api/json":
@@ -1242,7 +1300,7 @@ class JenkinsFake:
         # permission's 403 as well as in CrumbFilter's "No valid crumb" one.
         user = escape(self.user or "anonymous")
         page = (f'<!DOCTYPE html><html><head data-rooturl="" data-crumb-header="{CRUMB_FIELD}" '
-                f'data-crumb-value="{self.crumb}"><title>Jenkins</title></head><body>'
+                f'data-crumb-value="{self._crumb_for("page")}"><title>Jenkins</title></head><body>'
                 f'<h1>Access Denied</h1><p class="error">{user} is missing the {permission} '
                 "permission</p></body></html>")
         response = Response(page, status=403, content_type="text/html;charset=utf-8")
@@ -2100,6 +2158,7 @@ class JenkinsFake:
                                                       step_label=block.step_label
                                                       or block.label))
             self._salt = secrets.token_hex(16)
+            self._web_sessions.clear()  # Jetty keeps its sessions in memory
         self.start()
 
     def finish_loading(self) -> None:
