@@ -12,7 +12,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from tests.support.fault_proxy import FaultProxy
-from tests.support.jenkins_fake import JNLP_LAUNCHER, JenkinsFake
+from tests.support.jenkins_fake import FREESTYLE_JOB, JNLP_LAUNCHER, JenkinsFake
 from workers.telemetry import logs
 from workers.adapters.jenkins import NODE_DESCRIPTION, JenkinsAdapter
 from workers.adapters.retry import Backoff
@@ -559,7 +559,13 @@ def test_job_definition_reads_buildable_and_the_declared_parameters(jenkins_fake
     assert adapter.job_definition("off").buildable is False
     assert adapter.job_definition("team").buildable is None  # a folder, not a job
     [read] = jenkins_fake.requests_to("/job/team/job/app/api/json", "GET")
-    assert read.query == {"tree": "fullName,buildable,property[parameterDefinitions[name]]"}
+    assert read.query == {
+        "tree": "fullName,buildable,property[parameterDefinitions[name,type]]"}
+    assert app.agent_parameter_type == "StringParameterDefinition"
+    jenkins_fake.add_job("freestyle", kind=FREESTYLE_JOB)  # its agent a Label parameter
+    assert adapter.job_definition("freestyle").agent_parameter_type == \
+        "LabelParameterDefinition"
+    assert adapter.job_definition("plain").agent_parameter_type == ""
 
 
 def test_job_definition_of_an_unknown_job_is_none(jenkins_fake):

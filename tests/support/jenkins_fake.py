@@ -92,9 +92,11 @@ Permissions the API user lacks (``missing_permissions``, e.g. {"Agent/Connect"})
 Agent/Connect (the JNLP file, bringing an agent back online), Agent/Disconnect and
 Agent/Delete.
 
-Limits: a crumb is not bound to the client's IP address (DefaultCrumbIssuer does so only with
+Limits: a freestyle job's build waits on CI_AUTOSCALER_AGENT's label whatever that
+parameter's type (Jenkins puts it there only from a Label or Node parameter); a crumb is not
+bound to the client's IP address (DefaultCrumbIssuer does so only with
 ``excludeClientIPFromCrumb`` off, before 2.186); nothing builds by itself (the test starts and
-finishes builds); ``fail_next`` answers before auth; every parameter is a string parameter;
+finishes builds); ``fail_next`` answers before auth; every parameter takes a string value;
 ``tree`` is applied to job pages, a computer's own page, the computers' list and the queue only.
 """
 
@@ -329,6 +331,19 @@ class FakeJob:
     # A Pipeline whose node block is wrapped in `retry(count: N, conditions: [agent()])`: N
     # (1: no such retry). See JenkinsFake.removed_node_timeout.
     agent_retry_count: int = 1
+    # The type of its CI_AUTOSCALER_AGENT definition (ParameterDefinition.getType); None: what
+    # a job made to run on its agent has: a Pipeline a String parameter (its `agent { label
+    # params.CI_AUTOSCALER_AGENT }` reads it), a freestyle job a Label parameter of the
+    # NodeLabel Parameter plugin (its own label expression takes no parameter:
+    # AbstractProject.getAssignedLabel)
+    agent_parameter_type: str | None = None
+
+    def parameter_type(self, name: str) -> str:
+        if name == "CI_AUTOSCALER_AGENT" and self.agent_parameter_type is not None:
+            return self.agent_parameter_type
+        if name == "CI_AUTOSCALER_AGENT" and self.kind == FREESTYLE_JOB:
+            return "LabelParameterDefinition"
+        return "StringParameterDefinition"
 
     @property
     def buildable(self) -> bool:
@@ -566,19 +581,21 @@ class JenkinsFake:
     def add_job(self, name: str, *, parameters: dict[str, str] | list[str] | None | object
                 = DEFAULT_JOB_PARAMETERS, disabled: bool = False,
                 kind: str = WORKFLOW_JOB, concurrent: bool = True,
-                num_to_keep: int | None = None, agent_retry_count: int = 1) -> FakeJob:
+                num_to_keep: int | None = None, agent_retry_count: int = 1,
+                agent_parameter_type: str | None = None) -> FakeJob:
         """Declare a job ("folder/name" in a folder): `parameters` as names (default "") or
         name -> default; None for a job that is not parameterized; `concurrent` False for one
         that runs one build at a time; `num_to_keep` the most builds it keeps (a discarder);
         `agent_retry_count` N for a Pipeline whose node block is in `retry(count: N,
-        conditions: [agent()])` (see removed_node_timeout)."""
+        conditions: [agent()])` (see removed_node_timeout); `agent_parameter_type` the type of
+        its CI_AUTOSCALER_AGENT (FakeJob.agent_parameter_type)."""
         if isinstance(parameters, (list, tuple)):
             parameters = {p: "" for p in parameters}
         with self._lock:
             job = self.declared[name] = FakeJob(
                 name, None if parameters is None else dict(parameters),  # type: ignore[arg-type]
                 disabled=disabled, kind=kind, concurrent=concurrent, num_to_keep=num_to_keep,
-                agent_retry_count=agent_retry_count)
+                agent_retry_count=agent_retry_count, agent_parameter_type=agent_parameter_type)
             return job
 
     def job(self, name: str) -> FakeJob | None:
@@ -1658,11 +1675,12 @@ class JenkinsFake:
                 "property": [] if job.parameters is None else [{
                     "_class": "hudson.model.ParametersDefinitionProperty",
                     "parameterDefinitions": [{
-                        "_class": "hudson.model.StringParameterDefinition",
+                        "_class": _PARAMETER_PACKAGES.get(job.parameter_type(p), "hudson.model")
+                        + "." + job.parameter_type(p),
                         "defaultParameterValue": {
                             "_class": "hudson.model.StringParameterValue", "name": p,
                             "value": default},
-                        "description": "", "name": p, "type": "StringParameterDefinition"}
+                        "description": "", "name": p, "type": job.parameter_type(p)}
                         for p, default in job.parameters.items()]}],
                 "builds": [page(b) for b in runs[:JOB_PAGE_BUILDS]]}
         if not tree:
@@ -2200,6 +2218,11 @@ class _QuietHandler(WSGIRequestHandler):
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             429: "Too Many Requests", 500: "Server Error", 502: "Bad Gateway",
             503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+# Where a parameter definition class lives when not in Jenkins core (hudson.model)
+_PARAMETER_PACKAGES = {"LabelParameterDefinition": "org.jvnet.jenkins.plugins.nodelabelparameter",
+                       "NodeParameterDefinition": "org.jvnet.jenkins.plugins.nodelabelparameter"}
 
 
 def job_url(job: str) -> str:

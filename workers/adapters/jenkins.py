@@ -51,6 +51,7 @@ from workers.core.errors import ConfigError, NotOurs, NotReadBack, Overloaded, \
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
 from workers.core.jenkins_queue import job_of_url, run_of, run_of_url, same_job
 from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo, RunRef
+from workers.core.routing import AGENT_PARAMETER
 
 T = TypeVar("T")
 log = logging.getLogger("ci_autoscaler.jenkins")
@@ -89,7 +90,7 @@ _CRUMB_REFUSED = "no valid crumb"
 PROBE_REMOTE_FS = "/nonexistent/ci-autoscaler-label-probe"
 # What job_definition reads: the job's full name as Jenkins has it (a request names it in any
 # case), whether it can be built, and its parameters' names.
-JOB_TREE = "fullName,buildable,property[parameterDefinitions[name]]"
+JOB_TREE = "fullName,buildable,property[parameterDefinitions[name,type]]"
 # Stapler's HttpResponses.error(409, IOException): a stack trace whose first line is
 # "java.io.IOException: <full name> is not buildable!" (ParameterizedJobMixIn).
 _NOT_BUILDABLE = re.compile(r"[\w.$]+: (.{1,300} is not buildable!?)")
@@ -209,10 +210,14 @@ def _definition(job: str, page: dict[str, Any]) -> JobDefinition:
         if isinstance(d, dict) and d.get("name"))
     buildable = page.get("buildable")
     full_name = page.get("fullName")  # AbstractItem.getFullName, @Exported
+    # ParameterDefinition.getType, @Exported: the definition class's simple name
+    agent_type = next((str(d.get("type") or "") for p in properties
+                       for d in p.get("parameterDefinitions") or []
+                       if isinstance(d, dict) and d.get("name") == AGENT_PARAMETER), "")
     return JobDefinition(name=full_name if isinstance(full_name, str) and full_name else job,
                          kind=str(page.get("_class", "")),
                          buildable=None if buildable is None else bool(buildable),
-                         parameters=names)
+                         parameters=names, agent_parameter_type=agent_type)
 
 
 def _body(err: BaseException) -> str:
