@@ -568,6 +568,27 @@ def test_job_definition_reads_buildable_and_the_declared_parameters(jenkins_fake
     assert adapter.job_definition("plain").agent_parameter_type == ""
 
 
+def test_a_freestyle_jobs_agent_label_parameter_is_read_from_its_queue_item_and_run(
+        jenkins_fake):
+    """A freestyle job takes its agent as a Label parameter (NodeLabel Parameter plugin),
+    whose LabelParameterValue exports its `label` and no `value`: read as "" before, the
+    build's queue item and run carried no agent for the checks that follow a run by it."""
+    jenkins_fake.add_job("team/app", kind=FREESTYLE_JOB,
+                         parameters=["CI_AUTOSCALER_AGENT", "CI_AUTOSCALER_BUILD_KEY"])
+    adapter = adapter_for(jenkins_fake)
+    queue_id = adapter.trigger_build("team/app", {"CI_AUTOSCALER_AGENT": NODE,
+                                                  "CI_AUTOSCALER_BUILD_KEY": "k1"})
+
+    [item] = adapter.queue_items()
+    assert item.parameters == {"CI_AUTOSCALER_AGENT": NODE, "CI_AUTOSCALER_BUILD_KEY": "k1"}
+    assert adapter.queue_item(queue_id).parameters["CI_AUTOSCALER_AGENT"] == NODE
+    jenkins_fake.add_node(NODE, label=NODE)
+    jenkins_fake.connect_agent(NODE)
+    jenkins_fake.dispatch()
+    run = adapter.run_info("team/app", 1)
+    assert run is not None and run.parameters["CI_AUTOSCALER_AGENT"] == NODE
+
+
 def test_job_definition_of_an_unknown_job_is_none(jenkins_fake):
     jenkins_fake.jobs = {"known"}
 

@@ -1257,9 +1257,8 @@ class JenkinsFake:
                         "_class": "org.jenkinsci.plugins.workflow.job.WorkflowRun",
                         "number": b.number, "building": True, "result": None,
                         "url": self._run_url(b), "actions": [{
-                            "_class": "hudson.model.ParametersAction", "parameters": [
-                                {"_class": "hudson.model.StringParameterValue", "name": k,
-                                 "value": v} for k, v in b.parameters.items()]}]}}
+                            "_class": "hudson.model.ParametersAction",
+                            "parameters": self._parameter_values(b)}]}}
                    for b in runs]
         return {"_class": BUILT_IN_COMPUTER, "actions": [], "assignedLabels": [
                     {"name": "built-in"}], "description": "the Jenkins controller's built-in node",
@@ -1606,14 +1605,32 @@ class JenkinsFake:
                          "buildable": False})
         return item
 
+    def _parameter_values(self, build: FakeBuild) -> list[dict[str, Any]]:
+        """A queue item's or run's ParametersAction's values as the API exports them: a
+        StringParameterValue its `value`; the NodeLabel Parameter plugin's LabelParameterValue
+        (and NodeParameterValue, its subclass) its `label`, the one field it exports
+        (`@Exported(visibility = 3) private String label`), no `value`."""
+        job = self.job(build.job)
+        values = []
+        for name, value in build.parameters.items():
+            kind = job.parameter_type(name) if job is not None else "StringParameterDefinition"
+            if kind in _PARAMETER_PACKAGES:
+                values.append({"_class": f"{_PARAMETER_PACKAGES[kind]}."
+                               f"{kind.replace('Definition', 'Value')}",
+                               "name": name, "label": value})
+            else:
+                values.append({"_class": "hudson.model.StringParameterValue", "name": name,
+                               "value": value})
+        return values
+
     def _queued_item(self, build: FakeBuild, *, why: str) -> dict[str, Any]:
         return {"_class": "hudson.model.Queue$BuildableItem", "blocked": False,
                 "buildable": True, "id": build.queue_id, "stuck": False,
                 "inQueueSince": 1700000000000, "params": "".join(
                     f"\n{k}={v}" for k, v in build.parameters.items()),
-                "actions": ([{"_class": "hudson.model.ParametersAction", "parameters": [
-                    {"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
-                    for k, v in build.parameters.items()]}] if build.parameters else [])
+                "actions": ([{"_class": "hudson.model.ParametersAction",
+                              "parameters": self._parameter_values(build)}]
+                            if build.parameters else [])
                 + [_cause_action(build.started_by)],
                 "task": {"_class": "hudson.model.FreeStyleProject",
                          "name": build.job.rsplit("/", 1)[-1], "url": self._job_url(build.job)},
@@ -1657,9 +1674,9 @@ class JenkinsFake:
                     "timestamp": int((b.run_at or b.queued_at) * 1000),
                     **({"builtOn": b.node or ""} if freestyle else {}),
                     # the item's CauseAction goes with it into its run ("Started by user")
-                    "actions": [{"_class": "hudson.model.ParametersAction", "parameters": [
-                        {"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
-                        for k, v in b.parameters.items()]}, _cause_action(b.started_by)]}
+                    "actions": [{"_class": "hudson.model.ParametersAction",
+                                 "parameters": self._parameter_values(b)},
+                                _cause_action(b.started_by)]}
         if number is not None:
             build = next((b for b in builds if b.number == number), None)
             return _json(page(build)) if build is not None else _error(404, "Not Found")

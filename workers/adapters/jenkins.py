@@ -183,12 +183,18 @@ def _job_path(job: str) -> str:
 
 
 def _parameters(actions: list[Any] | None) -> dict[str, str]:
-    """The build parameters from a queue item's or a build's actions."""
+    """The build parameters from a queue item's or a build's actions (their trees name
+    `parameters[name,value,label]`): a StringParameterValue exports its `value`; the NodeLabel
+    Parameter plugin's LabelParameterValue (and NodeParameterValue, its subclass), a freestyle
+    job's CI_AUTOSCALER_AGENT (workers.core.jenkins_jobs.LABEL_FROM_JOB), its `label` only
+    (`@Exported(visibility = 3) private String label`)."""
     found: dict[str, str] = {}
     for action in actions or []:
         for parameter in (action or {}).get("parameters") or []:
             if isinstance(parameter, dict) and "name" in parameter:
-                found[str(parameter["name"])] = str(parameter.get("value", ""))
+                value = parameter["value"] if "value" in parameter \
+                    else parameter.get("label", "")
+                found[str(parameter["name"])] = str(value)
     return found
 
 
@@ -482,7 +488,7 @@ class JenkinsAdapter:
 
     def queue_items(self) -> list[QueueItem]:
         queue = self._get_json("read the build queue", "queue/api/json?tree=items[id,why,"
-                               "blocked,task[name,url],actions[parameters[name,value],"
+                               "blocked,task[name,url],actions[parameters[name,value,label],"
                                "causes[_class,userId]]]")
         return [QueueItem(id=int(item["id"]), job=self._job_of(item.get("task") or {}),
                           why=item.get("why") or "", parameters=_parameters(item.get("actions")),
@@ -604,7 +610,7 @@ class JenkinsAdapter:
     def run_info(self, job: str, number: int) -> RunInfo | None:
         run = self._get_json(f"read build {number} of job {job!r}",
                              f"{_job_path(job)}{int(number)}/api/json?tree=building,result,"
-                             "builtOn,queueId,url,actions[parameters[name,value],"
+                             "builtOn,queueId,url,actions[parameters[name,value,label],"
                              "causes[_class,userId]]", missing={})
         if not run:
             return None
@@ -638,7 +644,8 @@ class JenkinsAdapter:
         for item in self.queue_items() if queue is None else queue:
             if same_job(item.job, job) and item.parameters.get(parameter) == value:
                 return item.id
-        for build in self._runs(job, "queueId,actions[parameters[name,value]]", since, whole):
+        for build in self._runs(job, "queueId,actions[parameters[name,value,label]]", since,
+                                whole):
             if _parameters(build.get("actions")).get(parameter) == value and "queueId" in build:
                 return int(build["queueId"])
         if known is not None:
@@ -657,7 +664,7 @@ class JenkinsAdapter:
         Items.move) is named as Jenkins has it now."""
         page = self._get_json(f"read queue item {int(queue_item)}",
                               f"queue/item/{int(queue_item)}/api/json?tree=id,task[url],"
-                              "actions[parameters[name,value]]", missing={})
+                              "actions[parameters[name,value,label]]", missing={})
         if not page:
             return None
         return QueueItem(id=int(queue_item), job=self._job_of(page.get("task") or {}),
@@ -732,7 +739,8 @@ class JenkinsAdapter:
         by the value of their `parameter` (those without it left out)."""
         computers = self._get_json(
             "read the runs on one-off executors", "computer/api/json?tree=computer["
-            "oneOffExecutors[currentExecutable[number,url,actions[parameters[name,value]]]]]")
+            "oneOffExecutors[currentExecutable[number,url,actions["
+            "parameters[name,value,label]]]]]")
         found: dict[str, list[RunRef]] = {}
         for computer in computers.get("computer") or []:
             for executor in (computer or {}).get("oneOffExecutors") or []:
