@@ -73,7 +73,7 @@ def test_the_fake_takes_an_agent_offline_only_with_disconnect_and_back_only_with
     jenkins_fake.add_node("a")
     session = requests.Session()
     session.auth = (jenkins_fake.user, jenkins_fake.token)
-    session.headers["Jenkins-Crumb"] = jenkins_fake.crumb
+    session.headers.update(jenkins_fake.crumb_headers())
 
     def post(action: str) -> requests.Response:
         return session.post(f"{jenkins_fake.url}/computer/a/{action}", allow_redirects=False)

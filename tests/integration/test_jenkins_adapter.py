@@ -12,7 +12,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from tests.support.fault_proxy import FaultProxy
-from tests.support.jenkins_fake import CRUMB_FIELD, JNLP_LAUNCHER, JenkinsFake
+from tests.support.jenkins_fake import FREESTYLE_JOB, JNLP_LAUNCHER, JenkinsFake
 from workers.telemetry import logs
 from workers.adapters.jenkins import NODE_DESCRIPTION, JenkinsAdapter
 from workers.adapters.retry import Backoff
@@ -209,7 +209,7 @@ def test_the_fake_holds_a_build_asked_for_without_delay_in_the_quiet_period(jenk
     jenkins_fake.add_job("app/build", parameters=["COMMIT"])
     answer = requests.post(f"{jenkins_fake.url}/job/app/job/build/buildWithParameters",
                            params={"COMMIT": "abc"}, auth=(jenkins_fake.user, jenkins_fake.token),
-                           headers={CRUMB_FIELD: jenkins_fake.crumb}, allow_redirects=False,
+                           headers=jenkins_fake.crumb_headers(), allow_redirects=False,
                            timeout=10)
     assert answer.status_code == 201
     (build,) = jenkins_fake.builds
@@ -465,7 +465,7 @@ def test_crumb_is_fetched_once_and_sent_on_every_post(jenkins_fake):
     posts = [r for r in jenkins_fake.requests if r.method == "POST"]
     assert {r.path for r in posts} == {"/computer/doCreateItem", "/job/app/buildWithParameters",
                                        f"/computer/{NODE}/doDelete"}
-    assert all(r.headers.get("Jenkins-Crumb") == jenkins_fake.crumb for r in posts)
+    assert all(jenkins_fake.crumb_valid(r) for r in posts)
 
 
 def test_a_stale_crumb_raises_retryable_and_the_next_call_fetches_a_fresh_one(jenkins_fake):
@@ -478,6 +478,50 @@ def test_a_stale_crumb_raises_retryable_and_the_next_call_fetches_a_fresh_one(je
         adapter.trigger_build("app", {"A": "2"})
     assert adapter.trigger_build("app", {"A": "2"}) == 2
     assert len(jenkins_fake.requests_to("/crumbIssuer/api/json", "GET")) == 2
+
+
+def test_the_fake_refuses_a_crumb_sent_without_the_session_it_was_issued_in(jenkins_fake):
+    """Jenkins since 2.176 (SECURITY-626) issues a crumb for the web session of the request
+    that read it (DefaultCrumbIssuer.issueCrumb hashes req.getSession().getId()) and checks
+    it against the session of the POST (validateCrumb): a script that reads the crumb and
+    drops the cookie is refused 403 "No valid crumb"."""
+    jenkins_fake.add_job("app", parameters=["A"])
+    auth = (jenkins_fake.user, jenkins_fake.token)
+    issued = requests.get(f"{jenkins_fake.url}/crumbIssuer/api/json", auth=auth, timeout=5)
+    crumb = {issued.json()["crumbRequestField"]: issued.json()["crumb"]}
+    assert jenkins_fake.session_cookie in issued.cookies
+
+    def trigger(**cookies: str) -> requests.Response:
+        return requests.post(f"{jenkins_fake.url}/job/app/buildWithParameters",
+                             params={"A": "1"}, auth=auth, headers=crumb, cookies=cookies,
+                             allow_redirects=False, timeout=5)
+
+    refused = trigger()
+    assert refused.status_code == 403 and "No valid crumb" in refused.text
+    assert trigger(**issued.cookies.get_dict()).status_code == 201
+    jenkins_fake.expire_web_sessions()
+    assert trigger(**issued.cookies.get_dict()).status_code == 403
+
+
+def test_the_crumb_goes_with_its_session_cookie_and_is_read_again_once_the_session_ended():
+    """The adapter's POSTs carry the session cookie its crumb was issued with, under a
+    context path too (Jetty scopes the cookie to it); once Jenkins ends the session (its
+    timeout, or a restart), the refused crumb is read again in a new session and the call
+    goes through on its retry."""
+    with JenkinsFake(context_path="/jenkins") as fake:
+        fake.add_job("team/app", parameters=["A"])
+        adapter = JenkinsAdapter(url=fake.url + "/", user=fake.user or "", token=fake.token,
+                                 backoff=Backoff(attempts=2, base_seconds=0.01))
+
+        assert adapter.trigger_build("team/app", {"A": "1"}) == 1
+        fake.expire_web_sessions()
+        assert adapter.trigger_build("team/app", {"A": "2"}) == 2
+
+        posts = fake.requests_to("/job/team/job/app/buildWithParameters", "POST")
+        assert len(posts) == 3 and all(fake.crumb_valid(r) for r in posts)
+        cookies = [r.headers["Cookie"] for r in posts]
+        assert cookies[0] == cookies[1] != cookies[2]  # the ended session's, then a new one
+        assert len(fake.requests_to("/crumbIssuer/api/json", "GET")) == 2
 
 
 def test_connection_refused_raises_retryable_error():
@@ -515,7 +559,34 @@ def test_job_definition_reads_buildable_and_the_declared_parameters(jenkins_fake
     assert adapter.job_definition("off").buildable is False
     assert adapter.job_definition("team").buildable is None  # a folder, not a job
     [read] = jenkins_fake.requests_to("/job/team/job/app/api/json", "GET")
-    assert read.query == {"tree": "fullName,buildable,property[parameterDefinitions[name]]"}
+    assert read.query == {
+        "tree": "fullName,buildable,property[parameterDefinitions[name,type]]"}
+    assert app.agent_parameter_type == "StringParameterDefinition"
+    jenkins_fake.add_job("freestyle", kind=FREESTYLE_JOB)  # its agent a Label parameter
+    assert adapter.job_definition("freestyle").agent_parameter_type == \
+        "LabelParameterDefinition"
+    assert adapter.job_definition("plain").agent_parameter_type == ""
+
+
+def test_a_freestyle_jobs_agent_label_parameter_is_read_from_its_queue_item_and_run(
+        jenkins_fake):
+    """A freestyle job takes its agent as a Label parameter (NodeLabel Parameter plugin),
+    whose LabelParameterValue exports its `label` and no `value`: read as "" before, the
+    build's queue item and run carried no agent for the checks that follow a run by it."""
+    jenkins_fake.add_job("team/app", kind=FREESTYLE_JOB,
+                         parameters=["CI_AUTOSCALER_AGENT", "CI_AUTOSCALER_BUILD_KEY"])
+    adapter = adapter_for(jenkins_fake)
+    queue_id = adapter.trigger_build("team/app", {"CI_AUTOSCALER_AGENT": NODE,
+                                                  "CI_AUTOSCALER_BUILD_KEY": "k1"})
+
+    [item] = adapter.queue_items()
+    assert item.parameters == {"CI_AUTOSCALER_AGENT": NODE, "CI_AUTOSCALER_BUILD_KEY": "k1"}
+    assert adapter.queue_item(queue_id).parameters["CI_AUTOSCALER_AGENT"] == NODE
+    jenkins_fake.add_node(NODE, label=NODE)
+    jenkins_fake.connect_agent(NODE)
+    jenkins_fake.dispatch()
+    run = adapter.run_info("team/app", 1)
+    assert run is not None and run.parameters["CI_AUTOSCALER_AGENT"] == NODE
 
 
 def test_job_definition_of_an_unknown_job_is_none(jenkins_fake):
@@ -582,7 +653,7 @@ def test_a_queued_item_is_cancelled_and_then_reads_as_cancelled(jenkins_fake):
     assert jenkins_fake.cancelled_items == [queue_id]
     cancel = jenkins_fake.requests_to("/queue/cancelItem", "POST")
     assert [r.query for r in cancel] == [{"id": str(queue_id)}]
-    assert cancel[0].headers.get("Jenkins-Crumb") == jenkins_fake.crumb
+    assert jenkins_fake.crumb_valid(cancel[0])
     assert adapter.build_state("build", queue_id) == (BuildState.CANCELLED, None)
     assert adapter.queue_items() == []
 

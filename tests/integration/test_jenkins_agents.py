@@ -6,7 +6,7 @@ import time
 import requests
 
 from tests.integration.test_jenkins_adapter import adapter_for
-from tests.support.jenkins_fake import CRUMB_FIELD, NO_LABEL_WHY
+from tests.support.jenkins_fake import NO_LABEL_WHY
 from workers.core.ports import BuildState, RunRef
 
 NODE = "cia-nightly-0123456789ab"
@@ -61,7 +61,7 @@ def test_a_disabled_agent_keeps_its_run_and_takes_no_second_item(jenkins_fake):
     assert adapter.disable_agent(NODE, "again") is False  # read first: was offline already
     (toggle,) = jenkins_fake.requests_to(f"/computer/{NODE}/changeOfflineCause", "POST")
     assert toggle.query == {"offlineMessage": "ci-autoscaler: one build per agent"}
-    assert toggle.headers.get("Jenkins-Crumb") == jenkins_fake.crumb
+    assert jenkins_fake.crumb_valid(toggle)
     activity = adapter.agent_activity(NODE)
     assert activity.temporarily_offline and activity.runs == (RunRef("nightly", 1),)
 
@@ -120,7 +120,7 @@ def test_agent_activity_tells_when_a_connected_agent_lost_its_channel(jenkins_fa
     taken = requests.post(f"{jenkins_fake.url}/computer/{NODE}/changeOfflineCause",
                           params={"offlineMessage": "disk check"},
                           auth=(jenkins_fake.user, jenkins_fake.token),
-                          headers={CRUMB_FIELD: jenkins_fake.crumb}, allow_redirects=False,
+                          headers=jenkins_fake.crumb_headers(), allow_redirects=False,
                           timeout=10)
     assert taken.status_code == 302  # a person takes it offline: a UserCause now
     by_hand = adapter.agent_activity(NODE)

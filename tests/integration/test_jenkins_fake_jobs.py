@@ -6,12 +6,12 @@ import re
 import pytest
 import requests
 
-from tests.support.jenkins_fake import CRUMB_FIELD, DEFAULT_JOB_PARAMETERS, JenkinsFake
+from tests.support.jenkins_fake import DEFAULT_JOB_PARAMETERS, JenkinsFake
 
 
 def post(fake: JenkinsFake, path: str, **params: str) -> requests.Response:
     return requests.post(f"{fake.url}/{path}", params=params, auth=(fake.user, fake.token),
-                         headers={CRUMB_FIELD: fake.crumb}, allow_redirects=False, timeout=5)
+                         headers=fake.crumb_headers(), allow_redirects=False, timeout=5)
 
 
 def get(fake: JenkinsFake, path: str, **params: str) -> requests.Response:

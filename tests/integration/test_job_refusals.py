@@ -14,6 +14,7 @@ from rq import SimpleWorker
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE, PUSH
 from tests.support.app import GITLAB_TOKEN
+from tests.support.jenkins_fake import FREESTYLE_JOB
 from workers import runtime
 from workers.engine import jobs, reconcile, tasks
 from workers.checks import jobs as job_checks
@@ -98,7 +99,12 @@ def assert_refused_for_good(app, kube, jenkins_fake, key, message, caplog):
     ({"disabled": True}, "build is not buildable!"),
     ({"parameters": ["GIT_COMMIT", AGENT_PARAMETER]},
      f"does not declare the parameter {BUILD_KEY_PARAMETER}"),
-], ids=["not-parameterized", "disabled", "no-build-key"])
+    # A freestyle job runs where its own label expression says, which takes no parameter
+    # (AbstractProject.getAssignedLabel): with a String CI_AUTOSCALER_AGENT its build waited
+    # in Jenkins' queue for good while its agent idled
+    ({"kind": FREESTYLE_JOB, "agent_parameter_type": "StringParameterDefinition"},
+     f"whose {AGENT_PARAMETER} is a StringParameterDefinition"),
+], ids=["not-parameterized", "disabled", "no-build-key", "freestyle-string-agent"])
 def test_a_job_that_cannot_take_the_build_fails_it_for_good_and_cleans_up(
         app, kube, jenkins_fake, caplog, job, message):
     jenkins_fake.add_job("build", **job)
@@ -113,7 +119,7 @@ def test_a_job_that_cannot_take_the_build_fails_it_for_good_and_cleans_up(
     # The job is a Pipeline (the fake's default kind, as Jenkins' _class says): one refused
     # for its parameters is told that its Jenkinsfile's reach it only after a run.
     error = app.extensions["ci_autoscaler"].state.get_build(key)["error"]
-    assert ("JENKINS-41929" in error) == (not job.get("disabled")), error
+    assert ("JENKINS-41929" in error) == (not job.get("disabled") and "kind" not in job), error
 
 
 @pytest.mark.parametrize("change, reads, message", [

@@ -140,3 +140,47 @@ def test_a_jenkins_under_a_path_and_a_folder_job_through_the_procfile(
         codes = stack.stop()
     assert codes == {"web": 0, "worker": 0, "reconcile": 0}, stack.text()[-3000:]
     assert [line for line in stack.text().splitlines() if '"level":"error"' in line] == []
+
+
+# A multibranch Pipeline names the job of branch "feature/login" "feature%2Flogin" (branch-api
+# NameEncoder: '/' is no item name's), whose URL escapes it once more (Util.rawEncode:
+# job/app/job/feature%252Flogin/); a job a person names may hold spaces and non-ASCII letters.
+@pytest.mark.parametrize("job", ["app/feature%2Flogin", "Team A/über build"],
+                         ids=["multibranch-branch", "spaces-non-ascii"])
+def test_a_job_whose_name_jenkins_escapes_in_its_urls_through_the_procfile(
+        redis_url, kube, tmp_path, job):
+    """The route names the job as Jenkins' full name has it (`fullName`); the trigger, the
+    agent's build, STARTED and COMPLETED (whose `url` is the escaped one) and the release all
+    find that one job, JENKINS_URL written without its final slash under a context path."""
+    for node in ("node-a", "node-b"):
+        kube.add_node(node, cpu="8", memory="32Gi", labels={"kubernetes.io/os": "linux"})
+        kube.set_node_usage(node, cpu="500m", memory="2Gi")
+    kube.add_namespace(NAMESPACE)
+    config = tmp_path / "escaped.yaml"
+    config.write_text(EXAMPLE_CONFIG.read_text().replace("    job: build",
+                                                         f"    job: {json.dumps(job)}"))
+    pods = lambda: [p["metadata"]["name"] for p in kube.pods(NAMESPACE)]  # noqa: E731
+    with JenkinsFake(context_path="/jenkins") as jenkins, running_stack(
+            redis_url=redis_url, kube=kube, jenkins_fake=jenkins, config=config,
+            namespace=NAMESPACE, logs=tmp_path, JENKINS_URL=jenkins.url) as stack:
+        assert stack.gitlab(fixture_bytes("gitlab_push_real_lrz.json"), "Push Hook", "e-1")[0] \
+            == 202
+        [build] = wait_until(lambda: jenkins.builds, timeout=60, what="the build in Jenkins")
+        assert build.job == job
+        agent = build.parameters[AGENT_PARAMETER]
+        wait_until(lambda: agent in pods() and agent in jenkins.nodes, timeout=60,
+                   what="the build's pod and Jenkins agent")
+        jenkins.connect_agent(agent)
+        assert jenkins.dispatch() == [(build.queue_id, agent)]
+        started = jenkins.notification(build, "STARTED")
+        assert "%25" in started["url"] or "%20" in started["url"]  # escaped as Jenkins does
+        assert stack.jenkins(started)[1]["status"] == "recorded"
+        jenkins.finish_build(build.queue_id, "SUCCESS")
+        assert stack.jenkins(jenkins.notification(build, "COMPLETED"))[0] == 202
+        wait_until(lambda: agent not in pods() and agent not in jenkins.nodes, timeout=60,
+                   what="the pod and agent deleted")
+        codes = stack.stop()
+    assert codes == {"web": 0, "worker": 0, "reconcile": 0}, stack.text()[-3000:]
+    assert [line for line in stack.text().splitlines() if '"level":"error"' in line] == []
+    assert [line for line in stack.text().splitlines() if '"level":"warning"' in line
+            and "job" in line] == []

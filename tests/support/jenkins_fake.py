@@ -15,7 +15,10 @@ statuses and headers real Jenkins gives, and keeps state a test can read and see
 Like Jenkins it asks basic auth (user + API token; a wrong one answers 401, none 403 as for an
 anonymous user without Overall/Read; with ``user=None`` anonymous may do all, yet any Basic
 header, an empty one too, still answers 401: BasicHeaderProcessor), a valid crumb on every POST
-(403 "No valid crumb was included in the request" otherwise), 400 with ``X-Error`` for an agent
+(403 "No valid crumb was included in the request" otherwise): a crumb is valid only with the web
+session it was issued in, the session cookie crumbIssuer/api/json set (``session_cookie``), as
+Jenkins' since 2.176 (DefaultCrumbIssuer.issueCrumb hashes req.getSession().getId(); tests post
+by hand with ``crumb_headers``), 400 with ``X-Error`` for an agent
 that already exists, 302 after creating or deleting an agent, 201 +
 ``Location: <url>/queue/item/<n>/`` for a build. Like Jenkins' queue, triggering a job with
 the same parameters as an item still in the queue answers that item again (items never leave
@@ -89,8 +92,11 @@ Permissions the API user lacks (``missing_permissions``, e.g. {"Agent/Connect"})
 Agent/Connect (the JNLP file, bringing an agent back online), Agent/Disconnect and
 Agent/Delete.
 
-Limits: crumbs are not bound to a web session; nothing builds by itself (the test starts and
-finishes builds); ``fail_next`` answers before auth; every parameter is a string parameter;
+Limits: a freestyle job's build waits on CI_AUTOSCALER_AGENT's label whatever that
+parameter's type (Jenkins puts it there only from a Label or Node parameter); a crumb is not
+bound to the client's IP address (DefaultCrumbIssuer does so only with
+``excludeClientIPFromCrumb`` off, before 2.186); nothing builds by itself (the test starts and
+finishes builds); ``fail_next`` answers before auth; every parameter takes a string value;
 ``tree`` is applied to job pages, a computer's own page, the computers' list and the queue only.
 """
 
@@ -325,6 +331,19 @@ class FakeJob:
     # A Pipeline whose node block is wrapped in `retry(count: N, conditions: [agent()])`: N
     # (1: no such retry). See JenkinsFake.removed_node_timeout.
     agent_retry_count: int = 1
+    # The type of its CI_AUTOSCALER_AGENT definition (ParameterDefinition.getType); None: what
+    # a job made to run on its agent has: a Pipeline a String parameter (its `agent { label
+    # params.CI_AUTOSCALER_AGENT }` reads it), a freestyle job a Label parameter of the
+    # NodeLabel Parameter plugin (its own label expression takes no parameter:
+    # AbstractProject.getAssignedLabel)
+    agent_parameter_type: str | None = None
+
+    def parameter_type(self, name: str) -> str:
+        if name == "CI_AUTOSCALER_AGENT" and self.agent_parameter_type is not None:
+            return self.agent_parameter_type
+        if name == "CI_AUTOSCALER_AGENT" and self.kind == FREESTYLE_JOB:
+            return "LabelParameterDefinition"
+        return "StringParameterDefinition"
 
     @property
     def buildable(self) -> bool:
@@ -416,6 +435,13 @@ class JenkinsFake:
         self.in_flight = 0  # requests being answered now
         self.most_in_flight = 0  # the most answered at once so far
         self._salt = secrets.token_hex(16)
+        # Jetty's web sessions (ids) and the cookie naming one: winstone names it
+        # JSESSIONID.<8 hex of the instance>, scoped to the context path. A crumb is issued
+        # for one of them (DefaultCrumbIssuer.issueCrumb: the user's name, ';', and
+        # req.getSession().getId(), which makes a session when the request has none) and
+        # valid only in it (validateCrumb issues it again for the request's session).
+        self.session_cookie = f"JSESSIONID.{secrets.token_hex(4)}"
+        self._web_sessions: set[str] = set()
         # An inbound agent's secret is an HMAC of its name under a key the controller keeps
         # (SlaveComputer.getJnlpMac: JnlpAgentReceiver.SLAVE_SECRET.mac(getName())): a node
         # deleted and registered again under the same name has the same secret.
@@ -555,19 +581,21 @@ class JenkinsFake:
     def add_job(self, name: str, *, parameters: dict[str, str] | list[str] | None | object
                 = DEFAULT_JOB_PARAMETERS, disabled: bool = False,
                 kind: str = WORKFLOW_JOB, concurrent: bool = True,
-                num_to_keep: int | None = None, agent_retry_count: int = 1) -> FakeJob:
+                num_to_keep: int | None = None, agent_retry_count: int = 1,
+                agent_parameter_type: str | None = None) -> FakeJob:
         """Declare a job ("folder/name" in a folder): `parameters` as names (default "") or
         name -> default; None for a job that is not parameterized; `concurrent` False for one
         that runs one build at a time; `num_to_keep` the most builds it keeps (a discarder);
         `agent_retry_count` N for a Pipeline whose node block is in `retry(count: N,
-        conditions: [agent()])` (see removed_node_timeout)."""
+        conditions: [agent()])` (see removed_node_timeout); `agent_parameter_type` the type of
+        its CI_AUTOSCALER_AGENT (FakeJob.agent_parameter_type)."""
         if isinstance(parameters, (list, tuple)):
             parameters = {p: "" for p in parameters}
         with self._lock:
             job = self.declared[name] = FakeJob(
                 name, None if parameters is None else dict(parameters),  # type: ignore[arg-type]
                 disabled=disabled, kind=kind, concurrent=concurrent, num_to_keep=num_to_keep,
-                agent_retry_count=agent_retry_count)
+                agent_retry_count=agent_retry_count, agent_parameter_type=agent_parameter_type)
             return job
 
     def job(self, name: str) -> FakeJob | None:
@@ -954,15 +982,44 @@ class JenkinsFake:
         """The agent's secret: HMAC-SHA256 of its name, 64 hex digits (see _jnlp_key)."""
         return hmac.new(self._jnlp_key, name.encode(), hashlib.sha256).hexdigest()
 
-    @property
-    def crumb(self) -> str:
-        """The crumb currently valid (for the configured user)."""
-        return hashlib.sha256(f"{self._salt}:{self.user}".encode()).hexdigest()
+    def _crumb_for(self, web_session: str) -> str:
+        """The crumb DefaultCrumbIssuer issues the configured user in that web session."""
+        return hashlib.sha256(f"{self._salt}:{self.user};{web_session}".encode()).hexdigest()
+
+    def _web_session(self, request: Request) -> str | None:
+        """The live web session the request's cookie names, if any."""
+        web_session = request.cookies.get(self.session_cookie)
+        return web_session if web_session in self._web_sessions else None
+
+    def crumb_headers(self) -> dict[str, str]:
+        """The headers of a request a test sends by hand with a valid crumb: a web session's
+        cookie and the crumb issued in it (as a client that read crumbIssuer/api/json and kept
+        the cookie sends)."""
+        with self._lock:
+            web_session = secrets.token_hex(16)
+            self._web_sessions.add(web_session)
+            return {CRUMB_FIELD: self._crumb_for(web_session),
+                    "Cookie": f"{self.session_cookie}={web_session}"}
+
+    def crumb_valid(self, request: RecordedRequest) -> bool:
+        """Whether a recorded request carried a crumb of the web session its cookie names."""
+        cookies = dict(part.strip().split("=", 1) for part in
+                       request.headers.get("Cookie", "").split(";") if "=" in part)
+        web_session = cookies.get(self.session_cookie)
+        return web_session is not None and \
+            request.headers.get(CRUMB_FIELD) == self._crumb_for(web_session)
+
+    def expire_web_sessions(self) -> None:
+        """Every web session ends (Jetty's session timeout; a restart ends them too): the
+        crumbs issued in them are refused from now on (403 "No valid crumb")."""
+        with self._lock:
+            self._web_sessions.clear()
 
     def rotate_crumb(self) -> None:
         """Invalidate every crumb issued so far, as a Jenkins restart or session expiry does."""
         with self._lock:
             self._salt = secrets.token_hex(16)
+            self._web_sessions.clear()
 
     def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
         with self._lock:
@@ -1072,8 +1129,14 @@ class JenkinsFake:
                               headers={"WWW-Authenticate": 'Basic realm="Jenkins"'})
         elif self.user is not None:
             return _anonymous_refused(request)
-        if request.method == "POST" and request.headers.get(CRUMB_FIELD) != self.crumb:
-            return _error(403, "No valid crumb was included in the request")
+        if request.method == "POST":
+            # hudson.security.csrf.CrumbFilter: validateCrumb issues the crumb again for the
+            # request's own session (a new one when its cookie names none alive), so a crumb
+            # sent without the cookie it came with, or after its session ended, is refused
+            web_session = self._web_session(request)
+            if web_session is None or \
+                    request.headers.get(CRUMB_FIELD) != self._crumb_for(web_session):
+                return _error(403, "No valid crumb was included in the request")
         return None
 
     def _readable(self, job: str) -> bool:
@@ -1097,8 +1160,20 @@ class JenkinsFake:
                                 status=403, content_type="text/html;charset=utf-8")
             return _error(404, "Not Found")  # Jenkins.getItem: null without READ/DISCOVER
         if path == "/crumbIssuer/api/json":
-            return _json({"_class": "hudson.security.csrf.DefaultCrumbIssuer",
-                          "crumb": self.crumb, "crumbRequestField": CRUMB_FIELD})
+            # req.getSession() in DefaultCrumbIssuer.issueCrumb: the request's session, or a
+            # new one, whose cookie Jetty sets on the answer (Path: the context path)
+            web_session = self._web_session(request)
+            fresh = web_session is None
+            if fresh:
+                web_session = secrets.token_hex(16)
+                self._web_sessions.add(web_session)
+            answer = _json({"_class": "hudson.security.csrf.DefaultCrumbIssuer",
+                            "crumb": self._crumb_for(web_session),
+                            "crumbRequestField": CRUMB_FIELD})
+            if fresh:
+                answer.set_cookie(self.session_cookie, web_session,
+                                  path=self.context_path or "/", httponly=True)
+            return answer
         if path in ("/", "/computer/"):
             return Response("<html><body>Jenkins</body></html>", content_type="text/html")
         if path == "/api/json":
@@ -1182,9 +1257,8 @@ class JenkinsFake:
                         "_class": "org.jenkinsci.plugins.workflow.job.WorkflowRun",
                         "number": b.number, "building": True, "result": None,
                         "url": self._run_url(b), "actions": [{
-                            "_class": "hudson.model.ParametersAction", "parameters": [
-                                {"_class": "hudson.model.StringParameterValue", "name": k,
-                                 "value": v} for k, v in b.parameters.items()]}]}}
+                            "_class": "hudson.model.ParametersAction",
+                            "parameters": self._parameter_values(b)}]}}
                    for b in runs]
         return {"_class": BUILT_IN_COMPUTER, "actions": [], "assignedLabels": [
                     {"name": "built-in"}], "description": "the Jenkins controller's built-in node",
@@ -1242,7 +1316,7 @@ class JenkinsFake:
         # permission's 403 as well as in CrumbFilter's "No valid crumb" one.
         user = escape(self.user or "anonymous")
         page = (f'<!DOCTYPE html><html><head data-rooturl="" data-crumb-header="{CRUMB_FIELD}" '
-                f'data-crumb-value="{self.crumb}"><title>Jenkins</title></head><body>'
+                f'data-crumb-value="{self._crumb_for("page")}"><title>Jenkins</title></head><body>'
                 f'<h1>Access Denied</h1><p class="error">{user} is missing the {permission} '
                 "permission</p></body></html>")
         response = Response(page, status=403, content_type="text/html;charset=utf-8")
@@ -1531,14 +1605,32 @@ class JenkinsFake:
                          "buildable": False})
         return item
 
+    def _parameter_values(self, build: FakeBuild) -> list[dict[str, Any]]:
+        """A queue item's or run's ParametersAction's values as the API exports them: a
+        StringParameterValue its `value`; the NodeLabel Parameter plugin's LabelParameterValue
+        (and NodeParameterValue, its subclass) its `label`, the one field it exports
+        (`@Exported(visibility = 3) private String label`), no `value`."""
+        job = self.job(build.job)
+        values = []
+        for name, value in build.parameters.items():
+            kind = job.parameter_type(name) if job is not None else "StringParameterDefinition"
+            if kind in _PARAMETER_PACKAGES:
+                values.append({"_class": f"{_PARAMETER_PACKAGES[kind]}."
+                               f"{kind.replace('Definition', 'Value')}",
+                               "name": name, "label": value})
+            else:
+                values.append({"_class": "hudson.model.StringParameterValue", "name": name,
+                               "value": value})
+        return values
+
     def _queued_item(self, build: FakeBuild, *, why: str) -> dict[str, Any]:
         return {"_class": "hudson.model.Queue$BuildableItem", "blocked": False,
                 "buildable": True, "id": build.queue_id, "stuck": False,
                 "inQueueSince": 1700000000000, "params": "".join(
                     f"\n{k}={v}" for k, v in build.parameters.items()),
-                "actions": ([{"_class": "hudson.model.ParametersAction", "parameters": [
-                    {"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
-                    for k, v in build.parameters.items()]}] if build.parameters else [])
+                "actions": ([{"_class": "hudson.model.ParametersAction",
+                              "parameters": self._parameter_values(build)}]
+                            if build.parameters else [])
                 + [_cause_action(build.started_by)],
                 "task": {"_class": "hudson.model.FreeStyleProject",
                          "name": build.job.rsplit("/", 1)[-1], "url": self._job_url(build.job)},
@@ -1582,9 +1674,9 @@ class JenkinsFake:
                     "timestamp": int((b.run_at or b.queued_at) * 1000),
                     **({"builtOn": b.node or ""} if freestyle else {}),
                     # the item's CauseAction goes with it into its run ("Started by user")
-                    "actions": [{"_class": "hudson.model.ParametersAction", "parameters": [
-                        {"_class": "hudson.model.StringParameterValue", "name": k, "value": v}
-                        for k, v in b.parameters.items()]}, _cause_action(b.started_by)]}
+                    "actions": [{"_class": "hudson.model.ParametersAction",
+                                 "parameters": self._parameter_values(b)},
+                                _cause_action(b.started_by)]}
         if number is not None:
             build = next((b for b in builds if b.number == number), None)
             return _json(page(build)) if build is not None else _error(404, "Not Found")
@@ -1600,11 +1692,12 @@ class JenkinsFake:
                 "property": [] if job.parameters is None else [{
                     "_class": "hudson.model.ParametersDefinitionProperty",
                     "parameterDefinitions": [{
-                        "_class": "hudson.model.StringParameterDefinition",
+                        "_class": _PARAMETER_PACKAGES.get(job.parameter_type(p), "hudson.model")
+                        + "." + job.parameter_type(p),
                         "defaultParameterValue": {
                             "_class": "hudson.model.StringParameterValue", "name": p,
                             "value": default},
-                        "description": "", "name": p, "type": "StringParameterDefinition"}
+                        "description": "", "name": p, "type": job.parameter_type(p)}
                         for p, default in job.parameters.items()]}],
                 "builds": [page(b) for b in runs[:JOB_PAGE_BUILDS]]}
         if not tree:
@@ -2100,6 +2193,7 @@ class JenkinsFake:
                                                       step_label=block.step_label
                                                       or block.label))
             self._salt = secrets.token_hex(16)
+            self._web_sessions.clear()  # Jetty keeps its sessions in memory
         self.start()
 
     def finish_loading(self) -> None:
@@ -2141,6 +2235,11 @@ class _QuietHandler(WSGIRequestHandler):
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             429: "Too Many Requests", 500: "Server Error", 502: "Bad Gateway",
             503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+# Where a parameter definition class lives when not in Jenkins core (hudson.model)
+_PARAMETER_PACKAGES = {"LabelParameterDefinition": "org.jvnet.jenkins.plugins.nodelabelparameter",
+                       "NodeParameterDefinition": "org.jvnet.jenkins.plugins.nodelabelparameter"}
 
 
 def job_url(job: str) -> str:

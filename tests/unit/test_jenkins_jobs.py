@@ -59,3 +59,29 @@ def test_dropped_parameters_are_the_undeclared_ones_without_the_size_hints():
     assert dropped(definition, [AGENT, KEY, "GIT_COMMIT", "GIT_BRANCH", "CI_AUTOSCALER_CPU",
                                 "CI_AUTOSCALER_MEMORY", "A"]) == ["A", "GIT_BRANCH"]
     assert dropped(JobDefinition("app", parameters=None), ["A"]) == ["A"]
+
+
+FREESTYLE = "hudson.model.FreeStyleProject"
+
+
+@pytest.mark.parametrize("kind", [FREESTYLE, "hudson.maven.MavenModuleSet"])
+def test_a_freestyle_job_whose_agent_parameter_is_a_string_is_refused_naming_the_fix(kind):
+    """Such a job runs where its own label expression says (AbstractProject.getAssignedLabel
+    expands no parameter in it): its build waited in Jenkins' queue while its agent idled."""
+    refused = refusal("app", JobDefinition("app", kind=kind, parameters=(AGENT, KEY),
+                                           agent_parameter_type="StringParameterDefinition"))
+
+    assert refused is not None and refused.problem == JobProblem.AGENT_NOT_A_LABEL
+    assert "is a StringParameterDefinition" in refused.reason
+    assert "Label parameter (NodeLabel Parameter plugin)" in refused.reason
+    assert refused.parameters == (AGENT,)
+
+
+@pytest.mark.parametrize("kind, agent_type", [
+    (FREESTYLE, "LabelParameterDefinition"), (FREESTYLE, "NodeParameterDefinition"),
+    (FREESTYLE, ""),  # type not read: not refused on a guess
+    (PIPELINE, "StringParameterDefinition")])  # agent { label params.CI_AUTOSCALER_AGENT }
+def test_a_job_whose_agent_parameter_puts_the_build_on_its_agent_is_not_refused(kind,
+                                                                                 agent_type):
+    assert refusal("app", JobDefinition("app", kind=kind, parameters=(AGENT, KEY),
+                                        agent_parameter_type=agent_type)) is None

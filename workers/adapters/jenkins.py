@@ -51,6 +51,7 @@ from workers.core.errors import ConfigError, NotOurs, NotReadBack, Overloaded, \
 from workers.core.jenkins_jobs import NOT_PARAMETERIZED, JobDefinition
 from workers.core.jenkins_queue import job_of_url, run_of, run_of_url, same_job
 from workers.core.ports import AgentActivity, BuildState, QueueItem, RunInfo, RunRef
+from workers.core.routing import AGENT_PARAMETER
 
 T = TypeVar("T")
 log = logging.getLogger("ci_autoscaler.jenkins")
@@ -89,7 +90,7 @@ _CRUMB_REFUSED = "no valid crumb"
 PROBE_REMOTE_FS = "/nonexistent/ci-autoscaler-label-probe"
 # What job_definition reads: the job's full name as Jenkins has it (a request names it in any
 # case), whether it can be built, and its parameters' names.
-JOB_TREE = "fullName,buildable,property[parameterDefinitions[name]]"
+JOB_TREE = "fullName,buildable,property[parameterDefinitions[name,type]]"
 # Stapler's HttpResponses.error(409, IOException): a stack trace whose first line is
 # "java.io.IOException: <full name> is not buildable!" (ParameterizedJobMixIn).
 _NOT_BUILDABLE = re.compile(r"[\w.$]+: (.{1,300} is not buildable!?)")
@@ -182,12 +183,18 @@ def _job_path(job: str) -> str:
 
 
 def _parameters(actions: list[Any] | None) -> dict[str, str]:
-    """The build parameters from a queue item's or a build's actions."""
+    """The build parameters from a queue item's or a build's actions (their trees name
+    `parameters[name,value,label]`): a StringParameterValue exports its `value`; the NodeLabel
+    Parameter plugin's LabelParameterValue (and NodeParameterValue, its subclass), a freestyle
+    job's CI_AUTOSCALER_AGENT (workers.core.jenkins_jobs.LABEL_FROM_JOB), its `label` only
+    (`@Exported(visibility = 3) private String label`)."""
     found: dict[str, str] = {}
     for action in actions or []:
         for parameter in (action or {}).get("parameters") or []:
             if isinstance(parameter, dict) and "name" in parameter:
-                found[str(parameter["name"])] = str(parameter.get("value", ""))
+                value = parameter["value"] if "value" in parameter \
+                    else parameter.get("label", "")
+                found[str(parameter["name"])] = str(value)
     return found
 
 
@@ -209,10 +216,14 @@ def _definition(job: str, page: dict[str, Any]) -> JobDefinition:
         if isinstance(d, dict) and d.get("name"))
     buildable = page.get("buildable")
     full_name = page.get("fullName")  # AbstractItem.getFullName, @Exported
+    # ParameterDefinition.getType, @Exported: the definition class's simple name
+    agent_type = next((str(d.get("type") or "") for p in properties
+                       for d in p.get("parameterDefinitions") or []
+                       if isinstance(d, dict) and d.get("name") == AGENT_PARAMETER), "")
     return JobDefinition(name=full_name if isinstance(full_name, str) and full_name else job,
                          kind=str(page.get("_class", "")),
                          buildable=None if buildable is None else bool(buildable),
-                         parameters=names)
+                         parameters=names, agent_parameter_type=agent_type)
 
 
 def _body(err: BaseException) -> str:
@@ -477,7 +488,7 @@ class JenkinsAdapter:
 
     def queue_items(self) -> list[QueueItem]:
         queue = self._get_json("read the build queue", "queue/api/json?tree=items[id,why,"
-                               "blocked,task[name,url],actions[parameters[name,value],"
+                               "blocked,task[name,url],actions[parameters[name,value,label],"
                                "causes[_class,userId]]]")
         return [QueueItem(id=int(item["id"]), job=self._job_of(item.get("task") or {}),
                           why=item.get("why") or "", parameters=_parameters(item.get("actions")),
@@ -599,7 +610,7 @@ class JenkinsAdapter:
     def run_info(self, job: str, number: int) -> RunInfo | None:
         run = self._get_json(f"read build {number} of job {job!r}",
                              f"{_job_path(job)}{int(number)}/api/json?tree=building,result,"
-                             "builtOn,queueId,url,actions[parameters[name,value],"
+                             "builtOn,queueId,url,actions[parameters[name,value,label],"
                              "causes[_class,userId]]", missing={})
         if not run:
             return None
@@ -633,7 +644,8 @@ class JenkinsAdapter:
         for item in self.queue_items() if queue is None else queue:
             if same_job(item.job, job) and item.parameters.get(parameter) == value:
                 return item.id
-        for build in self._runs(job, "queueId,actions[parameters[name,value]]", since, whole):
+        for build in self._runs(job, "queueId,actions[parameters[name,value,label]]", since,
+                                whole):
             if _parameters(build.get("actions")).get(parameter) == value and "queueId" in build:
                 return int(build["queueId"])
         if known is not None:
@@ -652,7 +664,7 @@ class JenkinsAdapter:
         Items.move) is named as Jenkins has it now."""
         page = self._get_json(f"read queue item {int(queue_item)}",
                               f"queue/item/{int(queue_item)}/api/json?tree=id,task[url],"
-                              "actions[parameters[name,value]]", missing={})
+                              "actions[parameters[name,value,label]]", missing={})
         if not page:
             return None
         return QueueItem(id=int(queue_item), job=self._job_of(page.get("task") or {}),
@@ -727,7 +739,8 @@ class JenkinsAdapter:
         by the value of their `parameter` (those without it left out)."""
         computers = self._get_json(
             "read the runs on one-off executors", "computer/api/json?tree=computer["
-            "oneOffExecutors[currentExecutable[number,url,actions[parameters[name,value]]]]]")
+            "oneOffExecutors[currentExecutable[number,url,actions["
+            "parameters[name,value,label]]]]]")
         found: dict[str, list[RunRef]] = {}
         for computer in computers.get("computer") or []:
             for executor in (computer or {}).get("oneOffExecutors") or []:

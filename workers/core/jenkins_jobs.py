@@ -24,6 +24,16 @@ NOT_BUILDABLE = "is not buildable!"
 # job, or one whose Jenkinsfile has just gained our parameters, has none of them yet
 # (JENKINS-41929, open since 2017). Said in its refusal, since the fix is the operator's.
 PIPELINE = "org.jenkinsci.plugins.workflow.job.WorkflowJob"
+# Jobs whose builds run where the job's own label expression ("Restrict where this project
+# can be run") says: AbstractProject.getAssignedLabel reads it as written, no parameter
+# expanded in it (jenkins core hudson/model/AbstractProject.java: Jenkins.getLabel(
+# assignedNode)); a queue item goes elsewhere only by a LabelAssignmentAction
+# (Queue.Item.getAssignedLabel), which the NodeLabel Parameter plugin's Label and Node
+# parameters add. A Pipeline's `agent { label params.CI_AUTOSCALER_AGENT }` reads a String one.
+LABEL_FROM_JOB = frozenset({"hudson.model.FreeStyleProject", "hudson.maven.MavenModuleSet"})
+# The parameter types (ParameterDefinition.getType: the class's simple name, exported) that put
+# a build on the label or node they are given (the nodelabelparameter plugin's)
+LABEL_PARAMETER_TYPES = frozenset({"LabelParameterDefinition", "NodeParameterDefinition"})
 PIPELINE_HINT = ("; a Pipeline's Jenkinsfile `parameters` reach its job only after a run of "
                  "that Jenkinsfile (JENKINS-41929): run the job once by hand, or declare them "
                  "in the job's configuration")
@@ -40,6 +50,8 @@ class JobDefinition:
     kind: str = ""
     buildable: bool | None = True
     parameters: tuple[str, ...] | None = REQUIRED_PARAMETERS
+    # The type of its CI_AUTOSCALER_AGENT definition ("StringParameterDefinition"); "" unknown
+    agent_parameter_type: str = ""
 
 
 class JobProblem(StrEnum):
@@ -47,6 +59,9 @@ class JobProblem(StrEnum):
     NOT_BUILDABLE = "not_buildable"  # disabled: Jenkins answers 409
     NOT_PARAMETERIZED = "not_parameterized"  # no parameter definitions: Jenkins answers 500
     UNDECLARED = "undeclared"  # declares parameters, but not the ones we must pass
+    # a freestyle job whose CI_AUTOSCALER_AGENT is no Label parameter: its builds never run
+    # on their agent (LABEL_FROM_JOB)
+    AGENT_NOT_A_LABEL = "agent_not_a_label"
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,17 @@ def refusal(job: str, definition: JobDefinition | None) -> JobRefusal | None:
                           f"{'s' * (len(missing) > 1)} {', '.join(missing)}: Jenkins drops "
                           f"undeclared parameters, so its build would never run on our "
                           f"agent{hint}", parameters=missing)
+    kind = definition.kind
+    if kind in LABEL_FROM_JOB and definition.agent_parameter_type \
+            and definition.agent_parameter_type not in LABEL_PARAMETER_TYPES:
+        return JobRefusal(job, JobProblem.AGENT_NOT_A_LABEL,
+                          f"job {job!r} is a {kind.rsplit('.', 1)[-1]} whose {AGENT_PARAMETER} "
+                          f"is a {definition.agent_parameter_type}: such a job runs where its "
+                          "own label expression says, which takes no parameter, so its build "
+                          "would never run on our agent; declare "
+                          f"{AGENT_PARAMETER} as a Label parameter (NodeLabel Parameter "
+                          "plugin), or make the job a Pipeline",
+                          parameters=(AGENT_PARAMETER,))
     return None
 
 
