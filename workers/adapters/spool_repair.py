@@ -84,6 +84,9 @@ def salvage_pending(path: Path, into: sqlite3.Connection,
         return []
     into.execute(_SALVAGED_SCHEMA)
     done = {name for name, in into.execute("SELECT kept_as FROM salvaged")}
+    for kept in kept_files:  # a kept file that was a new file once: those copied into it
+        if kept.name not in done:
+            done.update(name for name, *_ in _salvaged_in(kept))
     pending = [kept for kept in kept_files if kept.name not in done]
     repaired = []
     for n, kept in enumerate(pending):
@@ -105,16 +108,46 @@ def salvage(kept: Path, into: sqlite3.Connection) -> int:
     into.execute(_SALVAGED_SCHEMA)
     into.execute("BEGIN IMMEDIATE")
     try:
-        copied = sum(into.execute(f"INSERT OR IGNORE INTO events ({_COLUMNS}) "
-                                  "VALUES (?, ?, ?, ?, ?, ?)", row).rowcount
-                     for row in _readable_rows(kept))
+        copied = sum(_copy(into, row) for row in _readable_rows(kept))
         into.execute("INSERT INTO salvaged (kept_as, rows, copied_at) VALUES (?, ?, ?)",
                      (kept.name, copied, time.time()))
+        into.executemany("INSERT OR IGNORE INTO salvaged (kept_as, rows, copied_at) "
+                         "VALUES (?, ?, ?)", _salvaged_in(kept))
         into.execute("COMMIT")
     except BaseException:
         into.execute("ROLLBACK")
         raise
     return copied
+
+
+def _salvaged_in(kept: Path) -> list[tuple]:
+    """The files whose rows were copied into `kept` when it was the new file (its table
+    `salvaged`), as far as it can be read. Without them, a new file damaged in its turn and
+    moved aside beside the first one had the next start copy the first one's rows again,
+    long drained: every push in it built once more (past Redis's dedupe window)."""
+    try:
+        source = sqlite3.connect(f"file:{kept}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return []
+    try:
+        return source.execute("SELECT kept_as, rows, copied_at FROM salvaged").fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        source.close()
+
+
+def _copy(into: sqlite3.Connection, row: tuple) -> int:
+    """One row into the new file, under its own id, or under a new one when a push spooled
+    in the new file since has that id (a copy done by a later start: the rows spooled in
+    between hold ids 1, 2, ..., and INSERT OR IGNORE on the id dropped as many of the kept
+    file's oldest pushes, answered 202, unseen); none when its delivery is there already
+    (UNIQUE (owner, delivery)): a copy done twice drains each push once. 1 or 0."""
+    if into.execute(f"INSERT OR IGNORE INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    row).rowcount:
+        return 1
+    return into.execute("INSERT OR IGNORE INTO events (owner, delivery, payload, size, "
+                        "spooled_at) VALUES (?, ?, ?, ?, ?)", row[1:]).rowcount
 
 
 def _readable_rows(kept: Path) -> Iterator[tuple]:
