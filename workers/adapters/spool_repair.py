@@ -126,7 +126,7 @@ def _salvaged_in(kept: Path) -> list[tuple]:
     moved aside beside the first one had the next start copy the first one's rows again,
     long drained: every push in it built once more (past Redis's dedupe window)."""
     try:
-        source = sqlite3.connect(f"file:{kept}?mode=ro", uri=True, isolation_level=None)
+        source = sqlite3.connect(kept, isolation_level=None)  # read-only left a -wal behind
     except sqlite3.Error:
         return []
     try:
