@@ -2,11 +2,13 @@
 was killed, or its volume was full): the pushes spooled in the new file meanwhile, and the
 rows of a kept file copied once already, are each drained once."""
 
+import os
 import signal
 import sqlite3
 
 from tests.integration.test_spool import PUSH
 from tests.integration.test_spool_damaged import prepare_in_a_child, spool_with_a_damaged_page
+from workers.adapters import spool_repair
 from workers.adapters.spool import FILE_NAME, Spool
 from workers.engine.spool_drain import SpooledPush
 
@@ -108,3 +110,34 @@ def test_a_kept_file_whose_table_root_is_damaged_does_not_hold_up_the_start(tmp_
     db = sqlite3.connect(spool_dir / FILE_NAME)
     assert [rows for rows, in db.execute("SELECT rows FROM salvaged")] == [0]
     db.close()
+
+
+def test_the_copy_of_a_large_kept_file_does_not_grow_a_wal_as_large(tmp_path):
+    """The copy was one transaction: SQLite's WAL held every page of it until the commit, so
+    the volume held the kept file, the copy in the WAL and then the copy in the new file: three
+    times a full spool (~320 MB each at the chart's maxBytes), where the chart's emptyDir
+    (512Mi) is sized for one, and the kubelet evicted the pod and deleted its spool, every
+    push in it lost. Committed in batches, the WAL stays near SQLite's checkpoint (4 MiB); a
+    start that stops mid-copy copies it again, each delivery once (UNIQUE (owner, delivery))."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    Spool(old).prepare()  # the schema of a spool
+    db = sqlite3.connect(old / FILE_NAME)
+    with db:
+        db.executemany("INSERT INTO events (delivery, payload, size, spooled_at) "
+                       "VALUES (?, ?, 3000, 0)", ((f"gitlab:{n}", b"x" * 3000)
+                                                  for n in range(4000)))  # 12 MB
+    db.close()
+    Spool(new).prepare()
+    into = sqlite3.connect(new / FILE_NAME, isolation_level=None)
+    try:
+        assert into.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert spool_repair.salvage(old / FILE_NAME, into) == 4000
+        wal = os.path.getsize(f"{new / FILE_NAME}-wal")
+        assert wal < 8 * 2**20, wal
+        into.execute("DELETE FROM salvaged")  # as a start stopped before its last commit
+        assert spool_repair.salvage(old / FILE_NAME, into) == 0  # the next: none twice
+        assert into.execute("SELECT count(*) FROM events").fetchone()[0] == 4000
+    finally:
+        into.close()

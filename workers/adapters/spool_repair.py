@@ -11,6 +11,7 @@ has it open then, so the move loses no write. The damaged file (and its -wal) st
 new one as spool.sqlite3.damaged-<time>, for a person (sqlite3's `.recover`).
 """
 
+import itertools
 import logging
 import os
 import sqlite3
@@ -22,6 +23,7 @@ from pathlib import Path
 log = logging.getLogger("ci_autoscaler.spool")
 DAMAGED_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 _COLUMNS = "id, owner, delivery, payload, size, spooled_at"
+COPY_BATCH = 1000  # rows a commit of a copy: 1-2 MiB in the WAL (checkpointed at 4 MiB)
 KEPT_MARK = ".damaged-"  # spool.sqlite3.damaged-<time>: a damaged file, moved aside
 # In the new file: each file moved aside whose rows were copied into it (once only).
 _SALVAGED_SCHEMA = """
@@ -73,8 +75,8 @@ def move_aside(path: Path) -> Path:
 def salvage_pending(path: Path, into: sqlite3.Connection,
                     problem: str | None = None) -> list[Repaired]:
     """Copy the readable rows of each file moved aside beside `path` whose rows `into` (the
-    new file) has not had yet, oldest first; what was copied. Each file's rows and its name
-    (table `salvaged`) are committed together: a start that stopped between the move and
+    new file) has not had yet, oldest first; what was copied. Each file's name goes into
+    table `salvaged` with its last rows (salvage): a start that stopped between the move and
     the copy (killed, out of memory, a full volume) left the rows in the kept file alone, and
     the next start, finding a sound file, never looked at it again, nor said so. `problem`:
     what SQLite said of the file this start moved aside. Raises NotCopied."""
@@ -103,21 +105,32 @@ def salvage_pending(path: Path, into: sqlite3.Connection,
 
 def salvage(kept: Path, into: sqlite3.Connection) -> int:
     """Copy the rows of the damaged file `kept` that can still be read into `into` (the new
-    file, its schema made), with their ids and owners, and its name into `salvaged`, in one
-    commit; how many."""
+    file, its schema made), with their ids and owners, COPY_BATCH rows a commit, and its name
+    into `salvaged` with the last; how many. In one commit, SQLite's WAL held the whole copy
+    until it: the volume held a full spool three times over (the kept file, the WAL, the new
+    file), past the chart's emptyDir sizeLimit (the kubelet evicts the pod, and its spool is
+    lost). A start stopped mid-copy copies again: each delivery once (_copy)."""
     into.execute(_SALVAGED_SCHEMA)
-    into.execute("BEGIN IMMEDIATE")
+    rows, copied = _readable_rows(kept), 0
     try:
-        copied = sum(_copy(into, row) for row in _readable_rows(kept))
-        into.execute("INSERT INTO salvaged (kept_as, rows, copied_at) VALUES (?, ?, ?)",
-                     (kept.name, copied, time.time()))
-        into.executemany("INSERT OR IGNORE INTO salvaged (kept_as, rows, copied_at) "
-                         "VALUES (?, ?, ?)", _salvaged_in(kept))
-        into.execute("COMMIT")
-    except BaseException:
-        into.execute("ROLLBACK")
-        raise
-    return copied
+        while True:
+            into.execute("BEGIN IMMEDIATE")
+            try:
+                batch = list(itertools.islice(rows, COPY_BATCH))
+                copied += sum(_copy(into, row) for row in batch)
+                if len(batch) < COPY_BATCH:
+                    into.execute("INSERT INTO salvaged (kept_as, rows, copied_at) "
+                                 "VALUES (?, ?, ?)", (kept.name, copied, time.time()))
+                    into.executemany("INSERT OR IGNORE INTO salvaged (kept_as, rows, "
+                                     "copied_at) VALUES (?, ?, ?)", _salvaged_in(kept))
+                into.execute("COMMIT")
+            except BaseException:
+                into.execute("ROLLBACK")
+                raise
+            if len(batch) < COPY_BATCH:
+                return copied
+    finally:
+        rows.close()
 
 
 def _salvaged_in(kept: Path) -> list[tuple]:
