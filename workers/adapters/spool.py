@@ -351,6 +351,15 @@ class Spool:
         return [(d, bytes(p)) for d, p in
                 self.query("SELECT delivery, payload FROM set_aside ORDER BY id")]
 
+    def set_aside_count(self) -> int:
+        """How many rows are set aside (ci_autoscaler_spool_set_aside_events): the drain
+        counts them out of the spool's events, so without it a spool at 0 looked drained,
+        and the pod was deleted with the pushes a person could still have read."""
+        if not self.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                          "name = 'set_aside'"):
+            return 0
+        return self.query("SELECT count(*) FROM set_aside")[0][0]
+
     def counts(self) -> tuple[int, int]:
         """(events, bytes) spooled that this owner drains (its own and the legacy rows);
         (0, 0) before the file exists."""

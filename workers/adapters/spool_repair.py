@@ -11,6 +11,7 @@ has it open then, so the move loses no write. The damaged file (and its -wal) st
 new one as spool.sqlite3.damaged-<time>, for a person (sqlite3's `.recover`).
 """
 
+import itertools
 import logging
 import os
 import sqlite3
@@ -22,6 +23,7 @@ from pathlib import Path
 log = logging.getLogger("ci_autoscaler.spool")
 DAMAGED_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 _COLUMNS = "id, owner, delivery, payload, size, spooled_at"
+COPY_BATCH = 1000  # rows a commit of a copy: 1-2 MiB in the WAL (checkpointed at 4 MiB)
 KEPT_MARK = ".damaged-"  # spool.sqlite3.damaged-<time>: a damaged file, moved aside
 # In the new file: each file moved aside whose rows were copied into it (once only).
 _SALVAGED_SCHEMA = """
@@ -73,8 +75,8 @@ def move_aside(path: Path) -> Path:
 def salvage_pending(path: Path, into: sqlite3.Connection,
                     problem: str | None = None) -> list[Repaired]:
     """Copy the readable rows of each file moved aside beside `path` whose rows `into` (the
-    new file) has not had yet, oldest first; what was copied. Each file's rows and its name
-    (table `salvaged`) are committed together: a start that stopped between the move and
+    new file) has not had yet, oldest first; what was copied. Each file's name goes into
+    table `salvaged` with its last rows (salvage): a start that stopped between the move and
     the copy (killed, out of memory, a full volume) left the rows in the kept file alone, and
     the next start, finding a sound file, never looked at it again, nor said so. `problem`:
     what SQLite said of the file this start moved aside. Raises NotCopied."""
@@ -84,6 +86,9 @@ def salvage_pending(path: Path, into: sqlite3.Connection,
         return []
     into.execute(_SALVAGED_SCHEMA)
     done = {name for name, in into.execute("SELECT kept_as FROM salvaged")}
+    for kept in kept_files:  # a kept file that was a new file once: those copied into it
+        if kept.name not in done:
+            done.update(name for name, *_ in _salvaged_in(kept))
     pending = [kept for kept in kept_files if kept.name not in done]
     repaired = []
     for n, kept in enumerate(pending):
@@ -100,21 +105,62 @@ def salvage_pending(path: Path, into: sqlite3.Connection,
 
 def salvage(kept: Path, into: sqlite3.Connection) -> int:
     """Copy the rows of the damaged file `kept` that can still be read into `into` (the new
-    file, its schema made), with their ids and owners, and its name into `salvaged`, in one
-    commit; how many."""
+    file, its schema made), with their ids and owners, COPY_BATCH rows a commit, and its name
+    into `salvaged` with the last; how many. In one commit, SQLite's WAL held the whole copy
+    until it: the volume held a full spool three times over (the kept file, the WAL, the new
+    file), past the chart's emptyDir sizeLimit (the kubelet evicts the pod, and its spool is
+    lost). A start stopped mid-copy copies again: each delivery once (_copy)."""
     into.execute(_SALVAGED_SCHEMA)
-    into.execute("BEGIN IMMEDIATE")
+    rows, copied = _readable_rows(kept), 0
     try:
-        copied = sum(into.execute(f"INSERT OR IGNORE INTO events ({_COLUMNS}) "
-                                  "VALUES (?, ?, ?, ?, ?, ?)", row).rowcount
-                     for row in _readable_rows(kept))
-        into.execute("INSERT INTO salvaged (kept_as, rows, copied_at) VALUES (?, ?, ?)",
-                     (kept.name, copied, time.time()))
-        into.execute("COMMIT")
-    except BaseException:
-        into.execute("ROLLBACK")
-        raise
-    return copied
+        while True:
+            into.execute("BEGIN IMMEDIATE")
+            try:
+                batch = list(itertools.islice(rows, COPY_BATCH))
+                copied += sum(_copy(into, row) for row in batch)
+                if len(batch) < COPY_BATCH:
+                    into.execute("INSERT INTO salvaged (kept_as, rows, copied_at) "
+                                 "VALUES (?, ?, ?)", (kept.name, copied, time.time()))
+                    into.executemany("INSERT OR IGNORE INTO salvaged (kept_as, rows, "
+                                     "copied_at) VALUES (?, ?, ?)", _salvaged_in(kept))
+                into.execute("COMMIT")
+            except BaseException:
+                into.execute("ROLLBACK")
+                raise
+            if len(batch) < COPY_BATCH:
+                return copied
+    finally:
+        rows.close()
+
+
+def _salvaged_in(kept: Path) -> list[tuple]:
+    """The files whose rows were copied into `kept` when it was the new file (its table
+    `salvaged`), as far as it can be read. Without them, a new file damaged in its turn and
+    moved aside beside the first one had the next start copy the first one's rows again,
+    long drained: every push in it built once more (past Redis's dedupe window)."""
+    try:
+        source = sqlite3.connect(kept, isolation_level=None)  # read-only left a -wal behind
+    except sqlite3.Error:
+        return []
+    try:
+        return source.execute("SELECT kept_as, rows, copied_at FROM salvaged").fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        source.close()
+
+
+def _copy(into: sqlite3.Connection, row: tuple) -> int:
+    """One row into the new file, under its own id, or under a new one when a push spooled
+    in the new file since has that id (a copy done by a later start: the rows spooled in
+    between hold ids 1, 2, ..., and INSERT OR IGNORE on the id dropped as many of the kept
+    file's oldest pushes, answered 202, unseen); none when its delivery is there already
+    (UNIQUE (owner, delivery)): a copy done twice drains each push once. 1 or 0."""
+    if into.execute(f"INSERT OR IGNORE INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    row).rowcount:
+        return 1
+    return into.execute("INSERT OR IGNORE INTO events (owner, delivery, payload, size, "
+                        "spooled_at) VALUES (?, ?, ?, ?, ?)", row[1:]).rowcount
 
 
 def _readable_rows(kept: Path) -> Iterator[tuple]:
@@ -141,8 +187,37 @@ def _readable_rows(kept: Path) -> Iterator[tuple]:
                     yield row
                 return
             except sqlite3.Error:
-                if after >= top:
+                # the row past the last one read is on a page that cannot be
+                if (past := _past_damage(source, after, top)) is None:
                     return
-                after += 1  # the row past the last one read is on a page that cannot be
+                after = past
     finally:
         source.close()
+
+
+def _past_damage(source: sqlite3.Connection, failed: int, top: int) -> int | None:
+    """The lowest id a scan can go on after (a read of the row after it succeeds), past
+    `failed` (a read of the row after it fails), up to `top`; None when none. Steps of
+    doubling length find a readable id, a bisection the end of the damaged stretch: tried one
+    id at a time, a damaged root page (each read failing) took a SELECT per id up to the
+    highest ever given (200,000 ids: 17 s), and a start killed before its copy was
+    committed (the startup probe) began it again, for good."""
+    def readable(after: int) -> bool:
+        try:
+            source.execute(f"SELECT {_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT 1",
+                           (after,)).fetchone()
+            return True
+        except sqlite3.Error:
+            return False
+
+    step = 1
+    while not readable(failed + step):
+        failed += step
+        if failed >= top:
+            return None
+        step *= 2
+    good = failed + step
+    while good - failed > 1:  # readable(good), not readable(failed)
+        middle = (failed + good) // 2
+        failed, good = (failed, middle) if readable(middle) else (middle, good)
+    return good

@@ -256,12 +256,14 @@ class SpoolCollector:
         try:
             events, size = self.spool.counts()
             others = self.spool.others()
+            set_aside = self.spool.set_aside_count()
         except spool_file.SpoolError as err:
             log.warning("spool not exported: cannot be read", extra={"error": str(err)})
             return
         yield _gauge(m.SPOOL_EVENTS, float(events))
         yield _gauge(m.SPOOL_BYTES, float(size))
         yield _gauge(m.SPOOL_FOREIGN_EVENTS, float(sum(others.values())))
+        yield _gauge(m.SPOOL_SET_ASIDE_EVENTS, float(set_aside))
         yield _gauge(m.SPOOL_STRANDED_EVENTS, float(self.stranded() if self.stranded else 0))
 
 

@@ -166,6 +166,9 @@ SPOOL_STRANDED_EVENTS = _m("spool_stranded_events", G, PROC, "Pushes in the defa
                            "directories of this web's user and installation for another Redis "
                            "target: nothing drains them until adopted (ci-autoscaler spool "
                            "adopt).")
+SPOOL_SET_ASIDE_EVENTS = _m("spool_set_aside_events", G, PROC, "Rows of this web pod's spool "
+                            "the drainer could not read as a push (a damaged file), set aside "
+                            "in its table set_aside: never drained, lost with the pod.")
 SPOOL_REFUSALS_TOTAL = _m("spool_refusals_total", C, PROC, "Pushes answered 503 because Redis "
                           "could not take them and the spool was full or unwritable.",
                           ("reason",))
@@ -356,7 +359,8 @@ REDIS_EVICTED_KEYS_TOTAL = _m("redis_evicted_keys_total", C, STATE, "Keys Redis 
 
 CATALOGUE: tuple[Metric, ...] = (
     WEBHOOKS_TOTAL, WEBHOOK_DURATION_SECONDS, ERRORS_TOTAL,
-    SPOOL_EVENTS, SPOOL_BYTES, SPOOL_FOREIGN_EVENTS, SPOOL_STRANDED_EVENTS, SPOOL_REFUSALS_TOTAL,
+    SPOOL_EVENTS, SPOOL_BYTES, SPOOL_FOREIGN_EVENTS, SPOOL_STRANDED_EVENTS, SPOOL_SET_ASIDE_EVENTS,
+    SPOOL_REFUSALS_TOTAL,
     AGENTS_CREATED_TOTAL, AGENTS_DELETED_TOTAL, PROVISION_DURATION_SECONDS,
     AGENT_START_DURATION_SECONDS, AGENT_START_FAILURES_TOTAL, AGENTS_LOST_TOTAL,
     BUILDS_RETRIGGERED_TOTAL, BUILD_STAGE_SECONDS,
