@@ -28,8 +28,23 @@ from workers.core.rbac import RIGHTS, Right
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENTS = "ci-agents"
-_API_CLASSES = {name: getattr(kubernetes.client, name) for name in dir(kubernetes.client)
-                if name.endswith("Api") and inspect.isclass(getattr(kubernetes.client, name))}
+_SOURCES = sorted(p for p in [*(ROOT / "workers").rglob("*.py"), *(ROOT / "service").rglob("*.py")]
+                  if "kubernetes" in p.read_text(encoding="utf-8"))  # the others use no API class
+# The API classes the code imports (kubernetes.client loads each one's module when asked: all
+# of them take seconds)
+def _imported_api_classes() -> dict[str, type]:
+    names = set()
+    for path in _SOURCES:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "kubernetes.client":
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.Attribute) and ast.unparse(node.value).endswith("client"):
+                names.add(node.attr)  # kubernetes.client.CoreV1Api(...)
+    return {name: getattr(kubernetes.client, name) for name in names
+            if name.endswith("Api") and inspect.isclass(getattr(kubernetes.client, name, None))}
+
+
+_API_CLASSES = _imported_api_classes()
 _WATCH_LOOPS = {"_list_watch"}
 # Granted whether the code asks them or not: the rights issue 6 lists "exactly" (a Role: pods
 # create, get, list, watch, delete, pods/log get; a ClusterRole: nodes get, list, watch,
@@ -106,10 +121,7 @@ def _calls(path: Path) -> list[tuple[str, str, list[str], bool]]:
 def _requests() -> list[tuple[str, RequestInfo]]:
     """(where, the API server's reading) of every request the code makes."""
     out = []
-    files = sorted([*(ROOT / "workers").rglob("*.py"), *(ROOT / "service").rglob("*.py")])
-    for path in files:
-        if "kubernetes" not in path.read_text(encoding="utf-8"):
-            continue  # no API class there
+    for path in _SOURCES:
         for cls, method, after, watched in _calls(path):
             source = inspect.getsource(getattr(_API_CLASSES[cls], f"_{method}_serialize"))
             http, template = re.search(r"method='(\w+)',\s*resource_path='([^']+)'",
