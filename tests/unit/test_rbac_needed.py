@@ -30,9 +30,11 @@ ROOT = Path(__file__).resolve().parents[2]
 AGENTS = "ci-agents"
 _SOURCES = sorted(p for p in [*(ROOT / "workers").rglob("*.py"), *(ROOT / "service").rglob("*.py")]
                   if "kubernetes" in p.read_text(encoding="utf-8"))  # the others use no API class
-# The API classes the code imports (kubernetes.client loads each one's module when asked: all
-# of them take seconds)
+
+
 def _imported_api_classes() -> dict[str, type]:
+    """The API classes the code imports (kubernetes.client loads a class's module when it is
+    asked for: all of them took 20 s)."""
     names = set()
     for path in _SOURCES:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -45,7 +47,7 @@ def _imported_api_classes() -> dict[str, type]:
 
 
 _API_CLASSES = _imported_api_classes()
-_WATCH_LOOPS = {"_list_watch"}
+_WATCH_LOOPS = {"_list_watch"}  # workers/adapters/kube_snapshot.py: lists, then watch=True
 # Granted whether the code asks them or not: the rights issue 6 lists "exactly" (a Role: pods
 # create, get, list, watch, delete, pods/log get; a ClusterRole: nodes get, list, watch,
 # metrics.k8s.io nodes and pods get, list), and pods get, list, watch cluster-wide, the
@@ -55,7 +57,7 @@ _ISSUE_6 = {*(Right("", "pods", v, namespaced=True)
             Right("", "pods/log", "get", namespaced=True),
             *(Right("", "nodes", v) for v in ("get", "list", "watch")),
             *(Right("metrics.k8s.io", r, v) for r in ("nodes", "pods") for v in ("get", "list")),
-            *(Right("", "pods", v) for v in ("get", "list", "watch"))}  # workers/adapters/kube_snapshot.py: lists, then watch=True
+            *(Right("", "pods", v) for v in ("get", "list", "watch"))}
 
 
 def _api_class(node: ast.AST | None) -> str | None:
@@ -104,7 +106,7 @@ def _calls(path: Path) -> list[tuple[str, str, list[str], bool]]:
             parent = parents[node]
             after: list[str] = []
             watched = False
-            if isinstance(parent, ast.Call) and node in parent.args:  # handed on: api_call(w, fn, ...)
+            if isinstance(parent, ast.Call) and node in parent.args:  # api_call(what, fn, ...)
                 rest = parent.args[parent.args.index(node) + 1:]
                 after = [a.value for a in rest if isinstance(a, ast.Constant)
                          and isinstance(a.value, str)]
