@@ -39,7 +39,7 @@ AGENT_NAMESPACE_RIGHTS = (
     *_rights("", ("pods",), ("create", "get", "list", "watch", "patch", "delete"),
              namespaced=True),
     *_rights("", ("pods/log",), ("get",), namespaced=True),
-    *_rights("", ("secrets",), ("create", "get", "update", "patch", "delete"), namespaced=True),
+    *_rights("", ("secrets",), ("create", "get", "patch", "delete"), namespaced=True),
     *_rights("", ("persistentvolumeclaims",), ("get",), namespaced=True),
     *_rights("", ("limitranges",), ("list",), namespaced=True),
 )
