@@ -126,3 +126,48 @@ def test_nodes_needed_plans_one_such_build_per_node_added_on_both_paths():
     # one on b, the other two on a fresh node each, though one node's cpu would take them all
     assert reference.nodes_needed == 2
     assert sorted(reference.assignment.values()).count("b") == 1
+
+
+TWO = """
+routes: [{project: '*', ref: 'refs/*', job: build, template: heavy}]
+templates:
+  heavy:
+    cpu: {min: 1, default: 1, max: 1}
+    memory: {min: 1Gi, default: 1Gi, max: 1Gi}
+    podSpecPatch:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            - labelSelector: SELECTOR
+              topologyKey: kubernetes.io/hostname
+  light:
+    cpu: {min: 1, default: 1, max: 1}
+    memory: {min: 1Gi, default: 1Gi, max: 1Gi}
+"""
+
+
+@pytest.mark.parametrize("selector", [
+    "{matchLabels: {app.kubernetes.io/managed-by: ci-autoscaler}}",  # every agent of ours
+    "{}",  # every pod of the namespace
+    "{matchExpressions: [{key: ci-autoscaler.io/template, operator: Exists}]}",
+    "{matchExpressions: [{key: ci-autoscaler.io/template, operator: In, "
+    "values: [heavy, light]}]}",
+])
+def test_a_term_selecting_pods_of_other_templates_too_is_left_to_kube_scheduler(selector):
+    """kube-scheduler refuses a heavy pod beside a light one its term selects, and a light pod
+    beside a heavy one whose term selects it (the existing pod's anti-affinity: Kubernetes
+    docs, "Inter-pod affinity and anti-affinity"). A light pod holds no token, so counted as a
+    token the heavy build was placed beside a light one (Unschedulable there), and the
+    config check stayed silent about it; such a term is the config check's warning, as
+    before."""
+    from workers.config.config_warnings import _placement_blind
+    from workers.core import pod_anti_affinity, pods
+    assert pod_anti_affinity.TEMPLATE_LABEL == pods.TEMPLATE_LABEL
+    config = parse_file_config(TWO.replace("SELECTOR", selector))
+    heavy = config.templates["heavy"]
+    assert needs(heavy).host_ports == frozenset()
+    assert [path for path, _ in _placement_blind(config)] == [
+        ("templates", "heavy", "podSpecPatch", "affinity", "podAntiAffinity")]
+    spec = {"nodeName": "a", "containers": [{"name": "jnlp"}], **heavy.pod_spec_patch}
+    assert pod_record({"metadata": {"labels": OURS}, "spec": spec})[3].host_ports == \
+        frozenset()
