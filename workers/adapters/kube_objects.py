@@ -16,8 +16,8 @@ from typing import Any
 
 from workers.core.cluster import REFUSING_CONDITIONS, ZERO, NodeState, Resources, Taint
 from workers.core.fit import (
-    EPHEMERAL_STORAGE, NOTHING_HELD, STANDARD_RESOURCES, Held, Limits, spec_host_ports,
-    with_init_containers)
+    EPHEMERAL_STORAGE, NOTHING_HELD, STANDARD_RESOURCES, Held, Limits, container_extras,
+    spec_host_ports, with_init_containers)
 from workers.core import pod_anti_affinity
 from workers.core.installation_pods import INSTALLATION_LABEL, Owner, owner
 from workers.core.pods import (BUILD_KEY_LABEL, HOSTNAME_LABEL, RETAINED, RETAINED_LABEL,
@@ -242,16 +242,9 @@ def pod_held(spec: Obj, labels: dict[str, str] | None = None) -> Held:
     if not special:
         return Held(1, host_ports=anti) if anti else _ONE_POD
 
-    def extras(c: Obj) -> dict[str, int]:
-        res = c.get("resources") or {}
-        merged = {**(res.get("limits") or {}), **(res.get("requests") or {})}
-        return {k: memory_bytes(v) if k == EPHEMERAL_STORAGE else int(parse_quantity(v))
-                for k, v in merged.items()
-                if k == EPHEMERAL_STORAGE or (k not in STANDARD_RESOURCES and "/" in k)}
-
     total: dict[str, int] = {}
     for c in groups[0]:
-        for k, v in extras(c).items():
+        for k, v in container_extras(c).items():
             total[k] = total.get(k, 0) + v
     if groups[1]:  # a native sidecar's requests add to the containers' (as for cpu)
         total = with_init_containers(spec, total)
