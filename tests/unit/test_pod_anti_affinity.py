@@ -171,3 +171,16 @@ def test_a_term_selecting_pods_of_other_templates_too_is_left_to_kube_scheduler(
     spec = {"nodeName": "a", "containers": [{"name": "jnlp"}], **heavy.pod_spec_patch}
     assert pod_record({"metadata": {"labels": OURS}, "spec": spec})[3].host_ports == \
         frozenset()
+
+
+def test_a_pod_of_ours_in_another_namespace_holds_no_token_for_the_agent_namespace():
+    """A term without namespaces selects the pods of its own pod's namespace only (Kubernetes
+    docs, "Inter-pod affinity and anti-affinity": "... the namespace of the Pod with the
+    affinity"). The watch lists every namespace's pods: another installation's heavy build
+    in its own namespace (both without an installation identity) kept ours off its node,
+    where kube-scheduler would have bound it."""
+    spec = {"nodeName": "a", "containers": [{"name": "jnlp"}], **SELF}
+    mine = {"metadata": {"namespace": "ci-agents", "labels": OURS}, "spec": spec}
+    theirs = {"metadata": {"namespace": "other-ci", "labels": OURS}, "spec": spec}
+    assert pod_record(mine, agent_namespace="ci-agents")[3].host_ports == tokens(SELF, OURS)
+    assert pod_record(theirs, agent_namespace="ci-agents")[3].host_ports == frozenset()

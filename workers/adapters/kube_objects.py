@@ -181,7 +181,8 @@ def object_key(obj: Obj) -> tuple[str, str]:
     return meta.get("namespace") or "", meta.get("name") or ""
 
 
-def pod_record(obj: Obj, installation_value: str = "") -> PodRecord | None:
+def pod_record(obj: Obj, installation_value: str = "",
+               agent_namespace: str | None = None) -> PodRecord | None:
     """None for a pod that takes no room: not bound to a node yet, or terminated. Every pod
     counts; its build key only when it has no installation label or this one's
     (`installation_value`, core.installation_pods.label_value): another installation
@@ -193,18 +194,22 @@ def pod_record(obj: Obj, installation_value: str = "") -> PodRecord | None:
     reservation carries its cpu, memory and pod count only (workers.engine.scheduling), so
     without this, builds placed in a burst, or once their reservations settled, all took
     the same last GPU until the scheduler bound one and refused the others. Its cpu and
-    memory stay the reservation's part."""
+    memory stay the reservation's part. Its pod anti-affinity is counted only in the
+    `agent_namespace` (when given): a term without namespaces selects its own namespace's
+    pods alone."""
     spec = obj.get("spec") or {}
     phase = (obj.get("status") or {}).get("phase")
     if phase in ("Succeeded", "Failed"):
         return None
-    labels = (obj.get("metadata") or {}).get("labels") or {}
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
     key = labels.get(BUILD_KEY_LABEL) if labels.get(
         INSTALLATION_LABEL, installation_value) == installation_value else None
     # our agents' pod anti-affinity is counted (core.pod_anti_affinity; warm ones' too, in
     # the agent namespace), others' left to kube-scheduler
     own = labels if spec.get("affinity") and is_managed(labels) and labels.get(
-        INSTALLATION_LABEL, installation_value) == installation_value else None
+        INSTALLATION_LABEL, installation_value) == installation_value and (
+        agent_namespace is None or meta.get("namespace") == agent_namespace) else None
     if not spec.get("nodeName"):
         if key is None or (held := pod_held(spec, own)) is _ONE_POD \
                 or (first := first_candidate(spec)) is None:
