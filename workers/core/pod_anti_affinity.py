@@ -8,8 +8,9 @@ the incoming pod (Kubernetes docs, "Assigning Pods to Nodes", "Inter-pod affinit
 anti-affinity"; pkg/scheduler/framework/plugins/interpodaffinity/filtering.go). Counted here:
 a term with topologyKey kubernetes.io/hostname, a labelSelector and neither namespaces nor a
 namespaceSelector (so: the pod's own namespace) that selects the pod it is on and no pod of
-another template (it asks for the pod's own template label; core.pods). Such a term is a token the pod holds on its node and that no other pod with the same term may find
-there, a pseudo host port (core.fit: the same conflict rule, the same reservations across
+another template (it asks for the pod's own template label; core.pods). Such a term is a
+token the pod holds on its node and that no other pod with the same term may find there, a
+pseudo host port (core.fit: the same conflict rule, the same reservations across
 workers); the wait reason is POD_ANTI_AFFINITY. Pods of the term that it does not select
 (other apps) stay kube-scheduler's to judge among the candidates. A term selecting other
 templates' pods too (app.kubernetes.io/managed-by alone, an empty selector) is not a token:
