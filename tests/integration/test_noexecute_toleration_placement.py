@@ -102,3 +102,24 @@ def test_a_scale_up_pod_is_made_for_a_build_only_such_nodes_would_take(
     assert reconcile.reconcile_once(rt)["scale_up_pods_created"] == 1
     [pod] = scale_up_pods(kube).values()
     assert TAINT["key"] not in str(pod["spec"].get("tolerations"))
+
+
+def test_a_warm_agent_goes_only_where_a_build_claiming_it_late_still_runs_its_deadline(
+        monkeypatch, tmp_path, redis_url, kube, jenkins_fake, cleanup):
+    """A warm pod lives up to its idle life and then its build's deadline
+    (activeDeadlineSeconds: warm.agents.deadline_seconds); its eviction counts from its
+    binding (the taint eviction controller, from when it sees the pod on the tainted node).
+    Judged on the build's deadline alone (1800 s, tolerated 2400 s), the idle tainted node
+    took it, and a build claiming it after 20 idle minutes was evicted 10 minutes in."""
+    from workers.core.warm_pool import WARM_MAX_AGE_SECONDS
+    from workers.warm import agents
+    assert 2400 < 1800 + WARM_MAX_AGE_SECONDS
+    text = config(2400, deadline=1800) + "    warm: {min: 1, max: 1, idleSeconds: 600}\n"
+    start(monkeypatch, tmp_path, redis_url, kube, jenkins_fake, text)
+    rt = runtime.current()
+    started = agents.start(rt, "small", rt.config.templates["small"])
+    assert started.node == "b-busy"
+    pod = kube.pod(NAMESPACE, started.name)
+    terms = pod["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert {v for t in terms for e in t["matchExpressions"] for v in e["values"]} == {"b-busy"}

@@ -15,7 +15,7 @@ from workers.core.capacity import WaitingBuild, capacity_state, plan, reference_
 from workers.core.cluster import NodeState, Resources, Taint
 from workers.core.fit import Limits, lacks, needs
 from workers.core.models import CpuRange, MemoryRange, PodTemplate, Toleration
-from workers.core.placement import Placement, Wait, decide, free, why_not
+from workers.core.placement import Placement, Wait, avoided, decide, free, why_not
 from workers.core.pod_anti_affinity import tokens
 
 GI = 2**30
@@ -155,9 +155,13 @@ def test_a_decision_never_exceeds_free_capacity_and_stays_in_range(cluster, temp
         node = next(n for n in cluster if n.name == decision.node)
         if decision.by_requests:  # no node had its default cpu free by use (and min memory):
             # it fits by cpu requests; cpu is never shrunk below the default to avoid that
+            # (of the nodes it is not asked to avoid, a PreferNoSchedule taint, when one of
+            # those took it: placement.avoided, decided on them first)
             lo = Resources(template.cpu.default, template.memory.min)
+            preferred = not avoided(node, template)
             assert not any(why_not(n, template) is None and lo.fits_in(free(n))
-                           and lacks(n, needs(template)) is None for n in cluster)
+                           and lacks(n, needs(template)) is None
+                           and not (preferred and avoided(n, template)) for n in cluster)
             assert decision.size.cpu_millis <= (node.allocatable - node.requested
                                                 - node.in_flight).cpu_millis
             assert decision.size.memory_bytes <= free(node).memory_bytes

@@ -126,3 +126,61 @@ def test_nodes_needed_plans_one_such_build_per_node_added_on_both_paths():
     # one on b, the other two on a fresh node each, though one node's cpu would take them all
     assert reference.nodes_needed == 2
     assert sorted(reference.assignment.values()).count("b") == 1
+
+
+TWO = """
+routes: [{project: '*', ref: 'refs/*', job: build, template: heavy}]
+templates:
+  heavy:
+    cpu: {min: 1, default: 1, max: 1}
+    memory: {min: 1Gi, default: 1Gi, max: 1Gi}
+    podSpecPatch:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            - labelSelector: SELECTOR
+              topologyKey: kubernetes.io/hostname
+  light:
+    cpu: {min: 1, default: 1, max: 1}
+    memory: {min: 1Gi, default: 1Gi, max: 1Gi}
+"""
+
+
+@pytest.mark.parametrize("selector", [
+    "{matchLabels: {app.kubernetes.io/managed-by: ci-autoscaler}}",  # every agent of ours
+    "{}",  # every pod of the namespace
+    "{matchExpressions: [{key: ci-autoscaler.io/template, operator: Exists}]}",
+    "{matchExpressions: [{key: ci-autoscaler.io/template, operator: In, "
+    "values: [heavy, light]}]}",
+])
+def test_a_term_selecting_pods_of_other_templates_too_is_left_to_kube_scheduler(selector):
+    """kube-scheduler refuses a heavy pod beside a light one its term selects, and a light pod
+    beside a heavy one whose term selects it (the existing pod's anti-affinity: Kubernetes
+    docs, "Inter-pod affinity and anti-affinity"). A light pod holds no token, so counted as a
+    token the heavy build was placed beside a light one (Unschedulable there), and the
+    config check stayed silent about it; such a term is the config check's warning, as
+    before."""
+    from workers.config.config_warnings import _placement_blind
+    from workers.core import pod_anti_affinity, pods
+    assert pod_anti_affinity.TEMPLATE_LABEL == pods.TEMPLATE_LABEL
+    config = parse_file_config(TWO.replace("SELECTOR", selector))
+    heavy = config.templates["heavy"]
+    assert needs(heavy).host_ports == frozenset()
+    assert [path for path, _ in _placement_blind(config)] == [
+        ("templates", "heavy", "podSpecPatch", "affinity", "podAntiAffinity")]
+    spec = {"nodeName": "a", "containers": [{"name": "jnlp"}], **heavy.pod_spec_patch}
+    assert pod_record({"metadata": {"labels": OURS}, "spec": spec})[3].host_ports == \
+        frozenset()
+
+
+def test_a_pod_of_ours_in_another_namespace_holds_no_token_for_the_agent_namespace():
+    """A term without namespaces selects the pods of its own pod's namespace only (Kubernetes
+    docs, "Inter-pod affinity and anti-affinity": "... the namespace of the Pod with the
+    affinity"). The watch lists every namespace's pods: another installation's heavy build
+    in its own namespace (both without an installation identity) kept ours off its node,
+    where kube-scheduler would have bound it."""
+    spec = {"nodeName": "a", "containers": [{"name": "jnlp"}], **SELF}
+    mine = {"metadata": {"namespace": "ci-agents", "labels": OURS}, "spec": spec}
+    theirs = {"metadata": {"namespace": "other-ci", "labels": OURS}, "spec": spec}
+    assert pod_record(mine, agent_namespace="ci-agents")[3].host_ports == tokens(SELF, OURS)
+    assert pod_record(theirs, agent_namespace="ci-agents")[3].host_ports == frozenset()

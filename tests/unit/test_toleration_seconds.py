@@ -71,3 +71,25 @@ def test_templates_alike_but_for_their_deadline_are_judged_each_by_its_own():
     assert index.decide(short).node == "a-draining"
     assert index.decide(long).node == "b-busy"
     assert index.decide(short).node == "a-draining"
+
+
+def test_a_scale_up_pod_tolerates_no_taint_its_builds_first_toleration_holds_for_short():
+    """Its pause pod stands in for the build's pod (core.scale_up): kube-scheduler binds a pod
+    where any of its tolerations tolerates each taint. With the short toleration left out
+    but the `operator: Exists` after it kept, the pause pod still tolerated the draining
+    taint, was bound on the draining node the build may not use (in vain: no node added),
+    and the build waited until the old nodes were gone."""
+    from workers.core import scale_up
+    for t in (template(seconds(60), Toleration(operator="Exists")),
+              template(seconds(60), Toleration(key=DRAIN.key, operator="Exists"))):
+        assert why_not(NODES[0], t) is not None
+        assert not scale_up.binds_pause_pod(NODES[0], t)
+        pod = scale_up.manifest(build_key="k" * 20, template_name="small", template=t,
+                                requests=[Resources(1000, GI)])
+        assert pod["spec"].get("tolerations") is None
+    # a toleration for good that no short one comes before still goes with it
+    later = template(Toleration(key="gpu", operator="Exists"), seconds(60))
+    assert [x.key for x in scale_up.lasting(later)] == ["gpu"]
+    # ... and one that follows a short one of another key alone
+    other = template(seconds(60), Toleration(key="gpu", operator="Exists"))
+    assert [x.key for x in scale_up.lasting(other)] == ["gpu"]

@@ -16,8 +16,8 @@ from typing import Any
 
 from workers.core.cluster import REFUSING_CONDITIONS, ZERO, NodeState, Resources, Taint
 from workers.core.fit import (
-    EPHEMERAL_STORAGE, NOTHING_HELD, STANDARD_RESOURCES, Held, Limits, spec_host_ports,
-    with_init_containers)
+    EPHEMERAL_STORAGE, NOTHING_HELD, STANDARD_RESOURCES, Held, Limits, container_extras,
+    spec_host_ports, with_init_containers)
 from workers.core import pod_anti_affinity
 from workers.core.installation_pods import INSTALLATION_LABEL, Owner, owner
 from workers.core.pods import (BUILD_KEY_LABEL, HOSTNAME_LABEL, RETAINED, RETAINED_LABEL,
@@ -181,7 +181,8 @@ def object_key(obj: Obj) -> tuple[str, str]:
     return meta.get("namespace") or "", meta.get("name") or ""
 
 
-def pod_record(obj: Obj, installation_value: str = "") -> PodRecord | None:
+def pod_record(obj: Obj, installation_value: str = "",
+               agent_namespace: str | None = None) -> PodRecord | None:
     """None for a pod that takes no room: not bound to a node yet, or terminated. Every pod
     counts; its build key only when it has no installation label or this one's
     (`installation_value`, core.installation_pods.label_value): another installation
@@ -193,18 +194,22 @@ def pod_record(obj: Obj, installation_value: str = "") -> PodRecord | None:
     reservation carries its cpu, memory and pod count only (workers.engine.scheduling), so
     without this, builds placed in a burst, or once their reservations settled, all took
     the same last GPU until the scheduler bound one and refused the others. Its cpu and
-    memory stay the reservation's part."""
+    memory stay the reservation's part. Its pod anti-affinity is counted only in the
+    `agent_namespace` (when given): a term without namespaces selects its own namespace's
+    pods alone."""
     spec = obj.get("spec") or {}
     phase = (obj.get("status") or {}).get("phase")
     if phase in ("Succeeded", "Failed"):
         return None
-    labels = (obj.get("metadata") or {}).get("labels") or {}
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
     key = labels.get(BUILD_KEY_LABEL) if labels.get(
         INSTALLATION_LABEL, installation_value) == installation_value else None
     # our agents' pod anti-affinity is counted (core.pod_anti_affinity; warm ones' too, in
     # the agent namespace), others' left to kube-scheduler
     own = labels if spec.get("affinity") and is_managed(labels) and labels.get(
-        INSTALLATION_LABEL, installation_value) == installation_value else None
+        INSTALLATION_LABEL, installation_value) == installation_value and (
+        agent_namespace is None or meta.get("namespace") == agent_namespace) else None
     if not spec.get("nodeName"):
         if key is None or (held := pod_held(spec, own)) is _ONE_POD \
                 or (first := first_candidate(spec)) is None:
@@ -242,16 +247,9 @@ def pod_held(spec: Obj, labels: dict[str, str] | None = None) -> Held:
     if not special:
         return Held(1, host_ports=anti) if anti else _ONE_POD
 
-    def extras(c: Obj) -> dict[str, int]:
-        res = c.get("resources") or {}
-        merged = {**(res.get("limits") or {}), **(res.get("requests") or {})}
-        return {k: memory_bytes(v) if k == EPHEMERAL_STORAGE else int(parse_quantity(v))
-                for k, v in merged.items()
-                if k == EPHEMERAL_STORAGE or (k not in STANDARD_RESOURCES and "/" in k)}
-
     total: dict[str, int] = {}
     for c in groups[0]:
-        for k, v in extras(c).items():
+        for k, v in container_extras(c).items():
             total[k] = total.get(k, 0) + v
     if groups[1]:  # a native sidecar's requests add to the containers' (as for cpu)
         total = with_init_containers(spec, total)

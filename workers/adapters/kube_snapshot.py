@@ -96,7 +96,8 @@ class ClusterWatch:
         # requests and use count on its node (workers.core.installation_pods).
         self.installation = installation
         self._pod_record = functools.partial(pod_record,
-                                             installation_value=label_value(installation))
+                                             installation_value=label_value(installation),
+                                             agent_namespace=agent_namespace)
         self._agent_usage = functools.partial(agent_usage, installation=installation)
         self._samples: dict[str, deque[tuple[float, int]]] = {}  # template -> (cores, bytes)
         self._sampled: dict[tuple[str, str], str] = {}  # agent pod -> stamp of its last sample

@@ -61,8 +61,27 @@ def run_bound(template: PodTemplate) -> int:
 
 def lasting(template: PodTemplate) -> tuple[Toleration, ...]:
     """The template's tolerations but those `cut_short` would hold against it (NoExecute for
-    fewer tolerationSeconds than its activeDeadlineSeconds): what a pod standing in for its
-    build's (a scale-up pod) tolerates, so that kube-scheduler binds it only where the build
-    may go (placement.why_not) and a node autoscaler adds a node when none is left."""
-    return tuple(t for t in template.tolerations if t.toleration_seconds is None
-                 or max(0, t.toleration_seconds) >= template.active_deadline_seconds)
+    fewer tolerationSeconds than its activeDeadlineSeconds), and any after such a one that
+    may tolerate a taint it tolerates (the short one is the first for that taint, so sets
+    the build's eviction): what a pod standing in for its build's (a scale-up pod)
+    tolerates, so that kube-scheduler binds it only where the build may go
+    (placement.why_not) and a node autoscaler adds a node when none is left. Left in, an
+    `operator: Exists` after a short one let the pod onto the node the build was kept off."""
+    out, short = [], []
+    for t in template.tolerations:
+        if t.toleration_seconds is not None and \
+                max(0, t.toleration_seconds) < template.active_deadline_seconds:
+            short.append(t)
+        elif not any(_overlap(s, t) for s in short):
+            out.append(t)
+    return tuple(out)
+
+
+def _overlap(short: Toleration, t: Toleration) -> bool:
+    """Some NoExecute taint both tolerate (`short`'s effect is NoExecute: it has seconds)."""
+    if t.effect not in (None, "NoExecute"):
+        return False
+    if not short.key or not t.key:
+        return True
+    return short.key == t.key and ("Exists" in (short.operator, t.operator)
+                                   or (short.value or "") == (t.value or ""))

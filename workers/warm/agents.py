@@ -126,7 +126,11 @@ def start(rt: Runtime, template_name: str, template: PodTemplate,
 
 def _start(rt: Runtime, template_name: str, template: PodTemplate, request: BuildRequest,
            at_size: PodTemplate, name: str, size: Resources, now: float) -> WarmEntry | Wait:
-    decision = scheduling.place_warm(rt, request, at_size)
+    # judged on its own pod's deadline (its idle life, then its build's): a NoExecute taint
+    # tolerated for longer than the build's deadline but not as long evicted a build that
+    # claimed it late (core.tolerations; the eviction counts from its binding)
+    lives = at_size.model_copy(update={"active_deadline_seconds": deadline_seconds(template)})
+    decision = scheduling.place_warm(rt, request, lives)
     if isinstance(decision, Wait):
         return decision
     # a slot of maxAgents, as a build's: an operator trusts it as a cap of agent pods, warm
