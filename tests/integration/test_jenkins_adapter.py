@@ -12,7 +12,8 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from tests.support.fault_proxy import FaultProxy
-from tests.support.jenkins_fake import FREESTYLE_JOB, JNLP_LAUNCHER, JenkinsFake
+from tests.support.jenkins_fake import FREESTYLE_JOB, GROOVY_LABEL_ASSIGNMENT, JNLP_LAUNCHER, \
+    JenkinsFake
 from workers.telemetry import logs
 from workers.adapters.jenkins import NODE_DESCRIPTION, JenkinsAdapter
 from workers.adapters.retry import Backoff
@@ -566,6 +567,10 @@ def test_job_definition_reads_buildable_and_the_declared_parameters(jenkins_fake
     assert adapter.job_definition("freestyle").agent_parameter_type == \
         "LabelParameterDefinition"
     assert adapter.job_definition("plain").agent_parameter_type == ""
+    assert app.properties == ("hudson.model.ParametersDefinitionProperty",)
+    jenkins_fake.add_job("steered", kind=FREESTYLE_JOB, properties=(GROOVY_LABEL_ASSIGNMENT,))
+    assert adapter.job_definition("steered").properties == (
+        "hudson.model.ParametersDefinitionProperty", GROOVY_LABEL_ASSIGNMENT)
 
 
 def test_a_freestyle_jobs_agent_label_parameter_is_read_from_its_queue_item_and_run(

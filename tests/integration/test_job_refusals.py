@@ -14,7 +14,7 @@ from rq import SimpleWorker
 from tests.integration.test_placement_on_cluster import push
 from tests.integration.test_push_to_pod import NAMESPACE, PUSH
 from tests.support.app import GITLAB_TOKEN
-from tests.support.jenkins_fake import FREESTYLE_JOB
+from tests.support.jenkins_fake import FREESTYLE_JOB, GROOVY_LABEL_ASSIGNMENT
 from workers import runtime
 from workers.engine import jobs, reconcile, tasks
 from workers.checks import jobs as job_checks
@@ -120,6 +120,22 @@ def test_a_job_that_cannot_take_the_build_fails_it_for_good_and_cleans_up(
     # for its parameters is told that its Jenkinsfile's reach it only after a run.
     error = app.extensions["ci_autoscaler"].state.get_build(key)["error"]
     assert ("JENKINS-41929" in error) == (not job.get("disabled") and "kind" not in job), error
+
+
+def test_a_freestyle_job_whose_groovy_label_script_reads_a_string_agent_takes_the_build(
+        app, kube, jenkins_fake):
+    """The Groovy Label Assignment plugin's script puts the build on the label it returns,
+    the build's parameters bound in it: a String CI_AUTOSCALER_AGENT steers a freestyle job
+    that way, so its builds are triggered, not refused."""
+    jenkins_fake.add_job("build", kind=FREESTYLE_JOB,
+                         agent_parameter_type="StringParameterDefinition",
+                         properties=(GROOVY_LABEL_ASSIGNMENT,))
+
+    push(app.test_client(), 1)
+    run_worker(app)
+
+    assert len(jenkins_fake.requests_to("/job/build/buildWithParameters", "POST")) == 1
+    assert len(jenkins_fake.builds) == 1
 
 
 @pytest.mark.parametrize("change, reads, message", [

@@ -302,6 +302,12 @@ _CONNECTION_BROKEN = "Connection was broken: java.nio.channels.ClosedChannelExce
 BUILT_IN_NAME = "Built-In Node"
 WORKFLOW_JOB = "org.jenkinsci.plugins.workflow.job.WorkflowJob"
 FREESTYLE_JOB = "hudson.model.FreeStyleProject"
+# The Groovy Label Assignment plugin's JobProperty: at queue time its QueueDecisionHandler runs
+# the job's script, the build's parameters bound in it, and puts the build on the label it
+# returns (a LabelAssignmentAction: GroovyLabelAssignmentProperty.assignLabel), so a freestyle
+# job's String parameter may steer where it runs
+GROOVY_LABEL_ASSIGNMENT = \
+    "jp.ikedam.jenkins.plugins.groovy_label_assignment.GroovyLabelAssignmentProperty"
 FOLDER = "com.cloudbees.hudson.plugins.folder.Folder"
 
 
@@ -337,6 +343,10 @@ class FakeJob:
     # NodeLabel Parameter plugin (its own label expression takes no parameter:
     # AbstractProject.getAssignedLabel)
     agent_parameter_type: str | None = None
+    # The classes of its JobProperties besides its ParametersDefinitionProperty (each shown on
+    # its page as its _class: Job.getAllProperties, exported as `property`), e.g.
+    # GROOVY_LABEL_ASSIGNMENT
+    properties: tuple[str, ...] = ()
 
     def parameter_type(self, name: str) -> str:
         if name == "CI_AUTOSCALER_AGENT" and self.agent_parameter_type is not None:
@@ -582,20 +592,23 @@ class JenkinsFake:
                 = DEFAULT_JOB_PARAMETERS, disabled: bool = False,
                 kind: str = WORKFLOW_JOB, concurrent: bool = True,
                 num_to_keep: int | None = None, agent_retry_count: int = 1,
-                agent_parameter_type: str | None = None) -> FakeJob:
+                agent_parameter_type: str | None = None,
+                properties: tuple[str, ...] = ()) -> FakeJob:
         """Declare a job ("folder/name" in a folder): `parameters` as names (default "") or
         name -> default; None for a job that is not parameterized; `concurrent` False for one
         that runs one build at a time; `num_to_keep` the most builds it keeps (a discarder);
         `agent_retry_count` N for a Pipeline whose node block is in `retry(count: N,
         conditions: [agent()])` (see removed_node_timeout); `agent_parameter_type` the type of
-        its CI_AUTOSCALER_AGENT (FakeJob.agent_parameter_type)."""
+        its CI_AUTOSCALER_AGENT (FakeJob.agent_parameter_type); `properties` the classes of its
+        other JobProperties (FakeJob.properties)."""
         if isinstance(parameters, (list, tuple)):
             parameters = {p: "" for p in parameters}
         with self._lock:
             job = self.declared[name] = FakeJob(
                 name, None if parameters is None else dict(parameters),  # type: ignore[arg-type]
                 disabled=disabled, kind=kind, concurrent=concurrent, num_to_keep=num_to_keep,
-                agent_retry_count=agent_retry_count, agent_parameter_type=agent_parameter_type)
+                agent_retry_count=agent_retry_count, agent_parameter_type=agent_parameter_type,
+                properties=tuple(properties))
             return job
 
     def job(self, name: str) -> FakeJob | None:
@@ -1689,7 +1702,7 @@ class JenkinsFake:
                 "url": self._job_url(name), "buildable": job.buildable,
                 "disabled": job.disabled, "color": "disabled" if job.disabled else "blue",
                 "inQueue": any(b.job == name and b.state == "queued" for b in self.builds),
-                "property": [] if job.parameters is None else [{
+                "property": ([] if job.parameters is None else [{
                     "_class": "hudson.model.ParametersDefinitionProperty",
                     "parameterDefinitions": [{
                         "_class": _PARAMETER_PACKAGES.get(job.parameter_type(p), "hudson.model")
@@ -1698,7 +1711,8 @@ class JenkinsFake:
                             "_class": "hudson.model.StringParameterValue", "name": p,
                             "value": default},
                         "description": "", "name": p, "type": job.parameter_type(p)}
-                        for p, default in job.parameters.items()]}],
+                        for p, default in job.parameters.items()]}])
+                + [{"_class": cls} for cls in job.properties],
                 "builds": [page(b) for b in runs[:JOB_PAGE_BUILDS]]}
         if not tree:
             return _json(body)

@@ -85,3 +85,23 @@ def test_a_job_whose_agent_parameter_puts_the_build_on_its_agent_is_not_refused(
                                                                                  agent_type):
     assert refusal("app", JobDefinition("app", kind=kind, parameters=(AGENT, KEY),
                                         agent_parameter_type=agent_type)) is None
+
+
+GROOVY_LABEL = "jp.ikedam.jenkins.plugins.groovy_label_assignment.GroovyLabelAssignmentProperty"
+
+
+def test_a_freestyle_job_whose_label_a_groovy_script_assigns_is_not_refused():
+    """The Groovy Label Assignment plugin puts a freestyle build on the label its script returns
+    (a LabelAssignmentAction added at queue time), the build's parameters bound in the script:
+    `return CI_AUTOSCALER_AGENT` steers it by a String parameter. Refused, a job that ran on
+    its agents stopped taking builds."""
+    definition = JobDefinition("app", kind=FREESTYLE, parameters=(AGENT, KEY),
+                               agent_parameter_type="StringParameterDefinition",
+                               properties=("hudson.model.ParametersDefinitionProperty",
+                                           GROOVY_LABEL))
+
+    assert refusal("app", definition) is None
+    other = JobDefinition("app", kind=FREESTYLE, parameters=(AGENT, KEY),
+                          agent_parameter_type="StringParameterDefinition",
+                          properties=("hudson.model.ParametersDefinitionProperty",))
+    assert refusal("app", other).problem == JobProblem.AGENT_NOT_A_LABEL

@@ -220,10 +220,14 @@ def _definition(job: str, page: dict[str, Any]) -> JobDefinition:
     agent_type = next((str(d.get("type") or "") for p in properties
                        for d in p.get("parameterDefinitions") or []
                        if isinstance(d, dict) and d.get("name") == AGENT_PARAMETER), "")
+    # every JobProperty shows its _class under any tree (see LABEL_ASSIGNING_PROPERTIES)
+    classes = tuple(str(p["_class"]) for p in page.get("property") or []
+                    if isinstance(p, dict) and p.get("_class"))
     return JobDefinition(name=full_name if isinstance(full_name, str) and full_name else job,
                          kind=str(page.get("_class", "")),
                          buildable=None if buildable is None else bool(buildable),
-                         parameters=names, agent_parameter_type=agent_type)
+                         parameters=names, agent_parameter_type=agent_type,
+                         properties=classes)
 
 
 def _body(err: BaseException) -> str:

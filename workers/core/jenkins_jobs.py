@@ -34,6 +34,13 @@ LABEL_FROM_JOB = frozenset({"hudson.model.FreeStyleProject", "hudson.maven.Maven
 # The parameter types (ParameterDefinition.getType: the class's simple name, exported) that put
 # a build on the label or node they are given (the nodelabelparameter plugin's)
 LABEL_PARAMETER_TYPES = frozenset({"LabelParameterDefinition", "NodeParameterDefinition"})
+# JobProperties that put a build on a label computed at queue time, the build's parameters at
+# hand: the Groovy Label Assignment plugin's QueueDecisionHandler runs the job's script with
+# them bound and adds a LabelAssignmentAction of the label it returns (jenkinsci/groovy-label-
+# assignment-plugin, GroovyLabelAssignmentProperty.assignLabel), so a String
+# CI_AUTOSCALER_AGENT steers a freestyle job there (`return CI_AUTOSCALER_AGENT`)
+LABEL_ASSIGNING_PROPERTIES = frozenset({
+    "jp.ikedam.jenkins.plugins.groovy_label_assignment.GroovyLabelAssignmentProperty"})
 PIPELINE_HINT = ("; a Pipeline's Jenkinsfile `parameters` reach its job only after a run of "
                  "that Jenkinsfile (JENKINS-41929): run the job once by hand, or declare them "
                  "in the job's configuration")
@@ -52,6 +59,8 @@ class JobDefinition:
     parameters: tuple[str, ...] | None = REQUIRED_PARAMETERS
     # The type of its CI_AUTOSCALER_AGENT definition ("StringParameterDefinition"); "" unknown
     agent_parameter_type: str = ""
+    # The classes of its JobProperties (Job.getAllProperties, exported as `property`)
+    properties: tuple[str, ...] = ()
 
 
 class JobProblem(StrEnum):
@@ -100,7 +109,8 @@ def refusal(job: str, definition: JobDefinition | None) -> JobRefusal | None:
                           f"agent{hint}", parameters=missing)
     kind = definition.kind
     if kind in LABEL_FROM_JOB and definition.agent_parameter_type \
-            and definition.agent_parameter_type not in LABEL_PARAMETER_TYPES:
+            and definition.agent_parameter_type not in LABEL_PARAMETER_TYPES \
+            and LABEL_ASSIGNING_PROPERTIES.isdisjoint(definition.properties):
         return JobRefusal(job, JobProblem.AGENT_NOT_A_LABEL,
                           f"job {job!r} is a {kind.rsplit('.', 1)[-1]} whose {AGENT_PARAMETER} "
                           f"is a {definition.agent_parameter_type}: such a job runs where its "
