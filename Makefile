@@ -49,8 +49,9 @@ demo: venv
 # test, and most of its time is spent waiting on the processes and servers it starts (at two
 # processes the cores sat 40-50% idle; four took the suite from 820 s to 532 s on one machine).
 # PYTEST_WORKERS=0 runs it in one process. `--dist loadscope` keeps each module on one worker,
-# modules handed out most tests first (xdist 3.8's --loadscope-reorder is on by default), so the
-# one-test modules (the chaos and concurrency tests among them) come last; a longest-first order
+# modules handed out most tests first (xdist 3.8's --loadscope-reorder is on by default), but
+# the long ones (tests/support/schedule.py's list) first, at most two at a time: else the
+# one-test modules (the chaos and concurrency tests among them) came last; all long ones first
 # (aa3e5950) was slower and reverted: four operator modules started their stacks at once. The
 # operator modules share a module-scoped stack of processes whose tests build on
 # each other's state (test_warm_operator's hit counters, a pool's agents); spread by `load`, each

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 pytest_plugins = ["tests.support.redis_server", "tests.support.app", "tests.support.jenkins_fake",
@@ -14,3 +16,13 @@ from hypothesis import settings  # noqa: E402
 
 settings.register_profile("suite", deadline=None)
 settings.load_profile("suite")
+
+
+# `make test`'s order of the modules over its pytest workers: tests/support/schedule.py says why.
+# optionalhook: a run without xdist (`-p no:xdist`) knows no such hook.
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from tests.support.schedule import LongModulesSpread
+    return LongModulesSpread(config, log)

@@ -133,9 +133,13 @@ def snapshot(redis_conn) -> tuple[int, int]:
     """Keys but the shared metrics' (a notification ignored for naming another job than its
     build's is counted there: workers.core.notifications), and events stored: pushes in the
     intake and jobs in the queue."""
-    keys = sum(1 for key in redis_conn.scan_iter(count=1000)
-               if not key.startswith(b"cia:metrics:"))
-    return keys, (redis_conn.llen("rq:queue:ci-autoscaler") + redis_conn.llen("cia:intake"))
+    # One round trip (KEYS and both lengths in a pipeline), not a SCAN and two LLENs: taken
+    # twice per example, 8,000 times, the waits on redis-server were 40% of the module's time
+    # on a loaded machine (cProfile).
+    pipe = redis_conn.pipeline(transaction=False)
+    pipe.keys().llen("rq:queue:ci-autoscaler").llen("cia:intake")
+    keys, queued, intake = pipe.execute()
+    return sum(1 for key in keys if not key.startswith(b"cia:metrics:")), queued + intake
 
 
 def check_answer(response, before, after) -> None:
