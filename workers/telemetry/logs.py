@@ -40,6 +40,11 @@ def secrets() -> tuple[str, ...]:
     return _secrets
 
 
+def redacted(text: str) -> str:
+    """The text as a line shows it: without the secrets told, URL credentials, token-like words."""
+    return _redactor(text)
+
+
 def _shown(value: Any, redact: Redactor) -> Any:
     """A field's value as the line shows it: every text in it redacted, numbers as they are."""
     if value is None or isinstance(value, (bool, int, float)):
