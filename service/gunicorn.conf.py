@@ -66,6 +66,8 @@ control_socket_disable = True
 # (service.refused_requests.hide_queries, by the worker).
 accesslog = None
 errorlog = "-"
+# gunicorn's lines keep its format, redacted as ours are, tracebacks too (service.gunicorn_logs)
+logger_class = "service.gunicorn_logs.Logger"
 
 
 def on_starting(server):
@@ -81,7 +83,8 @@ def on_starting(server):
 
     # The service's JSON lines for what the checks log here (the INSECURE warning, a config
     # copy not made): before, Python's last-resort handler wrote them as bare text. gunicorn's
-    # own lines keep its format (its loggers do not propagate to the root).
+    # own lines keep its format (its loggers do not propagate to the root), redacted all the
+    # same (service.gunicorn_logs).
     logs.configure()
     # A master that USR2 re-executed inherits the environment of the old one's last SIGHUP
     # (gunicorn's arbiter.reexec: cfg.env_orig, taken as reload() builds its new Config): after

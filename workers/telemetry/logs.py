@@ -35,6 +35,16 @@ def hide_secrets(secrets: Iterable[str]) -> None:
     _redactor = Redactor(_secrets)
 
 
+def secrets() -> tuple[str, ...]:
+    """The secrets told so far (hide_secrets)."""
+    return _secrets
+
+
+def redacted(text: str) -> str:
+    """The text as a line shows it: without the secrets told, URL credentials, token-like words."""
+    return _redactor(text)
+
+
 def _shown(value: Any, redact: Redactor) -> Any:
     """A field's value as the line shows it: every text in it redacted, numbers as they are."""
     if value is None or isinstance(value, (bool, int, float)):
@@ -96,7 +106,10 @@ def hide_extra_header_values() -> None:
 
 
 def configure(level: str = "INFO", stream=None) -> None:
+    from workers.telemetry import uncaught
+
     hide_extra_header_values()
+    uncaught.install()  # an uncaught exception's text redacted too, not printed as it is
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
