@@ -16,13 +16,13 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.adapters.damaged_rows import COLUMNS as _COLUMNS, readable_rows
+
 log = logging.getLogger("ci_autoscaler.spool")
 DAMAGED_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-_COLUMNS = "id, owner, delivery, payload, size, spooled_at"
 COPY_BATCH = 1000  # rows a commit of a copy: 1-2 MiB in the WAL (checkpointed at 4 MiB)
 KEPT_MARK = ".damaged-"  # spool.sqlite3.damaged-<time>: a damaged file, moved aside
 # In the new file: each file moved aside whose rows were copied into it (once only).
@@ -111,7 +111,7 @@ def salvage(kept: Path, into: sqlite3.Connection) -> int:
     file), past the chart's emptyDir sizeLimit (the kubelet evicts the pod, and its spool is
     lost). A start stopped mid-copy copies again: each delivery once (_copy)."""
     into.execute(_SALVAGED_SCHEMA)
-    rows, copied = _readable_rows(kept), 0
+    rows, copied = readable_rows(kept), 0
     try:
         while True:
             into.execute("BEGIN IMMEDIATE")
@@ -161,63 +161,3 @@ def _copy(into: sqlite3.Connection, row: tuple) -> int:
         return 1
     return into.execute("INSERT OR IGNORE INTO events (owner, delivery, payload, size, "
                         "spooled_at) VALUES (?, ?, ?, ?, ?)", row[1:]).rowcount
-
-
-def _readable_rows(kept: Path) -> Iterator[tuple]:
-    """The rows, oldest first, read past the pages that cannot be: a scan stopped at a
-    damaged page goes on from the next id, up to the highest id given (sqlite_sequence).
-    One at a time: a full spool's rows (256 MiB) held at once outgrew the web's memory."""
-    try:
-        source = sqlite3.connect(kept, isolation_level=None)
-    except sqlite3.Error:
-        return
-    try:
-        try:
-            top = int(source.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'"
-                                     ).fetchone()[0])
-        except (sqlite3.Error, TypeError):
-            top = 0
-        after = 0
-        while True:
-            try:
-                cursor = source.execute(f"SELECT {_COLUMNS} FROM events WHERE id > ? "
-                                        "ORDER BY id", (after,))
-                while (row := cursor.fetchone()) is not None:
-                    after = row[0]
-                    yield row
-                return
-            except sqlite3.Error:
-                # the row past the last one read is on a page that cannot be
-                if (past := _past_damage(source, after, top)) is None:
-                    return
-                after = past
-    finally:
-        source.close()
-
-
-def _past_damage(source: sqlite3.Connection, failed: int, top: int) -> int | None:
-    """The lowest id a scan can go on after (a read of the row after it succeeds), past
-    `failed` (a read of the row after it fails), up to `top`; None when none. Steps of
-    doubling length find a readable id, a bisection the end of the damaged stretch: tried one
-    id at a time, a damaged root page (each read failing) took a SELECT per id up to the
-    highest ever given (200,000 ids: 17 s), and a start killed before its copy was
-    committed (the startup probe) began it again, for good."""
-    def readable(after: int) -> bool:
-        try:
-            source.execute(f"SELECT {_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT 1",
-                           (after,)).fetchone()
-            return True
-        except sqlite3.Error:
-            return False
-
-    step = 1
-    while not readable(failed + step):
-        failed += step
-        if failed >= top:
-            return None
-        step *= 2
-    good = failed + step
-    while good - failed > 1:  # readable(good), not readable(failed)
-        middle = (failed + good) // 2
-        failed, good = (failed, middle) if readable(middle) else (middle, good)
-    return good
