@@ -99,6 +99,18 @@ def _indexed_ids(source: sqlite3.Connection) -> list[int]:
     return []
 
 
+def top_id(kept: Path) -> int:
+    """The highest id the file `kept` ever gave (sqlite_sequence), 0 when it cannot be read."""
+    try:
+        source = sqlite3.connect(kept, isolation_level=None)
+    except sqlite3.Error:
+        return 0
+    try:
+        return _top(source)
+    finally:
+        source.close()
+
+
 def _top(source: sqlite3.Connection) -> int:
     """The highest id the file ever gave (sqlite_sequence), 0 when it cannot be read."""
     try:

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.adapters.damaged_rows import COLUMNS as _COLUMNS, readable_rows
+from workers.adapters.damaged_rows import COLUMNS as _COLUMNS, readable_rows, top_id
 
 log = logging.getLogger("ci_autoscaler.spool")
 DAMAGED_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
@@ -90,6 +90,7 @@ def salvage_pending(path: Path, into: sqlite3.Connection,
         if kept.name not in done:
             done.update(name for name, *_ in _salvaged_in(kept))
     pending = [kept for kept in kept_files if kept.name not in done]
+    _ids_past(into, pending)
     repaired = []
     for n, kept in enumerate(pending):
         try:
@@ -131,6 +132,27 @@ def salvage(kept: Path, into: sqlite3.Connection) -> int:
                 return copied
     finally:
         rows.close()
+
+
+def _ids_past(into: sqlite3.Connection, pending: list[Path]) -> None:
+    """The new file's next ids past the highest each kept file gave, committed before a row
+    is copied: a start stopped mid-copy let the web spool pushes in the new file under ids 1,
+    2, ..., and the next start's copy, its rows' ids taken, gave them ids past those pushes,
+    so the drain (oldest first, by id) took the later pushes before every kept one. A kept
+    file whose highest id cannot be read leaves them as they are (_copy gives new ids)."""
+    tops = [top for top in map(top_id, pending) if 0 < top < 2**62]
+    if not tops:
+        return
+    into.execute("BEGIN IMMEDIATE")
+    try:
+        if into.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'events'",
+                        (max(tops),)).rowcount == 0:
+            into.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)",
+                         (max(tops),))
+        into.execute("COMMIT")
+    except BaseException:
+        into.execute("ROLLBACK")
+        raise
 
 
 def _salvaged_in(kept: Path) -> list[tuple]:
