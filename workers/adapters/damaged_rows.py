@@ -24,16 +24,16 @@ from pathlib import Path
 COLUMNS = "id, owner, delivery, payload, size, spooled_at"
 
 
-def readable_rows(kept: Path) -> Iterator[tuple]:
-    """The rows (COLUMNS) of the damaged file `kept` that can be read, oldest first, one at
-    a time: a full spool's rows (256 MiB) held at once outgrew the web's memory."""
+def readable_rows(kept: Path, after: int = 0) -> Iterator[tuple]:
+    """The rows (COLUMNS) of the damaged file `kept` past id `after` that can be read, oldest
+    first, one at a time: a full spool's rows (256 MiB) held at once outgrew the web's
+    memory."""
     try:
         source = sqlite3.connect(kept, isolation_level=None)
     except sqlite3.Error:
         return
     try:
         ids: list[int] | None = None
-        after = 0
         while True:
             try:
                 cursor = source.execute(f"SELECT {COLUMNS} FROM events WHERE id > ? "

@@ -35,6 +35,20 @@ CREATE TABLE IF NOT EXISTS salvaged (
 """
 
 
+# In the new file: how far the copy of a kept file went (its last batch's last id), committed
+# with each batch: a start that stopped mid-copy (a full volume, answered by a warning and a
+# web that serves and drains) left the batches copied, and the drain deleted them; the next
+# start's copy, from the first row, found their deliveries gone and copied them again (each
+# built twice). It goes on from there.
+_PROGRESS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS salvage_progress (
+  kept_as TEXT PRIMARY KEY,
+  through INTEGER NOT NULL,
+  rows INTEGER NOT NULL
+)
+"""
+
+
 @dataclass(frozen=True)
 class Repaired:
     kept_as: Path  # the damaged file, moved aside
@@ -110,9 +124,13 @@ def salvage(kept: Path, into: sqlite3.Connection) -> int:
     into `salvaged` with the last; how many. In one commit, SQLite's WAL held the whole copy
     until it: the volume held a full spool three times over (the kept file, the WAL, the new
     file), past the chart's emptyDir sizeLimit (the kubelet evicts the pod, and its spool is
-    lost). A start stopped mid-copy copies again: each delivery once (_copy)."""
+    lost). A start stopped mid-copy goes on past the last batch copied (salvage_progress),
+    each delivery once (_copy)."""
     into.execute(_SALVAGED_SCHEMA)
-    rows, copied = readable_rows(kept), 0
+    into.execute(_PROGRESS_SCHEMA)
+    through, copied = into.execute("SELECT through, rows FROM salvage_progress WHERE "
+                                   "kept_as = ?", (kept.name,)).fetchone() or (0, 0)
+    rows = readable_rows(kept, through)
     try:
         while True:
             into.execute("BEGIN IMMEDIATE")
@@ -124,6 +142,11 @@ def salvage(kept: Path, into: sqlite3.Connection) -> int:
                                  "VALUES (?, ?, ?)", (kept.name, copied, time.time()))
                     into.executemany("INSERT OR IGNORE INTO salvaged (kept_as, rows, "
                                      "copied_at) VALUES (?, ?, ?)", _salvaged_in(kept))
+                    into.execute("DELETE FROM salvage_progress WHERE kept_as = ?",
+                                 (kept.name,))
+                else:
+                    into.execute("INSERT OR REPLACE INTO salvage_progress (kept_as, through, "
+                                 "rows) VALUES (?, ?, ?)", (kept.name, batch[-1][0], copied))
                 into.execute("COMMIT")
             except BaseException:
                 into.execute("ROLLBACK")
