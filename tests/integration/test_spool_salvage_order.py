@@ -68,6 +68,8 @@ def test_rows_a_failed_copy_committed_and_the_web_drained_are_not_copied_again(t
         f.write(b"\xff" * 4096)
     failed = prepare_on_a_full_volume(spool_dir, 6 * 2**20)
     assert "were not copied" in failed.stderr, failed.stderr[-2000:]
+    # what went wrong is said, not a failed ROLLBACK after SQLite's own
+    assert "cannot rollback" not in failed.stderr, failed.stderr[-2000:]
     spool = Spool(spool_dir)  # the web's drain: built, and deleted
     drained = [event.delivery for event in spool.oldest(5000)]
     spool.remove_many([event.id for event in spool.oldest(5000)])

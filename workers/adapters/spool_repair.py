@@ -149,7 +149,7 @@ def salvage(kept: Path, into: sqlite3.Connection) -> int:
                                  "rows) VALUES (?, ?, ?)", (kept.name, batch[-1][0], copied))
                 into.execute("COMMIT")
             except BaseException:
-                into.execute("ROLLBACK")
+                _roll_back(into)
                 raise
             if len(batch) < COPY_BATCH:
                 return copied
@@ -174,8 +174,16 @@ def _ids_past(into: sqlite3.Connection, pending: list[Path]) -> None:
                          (max(tops),))
         into.execute("COMMIT")
     except BaseException:
-        into.execute("ROLLBACK")
+        _roll_back(into)
         raise
+
+
+def _roll_back(into: sqlite3.Connection) -> None:
+    """The transaction rolled back, if SQLite has not done so itself: on a write that failed
+    (a full volume's "disk I/O error") it had, and ROLLBACK raised "cannot rollback - no
+    transaction is active", which the start logged in place of what went wrong."""
+    if into.in_transaction:
+        into.execute("ROLLBACK")
 
 
 def _salvaged_in(kept: Path) -> list[tuple]:
