@@ -16,13 +16,13 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.adapters.damaged_rows import COLUMNS as _COLUMNS, readable_rows, top_id
+
 log = logging.getLogger("ci_autoscaler.spool")
 DAMAGED_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-_COLUMNS = "id, owner, delivery, payload, size, spooled_at"
 COPY_BATCH = 1000  # rows a commit of a copy: 1-2 MiB in the WAL (checkpointed at 4 MiB)
 KEPT_MARK = ".damaged-"  # spool.sqlite3.damaged-<time>: a damaged file, moved aside
 # In the new file: each file moved aside whose rows were copied into it (once only).
@@ -31,6 +31,20 @@ CREATE TABLE IF NOT EXISTS salvaged (
   kept_as TEXT PRIMARY KEY,
   rows INTEGER NOT NULL,
   copied_at REAL NOT NULL
+)
+"""
+
+
+# In the new file: how far the copy of a kept file went (its last batch's last id), committed
+# with each batch: a start that stopped mid-copy (a full volume, answered by a warning and a
+# web that serves and drains) left the batches copied, and the drain deleted them; the next
+# start's copy, from the first row, found their deliveries gone and copied them again (each
+# built twice). It goes on from there.
+_PROGRESS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS salvage_progress (
+  kept_as TEXT PRIMARY KEY,
+  through INTEGER NOT NULL,
+  rows INTEGER NOT NULL
 )
 """
 
@@ -90,6 +104,7 @@ def salvage_pending(path: Path, into: sqlite3.Connection,
         if kept.name not in done:
             done.update(name for name, *_ in _salvaged_in(kept))
     pending = [kept for kept in kept_files if kept.name not in done]
+    _ids_past(into, pending)
     repaired = []
     for n, kept in enumerate(pending):
         try:
@@ -109,9 +124,13 @@ def salvage(kept: Path, into: sqlite3.Connection) -> int:
     into `salvaged` with the last; how many. In one commit, SQLite's WAL held the whole copy
     until it: the volume held a full spool three times over (the kept file, the WAL, the new
     file), past the chart's emptyDir sizeLimit (the kubelet evicts the pod, and its spool is
-    lost). A start stopped mid-copy copies again: each delivery once (_copy)."""
+    lost). A start stopped mid-copy goes on past the last batch copied (salvage_progress),
+    each delivery once (_copy)."""
     into.execute(_SALVAGED_SCHEMA)
-    rows, copied = _readable_rows(kept), 0
+    into.execute(_PROGRESS_SCHEMA)
+    through, copied = into.execute("SELECT through, rows FROM salvage_progress WHERE "
+                                   "kept_as = ?", (kept.name,)).fetchone() or (0, 0)
+    rows = readable_rows(kept, through)
     try:
         while True:
             into.execute("BEGIN IMMEDIATE")
@@ -123,14 +142,48 @@ def salvage(kept: Path, into: sqlite3.Connection) -> int:
                                  "VALUES (?, ?, ?)", (kept.name, copied, time.time()))
                     into.executemany("INSERT OR IGNORE INTO salvaged (kept_as, rows, "
                                      "copied_at) VALUES (?, ?, ?)", _salvaged_in(kept))
+                    into.execute("DELETE FROM salvage_progress WHERE kept_as = ?",
+                                 (kept.name,))
+                else:
+                    into.execute("INSERT OR REPLACE INTO salvage_progress (kept_as, through, "
+                                 "rows) VALUES (?, ?, ?)", (kept.name, batch[-1][0], copied))
                 into.execute("COMMIT")
             except BaseException:
-                into.execute("ROLLBACK")
+                _roll_back(into)
                 raise
             if len(batch) < COPY_BATCH:
                 return copied
     finally:
         rows.close()
+
+
+def _ids_past(into: sqlite3.Connection, pending: list[Path]) -> None:
+    """The new file's next ids past the highest each kept file gave, committed before a row
+    is copied: a start stopped mid-copy let the web spool pushes in the new file under ids 1,
+    2, ..., and the next start's copy, its rows' ids taken, gave them ids past those pushes,
+    so the drain (oldest first, by id) took the later pushes before every kept one. A kept
+    file whose highest id cannot be read leaves them as they are (_copy gives new ids)."""
+    tops = [top for top in map(top_id, pending) if 0 < top < 2**62]
+    if not tops:
+        return
+    into.execute("BEGIN IMMEDIATE")
+    try:
+        if into.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'events'",
+                        (max(tops),)).rowcount == 0:
+            into.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)",
+                         (max(tops),))
+        into.execute("COMMIT")
+    except BaseException:
+        _roll_back(into)
+        raise
+
+
+def _roll_back(into: sqlite3.Connection) -> None:
+    """The transaction rolled back, if SQLite has not done so itself: on a write that failed
+    (a full volume's "disk I/O error") it had, and ROLLBACK raised "cannot rollback - no
+    transaction is active", which the start logged in place of what went wrong."""
+    if into.in_transaction:
+        into.execute("ROLLBACK")
 
 
 def _salvaged_in(kept: Path) -> list[tuple]:
@@ -161,63 +214,3 @@ def _copy(into: sqlite3.Connection, row: tuple) -> int:
         return 1
     return into.execute("INSERT OR IGNORE INTO events (owner, delivery, payload, size, "
                         "spooled_at) VALUES (?, ?, ?, ?, ?)", row[1:]).rowcount
-
-
-def _readable_rows(kept: Path) -> Iterator[tuple]:
-    """The rows, oldest first, read past the pages that cannot be: a scan stopped at a
-    damaged page goes on from the next id, up to the highest id given (sqlite_sequence).
-    One at a time: a full spool's rows (256 MiB) held at once outgrew the web's memory."""
-    try:
-        source = sqlite3.connect(kept, isolation_level=None)
-    except sqlite3.Error:
-        return
-    try:
-        try:
-            top = int(source.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'"
-                                     ).fetchone()[0])
-        except (sqlite3.Error, TypeError):
-            top = 0
-        after = 0
-        while True:
-            try:
-                cursor = source.execute(f"SELECT {_COLUMNS} FROM events WHERE id > ? "
-                                        "ORDER BY id", (after,))
-                while (row := cursor.fetchone()) is not None:
-                    after = row[0]
-                    yield row
-                return
-            except sqlite3.Error:
-                # the row past the last one read is on a page that cannot be
-                if (past := _past_damage(source, after, top)) is None:
-                    return
-                after = past
-    finally:
-        source.close()
-
-
-def _past_damage(source: sqlite3.Connection, failed: int, top: int) -> int | None:
-    """The lowest id a scan can go on after (a read of the row after it succeeds), past
-    `failed` (a read of the row after it fails), up to `top`; None when none. Steps of
-    doubling length find a readable id, a bisection the end of the damaged stretch: tried one
-    id at a time, a damaged root page (each read failing) took a SELECT per id up to the
-    highest ever given (200,000 ids: 17 s), and a start killed before its copy was
-    committed (the startup probe) began it again, for good."""
-    def readable(after: int) -> bool:
-        try:
-            source.execute(f"SELECT {_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT 1",
-                           (after,)).fetchone()
-            return True
-        except sqlite3.Error:
-            return False
-
-    step = 1
-    while not readable(failed + step):
-        failed += step
-        if failed >= top:
-            return None
-        step *= 2
-    good = failed + step
-    while good - failed > 1:  # readable(good), not readable(failed)
-        middle = (failed + good) // 2
-        failed, good = (failed, middle) if readable(middle) else (middle, good)
-    return good
