@@ -93,6 +93,7 @@ def on_starting(server):
     os.environ.pop(startup.SNAPSHOT_ENV, None)
     try:
         startup.check()
+        startup.make_given_metrics_dir()
         startup.snapshot()  # the workers load this copy (service.startup.snapshot)
     except ConfigError as err:
         for problem in err.problems:

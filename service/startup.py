@@ -143,6 +143,26 @@ def ensure_metrics_dir() -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[METRICS_DIR_MADE_ENV] = made
 
 
+def make_given_metrics_dir() -> None:
+    """A PROMETHEUS_MULTIPROC_DIR given but not there yet is made: prometheus_client opens its
+    counter files in it and never makes it, so every worker failed to boot on one
+    (FileNotFoundError) and gunicorn gave up, naming no variable (the Procfile's old line put
+    its own `mktemp -d` in its place). One that cannot be made, or written, is refused."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as err:
+        raise ConfigError([f"PROMETHEUS_MULTIPROC_DIR: {directory} cannot be made "
+                           f"({err.strerror}); give a writable directory, or none (the web "
+                           "then makes one)"]) from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError([f"PROMETHEUS_MULTIPROC_DIR: {directory} is not writable by this "
+                           "user; give a writable directory, or none (the web then makes "
+                           "one)"])
+
+
 def pass_metrics_dir(server) -> None:
     """The metrics directory ensure_metrics_dir made, passed on to the master a USR2 execs: it
     gets the environment gunicorn kept when it read its config (arbiter.reexec:

@@ -192,6 +192,27 @@ def test_a_metrics_directory_given_to_the_web_is_left_in_place(redis_url, tmp_pa
     assert given.is_dir()
 
 
+def test_a_metrics_directory_given_that_does_not_exist_yet_is_made_and_counted_in(
+        redis_url, tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR naming a directory not made yet (a .env's /tmp/ci-metrics after
+    a reboot): the Procfile's old line replaced it with its own `mktemp -d` and served; run as
+    given, every worker failed to boot on its counter file (FileNotFoundError) and gunicorn
+    gave up ("Worker failed to boot"). The master makes it, and the workers count in it."""
+    port = free_port()
+    given = tmp_path / "not-made" / "metrics"
+    env = web_env(redis_url, PORT=str(port), WEB_CONCURRENCY="2",
+                  PROMETHEUS_MULTIPROC_DIR=str(given))
+    with web_process(_procfile_line("web"), env, port, tmp_path / "web.log") as web:
+        assert _metrics_dir_of(web.pid) == given
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/webhooks/gitlab", data=b"{}", method="POST",
+            headers={"X-Gitlab-Token": "wrong"})
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(request, timeout=10)
+        assert _unauthorized_count(port) == 1
+    assert given.is_dir()  # given: left in place
+
+
 # The Dockerfile's CMD, the chart's and the Procfile's: `ci-autoscaler web`, which execs
 # gunicorn's script, which a USR2 execs again as it was started.
 IMAGE_COMMAND = "exec ci-autoscaler web"

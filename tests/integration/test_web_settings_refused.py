@@ -57,3 +57,24 @@ def test_the_web_refuses_a_setting_it_cannot_use_naming_it(tmp_path, command, va
     assert result.returncode == 2, result.stderr[-1500:]
     assert f"error: {reason}" in result.stderr, result.stderr[-1500:]
     assert "Traceback" not in result.stderr, result.stderr[-1500:]
+
+
+@pytest.mark.parametrize("command", [WEB, PROCFILE, GUNICORN], ids=["web", "procfile", "gunicorn"])
+def test_the_web_refuses_a_metrics_directory_it_cannot_make_naming_it(tmp_path, command):
+    """PROMETHEUS_MULTIPROC_DIR under a file (or anywhere it cannot be made): each worker died
+    on its counter file with a traceback, and gunicorn ended "Worker failed to boot" naming no
+    variable."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PROMETHEUS_") and k not in ("PORT", "CI_AUTOSCALER_BIND")}
+    env |= {"CI_AUTOSCALER_CONFIG": str(EXAMPLE_CONFIG), "GITLAB_WEBHOOK_TOKEN": GITLAB_TOKEN,
+            "JENKINS_WEBHOOK_TOKEN": JENKINS_TOKEN, "REDIS_URL": "redis://127.0.0.1:1/0",
+            "TMPDIR": str(tmp_path), "PROMETHEUS_MULTIPROC_DIR": str(blocker / "metrics"),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2, result.stderr[-1500:]
+    assert f"error: PROMETHEUS_MULTIPROC_DIR: {blocker / 'metrics'}" in result.stderr, \
+        result.stderr[-1500:]
+    assert "Traceback" not in result.stderr, result.stderr[-1500:]

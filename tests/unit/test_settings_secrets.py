@@ -30,6 +30,8 @@ def test_a_url_setting_with_credentials_is_refused_by_name(monkeypatch, name, fi
 @pytest.mark.parametrize("sentinels", [
     f"redis://:{SECRET}@s-1.example:26379",  # the Redis URL's form, password and all
     f"s-1.example:26379,sentinel:{SECRET}@s-2.example:26379",  # user:password@ host:port
+    # a comma in the password: the item before it ("sentinel:<start of password>") was quoted
+    f"s-1.example:26379,sentinel:{SECRET},x@s-2.example:26379",
 ])
 def test_sentinels_given_with_their_password_are_refused_without_it(monkeypatch, sentinels):
     """REDIS_SENTINELS written as REDIS_URL is (a URL with the sentinels' password): the refusal

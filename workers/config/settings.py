@@ -443,11 +443,13 @@ class Settings(BaseSettings):
     @field_validator("redis_sentinels")
     @classmethod
     def _sentinels(cls, value: str) -> str:
+        # user:password@, or the form of REDIS_URL: nothing of it quoted, whichever item holds
+        # the @ (a comma in the password made the item before it "user:<password's start>")
+        if "@" in value:
+            raise ValueError("a sentinel is given with credentials (...@host): give each "
+                             "as host:port, comma-separated; their password goes in "
+                             "REDIS_SENTINEL_PASSWORD")
         for item in (i.strip() for i in value.split(",")):
-            if item and "@" in item:  # user:password@, or the form of REDIS_URL: not quoted
-                raise ValueError("a sentinel is given with credentials (...@host): give each "
-                                 "as host:port, comma-separated; their password goes in "
-                                 "REDIS_SENTINEL_PASSWORD")
             if item and _host_port(item) is None:
                 raise ValueError(f"{item!r} is not host:port (a port from 1 to 65535); give "
                                  "the sentinels comma-separated")
