@@ -19,8 +19,10 @@ from tests.support.app import GITLAB_TOKEN, work
 from tests.support.monitoring import wait_until
 from tests.support.payloads import fixture
 from workers import runtime
+from workers.core.cluster import Resources
 from workers.core.warm_pool import WarmState
 from workers.engine import redrive
+from workers.warm import agents, giving_way, pool
 
 app = test_warm_agents.app  # the fixture: the web app and the worker's environment
 
@@ -120,3 +122,31 @@ def test_an_idle_agent_whose_going_would_not_place_the_build_stays(
     rec = record(app, key)
     assert rec["status"] == "waiting" and rec["template"] == "gpu", rec
     assert idle_names(rt) == [warm] and warm in pod_names(kube)
+
+
+def test_a_token_given_up_already_costs_no_second_agent(
+        app, kube, jenkins_fake, monkeypatch, tmp_path):
+    """The agent given up for the build stays Terminating a while (kmock's `hold_deletions`,
+    until its kubelet confirms), its token still on its node in the view: the next give-way
+    (the reconcile pass's) counts it the build's, and the idle agent on the other node stays."""
+    app = reconfigured(monkeypatch, tmp_path, ONE_PER_NODE)
+    for node in ("node-a", "node-b"):
+        kube.add_node(node, cpu="8", memory="32Gi")
+        kube.hold_deletions(node)
+    rt = runtime.current()
+    template = rt.config.templates["small"]
+    for _ in range(2):
+        agents.start(rt, "small", template, size=Resources(900, 768 * MI))
+    for entry in pool_of(rt):
+        kube.set_pod_phase(NAMESPACE, entry.name, "Running", node=entry.where)
+        jenkins_fake.connect_agent(entry.name)
+    pool.notice_online(rt)
+    idle = idle_names(rt)
+    assert len(idle) == 2 and len({e.where for e in pool_of(rt)}) == 2
+    key = hinted_push(app.test_client(), 0, "CI_AUTOSCALER_MEMORY=1Gi")
+    work(app)  # the provision, the give-way its wait queues, the re-drive (token still held)
+    assert record(app, key)["status"] == "waiting", record(app, key)
+    [gone] = set(idle) - set(idle_names(rt))
+    assert kube.pod(NAMESPACE, gone)["metadata"].get("deletionTimestamp")
+    assert giving_way.give_way(rt) == 0  # the reconcile pass's
+    assert idle_names(rt) == [n for n in idle if n != gone]

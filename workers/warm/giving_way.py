@@ -14,6 +14,7 @@ agents count against the same quota (workers.core.warm_quota).
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from workers.adapters.lease import Lease, held as lease_held
@@ -23,6 +24,8 @@ from workers.core import fit, podsize, warm_quota
 from workers.core.cluster import NodeState, Resources
 from workers.core.errors import RetryableError
 from workers.core.give_way_fit import gives_room
+from workers.core.keys import is_agent_name_of
+from workers.core.models import PodTemplate
 from workers.core.placement import WaitReason, free, why_not
 from workers.core.placement_index import node_row
 from workers.core.sizing import template_min
@@ -164,7 +167,8 @@ def _give_up(rt: Runtime) -> list[WarmEntry]:
     if not templates:
         return []
     pools = agents.store(rt).all_agents(templates)  # read before the records (`_pending`)
-    pending = _pending(rt, {e.name for entries in pools.values() for e in entries})
+    pending = _held_too(templates, _pending(
+        rt, {e.name for entries in pools.values() for e in entries}))
     nodes = current_rows(rt)  # after the pods' presence: a pod gone between counts twice,
     # which may leave a build waiting a moment, never costs an agent more
     needs = room_waiting(rt, nodes)
@@ -199,6 +203,20 @@ def _give_up(rt: Runtime) -> list[WarmEntry]:
             "given_up": len(given), "waiting": len(needs), "waiting_on_quota": len(on_quota),
             "room_given_before": len(pending)})
     return given
+
+
+def _held_too(templates: Mapping[str, PodTemplate], given: list[IdleAgent]
+              ) -> list[IdleAgent]:
+    """The agents given up, each with what its template's pod holds beside cpu and memory
+    (its name tells the template: agents.new_name), which its pod still holds while the view
+    has it. Left out, a build waiting for the anti-affinity token (or GPU, host port) of an
+    agent given up for it still found the token held, and the next caller (the reconcile
+    pass) gave up an agent on another node for it too."""
+    held = {name: fit.needs(podsize.placement_template(t)).held
+            for name, t in templates.items()}
+    return [replace(a, held=next((h for name, h in held.items()
+                                  if is_agent_name_of(a.name, f"{agents.WARM_JOB}-{name}")),
+                                 a.held)) for a in given]
 
 
 def _pending(rt: Runtime, in_store: set[str]) -> list[IdleAgent]:
