@@ -335,6 +335,19 @@ class ClusterWatch:
             self._index.retarget(target_utilisation)
             return self._index.rows(self._in_flight(reserved))
 
+    def node_states(self, *, reserved: Mapping[str, tuple[str, Resources]]
+                    ) -> list[NodeState]:
+        """Every node as ``decide`` counts it: a reserved build's pod once, on its
+        reservation's node (``_in_flight``; scheduling.observe, without this view of which
+        pods exist, counts what a reservation holds beside cpu and memory beside its pod)."""
+        with self._lock:
+            self._check_synced()
+            changed = self._in_flight(reserved)
+            if self._order is None:
+                self._order = sorted(self._nodes)
+            return [changed.get(name) or self._views.get(name) or self._view(name)
+                    for name in self._order]
+
     def _check_synced(self) -> None:  # under the lock
         if not (self._synced["nodes"].is_set() and self._synced["pods"].is_set()):
             raise RetryableError("cluster snapshot: nodes and pods are not listed yet")

@@ -24,7 +24,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from workers.core.cluster import Resources
+from workers.core.cluster import NodeState, Resources
+from workers.core.fit import NOTHING_HELD, Held, Needs
+from workers.core.give_way_fit import Beside
 from workers.core.models import CpuRange, MemoryRange, PodTemplate
 
 DEFAULT_QUANTILE = 0.95
@@ -240,6 +242,7 @@ class IdleAgent:
     node: str
     size: Resources  # the pod's requests
     since: float
+    held: Held = NOTHING_HELD  # what the pod holds beside cpu and memory (core.fit)
 
 
 @dataclass(frozen=True)
@@ -250,18 +253,26 @@ class Need:
 
     size: Resources
     nodes: frozenset[str] | None = None
+    # beside cpu and memory: a GPU, hostPorts, its anti-affinity token (core.fit.needs)
+    needs: Needs = Needs()
 
     def may_use(self, node: str) -> bool:
         return self.nodes is None or node in self.nodes
 
 
 def give_way(idle: Sequence[IdleAgent], free: Mapping[str, Resources],
-             needs: Sequence[Need], given: Sequence[IdleAgent] = ()) -> tuple[str, ...]:
+             needs: Sequence[Need], given: Sequence[IdleAgent] = (),
+             nodes: Mapping[str, NodeState] | None = None) -> tuple[str, ...]:
     """The idle agents to give up so that the waiting builds fit: for each build (its pod's
     min size, in arrival order, with the nodes it may use), a node where it fits already
     takes it; else the node whose idle agents, given up oldest first, make it fit (nodes tried
     by their oldest idle agent), gives up just those. A build no such node can hold (too big,
     or nothing idle where it would fit) costs no agent.
+
+    Fitting counts cpu and memory (`free`) and, on the `nodes` given, what the build needs
+    beside them (core.give_way_fit): an agent holding the GPU, the host port or the
+    anti-affinity token a build waits for gives way as one holding its memory does; one
+    whose going would not let the build fit stays.
 
     `given`: agents given up already whose pods `free` still counts (being deleted: a pod
     holds its node's room until its kubelet confirms it stopped): their room is free, for
@@ -271,23 +282,28 @@ def give_way(idle: Sequence[IdleAgent], free: Mapping[str, Resources],
     for agent in given:
         if agent.node in room:  # a node gone holds no room
             room[agent.node] = room[agent.node] + agent.size
+    beside = Beside(nodes or {}, [(a.node, a.held) for a in given])
     left = sorted(idle, key=lambda a: a.since)
     out: list[str] = []
     for need in needs:
-        fits = next((n for n, r in room.items()
-                     if need.may_use(n) and need.size.fits_in(r)), None)
+        fits = next((n for n, r in room.items() if need.may_use(n) and need.size.fits_in(r)
+                     and beside.fits(n, need.needs)), None)
         if fits is not None:
             room[fits] = room[fits] - need.size
+            beside.take(fits, need.needs)
             continue
         for node in dict.fromkeys(a.node for a in left if need.may_use(a.node)):
             have, chosen = room.get(node, Resources()), []
             for agent in (a for a in left if a.node == node):
                 have, chosen = have + agent.size, chosen + [agent]
-                if need.size.fits_in(have):
+                if need.size.fits_in(have) and beside.fits(node, need.needs,
+                                                           [a.held for a in chosen]):
                     break
-            if need.size.fits_in(have):
+            if need.size.fits_in(have) and beside.fits(node, need.needs,
+                                                       [a.held for a in chosen]):
                 out += [a.name for a in chosen]
                 left = [a for a in left if a not in chosen]
                 room[node] = have - need.size
+                beside.take(node, need.needs, [a.held for a in chosen])
                 break
     return tuple(out)

@@ -14,13 +14,18 @@ agents count against the same quota (workers.core.warm_quota).
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
+from typing import Protocol, runtime_checkable
 
 from workers.adapters.lease import Lease, held as lease_held
 from workers.adapters.warm_store import WarmEntry
 from workers.concurrency.heartbeat import let_go
-from workers.core import podsize, warm_quota
-from workers.core.cluster import Resources
+from workers.core import fit, podsize, warm_quota
+from workers.core.cluster import NodeState, Resources
 from workers.core.errors import RetryableError
+from workers.core.give_way_fit import gives_room
+from workers.core.keys import is_agent_name_of
+from workers.core.models import PodTemplate
 from workers.core.placement import WaitReason, free, why_not
 from workers.core.placement_index import node_row
 from workers.core.sizing import template_min
@@ -31,8 +36,6 @@ from workers.runtime import Runtime
 from workers.warm import agents
 
 log = logging.getLogger("ci_autoscaler.warm")
-# Builds waiting for these reasons would be placed with more room; a warm agent's may do.
-ROOM_REASONS = frozenset({WaitReason.INSUFFICIENT_CPU, WaitReason.INSUFFICIENT_MEMORY})
 # One give-way at a time (give_way): its decision takes milliseconds (Redis and the view's
 # cache; a LimitRange read at most), and a second caller waits for it, longer than the TTL
 # of a holder that died.
@@ -72,7 +75,7 @@ def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Need]:
     # provision and nodes_needed size it (workers.engine.namespace_sizes).
     templates = namespace_sizes.fitted_all(rt, rt.config.templates) if keys else {}
     waiting = [(templates.get(name or ""), excluded)
-               for name, reason, excluded in fields if reason in ROOM_REASONS]
+               for name, reason, excluded in fields if gives_room(reason or "")]
     if not any(template is not None for template, _ in waiting):
         return []
     try:
@@ -90,7 +93,7 @@ def room_waiting(rt: Runtime, nodes: Mapping[str, dict]) -> list[Need]:
                 scheduling.off_volume_nodes(rt, template)
         off = scheduling.excluded({"excluded_nodes": excluded or ""})
         usable = None if cluster is None and not off else by_template[id(template)] - off
-        need = Need(template_min(placed), usable)
+        need = Need(template_min(placed), usable, fit.needs(placed))
         if not nodes or any(need.size.fits_in(Resources(*row["allocatable"]))
                             for name, row in nodes.items() if need.may_use(name)):
             out.append(need)
@@ -164,19 +167,21 @@ def _give_up(rt: Runtime) -> list[WarmEntry]:
     if not templates:
         return []
     pools = agents.store(rt).all_agents(templates)  # read before the records (`_pending`)
-    pending = _pending(rt, {e.name for entries in pools.values() for e in entries})
+    pending = _held_too(templates, _pending(
+        rt, {e.name for entries in pools.values() for e in entries}))
     nodes = current_rows(rt)  # after the pods' presence: a pod gone between counts twice,
     # which may leave a build waiting a moment, never costs an agent more
     needs = room_waiting(rt, nodes)
     on_quota = quota_waiting(rt)
     idle = {e.name: IdleAgent(e.name, e.where, podsize.pod_total(templates[e.template], e.size),
-                              e.since)
+                              e.since,
+                              fit.needs(podsize.placement_template(templates[e.template])).held)
             for entries in pools.values() for e in entries if e.state == WarmState.IDLE}
     if not (needs or on_quota) or not idle:
         return []
     chosen = decide_give_way(list(idle.values()),
                              {name: Resources(*row["free"]) for name, row in nodes.items()},
-                             needs, pending) if needs else ()
+                             needs, pending, beside_rows(rt)) if needs else ()
     # The agents going for room on nodes (and those gone before) leave the quota too.
     chosen += decide_quota_give_way([a for n, a in idle.items() if n not in chosen], on_quota,
                                     [*pending, *(idle[n] for n in chosen)])
@@ -198,6 +203,20 @@ def _give_up(rt: Runtime) -> list[WarmEntry]:
             "given_up": len(given), "waiting": len(needs), "waiting_on_quota": len(on_quota),
             "room_given_before": len(pending)})
     return given
+
+
+def _held_too(templates: Mapping[str, PodTemplate], given: list[IdleAgent]
+              ) -> list[IdleAgent]:
+    """The agents given up, each with what its template's pod holds beside cpu and memory
+    (its name tells the template: agents.new_name), which its pod still holds while the view
+    has it. Left out, a build waiting for the anti-affinity token (or GPU, host port) of an
+    agent given up for it still found the token held, and the next caller (the reconcile
+    pass) gave up an agent on another node for it too."""
+    held = {name: fit.needs(podsize.placement_template(t)).held
+            for name, t in templates.items()}
+    return [replace(a, held=next((h for name, h in held.items()
+                                  if is_agent_name_of(a.name, f"{agents.WARM_JOB}-{name}")),
+                                 a.held)) for a in given]
 
 
 def _pending(rt: Runtime, in_store: set[str]) -> list[IdleAgent]:
@@ -233,6 +252,28 @@ def _pending(rt: Runtime, in_store: set[str]) -> list[IdleAgent]:
                                          ttl_seconds=COUNTED_OUT_SECONDS)
     return [IdleAgent(name, COUNTED_OUT if name in gone else node, size, 0.0)
             for name, (node, _, size) in out.items()]
+
+
+@runtime_checkable
+class NodeStates(Protocol):
+    """A view that counts each in-flight agent once (ClusterWatch.node_states)."""
+
+    def node_states(self, *, reserved: Mapping[str, tuple[str, Resources]]
+                    ) -> list[NodeState]: ...
+
+
+def beside_rows(rt: Runtime) -> dict[str, NodeState]:
+    """The nodes as the view has them now with their in-flight agents (scheduling.observe):
+    what their pods hold beside cpu and memory, which giving way counts too (a GPU, host
+    ports, anti-affinity tokens: core.give_way_fit); none before the view has listed the
+    cluster (cpu and memory alone decide then)."""
+    try:
+        if isinstance(rt.view, NodeStates):
+            return {n.name: n for n in rt.view.node_states(
+                reserved=rt.capacity.reservations())}
+        return {n.name: n for n in scheduling.observe(rt)}
+    except RetryableError:
+        return {}
 
 
 def current_rows(rt: Runtime) -> dict[str, dict]:
