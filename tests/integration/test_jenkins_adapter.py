@@ -4,6 +4,7 @@ import io
 import json
 import logging
 import socket
+import sys
 import threading
 
 import pytest
@@ -801,6 +802,11 @@ def test_extra_headers_are_sent_and_their_values_never_logged(jenkins_fake, monk
     only (workers.telemetry.logs)."""
     stream = io.StringIO()
     monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    # configure installs the process's uncaught-exception hooks (workers.telemetry.uncaught):
+    # restored after, else pytest's own threading.excepthook is gone for every later test of
+    # this worker, and a thread's crash there no longer fails or warns
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
     logs.configure("INFO", stream=stream)
     monkeypatch.setenv("JENKINS_API_EXTRA_HEADERS", "X-Proxy-Token: hush-5d1e9\nX-Team: ci")
 

@@ -44,3 +44,29 @@ def test_uncaught_exceptions_are_logged_redacted_and_the_exit_code_kept():
     assert by_thread["MainThread"]["error"].startswith("ValueError: GET")
     assert "[redacted]" in by_thread["MainThread"]["error"]
     assert 'in side' in by_thread["side"]["traceback"]  # where it was raised, still told
+
+
+# Ctrl-C during a retry's wait, inside the `except` of a failure that quoted the token: Python
+# prints the KeyboardInterrupt with its whole chain ("During handling of the above exception,
+# another exception occurred"), the first exception's message and all.
+CTRL_C_SCRIPT = f"""
+from workers.config.settings import load_settings
+from workers.telemetry import logs
+
+logs.configure()
+settings = load_settings(warn_unknown=False)
+try:
+    raise ConnectionError("Jenkins refused https://bot:{TOKEN}@ci.example/ with " + {TOKEN!r})
+except ConnectionError:
+    raise KeyboardInterrupt
+"""
+
+
+def test_ctrl_c_during_a_failures_handling_shows_no_secret_and_ends_as_python_does():
+    env = {**os.environ, "JENKINS_USER": "bot", "JENKINS_API_TOKEN": TOKEN}
+    done = subprocess.run([sys.executable, "-c", CTRL_C_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == -2  # killed by SIGINT, as Python ends on an uncaught Ctrl-C
+    assert TOKEN not in done.stderr + done.stdout
+    assert "Jenkins refused https://[redacted]@ci.example/" in done.stderr  # the chain still told
+    assert done.stderr.rstrip().endswith("KeyboardInterrupt")

@@ -35,8 +35,13 @@ def _log(kind: type[BaseException], error: BaseException | None,
 
 def _main_hook(kind: type[BaseException], error: BaseException | None,
                trace: TracebackType | None) -> None:
-    if issubclass(kind, KeyboardInterrupt):  # Ctrl-C: Python's own word for it, no secret
-        sys.__excepthook__(kind, error, trace)
+    if issubclass(kind, KeyboardInterrupt):
+        # Ctrl-C: Python's own text for it, but redacted: pressed during the handling of a
+        # failure (a retry's wait in its `except`), its chain tells that failure's message
+        # too. The exit by SIGINT is the interpreter's, whatever the hook prints.
+        from workers.telemetry import logs
+
+        print(failure_text((kind, error, trace), logs.secrets()), end="", file=sys.stderr)
         return
     _log(kind, error, trace, threading.current_thread().name)
 
