@@ -9,9 +9,11 @@ operator modules started their Procfile stacks at once on two cores and starved 
 So the long modules go out at most HEAVY_LANES at a time: while fewer of them are given to
 workers and not finished, the next free worker takes the longest one waiting; otherwise it
 takes the next of the others, in xdist's order (and a long one once none other is left). The
-two modules in ALONE never run beside each other. The long ones are thus spread over
-the run, each beside short modules, and none is left for its end. A module's place is all this
-changes: each still runs whole, on one worker, its tests in their order.
+two modules in ALONE do not run beside each other while any other module waits (at the very
+end one may start beside the other: xdist would otherwise leave a worker idle). The long ones
+are thus spread over the run, each beside short modules, and none is left for its end. A
+module's place is all this changes: each still runs whole, on one worker, its tests in their
+order.
 
 A module not named below is a short one. A wrong or missing figure costs time, never a test.
 """
@@ -36,9 +38,9 @@ LONG_MODULES: dict[str, float] = {
     "test_catchup.py": 44,
 }
 HEAVY_LANES = 2
-# Never two of these at once: each runs several `ci-autoscaler worker` processes, a reconcile
-# loop and fault proxies flat out (started together beside two other modules, on a loaded
-# machine, the chaos test waited 120 s for a provision in vain).
+# Not two of these at once while another module waits: each runs several `ci-autoscaler
+# worker` processes, a reconcile loop and fault proxies flat out (started together beside two
+# other modules, on a loaded machine, the chaos test waited 120 s for a provision in vain).
 ALONE = {"test_concurrency_correctness.py", "test_chaos.py"}
 
 
