@@ -44,13 +44,6 @@ def test_the_agent_holding_the_host_port_gives_way():
                     nodes=node(held=holder)) == ("w",)
 
 
-def test_the_agent_holding_the_gpu_gives_way_and_one_without_stays():
-    gpu = Held(1, extended=((GPU, 1),))
-    agents = [agent("plain", Held(1), since=0.0), agent("gpu", gpu, since=1.0)]
-    assert give_way(agents, ROOMY, [Need(BUILD, needs=Needs(extended=((GPU, 1),)))],
-                    nodes=node(extended=((GPU, 1),), held=gpu + Held(1))) == ("plain", "gpu")
-
-
 def test_an_agent_whose_going_frees_memory_but_no_gpu_stays():
     other = Held(1, extended=((GPU, 1),))  # another team's pod holds the node's GPU
     assert give_way([agent("w", Held(1))], {"a": R(0, 0)},
@@ -70,3 +63,12 @@ def test_the_room_given_for_a_token_counts_for_one_build_only():
     assert give_way([agent("w", holder)], ROOMY, needs, nodes=node(held=holder)) == ("w",)
     assert give_way([], ROOMY, needs[:1], given=[agent("w", holder)],
                     nodes=node(held=holder)) == ()
+
+
+def test_an_older_agent_whose_going_adds_nothing_the_build_lacks_stays():
+    """The node has cpu and memory for the build; only the younger agent's GPU is lacking.
+    Given up oldest first until the build fit, the older CPU agent went too, for nothing."""
+    gpu = Held(1, extended=((GPU, 1),))
+    agents = [agent("plain", Held(1), since=0.0), agent("gpu", gpu, since=1.0)]
+    assert give_way(agents, ROOMY, [Need(BUILD, needs=Needs(extended=((GPU, 1),)))],
+                    nodes=node(extended=((GPU, 1),), held=gpu + Held(1))) == ("gpu",)

@@ -53,3 +53,18 @@ class Beside:
         for h in leaving:
             held = held - h
         self._held[node] = held + needs.held
+
+
+def common_held(held: list[Held]) -> Held:
+    """What every one of these holds: the name of an agent of a template whose job slug
+    another's shares (keys._slug cuts it at 32 characters, '_' and '.' made '-') tells neither
+    apart. Counted as the first one's, a CPU agent's going freed a GPU twin template's GPU
+    that its node had not got: a GPU build was taken for placed there, and waited while an
+    idle GPU agent could have given way."""
+    first, *rest = held
+    for h in rest:
+        other = dict(h.extended)
+        first = Held(min(first.pods, h.pods), min(first.ephemeral_bytes, h.ephemeral_bytes),
+                     tuple((k, min(v, other[k])) for k, v in first.extended if k in other),
+                     first.host_ports & h.host_ports)
+    return first

@@ -301,6 +301,13 @@ def give_way(idle: Sequence[IdleAgent], free: Mapping[str, Resources],
                     break
             if need.size.fits_in(have) and beside.fits(node, need.needs,
                                                        [a.held for a in chosen]):
+                # the older ones whose going adds nothing it lacks stay (the room was there,
+                # only a younger one's GPU or token lacked): each went too, for nothing
+                for agent in reversed(chosen[:-1]):
+                    rest = [a for a in chosen if a is not agent]
+                    if need.size.fits_in(have - agent.size) and beside.fits(
+                            node, need.needs, [a.held for a in rest]):
+                        chosen, have = rest, have - agent.size
                 out += [a.name for a in chosen]
                 left = [a for a in left if a not in chosen]
                 room[node] = have - need.size

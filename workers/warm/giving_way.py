@@ -23,7 +23,7 @@ from workers.concurrency.heartbeat import let_go
 from workers.core import fit, podsize, warm_quota
 from workers.core.cluster import NodeState, Resources
 from workers.core.errors import RetryableError
-from workers.core.give_way_fit import gives_room
+from workers.core.give_way_fit import common_held, gives_room
 from workers.core.keys import is_agent_name_of
 from workers.core.models import PodTemplate
 from workers.core.placement import WaitReason, free, why_not
@@ -214,9 +214,12 @@ def _held_too(templates: Mapping[str, PodTemplate], given: list[IdleAgent]
     pass) gave up an agent on another node for it too."""
     held = {name: fit.needs(podsize.placement_template(t)).held
             for name, t in templates.items()}
-    return [replace(a, held=next((h for name, h in held.items()
-                                  if is_agent_name_of(a.name, f"{agents.WARM_JOB}-{name}")),
-                                 a.held)) for a in given]
+    out = []
+    for a in given:
+        of = [h for name, h in held.items()
+              if is_agent_name_of(a.name, f"{agents.WARM_JOB}-{name}")]
+        out.append(replace(a, held=common_held(of)) if of else a)
+    return out
 
 
 def _pending(rt: Runtime, in_store: set[str]) -> list[IdleAgent]:
