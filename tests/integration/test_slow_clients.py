@@ -62,12 +62,12 @@ def _push(port: int, delivery: str) -> tuple[int, bytes, float]:
                  "Content-Type": "application/json", "Idempotency-Key": delivery}))
 
 
-def _answered_fast(port: int, delivery: str) -> None:
+def _answered_fast(port: int, delivery: str, within: float = ANSWER_WITHIN_SECONDS) -> None:
     status, body, took = _push(port, delivery)
     assert status == 202 and json.loads(body)["status"] == "queued", body
-    assert took < ANSWER_WITHIN_SECONDS, f"push answered after {took:.2f}s"
+    assert took < within, f"push answered after {took:.2f}s"
     status, _, took = _timed(f"http://127.0.0.1:{port}/healthz")
-    assert status == 200 and took < ANSWER_WITHIN_SECONDS, f"/healthz after {took:.2f}s"
+    assert status == 200 and took < within, f"/healthz after {took:.2f}s"
 
 
 def _half_open(port: int, sent: bytes = b"POST /webhooks/gitlab HTT") -> socket.socket:
@@ -422,7 +422,9 @@ def test_more_idle_connections_than_the_worker_takes_delay_no_one(web):
         for i in range(gunicorn.config.Config().worker_connections + 20):
             held.append(_half_open(web.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
                                    + (b"\r\n" if i % 2 else b"X-Wait")))
-        _answered_fast(web.port, "beside-a-thousand")
+        # within 2.5 s, not 1: the worker's loop walks a thousand sockets, and on CI's loaded
+        # two cores the push took 1.13 s once; what this guards against took 5 s
+        _answered_fast(web.port, "beside-a-thousand", within=2.5)
     finally:
         for sock in held:
             sock.close()
