@@ -23,7 +23,7 @@ run scripts of its own.
 import hashlib
 import os
 from contextlib import contextmanager
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import hiredis
 import redis
@@ -50,15 +50,20 @@ class ScriptCall:
     def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """The script's answer; raises redis.RedisError (ConnectionError, TimeoutError, or the
         script's own ResponseError)."""
+        return self._on_a_connection(lambda connection: self._evalsha(connection, keys, args))
+
+    def _on_a_connection(self, send: Callable[[Any], Any]) -> Any:
+        """`send(connection)`'s answer, on an idle connection of ours (or a new one), tried once
+        more afresh when the connection was lost (stale, or Redis restarted)."""
         if self._pid != os.getpid():  # a forked child: the parent's sockets are not ours
             self._idle, self._pid = [], os.getpid()
         connection = self._idle.pop() if self._idle else self._connect()
         try:
             try:
-                answer = self._evalsha(connection, keys, args)
+                answer = send(connection)
             except redis.ConnectionError:  # stale, or Redis restarted: once more, afresh
                 connection.disconnect()
-                answer = self._evalsha(connection, keys, args)
+                answer = send(connection)
         except BaseException:
             connection.disconnect()  # a reply may be left unread: never reuse it
             raise
@@ -72,20 +77,7 @@ class ScriptCall:
         the caller cannot tell which calls ran, so each must be safe to run again."""
         if not calls:
             return []
-        if self._pid != os.getpid():
-            self._idle, self._pid = [], os.getpid()
-        connection = self._idle.pop() if self._idle else self._connect()
-        try:
-            try:
-                answers = self._evalsha_many(connection, calls)
-            except redis.ConnectionError:  # stale, or Redis restarted: once more, afresh
-                connection.disconnect()
-                answers = self._evalsha_many(connection, calls)
-        except BaseException:
-            connection.disconnect()
-            raise
-        self._idle.append(connection)
-        return answers
+        return self._on_a_connection(lambda connection: self._evalsha_many(connection, calls))
 
     def _evalsha_many(self, connection: Any, calls: Sequence[tuple[Sequence[Any],
                                                                   Sequence[Any]]]) -> list[Any]:
@@ -226,20 +218,7 @@ class FunctionBatch(ScriptCall):
         asked acknowledge the batch's writes in time (read as: none of them replicated)."""
         if not calls:
             return []
-        if self._pid != os.getpid():  # a forked child: the parent's sockets are not ours
-            self._idle, self._pid = [], os.getpid()
-        connection = self._idle.pop() if self._idle else self._connect()
-        try:
-            try:
-                answers = self._fcall_many(connection, calls)
-            except redis.ConnectionError:  # stale, or Redis restarted: once more, afresh
-                connection.disconnect()
-                answers = self._fcall_many(connection, calls)
-        except BaseException:
-            connection.disconnect()  # a reply may be left unread: never reuse it
-            raise
-        self._idle.append(connection)
-        return answers
+        return self._on_a_connection(lambda connection: self._fcall_many(connection, calls))
 
     def _fcall_many(self, connection: Any, calls: Sequence[tuple[str, Sequence[Any],
                                                                  Sequence[Any]]]) -> list[Any]:
