@@ -148,7 +148,9 @@ def test_an_item_refused_then_cancelled_by_hand_is_asked_about_no_more(
     later = reconcile.reconcile_once(rt, now=retry_due())
 
     assert later["jenkins_leftovers_stopped"] == 1 and cancels(jenkins_fake) == 1
-    gone = reconcile.reconcile_once(rt, now=now + rt.settings.build_ttl_seconds + 1)
+    # a week after the build ended, which the fail stamped with its real time: on a loaded
+    # machine seconds after `now` (with `now + TTL + 1`, a pass found nothing to expire)
+    gone = reconcile.reconcile_once(rt, now=time.time() + rt.settings.build_ttl_seconds + 1)
     assert gone["builds_expired"] == 1 and cancels(jenkins_fake) == 1
 
 

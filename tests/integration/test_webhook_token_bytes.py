@@ -9,6 +9,7 @@ import http.client
 import json
 
 import pytest
+import redis
 
 from tests.support.payloads import fixture_bytes
 from tests.support.redis_server import free_port
@@ -20,6 +21,9 @@ TOKEN = "Schlüssel-für-Straße-\u00e9t\u00e9-\u2603"  # what an operator typed
 @pytest.fixture(scope="module")
 def web(tmp_path_factory, redis_server):
     tmp = tmp_path_factory.mktemp("token-bytes")
+    # the session's Redis, as redis_url leaves it (flushed): else the fixture commit pushed by
+    # a module run before on this pytest worker is "in flight" here, and the push a duplicate
+    redis.Redis.from_url(redis_server.url).flushdb()
     port = free_port()
     env = web_env(redis_server.url, CI_AUTOSCALER_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1",
                   GITLAB_WEBHOOK_TOKEN=TOKEN, JENKINS_WEBHOOK_TOKEN=TOKEN)
